@@ -1,0 +1,61 @@
+# facemask: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The team's shared mirror of the upstream weights, when it sits beside the checkout.
+ifeq ($(origin FACEMASK_MODEL_MIRROR), undefined)
+ifneq ($(wildcard ../shared/models/face_mask_detection.pb),)
+export FACEMASK_MODEL_MIRROR := $(abspath ../shared/models)
+endif
+endif
+PYTEST_ARGS ?=
+PY_SOURCES := facemask services tests bench
+
+.PHONY: setup test unit lint fmt proto proto-check run bench bench-model bench-inference bench-ingest clean help
+
+help:
+	@echo "make run     - run the whole pipeline locally (sets itself up)"
+	@echo "make test    - set up, lint, and run the whole test suite"
+	@echo "make lint    - ruff check, ruff format --check, mypy, proto drift check"
+	@echo "make bench   - all benchmarks (tables on stdout, JSON under bench/results/)"
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup proto-check
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/mypy facemask services bench
+
+fmt: setup
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+
+proto: setup
+	$(PY) scripts/gen_proto.py
+
+proto-check: setup
+	$(PY) scripts/gen_proto.py --check
+
+run: setup
+	$(VENV)/bin/facemask run $(ARGS)
+
+bench: bench-model bench-inference bench-ingest
+
+bench-model: setup
+	$(PY) -m bench.bench_model $(ARGS)
+
+bench-inference: setup
+	$(PY) -m bench.bench_inference $(ARGS)
+
+bench-ingest: setup
+	$(PY) -m bench.bench_ingest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

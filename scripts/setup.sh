@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Idempotent project setup: system servers used by tests and `make run`, the virtual
+# environment with the project and its dev tools, and the model artifacts.
+# Fast when already done: each step checks a stamp or what is installed first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=${VENV:-.venv}
+EXTRAS=${FACEMASK_EXTRAS:-dev}
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. Debian packages for the real servers the tests start (redis, mosquitto, prometheus,
+#    chromium for the dashboard test, ffmpeg, espeak-ng for the voice prompt clip).
+#    Skipped with FACEMASK_SKIP_APT=1 or when not root; the tests skip what is missing.
+APT_PACKAGES=(redis-server redis-tools mosquitto prometheus chromium ffmpeg espeak-ng)
+if [[ "${FACEMASK_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+    missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        log "apt-get install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null || log "apt-get update failed; trying the install anyway"
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || log "WARNING: apt-get install failed; tests needing ${missing[*]} will be skipped"
+    fi
+fi
+
+# 2. Virtual environment: reinstalled only when pyproject.toml or this script changed.
+stamp="$VENV/.facemask-setup"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$EXTRAS
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV"
+fi
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    log "installing facemask[$EXTRAS] into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+    echo "$want" >"$stamp"
+fi
+
+# 3. Model artifacts and sample images (mirror first when FACEMASK_MODEL_MIRROR is set).
+"$VENV/bin/facemask" models fetch
+log "ready"

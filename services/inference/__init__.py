@@ -1,0 +1,1 @@
+"""services.inference package."""
