@@ -1,0 +1,286 @@
+"""Wire format of the Redis stream entries exchanged by the services (format version 1).
+
+Frame entry (ingest -> inference), fields of one ``XADD``::
+
+    v       "1"                    format version
+    camera  camera id              1..128 printable characters, no whitespace
+    frame   frame id               decimal int >= 0, increasing per camera
+    ts      capture time           unix seconds, decimal float
+    enc     "jpeg" | "png"
+    w, h    image size in pixels   1..16384, w*h <= 64 Mpx
+    data    encoded image bytes    non-empty, <= MAX_FRAME_BYTES
+    node    ingest node name       optional
+
+Detections entry (inference -> alerts, dashboards), one per frame::
+
+    v          "1"
+    camera     camera id
+    frame      frame id
+    frame_sid  stream id of the frame entry (fetch the picture with XRANGE sid sid)
+    ts         capture time (copied from the frame)
+    t_done     when inference finished (unix seconds)
+    status     "ok" | "skipped"          skipped: not run (see reason), no detections
+    reason     why skipped ("too_old", ...); empty when ok
+    w, h       image size in pixels
+    model      model version that produced the detections
+    dets       JSON list: [{"label": "mask"|"no_mask", "score": f, "box": [x1,y1,x2,y2]}]
+    runs       model runs spent on the frame (1 without tiling)
+
+Entries are ``dict[bytes, bytes]`` as redis-py returns them; every parser raises
+:class:`WireError` with a short machine-readable ``reason`` for the dead-letter stream
+and the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+ENCODINGS = ("jpeg", "png")
+LABELS = ("mask", "no_mask")
+MAX_CAMERA_ID_LEN = 128
+MAX_SIDE = 16384
+MAX_PIXELS = 64_000_000
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+
+Fields = Mapping[bytes, bytes] | Mapping[str, Any]
+
+
+class WireError(ValueError):
+    """A malformed stream entry. ``reason`` is a short label (metric / dead-letter)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def validate_camera_id(camera_id: str) -> str:
+    """Return ``camera_id`` if it is 1..128 printable, non-space characters; else raise."""
+    if not camera_id:
+        raise WireError("bad_camera", "empty camera id")
+    if len(camera_id) > MAX_CAMERA_ID_LEN:
+        raise WireError("bad_camera", f"camera id longer than {MAX_CAMERA_ID_LEN} characters")
+    if not camera_id.isprintable() or any(c.isspace() for c in camera_id):
+        raise WireError("bad_camera", f"camera id {camera_id!r} has control or space characters")
+    return camera_id
+
+
+def _norm(fields: Fields) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for key, value in fields.items():
+        k = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+        if isinstance(value, bytes):
+            out[k] = value
+        elif isinstance(value, memoryview | bytearray):
+            out[k] = bytes(value)
+        else:
+            out[k] = str(value).encode("utf-8")
+    return out
+
+
+def _text(f: dict[str, bytes], key: str, reason: str = "missing_field") -> str:
+    if key not in f:
+        raise WireError(reason, f"field {key!r} missing")
+    try:
+        return f[key].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError("bad_field", f"field {key!r} is not UTF-8") from exc
+
+
+def _int(f: dict[str, bytes], key: str, lo: int, hi: int) -> int:
+    raw = _text(f, key)
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise WireError("bad_field", f"field {key!r}={raw[:32]!r} is not an integer") from exc
+    if not lo <= value <= hi:
+        raise WireError("bad_field", f"field {key!r}={value} outside {lo}..{hi}")
+    return value
+
+
+def _float(f: dict[str, bytes], key: str) -> float:
+    raw = _text(f, key)
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise WireError("bad_field", f"field {key!r}={raw[:32]!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise WireError("bad_field", f"field {key!r} is not finite")
+    return value
+
+
+def _version(f: dict[str, bytes]) -> None:
+    raw = _text(f, "v")
+    if raw != str(FORMAT_VERSION):
+        raise WireError(
+            "bad_version", f"format version {raw[:16]!r}, this build reads {FORMAT_VERSION}"
+        )
+
+
+def _size(f: dict[str, bytes]) -> tuple[int, int]:
+    width = _int(f, "w", 1, MAX_SIDE)
+    height = _int(f, "h", 1, MAX_SIDE)
+    if width * height > MAX_PIXELS:
+        raise WireError("too_large", f"declared size {width}x{height} exceeds {MAX_PIXELS} px")
+    return width, height
+
+
+@dataclass(frozen=True, slots=True)
+class FrameEntry:
+    """One camera frame on a frame stream."""
+
+    camera_id: str
+    frame_id: int
+    capture_ts: float
+    encoding: str
+    width: int
+    height: int
+    data: bytes
+    node: str = ""
+
+    def to_fields(self) -> dict[str, bytes | str]:
+        """Fields for ``XADD`` (validated on the way out too)."""
+        validate_camera_id(self.camera_id)
+        if self.encoding not in ENCODINGS:
+            raise WireError("bad_encoding", f"encoding {self.encoding!r}")
+        fields: dict[str, bytes | str] = {
+            "v": str(FORMAT_VERSION),
+            "camera": self.camera_id,
+            "frame": str(self.frame_id),
+            "ts": repr(self.capture_ts),
+            "enc": self.encoding,
+            "w": str(self.width),
+            "h": str(self.height),
+            "data": self.data,
+        }
+        if self.node:
+            fields["node"] = self.node
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Fields, *, max_bytes: int = MAX_FRAME_BYTES) -> FrameEntry:
+        """Parse and validate a frame entry; raises :class:`WireError`."""
+        f = _norm(fields)
+        _version(f)
+        camera = validate_camera_id(_text(f, "camera"))
+        frame_id = _int(f, "frame", 0, 2**63 - 1)
+        ts = _float(f, "ts")
+        enc = _text(f, "enc")
+        if enc not in ENCODINGS:
+            raise WireError("bad_encoding", f"encoding {enc[:16]!r} not in {ENCODINGS}")
+        width, height = _size(f)
+        data = f.get("data", b"")
+        if not data:
+            raise WireError("empty_image", "no image bytes")
+        if len(data) > max_bytes:
+            raise WireError("too_large", f"{len(data)} image bytes exceed {max_bytes}")
+        node = f["node"].decode("utf-8", "replace") if "node" in f else ""
+        return cls(camera, frame_id, ts, enc, width, height, data, node)
+
+
+@dataclass(frozen=True, slots=True)
+class WireDetection:
+    """One face in a detections entry (pixel box of the original frame)."""
+
+    label: str
+    score: float
+    box: tuple[int, int, int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"label": self.label, "score": round(self.score, 6), "box": list(self.box)}
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionsEntry:
+    """The inference result of one frame (or the record that it was skipped)."""
+
+    camera_id: str
+    frame_id: int
+    frame_sid: str
+    capture_ts: float
+    done_ts: float
+    width: int
+    height: int
+    model: str
+    status: str = "ok"
+    reason: str = ""
+    detections: tuple[WireDetection, ...] = field(default_factory=tuple)
+    runs: int = 1
+
+    def to_fields(self) -> dict[str, str]:
+        """Fields for ``XADD``."""
+        return {
+            "v": str(FORMAT_VERSION),
+            "camera": self.camera_id,
+            "frame": str(self.frame_id),
+            "frame_sid": self.frame_sid,
+            "ts": repr(self.capture_ts),
+            "t_done": repr(self.done_ts),
+            "status": self.status,
+            "reason": self.reason,
+            "w": str(self.width),
+            "h": str(self.height),
+            "model": self.model,
+            "dets": json.dumps([d.to_json() for d in self.detections], separators=(",", ":")),
+            "runs": str(self.runs),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> DetectionsEntry:
+        """Parse and validate a detections entry; raises :class:`WireError`."""
+        f = _norm(fields)
+        _version(f)
+        camera = validate_camera_id(_text(f, "camera"))
+        status = _text(f, "status")
+        if status not in ("ok", "skipped"):
+            raise WireError("bad_field", f"status {status[:16]!r}")
+        width, height = _size(f)
+        try:
+            raw = json.loads(_text(f, "dets"))
+        except ValueError as exc:
+            raise WireError("bad_detections", "field 'dets' is not JSON") from exc
+        if not isinstance(raw, list):
+            raise WireError("bad_detections", "field 'dets' is not a list")
+        dets = tuple(_parse_detection(d, width, height) for d in raw)
+        return cls(
+            camera_id=camera,
+            frame_id=_int(f, "frame", 0, 2**63 - 1),
+            frame_sid=_text(f, "frame_sid"),
+            capture_ts=_float(f, "ts"),
+            done_ts=_float(f, "t_done"),
+            width=width,
+            height=height,
+            model=_text(f, "model"),
+            status=status,
+            reason=f.get("reason", b"").decode("utf-8", "replace"),
+            detections=dets,
+            runs=_int(f, "runs", 0, 1024) if "runs" in f else 1,
+        )
+
+
+def _parse_detection(raw: Any, width: int, height: int) -> WireDetection:
+    if not isinstance(raw, dict):
+        raise WireError("bad_detections", "a detection is not an object")
+    label = raw.get("label")
+    if label not in LABELS:
+        raise WireError("bad_detections", f"label {str(label)[:16]!r}")
+    score = raw.get("score")
+    if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0:
+        raise WireError("bad_detections", f"score {str(score)[:16]!r}")
+    box = raw.get("box")
+    if (
+        not isinstance(box, list)
+        or len(box) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+    ):
+        raise WireError("bad_detections", "box is not 4 integers")
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
+        raise WireError("bad_detections", f"box {box} outside the {width}x{height} frame")
+    return WireDetection(label, float(score), (x1, y1, x2, y2))
