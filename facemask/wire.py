@@ -284,3 +284,47 @@ def _parse_detection(raw: Any, width: int, height: int) -> WireDetection:
     if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
         raise WireError("bad_detections", f"box {box} outside the {width}x{height} frame")
     return WireDetection(label, float(score), (x1, y1, x2, y2))
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """An alert on the alerts stream (alert service -> voice prompt, integrations)."""
+
+    alert_id: str
+    camera_id: str
+    ts: float
+    frame_id: int
+    kind: str = "no_mask"
+    score: float = 0.0
+    track_id: int = 0
+    message: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        """Fields for ``XADD``."""
+        return {
+            "v": str(FORMAT_VERSION),
+            "alert": self.alert_id,
+            "camera": self.camera_id,
+            "ts": repr(self.ts),
+            "frame": str(self.frame_id),
+            "kind": self.kind,
+            "score": repr(self.score),
+            "track": str(self.track_id),
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> AlertEvent:
+        """Parse and validate an alert event; raises :class:`WireError`."""
+        f = _norm(fields)
+        _version(f)
+        return cls(
+            alert_id=_text(f, "alert"),
+            camera_id=validate_camera_id(_text(f, "camera")),
+            ts=_float(f, "ts"),
+            frame_id=_int(f, "frame", 0, 2**63 - 1),
+            kind=_text(f, "kind"),
+            score=_float(f, "score") if "score" in f else 0.0,
+            track_id=_int(f, "track", 0, 2**63 - 1) if "track" in f else 0,
+            message=f.get("message", b"").decode("utf-8", "replace"),
+        )
