@@ -1,0 +1,39 @@
+"""Pure numpy detector core: anchors, box decoding, NMS, image pre-processing.
+
+Nothing here imports TensorFlow; an ingest node or a test can use it without the model.
+"""
+
+from __future__ import annotations
+
+from facemask.core.anchors import NUM_ANCHORS, generate_anchors
+from facemask.core.boxes import decode_boxes
+from facemask.core.nms import nms, postprocess
+from facemask.core.preprocess import (
+    INPUT_SIZE,
+    DecodedImage,
+    ImageDecodeError,
+    decode_image,
+    jpeg_size,
+    png_size,
+    preprocess,
+    preprocess_batch,
+)
+from facemask.core.types import LABELS, Detection
+
+__all__ = [
+    "INPUT_SIZE",
+    "LABELS",
+    "NUM_ANCHORS",
+    "DecodedImage",
+    "Detection",
+    "ImageDecodeError",
+    "decode_boxes",
+    "decode_image",
+    "generate_anchors",
+    "jpeg_size",
+    "nms",
+    "png_size",
+    "postprocess",
+    "preprocess",
+    "preprocess_batch",
+]

@@ -1,0 +1,195 @@
+"""Image decoding and model-input preparation (pure numpy + OpenCV, no TensorFlow).
+
+The model input is the whole frame resized to 260x260 with ``cv2.resize`` (bilinear, no
+letterbox), RGB, float32 in ``[0, 1]``: exactly the upstream reference, bit for bit.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+INPUT_SIZE: tuple[int, int] = (260, 260)
+"""Model input (width, height)."""
+
+DEFAULT_MAX_PIXELS = 64_000_000
+DECODE_MODES = ("full", "auto")
+
+_JPEG_SOI = b"\xff\xd8"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic...): not DHT (C4),
+# JPG (C8) or DAC (CC).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Markers that stand alone (no length field): TEM, RSTn, SOI, EOI.
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xDA)})
+_SOS = 0xDA
+_REDUCED_FLAGS = {
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+# uint8 value -> float32(value / 255.0 computed in float64): the reference divides a
+# float64 array by 255.0 and TensorFlow casts the feed to float32; a table lookup gives
+# the same bits without the float64 temporary.
+_SCALE_LUT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a decodable image.
+
+    ``reason`` is one of ``empty_image``, ``corrupt_image``, ``too_large``,
+    ``unsupported_format`` (for metrics and dead-letter entries).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An RGB uint8 ``[h, w, 3]`` image and the size of the *original* image.
+
+    With reduced-scale JPEG decoding ``rgb`` is smaller than ``width`` x ``height``; the
+    detections are normalised, so they map onto the original size unchanged.
+    """
+
+    rgb: np.ndarray
+    width: int
+    height: int
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's start-of-frame header, or None if none is found.
+
+    Walks the marker segments from SOI up to the first SOF (or gives up at SOS / the end
+    of the data) without decoding anything. A height of 0 (defined later by a DNL
+    marker) counts as not found.
+    """
+    view = memoryview(data)
+    if bytes(view[:2]) != _JPEG_SOI:
+        return None
+    pos, end = 2, len(view)
+    while pos < end:
+        if view[pos] != 0xFF:
+            return None
+        while pos < end and view[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= end:
+            return None
+        marker = view[pos]
+        pos += 1
+        if marker in _STANDALONE_MARKERS:
+            continue
+        if marker == _SOS or pos + 2 > end:
+            return None
+        (length,) = struct.unpack_from(">H", view, pos)
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if pos + 7 > end or length < 7:
+                return None
+            height, width = struct.unpack_from(">HH", view, pos + 3)
+            return (width, height) if width and height else None
+        pos += length
+    return None
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's IHDR chunk, or None if it is not a PNG header."""
+    if len(data) < 24 or bytes(data[:8]) != _PNG_SIGNATURE or bytes(data[12:16]) != b"IHDR":
+        return None
+    width, height = struct.unpack_from(">II", data, 16)
+    return (width, height) if width and height else None
+
+
+def _reduce_factor(width: int, height: int, size: tuple[int, int] = INPUT_SIZE) -> int:
+    """Largest JPEG scale-down factor (1, 2, 4, 8) keeping both sides >= the model input."""
+    for factor in (8, 4, 2):
+        if width // factor >= size[0] and height // factor >= size[1]:
+            return factor
+    return 1
+
+
+def decode_image(
+    data: bytes, *, reduce: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedImage:
+    """Decode JPEG or PNG bytes to RGB uint8.
+
+    The size declared in the header is checked against ``max_pixels`` before anything is
+    decoded (decompression bombs). ``reduce="full"`` decodes at full size (as
+    ``cv2.imread``); ``"auto"`` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, the
+    largest factor whose result is still at least 260 px on both sides (the detector
+    resizes to 260x260 anyway; this is several times cheaper for HD frames). PNG is always
+    decoded at full size. Raises :class:`ImageDecodeError`.
+    """
+    if reduce not in DECODE_MODES:
+        raise ValueError(f"reduce must be one of {DECODE_MODES}, not {reduce!r}")
+    if not data:
+        raise ImageDecodeError("empty_image", "no image bytes")
+    head = bytes(data[:8])
+    if head.startswith(_JPEG_SOI):
+        kind, declared = "jpeg", jpeg_size(data)
+    elif head == _PNG_SIGNATURE:
+        kind, declared = "png", png_size(data)
+    else:
+        raise ImageDecodeError("unsupported_format", "not a JPEG or PNG image")
+    if declared is None:
+        raise ImageDecodeError("corrupt_image", f"no valid {kind.upper()} size header")
+    width, height = declared
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            "too_large", f"{width}x{height} image exceeds the {max_pixels} pixel limit"
+        )
+    factor = _reduce_factor(width, height) if kind == "jpeg" and reduce == "auto" else 1
+    flag = _REDUCED_FLAGS[factor] if factor > 1 else cv2.IMREAD_COLOR
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error as exc:
+        raise ImageDecodeError("corrupt_image", f"OpenCV cannot decode it: {exc}") from exc
+    if bgr is None or bgr.size == 0:
+        raise ImageDecodeError("corrupt_image", f"OpenCV cannot decode this {kind.upper()}")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    out_h, out_w = rgb.shape[:2]
+    if factor == 1:
+        # The decoded size is authoritative (EXIF orientation may have swapped the sides).
+        return DecodedImage(rgb=rgb, width=out_w, height=out_h)
+    expected = (-(-width // factor), -(-height // factor))  # libjpeg rounds up
+    if (out_h, out_w) == expected and (out_w, out_h) != expected:
+        width, height = height, width  # turned by its EXIF orientation
+    return DecodedImage(rgb=rgb, width=width, height=height)
+
+
+def preprocess(rgb: np.ndarray, size: tuple[int, int] = INPUT_SIZE) -> np.ndarray:
+    """One RGB uint8 image ``[h, w, 3]`` to the float32 model input ``[260, 260, 3]``.
+
+    ``cv2.resize`` (``INTER_LINEAR``) to ``size`` (width, height), then ``/ 255`` exactly as
+    the reference (float64 division rounded to float32).
+    """
+    out = np.empty((size[1], size[0], 3), dtype=np.float32)
+    _preprocess_into(rgb, size, out)
+    return out
+
+
+def preprocess_batch(
+    images: Sequence[np.ndarray], size: tuple[int, int] = INPUT_SIZE
+) -> np.ndarray:
+    """Several RGB uint8 images (any sizes) to one float32 batch ``[B, 260, 260, 3]``."""
+    out = np.empty((len(images), size[1], size[0], 3), dtype=np.float32)
+    for i, rgb in enumerate(images):
+        _preprocess_into(rgb, size, out[i])
+    return out
+
+
+def _preprocess_into(rgb: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 image [h, w, 3], got {rgb.dtype} {rgb.shape}")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError("empty image")
+    resized: np.ndarray = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+    np.take(_SCALE_LUT, resized, out=out)

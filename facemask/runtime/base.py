@@ -1,0 +1,47 @@
+"""The interface every inference runtime implements."""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Runs the model on a pre-processed batch.
+
+    ``infer`` takes float32 ``[B, 260, 260, 3]`` (RGB in ``[0, 1]``) and returns the raw
+    outputs ``loc [B, 5972, 4]`` and ``cls [B, 5972, 2]`` as float32 numpy arrays. A
+    runtime is used from one thread at a time. ``max_batch_size`` is the largest batch one
+    ``infer`` call accepts (None: any).
+    """
+
+    name: str
+    input_size: tuple[int, int]
+    max_batch_size: int | None
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw model outputs of a batch."""
+        ...
+
+    def close(self) -> None:
+        """Release the model; the runtime is unusable afterwards."""
+        ...
+
+
+def check_batch(batch: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Validate a model input batch; return it as C-contiguous float32."""
+    width, height = input_size
+    if batch.ndim != 4 or batch.shape[1:] != (height, width, 3):
+        raise ValueError(f"expected a batch [B, {height}, {width}, 3], got {batch.shape}")
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), the default thread count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,231 @@
+"""Image decoding (sizes, reduced decode, errors, decompression bombs) and model input."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facemask.core.preprocess import (
+    INPUT_SIZE,
+    ImageDecodeError,
+    decode_image,
+    jpeg_size,
+    png_size,
+    preprocess,
+    preprocess_batch,
+)
+
+
+def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _smooth(height: int, width: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1).astype(np.uint8)
+
+
+def _encode(rgb: np.ndarray, ext: str = ".jpg", params: list[int] | None = None) -> bytes:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params or [])
+    assert ok
+    return buf.tobytes()
+
+
+def _jpeg_header(width: int, height: int, *, sof: int = 0xC0, before_sof: bytes = b"") -> bytes:
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    frame = bytes([0xFF, sof]) + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    return b"\xff\xd8" + app0 + before_sof + frame
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+
+# --- header parsing -------------------------------------------------------------------
+
+
+def test_jpeg_size_of_encoded_images() -> None:
+    assert jpeg_size(_encode(_noise(200, 300))) == (300, 200)
+    progressive = _encode(_noise(120, 70), params=[cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert jpeg_size(progressive) == (70, 120)
+
+
+def test_jpeg_size_of_hand_made_headers() -> None:
+    assert jpeg_size(_jpeg_header(640, 480)) == (640, 480)
+    assert jpeg_size(_jpeg_header(65535, 1, sof=0xC2)) == (65535, 1)
+    # fill bytes before a marker, and a DHT segment (0xC4, not a frame header) first
+    dht = b"\xff\xc4" + struct.pack(">H", 4) + b"\x00\x00"
+    assert jpeg_size(_jpeg_header(10, 20, before_sof=b"\xff\xff" + dht)) == (10, 20)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xd8",
+        b"not a jpeg",
+        _jpeg_header(640, 480)[:-6],  # cut inside the frame header
+        b"\xff\xd8\xff\xda\x00\x02",  # scan data before any frame header
+        _jpeg_header(640, 0),  # height defined later (DNL): not supported
+        b"\xff\xd8\x00\x00",  # no marker where one must be
+    ],
+)
+def test_jpeg_size_none(data: bytes) -> None:
+    assert jpeg_size(data) is None
+
+
+def test_png_size() -> None:
+    assert png_size(_encode(_noise(30, 50), ".png")) == (50, 30)
+    assert png_size(_png_header(7, 9)) == (7, 9)
+    assert png_size(b"\x89PNG\r\n\x1a\n") is None
+    assert png_size(_jpeg_header(7, 9)) is None
+
+
+# --- decode ---------------------------------------------------------------------------
+
+
+def test_decode_matches_imread(samples_dir: Path) -> None:
+    for path in sorted(samples_dir.iterdir()):
+        decoded = decode_image(path.read_bytes(), reduce="full")
+        expected = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(decoded.rgb, expected)
+        assert (decoded.height, decoded.width) == expected.shape[:2]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "decoded"),
+    [
+        (1280, 720, (640, 360)),  # 1/2: 1/4 would be 320x180
+        (2100, 2100, (263, 263)),  # 1/8
+        (1100, 1100, (275, 275)),  # 1/4
+        (520, 520, (260, 260)),  # smallest image reduced at all
+        (519, 1000, (519, 1000)),  # 1/2 would give 259 px: unchanged
+        (600, 400, (600, 400)),
+    ],
+)
+def test_auto_reduced_decode_size(width: int, height: int, decoded: tuple[int, int]) -> None:
+    out = decode_image(_encode(_smooth(height, width)), reduce="auto")
+    assert (out.rgb.shape[1], out.rgb.shape[0]) == decoded
+    assert (out.width, out.height) == (width, height)  # the original size
+    assert out.rgb.dtype == np.uint8
+
+
+def test_full_decode_and_png_are_not_reduced() -> None:
+    rgb = _smooth(720, 1280)
+    assert decode_image(_encode(rgb), reduce="full").rgb.shape == (720, 1280, 3)
+    png = decode_image(_encode(rgb, ".png"), reduce="auto")
+    np.testing.assert_array_equal(png.rgb, rgb)
+    assert (png.width, png.height) == (1280, 720)
+
+
+def test_reduced_decode_looks_like_the_full_image() -> None:
+    data = _encode(_smooth(720, 1280))
+    full = decode_image(data, reduce="full").rgb
+    half = decode_image(data, reduce="auto").rgb
+    shrunk = cv2.resize(full, (640, 360), interpolation=cv2.INTER_AREA)
+    assert np.abs(half.astype(int) - shrunk.astype(int)).mean() < 3
+
+
+def test_decode_keeps_colour_order() -> None:
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red
+    out = decode_image(_encode(rgb, ".png"))
+    np.testing.assert_array_equal(out.rgb[0, 0], [255, 0, 0])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty_image"),
+        (b"GIF89a\x01\x00\x01\x00", "unsupported_format"),
+        (b"BM" + bytes(100), "unsupported_format"),
+        (b"\xff\xd8\xff\xe0garbage", "corrupt_image"),
+        (_jpeg_header(64, 64) + b"\x00" * 200, "corrupt_image"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(30), "corrupt_image"),
+        (_png_header(64, 64) + b"\x00" * 50, "corrupt_image"),
+    ],
+)
+def test_decode_errors(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data)
+    assert info.value.reason == reason
+    assert isinstance(info.value, ValueError)
+
+
+def test_truncated_jpeg_is_corrupt() -> None:
+    data = _encode(_noise(300, 400))
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data[: len(data) // 2], reduce="full")
+    assert info.value.reason == "corrupt_image"
+
+
+def test_decompression_bomb_rejected_before_decoding() -> None:
+    # Only headers follow: decoding would fail as corrupt, so too_large proves the size
+    # check comes first.
+    for data in (_jpeg_header(20000, 20000) + bytes(64), _png_header(100_000, 100_000)):
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(data)
+        assert info.value.reason == "too_large"
+
+
+def test_max_pixels_limit() -> None:
+    data = _encode(_noise(100, 100))
+    assert decode_image(data, max_pixels=10_000).width == 100
+    with pytest.raises(ImageDecodeError, match="too_large"):
+        decode_image(data, max_pixels=9_999)
+
+
+def test_unknown_reduce_mode() -> None:
+    with pytest.raises(ValueError, match="reduce"):
+        decode_image(_encode(_noise(10, 10)), reduce="half")
+
+
+# --- model input ----------------------------------------------------------------------
+
+
+def test_preprocess_shape_dtype_range() -> None:
+    rgb = _noise(480, 640)
+    rgb[0, 0] = 0
+    rgb[-1, -1] = 255
+    out = preprocess(rgb)
+    assert INPUT_SIZE == (260, 260)
+    assert out.shape == (260, 260, 3)
+    assert out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_preprocess_is_bit_exact_with_the_reference() -> None:
+    for shape in ((480, 640), (100, 90), (260, 260), (1, 1)):
+        rgb = _noise(*shape, seed=sum(shape))
+        reference = (cv2.resize(rgb, (260, 260)) / 255.0).astype(np.float32)
+        np.testing.assert_array_equal(preprocess(rgb), reference)
+
+
+def test_preprocess_batch() -> None:
+    images = [_noise(480, 640, 1), _noise(100, 300, 2), _noise(260, 260, 3)]
+    batch = preprocess_batch(images)
+    assert batch.shape == (3, 260, 260, 3) and batch.dtype == np.float32
+    for i, rgb in enumerate(images):
+        np.testing.assert_array_equal(batch[i], preprocess(rgb))
+    assert preprocess_batch([]).shape == (0, 260, 260, 3)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((10, 10), np.uint8),
+        np.zeros((10, 10, 4), np.uint8),
+        np.zeros((10, 10, 3), np.float32),
+        np.zeros((0, 10, 3), np.uint8),
+    ],
+)
+def test_preprocess_rejects_bad_images(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        preprocess(bad)
