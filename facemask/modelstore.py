@@ -11,6 +11,7 @@ cached file.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -190,7 +191,7 @@ def fetch_artifact(artifact: Artifact, *, force: bool = False) -> Path:
         request = urllib.request.Request(artifact.url, headers={"User-Agent": "facemask"})
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
             _copy_verified(response, artifact, dest, artifact.url)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
         if isinstance(exc, ModelStoreError):
             raise
         raise ModelStoreError(
