@@ -21,6 +21,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from facemask.streams import StreamLayout
@@ -111,6 +112,8 @@ class ServiceSettings(BaseSettings):
             )
         try:
             return cls(**overrides)
+        except SettingsError as exc:  # a variable that is not valid JSON for a complex field
+            raise ConfigError(f"invalid configuration: {exc}") from None
         except ValidationError as exc:
             problems = []
             for err in exc.errors():

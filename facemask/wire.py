@@ -123,8 +123,10 @@ def _version(f: dict[str, bytes]) -> None:
 
 
 def _size(f: dict[str, bytes]) -> tuple[int, int]:
-    width = _int(f, "w", 1, MAX_SIDE)
-    height = _int(f, "h", 1, MAX_SIDE)
+    width = _int(f, "w", 1, 2**31)
+    height = _int(f, "h", 1, 2**31)
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise WireError("too_large", f"declared size {width}x{height}: a side exceeds {MAX_SIDE}")
     if width * height > MAX_PIXELS:
         raise WireError("too_large", f"declared size {width}x{height} exceeds {MAX_PIXELS} px")
     return width, height

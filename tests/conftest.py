@@ -2,5 +2,8 @@
 
 pytest_plugins = [
     "tests.fixtures.paths",
+    "tests.fixtures.model",
     "tests.fixtures.redis",
+    "tests.fixtures.inference",
+    "tests.fixtures.mqtt",
 ]

@@ -1,0 +1,448 @@
+"""``make bench-inference``: the inference service under load, against baselines.
+
+Measured in one run on the same 640x480 JPEG frames (cut from the sample video), JPEG
+decode always included:
+
+1. **Compute limit**: the machine's float32 matmul peak / 1.52 GFLOP per image.
+2. **Per-frame loop**: the upstream script's loop (decode, resize, one session run per
+   frame, numpy decode + NMS), in this process.
+3. **Concurrency sweep** (like Triton's perf_analyzer): 1..32 closed-loop gRPC clients,
+   one frame per request, against the service with dynamic batching and with
+   ``max_batch_size=1``: frames/s, p50/p99 latency, mean batch size.
+4. **Streams**: K simulated cameras at 5 fps publish to Redis; the service consumes them.
+   Frames/s sustained, p50/p99 from capture time to the detections entry (the entry id's
+   Redis timestamp), frames skipped. A saturation run finds the sustained rate; a run at
+   80 % of it gives the latency under realistic load.
+
+Writes ``bench/results/inference.json`` and prints a table. ``--quick`` is a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.common import (
+    default_threads,
+    machine_info,
+    measure_matmul_gflops,
+    print_table,
+    write_results,
+)
+from facemask.localredis import RedisProcess, free_port
+from facemask.streams import StreamLayout
+from facemask.wire import DetectionsEntry, FrameEntry
+
+ROOT = Path(__file__).resolve().parent.parent
+VIDEO = (
+    Path(os.environ.get("FACEMASK_SHARED_DIR", ROOT.parent / "shared"))
+    / "data/video/group4_masks.mp4"
+)
+LAYOUT = StreamLayout("facemask", 4)
+
+
+def make_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
+    """``count`` JPEG frames of ``size`` from the sample video (synthetic if it is absent)."""
+    frames: list[bytes] = []
+    capture = cv2.VideoCapture(str(VIDEO)) if VIDEO.is_file() else None
+    rng = np.random.default_rng(0)
+    while len(frames) < count:
+        ok, image = capture.read() if capture is not None else (False, None)
+        if not ok or image is None:
+            image = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        frames.append(cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
+    if capture is not None:
+        capture.release()
+    return frames
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of ``values`` (nan when empty)."""
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+# -- the service under test -----------------------------------------------------------
+
+
+class Service:
+    """``python -m services.inference`` as a child process."""
+
+    def __init__(self, redis_url: str, threads: int, **env: str) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        full = {k: v for k, v in os.environ.items() if not k.startswith("FACEMASK_INFERENCE_")}
+        full.update(
+            {
+                "FACEMASK_INFERENCE_PORT": str(self.port),
+                "FACEMASK_INFERENCE_HOST": "127.0.0.1",
+                "FACEMASK_INFERENCE_METRICS_PORT": str(self.metrics_port),
+                "FACEMASK_INFERENCE_METRICS_HOST": "127.0.0.1",
+                "FACEMASK_INFERENCE_REDIS_URL": redis_url,
+                "FACEMASK_INFERENCE_STREAM_PARTITIONS": str(LAYOUT.partitions),
+                "FACEMASK_INFERENCE_THREADS": str(threads),
+                "FACEMASK_LOG_LEVEL": "WARNING",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                **env,
+            }
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.inference"],
+            cwd=ROOT,
+            env=full,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until the metrics say the model is warm."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("inference service exited during start-up")
+            try:
+                if self.scrape().get("facemask_inference_ready") == 1.0:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("inference service did not become ready")
+
+    def scrape(self) -> dict[str, float]:
+        """Unlabelled sums of every sample (labels folded together)."""
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ).read()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text.decode()):
+            for sample in family.samples:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+        return out
+
+    def stop(self) -> None:
+        """SIGTERM, then wait."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def batch_mean(before: dict[str, float], after: dict[str, float]) -> float:
+    """Mean batch size between two scrapes."""
+    count = after.get("facemask_inference_batch_size_count", 0) - before.get(
+        "facemask_inference_batch_size_count", 0
+    )
+    total = after.get("facemask_inference_batch_size_sum", 0) - before.get(
+        "facemask_inference_batch_size_sum", 0
+    )
+    return total / count if count else float("nan")
+
+
+# -- workloads --------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """One measured configuration."""
+
+    name: str
+    frames_per_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch: float
+    frames: int
+    skipped: int = 0
+    offered_per_s: float = 0.0
+
+    def row(self, limit: float, loop_fps: float) -> list[object]:
+        """A table row."""
+        return [
+            self.name,
+            self.offered_per_s or "",
+            self.frames_per_s,
+            self.frames_per_s / limit,
+            self.frames_per_s / loop_fps,
+            self.p50_ms,
+            self.p99_ms,
+            self.mean_batch,
+            self.skipped,
+        ]
+
+
+def per_frame_loop(frames: list[bytes], threads: int, seconds: float) -> LoadResult:
+    """The upstream script's loop over the JPEG frames for ``seconds``."""
+    from bench.upstream import UpstreamTF, default_model_path
+
+    model = UpstreamTF(default_model_path(), threads=threads)
+    for blob in frames[:3]:
+        model.detect_jpeg(blob)
+    latencies: list[float] = []
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        model.detect_jpeg(frames[i % len(frames)])
+        latencies.append(time.perf_counter() - t)
+        i += 1
+    elapsed = time.perf_counter() - start
+    model.close()
+    return LoadResult(
+        "per-frame loop (upstream)",
+        i / elapsed,
+        percentile(latencies, 50) * 1e3,
+        percentile(latencies, 99) * 1e3,
+        1.0,
+        i,
+    )
+
+
+def grpc_sweep(
+    service: Service, name: str, frames: list[bytes], clients: int, seconds: float
+) -> LoadResult:
+    """``clients`` closed-loop gRPC clients, one frame per request, for ``seconds``."""
+    from facemask.client import RemoteDetector
+
+    detectors = [RemoteDetector(f"127.0.0.1:{service.port}", timeout=30) for _ in range(clients)]
+    for d in detectors:
+        d.detect_encoded([frames[0]])
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop = threading.Event()
+
+    def worker(index: int) -> None:
+        i = index
+        while not stop.is_set():
+            t = time.perf_counter()
+            detectors[index].detect_encoded([frames[i % len(frames)]])
+            latencies[index].append(time.perf_counter() - t)
+            i += clients
+
+    before = service.scrape()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    after = service.scrape()
+    for d in detectors:
+        d.close()
+    flat = [x for lat in latencies for x in lat]
+    return LoadResult(
+        f"{name} grpc c={clients}",
+        len(flat) / elapsed,
+        percentile(flat, 50) * 1e3,
+        percentile(flat, 99) * 1e3,
+        batch_mean(before, after),
+        len(flat),
+    )
+
+
+def stream_run(
+    service: Service,
+    redis_url: str,
+    name: str,
+    frames: list[bytes],
+    cameras: int,
+    fps: float,
+    seconds: float,
+) -> LoadResult:
+    """``cameras`` cameras at ``fps`` publish for ``seconds``; measure the detections."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in LAYOUT.all_detections():
+        client.delete(key)
+    for key in LAYOUT.all_frames():
+        client.xtrim(key, maxlen=0)
+    ids = [f"bench-{name.replace(' ', '-')}-{c}" for c in range(cameras)]
+    period = 1.0 / fps
+    stop_at = time.time() + seconds
+    published = 0
+
+    def publisher() -> None:
+        nonlocal published
+        pub = redis.Redis.from_url(redis_url)
+        start = time.time()
+        n = 0
+        while True:
+            tick = start + n * period
+            if tick >= stop_at:
+                break
+            for c, cam in enumerate(ids):
+                due = tick + c * period / cameras
+                delay = due - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                entry = FrameEntry(
+                    cam, n, time.time(), "jpeg", 640, 480, frames[(n + c) % len(frames)]
+                )
+                pub.xadd(LAYOUT.frames_for(cam), entry.to_fields(), maxlen=2000, approximate=True)  # type: ignore[arg-type]
+                published += 1
+            n += 1
+        pub.close()
+
+    before = service.scrape()
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    thread.join()
+    # let the service finish what is queued (bounded by the frame age limit)
+    deadline = time.time() + 10
+    seen = 0
+    while time.time() < deadline:
+        seen = sum(client.xlen(k) for k in LAYOUT.all_detections())
+        if seen >= published:
+            break
+        time.sleep(0.1)
+    after = service.scrape()
+    latencies: list[float] = []
+    ok = skipped = 0
+    first = last = None
+    for key in LAYOUT.all_detections():
+        for sid, fields in client.xrange(key):
+            entry = DetectionsEntry.from_fields(fields)
+            at = int(sid.split(b"-")[0]) / 1000.0
+            if entry.status != "ok":
+                skipped += 1
+                continue
+            ok += 1
+            latencies.append(at - entry.capture_ts)
+            first = at if first is None else min(first, at)
+            last = at if last is None else max(last, at)
+    client.close()
+    span = (last - first) if first is not None and last is not None and ok > 10 else seconds
+    span = max(span, 1e-6)
+    return LoadResult(
+        f"{name} stream K={cameras}@{fps:g}fps",
+        ok / span,
+        percentile(latencies, 50) * 1e3,
+        percentile(latencies, 99) * 1e3,
+        batch_mean(before, after),
+        ok,
+        skipped=skipped + max(0, published - ok - skipped),
+        offered_per_s=cameras * fps,
+    )
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: seconds, not minutes")
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--seconds", type=float, default=None, help="per measurement")
+    parser.add_argument("--output", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every measurement, print the table, write the JSON."""
+    args = parse_args(argv)
+    seconds = args.seconds or (1.5 if args.quick else 8.0)
+    concurrency = [1, 4] if args.quick else [1, 2, 4, 8, 16, 32]
+    camera_counts = [4] if args.quick else [4, 16, 32]
+    frames = make_frames(16 if args.quick else 64)
+    peak = measure_matmul_gflops(args.threads, sizes=(2048,) if args.quick else (2048, 3072, 4096))
+    limit = peak.compute_limit_images_per_s
+    loop = per_frame_loop(frames, args.threads, seconds)
+    results: list[LoadResult] = [loop]
+    with tempfile.TemporaryDirectory() as tmp, RedisProcess(Path(tmp) / "redis") as server:
+        configs = {
+            "dynamic": {"FACEMASK_INFERENCE_MAX_BATCH_SIZE": "32"},
+            "batch1": {
+                "FACEMASK_INFERENCE_MAX_BATCH_SIZE": "1",
+                "FACEMASK_INFERENCE_MAX_QUEUE_DELAY": "0",
+            },
+        }
+        sustained = 0.0
+        for name, env in configs.items():
+            service = Service(server.url, args.threads, **env)
+            try:
+                service.wait_ready()
+                for clients in concurrency:
+                    results.append(grpc_sweep(service, name, frames, clients, seconds))
+                counts = camera_counts if name == "dynamic" else camera_counts[-1:]
+                for cameras in counts:
+                    results.append(
+                        stream_run(service, server.url, name, frames, cameras, 5.0, seconds * 1.5)
+                    )
+                if name == "dynamic":
+                    # saturation: offer ~2x the compute limit; frames past max age are skipped
+                    over = max(8, int(limit * 2 / 5))
+                    saturated = stream_run(
+                        service, server.url, "dynamic saturation", frames, over, 5.0, seconds * 1.5
+                    )
+                    results.append(saturated)
+                    sustained = saturated.frames_per_s
+                    cams = max(1, round(0.8 * sustained / 5.0))
+                    results.append(
+                        stream_run(
+                            service, server.url, "dynamic 80%", frames, cams, 5.0, seconds * 1.5
+                        )
+                    )
+            finally:
+                service.stop()
+    headers = [
+        "config",
+        "offered/s",
+        "frames/s",
+        "of limit",
+        "x loop",
+        "p50 ms",
+        "p99 ms",
+        "batch",
+        "skipped",
+    ]
+    print(
+        f"compute limit: {limit:.1f} images/s ({peak.gflops:.0f} GFLOP/s, {args.threads} threads)"
+    )
+    print_table(headers, [r.row(limit, loop.frames_per_s) for r in results])
+    eighty = next((r for r in results if r.name.startswith("dynamic 80%")), None)
+    summary = {
+        "compute_limit_images_per_s": limit,
+        "per_frame_loop_fps": loop.frames_per_s,
+        "sustained_stream_fps": sustained,
+        "sustained_fraction_of_limit": sustained / limit,
+        "sustained_vs_loop": sustained / loop.frames_per_s,
+        "p99_ms_at_80pct": eighty.p99_ms if eighty else None,
+        "targets": {"fraction_of_limit": 0.7, "vs_loop": 1.6, "p99_ms_at_80pct": 250},
+    }
+    print("summary:", {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})
+    payload = {
+        "machine": machine_info(args.threads),
+        "matmul": peak.to_json(),
+        "quick": args.quick,
+        "seconds_per_measurement": seconds,
+        "frame_size": [640, 480],
+        "summary": summary,
+        "results": [r.__dict__ for r in results],
+    }
+    path = write_results("inference", payload, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

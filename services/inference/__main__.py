@@ -1,0 +1,95 @@
+"""``python -m services.inference`` / ``facemask serve-inference``: run the inference service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from facemask.log import setup_logging
+from facemask.settings import ConfigError, check_config_and_exit
+
+logger = logging.getLogger("services.inference")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Command-line options (each overrides its FACEMASK_INFERENCE_ variable)."""
+    parser.add_argument("--port", type=int, help="gRPC port (FACEMASK_INFERENCE_PORT)")
+    parser.add_argument("--host", help="gRPC bind address (FACEMASK_INFERENCE_HOST)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="Prometheus port (FACEMASK_INFERENCE_METRICS_PORT)"
+    )
+    parser.add_argument("--redis-url", help="Redis URL (FACEMASK_INFERENCE_REDIS_URL)")
+    parser.add_argument("--runtime", help="detector runtime (FACEMASK_INFERENCE_RUNTIME)")
+    parser.add_argument(
+        "--no-streams", action="store_true", help="gRPC only: do not consume Redis streams"
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("port", "host", "metrics_port", "redis_url", "runtime"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    if getattr(args, "no_streams", False):
+        out["streams"] = False
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM / SIGINT; exit 0 after a clean drain."""
+    from services.inference.config import InferenceSettings
+
+    if args.check_config:
+        check_config_and_exit(InferenceSettings, **_overrides(args))
+    try:
+        settings = InferenceSettings.load(**_overrides(args))
+    except ConfigError as exc:
+        sys.stderr.write(f"configuration error: {exc}\n")
+        return 2
+    setup_logging(settings.log_level, fmt=settings.log_format, service="inference")
+
+    from facemask.modelstore import ModelStoreError
+    from services.inference.service import InferenceService
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    service = InferenceService(settings)
+    try:
+        service.start()
+    except ModelStoreError as exc:
+        logger.error("cannot load the model: %s", exc)
+        service.stop()
+        return 1
+    except Exception:
+        logger.exception("inference service failed to start")
+        service.stop()
+        return 1
+    while not stop.wait(1.0):
+        pass
+    return 0 if service.stop() else 1
+
+
+def main() -> int:
+    """Entry point of ``python -m services.inference``."""
+    parser = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__)
+    configure(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Settings of the inference service (environment prefix ``FACEMASK_INFERENCE_``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from facemask.settings import ServiceSettings
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class InferenceSettings(ServiceSettings):
+    """Every knob of the inference service; validated at start (``--check-config``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEMASK_INFERENCE_", extra="forbid")
+
+    # gRPC
+    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    grpc_workers: int = Field(16, ge=1, le=1024, description="gRPC handler threads")
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1024 * 1024 * 1024,
+        description="largest gRPC message accepted (requests beyond get RESOURCE_EXHAUSTED)",
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="largest decoded image (width*height) accepted"
+    )
+    metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port (0: none)")
+
+    # model
+    runtime: str = Field("tensorflow", description="detector runtime (see the registry)")
+    threads: int = Field(0, ge=0, le=256, description="model threads (0: all cores)")
+    confidence: float = Field(0.5, gt=0.0, le=1.0, description="default score threshold")
+    iou: float = Field(0.4, gt=0.0, le=1.0, description="default NMS IoU threshold")
+    warmup: bool = Field(True, description="run warm-up batches before reporting SERVING")
+
+    # batching
+    max_batch_size: int = Field(32, ge=1, le=1024, description="largest model batch")
+    max_queue_delay: float = Field(
+        0.005, ge=0.0, le=1.0, description="seconds a ready image waits for a batch to fill"
+    )
+    max_queue_size: int = Field(
+        256, ge=1, le=100_000, description="images admitted at once; beyond: RESOURCE_EXHAUSTED"
+    )
+    decode_workers: int = Field(2, ge=1, le=64, description="threads decoding JPEG/PNG")
+    decode_reduce: str = Field(
+        "auto",
+        pattern="^(auto|full)$",
+        description="auto: decode large JPEGs at 1/2, 1/4, 1/8 scale (model sees 260x260)",
+    )
+
+    # Redis streams
+    streams: bool = Field(True, description="consume frames from Redis streams")
+    consumer_group: str = Field("inference", min_length=1, description="consumer group")
+    consumer_name: str = Field(default_factory=_default_consumer, min_length=1)
+    read_count: int = Field(32, ge=1, le=10_000, description="entries per XREADGROUP")
+    read_block: float = Field(0.2, gt=0.0, le=10.0, description="seconds XREADGROUP blocks")
+    max_inflight: int = Field(
+        96, ge=1, le=100_000, description="stream frames read and not yet published"
+    )
+    max_frame_age: float = Field(
+        2.0, gt=0.0, description="frames older than this (seconds) are skipped, not run"
+    )
+    claim_idle: float = Field(
+        15.0, gt=0.0, description="seconds a pending frame may idle before another takes it"
+    )
+    claim_interval: float = Field(2.0, gt=0.0, description="seconds between reclaim sweeps")
+    max_deliveries: int = Field(
+        5, ge=1, le=1000, description="deliveries before a frame goes to the dead-letter stream"
+    )
+    detections_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of detections streams")
+    deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of dead-letter streams")
+    lag_interval: float = Field(5.0, gt=0.0, description="seconds between stream lag readings")
+
+    # lifecycle
+    drain_timeout: float = Field(15.0, ge=0.0, description="seconds SIGTERM waits for work")
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        from facemask.runtime import available_runtimes
+
+        if value not in available_runtimes():
+            raise ValueError(f"unknown runtime {value!r}; available: {available_runtimes()}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> InferenceSettings:
+        if self.max_inflight < self.max_batch_size:
+            raise ValueError("max_inflight must be >= max_batch_size so batches can fill")
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError("max_queue_size must be >= max_batch_size")
+        return self

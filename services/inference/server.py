@@ -1,0 +1,249 @@
+"""gRPC server of the inference service: the ``facemask.v1.Detector`` API, the standard
+``grpc.health.v1`` health service and server reflection.
+
+Health: the service names ``""`` and ``facemask.v1.Detector`` report NOT_SERVING until
+the model is loaded and warmed up (readiness), and again while draining; ``liveness``
+reports SERVING as long as the process answers (Kubernetes liveness probe).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from facemask.core.preprocess import ImageDecodeError
+from facemask.core.types import Detection
+from facemask.v1 import detector_pb2, detector_pb2_grpc
+from facemask.wire import WireError, validate_camera_id
+from services.inference.batcher import (
+    DeadlineExpiredError,
+    DynamicBatcher,
+    Job,
+    JobResult,
+    QueueFullError,
+    ShuttingDownError,
+)
+from services.inference.config import InferenceSettings
+from services.inference.metrics import InferenceMetrics
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
+LIVENESS = "liveness"
+_LABELS = (detector_pb2.LABEL_MASK, detector_pb2.LABEL_NO_MASK)
+MAX_IMAGES_PER_REQUEST = 256
+
+
+def detection_to_proto(det: Detection, width: int, height: int) -> detector_pb2.Detection:
+    """Convert one detection of a ``width`` x ``height`` image to its message."""
+    x1, y1, x2, y2 = det.box_pixels(width, height)
+    nx1, ny1, nx2, ny2 = det.box_norm
+    return detector_pb2.Detection(
+        label=_LABELS[det.class_id],
+        label_name=det.label,
+        score=det.score,
+        box=detector_pb2.PixelBox(x1=x1, y1=y1, x2=x2, y2=y2),
+        box_normalized=detector_pb2.NormalizedBox(x1=nx1, y1=ny1, x2=nx2, y2=ny2),
+    )
+
+
+class DetectorServicer(detector_pb2_grpc.DetectorServicer):
+    """Implements ``facemask.v1.Detector`` on top of the shared dynamic batcher."""
+
+    def __init__(self, metrics: InferenceMetrics, settings: InferenceSettings) -> None:
+        self.batcher: DynamicBatcher | None = None
+        self.model_info = detector_pb2.ModelInfo()
+        self.metrics = metrics
+        self.settings = settings
+
+    def attach(self, batcher: DynamicBatcher, model_info: detector_pb2.ModelInfo) -> None:
+        """Start answering with this batcher (once the model is loaded and warm)."""
+        self.model_info = model_info
+        self.batcher = batcher
+
+    def _batcher(self, context: grpc.ServicerContext) -> DynamicBatcher:
+        if self.batcher is None:
+            self._fail(
+                context, grpc.StatusCode.UNAVAILABLE, "unavailable", "the model is still loading"
+            )
+        assert self.batcher is not None
+        return self.batcher
+
+    def GetModelInfo(  # noqa: N802 (gRPC method name)
+        self, request: detector_pb2.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> detector_pb2.ModelInfo:
+        self._batcher(context)
+        return self.model_info
+
+    def _fail(
+        self, context: grpc.ServicerContext, code: grpc.StatusCode, outcome: str, msg: str
+    ) -> None:
+        self.metrics.requests.labels("grpc", outcome).inc()
+        context.abort(code, msg)
+
+    def _thresholds(
+        self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
+    ) -> tuple[float, float]:
+        conf = self.settings.confidence
+        iou = self.settings.iou
+        if request.HasField("confidence_threshold"):
+            conf = request.confidence_threshold
+        if request.HasField("iou_threshold"):
+            iou = request.iou_threshold
+        for name, value in (("confidence_threshold", conf), ("iou_threshold", iou)):
+            if not 0.0 < value <= 1.0:
+                self._fail(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "invalid",
+                    f"{name} must be in (0, 1], got {value}",
+                )
+        return conf, iou
+
+    def Detect(  # noqa: N802 (gRPC method name)
+        self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
+    ) -> detector_pb2.DetectResponse:
+        batcher = self._batcher(context)
+        if not request.images:
+            self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", "no images")
+        if len(request.images) > MAX_IMAGES_PER_REQUEST:
+            self._fail(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid",
+                f"{len(request.images)} images; at most {MAX_IMAGES_PER_REQUEST} per request",
+            )
+        conf, iou = self._thresholds(request, context)
+        remaining = context.time_remaining()  # a huge number when the client set none
+        deadline = (
+            time.monotonic() + remaining if remaining is not None and remaining < 1e6 else None
+        )
+        futures: list[Future[JobResult]] = []
+        for index, image in enumerate(request.images):
+            if not image.data:
+                self._fail(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "invalid",
+                    f"image {index}: empty image bytes",
+                )
+            if image.camera_id:
+                try:
+                    validate_camera_id(image.camera_id)
+                except WireError as exc:
+                    self._fail(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "invalid",
+                        f"image {index}: {exc.detail}",
+                    )
+            job = Job(
+                data=image.data,
+                conf=conf,
+                iou=iou,
+                camera_id=image.camera_id,
+                source="grpc",
+                deadline=deadline,
+            )
+            try:
+                futures.append(batcher.submit(job))
+            except QueueFullError as exc:
+                for future in futures:
+                    future.cancel()
+                self._fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full", str(exc))
+            except ShuttingDownError as exc:
+                self._fail(context, grpc.StatusCode.UNAVAILABLE, "unavailable", str(exc))
+        results = []
+        for index, (image, future) in enumerate(zip(request.images, futures, strict=True)):
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                result = future.result(timeout=timeout)
+            except (DeadlineExpiredError, FutureTimeout):
+                self._fail(
+                    context,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "deadline",
+                    f"image {index}: deadline exceeded before the model ran it",
+                )
+            except ImageDecodeError as exc:
+                self._fail(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    exc.reason if exc.reason in ("too_large",) else "invalid",
+                    f"image {index}: {exc}",
+                )
+            except Exception as exc:
+                logger.exception("detect failed")
+                self._fail(context, grpc.StatusCode.INTERNAL, "error", f"image {index}: {exc}")
+            self.metrics.requests.labels("grpc", "ok").inc()
+            results.append(
+                detector_pb2.ImageResult(
+                    detections=[
+                        detection_to_proto(d, result.width, result.height)
+                        for d in result.detections
+                    ],
+                    width=result.width,
+                    height=result.height,
+                    camera_id=image.camera_id,
+                    frame_id=image.frame_id,
+                    timings=detector_pb2.Timings(
+                        queue_seconds=result.queue_seconds,
+                        decode_seconds=result.decode_seconds,
+                        compute_seconds=result.compute_seconds,
+                        batch_size=result.batch_size,
+                    ),
+                )
+            )
+        return detector_pb2.DetectResponse(results=results, model=self.model_info)
+
+
+class GrpcServer:
+    """The grpc.Server with the detector, health and reflection services."""
+
+    def __init__(self, settings: InferenceSettings, servicer: DetectorServicer) -> None:
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.server(
+            ThreadPoolExecutor(settings.grpc_workers, thread_name_prefix="grpc"),
+            options=options,
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.set_ready(False)
+        self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        self.servicer = servicer
+        detector_pb2_grpc.add_DetectorServicer_to_server(servicer, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind gRPC port {settings.host}:{settings.port}")
+
+    def set_ready(self, ready: bool) -> None:
+        """Readiness: SERVING only once the model is warm; NOT_SERVING while draining."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
+
+    def start(self) -> None:
+        """Start serving."""
+        self.server.start()
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting RPCs; in-flight ones get ``grace`` seconds to finish."""
+        self.set_ready(False)
+        self.server.stop(grace).wait(grace + 1.0)

@@ -1,0 +1,178 @@
+"""Assembly and lifecycle of the inference service.
+
+Start: bind gRPC (health NOT_SERVING) and metrics first, so probes get answers at once;
+load the model, warm it up at the batch sizes it will see, then start the stream consumer
+and flip health to SERVING. Stop (SIGTERM): NOT_SERVING, stop reading frames, let
+in-flight RPCs finish, drain the batcher, publish and acknowledge every frame already
+processed, then exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from facemask.detector import Detector, create_detector
+from facemask.redisconn import connect
+from facemask.v1 import detector_pb2
+from services.inference.batcher import DynamicBatcher
+from services.inference.config import InferenceSettings
+from services.inference.consumer import StreamConsumer
+from services.inference.metrics import InferenceMetrics
+from services.inference.server import DetectorServicer, GrpcServer
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceService:
+    """One running inference service (gRPC + streams + metrics)."""
+
+    def __init__(self, settings: InferenceSettings, detector: Detector | None = None) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = InferenceMetrics(self.registry)
+        self.servicer = DetectorServicer(self.metrics, settings)
+        self.grpc = GrpcServer(settings, self.servicer)
+        self.detector = detector
+        self.batcher: DynamicBatcher | None = None
+        self.consumer: StreamConsumer | None = None
+        self.metrics_port = 0
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self._metrics_server: object | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound gRPC port."""
+        return self.grpc.port
+
+    def _start_metrics(self) -> None:
+        port = self.settings.metrics_port
+        if port:
+            server, _ = start_http_server(
+                port, addr=self.settings.metrics_host, registry=self.registry
+            )
+            self._metrics_server = server
+            self.metrics_port = port
+
+    def _load_model(self) -> Detector:
+        start = time.monotonic()
+        options: dict[str, Any] = (
+            {"threads": self.settings.threads} if self.settings.threads else {}
+        )
+        detector = create_detector(
+            self.settings.runtime,
+            conf=self.settings.confidence,
+            iou=self.settings.iou,
+            **options,
+        )
+        logger.info(
+            "model loaded",
+            extra={
+                "runtime": self.settings.runtime,
+                "version": detector.model_version,
+                "seconds": round(time.monotonic() - start, 2),
+            },
+        )
+        return detector
+
+    def start(self) -> None:
+        """Start everything; returns once the service is SERVING."""
+        self.grpc.start()
+        self._start_metrics()
+        logger.info(
+            "inference service starting",
+            extra={"grpc_port": self.port, "metrics_port": self.metrics_port},
+        )
+        detector = self.detector or self._load_model()
+        self.detector = detector
+        if self.settings.warmup:
+            start = time.monotonic()
+            sizes = sorted({1, min(8, self.settings.max_batch_size), self.settings.max_batch_size})
+            detector.warmup(tuple(sizes))
+            logger.info("model warmed up", extra={"seconds": round(time.monotonic() - start, 2)})
+        metrics = self.metrics
+
+        def observe(batch_size: int, compute: float) -> None:
+            metrics.batch_size.observe(batch_size)
+            metrics.compute_seconds.observe(compute)
+
+        self.batcher = DynamicBatcher(
+            detector,
+            max_batch_size=self.settings.max_batch_size,
+            max_queue_delay=self.settings.max_queue_delay,
+            max_queue_size=self.settings.max_queue_size,
+            decode_workers=self.settings.decode_workers,
+            decode_reduce=self.settings.decode_reduce,
+            max_pixels=self.settings.max_image_pixels,
+            on_batch=observe,
+            on_job=self._observe_job,
+        )
+        model_info = detector_pb2.ModelInfo(
+            name=detector.model_name,
+            version=detector.model_version,
+            runtime=self.settings.runtime,
+            input_width=detector.runtime.input_size[0],
+            input_height=detector.runtime.input_size[1],
+            max_batch_size=self.batcher.max_batch_size,
+            sha256=getattr(detector, "model_sha256", ""),
+        )
+        self.metrics.model_info.labels(
+            detector.model_name, detector.model_version, self.settings.runtime
+        ).set(1)
+        self.servicer.attach(self.batcher, model_info)
+        if self.settings.streams:
+            client = connect(self.settings.redis_url)
+            layout = self.settings.layout
+            self._check_layout(client, layout)
+            self.consumer = StreamConsumer(
+                client, layout, self.batcher, self.metrics, self.settings, detector.model_version
+            )
+            self.consumer.start()
+        self.metrics.queue_depth.set_function(lambda: self.batcher.depth if self.batcher else 0)
+        self.grpc.set_ready(True)
+        self.metrics.ready.set(1)
+        self.ready.set()
+        logger.info("inference service SERVING", extra={"grpc_port": self.port})
+
+    def _observe_job(self, queue_seconds: float, decode_seconds: float) -> None:
+        self.metrics.queue_seconds.observe(queue_seconds)
+        self.metrics.decode_seconds.observe(decode_seconds)
+
+    @staticmethod
+    def _check_layout(client: object, layout: object) -> None:
+        """Fail fast on a partition-count mismatch; tolerate Redis being down at start."""
+        from facemask.redisconn import CONNECTION_ERRORS
+
+        try:
+            layout.check_meta(client)  # type: ignore[attr-defined]
+        except CONNECTION_ERRORS as exc:
+            logger.warning("redis not reachable at start; will retry", extra={"error": str(exc)})
+
+    def stop(self) -> bool:
+        """Graceful stop; True when every processed frame was published and acknowledged."""
+        if self.stopped.is_set():
+            return True
+        deadline = time.monotonic() + self.settings.drain_timeout
+        self.grpc.set_ready(False)
+        self.metrics.ready.set(0)
+        logger.info("draining", extra={"timeout": self.settings.drain_timeout})
+        if self.consumer is not None:
+            self.consumer.stop_reading()
+        self.grpc.stop(grace=max(0.5, min(5.0, deadline - time.monotonic())))
+        clean = True
+        if self.batcher is not None:
+            clean = self.batcher.drain(max(0.0, deadline - time.monotonic()))
+        if self.consumer is not None:
+            clean = self.consumer.stop(max(0.5, deadline - time.monotonic())) and clean
+        if self.batcher is not None:
+            self.batcher.close(timeout=1.0)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()  # type: ignore[attr-defined]
+        self.stopped.set()
+        logger.info("inference service stopped", extra={"clean": clean})
+        return clean
