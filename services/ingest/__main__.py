@@ -1,0 +1,109 @@
+"""``facemask ingest`` / ``python -m services.ingest``: run an ingest node.
+
+Examples::
+
+    facemask ingest --camera id=lobby,source=rtsp://cam1/stream,fps=5,location=hall
+    facemask ingest --camera id=demo,source=clip.mp4,loop=true --camera id=door,source=0
+    facemask ingest --config ingest.toml --check-config
+
+Exit codes: 0 after SIGTERM / SIGINT (or when every non-looping file has ended), 2 for a
+configuration error (also a stream layout that differs from the one in Redis), 1 for an
+unexpected failure. Importing this module loads neither TensorFlow nor gRPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from facemask.log import setup_logging
+from facemask.settings import ConfigError, check_config_and_exit
+
+logger = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``ingest`` options."""
+    parser.add_argument(
+        "--camera",
+        action="append",
+        metavar="SPEC",
+        help="a camera: id=ID,source=SRC[,fps=5,name=..,location=..,max_side=..,quality=80,"
+        "loop=false,realtime=true] (repeatable; SRC: device index, rtsp/http URL, video file "
+        "or image directory)",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="settings file (JSON, or TOML when named *.toml)"
+    )
+    parser.add_argument("--redis-url", help="Redis URL (FACEMASK_INGEST_REDIS_URL)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (0: none)")
+    parser.add_argument("--node-name", help="node name in the registry (default: hostname)")
+    parser.add_argument(
+        "--voice", action="store_true", default=None, help="enable the voice prompt"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print it and exit (0: valid, 2: invalid)",
+    )
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings given on the command line and in ``--config`` (command line wins)."""
+    from services.ingest.config import parse_camera_spec, read_config_file
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config))
+    if getattr(args, "camera", None):
+        values["cameras"] = [parse_camera_spec(spec) for spec in args.camera]
+    for option, name in (
+        ("redis_url", "redis_url"),
+        ("metrics_port", "metrics_port"),
+        ("node_name", "node_name"),
+        ("voice", "voice_enabled"),
+    ):
+        value = getattr(args, option, None)
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the configuration and run the node until SIGTERM."""
+    from services.ingest.config import IngestSettings
+    from services.ingest.worker import IngestWorker
+
+    try:
+        overrides = overrides_from_args(args)
+        if getattr(args, "check_config", False):
+            check_config_and_exit(IngestSettings, **overrides)
+        settings = IngestSettings.load(**overrides)
+    except ConfigError as exc:
+        sys.stderr.write(f"facemask ingest: configuration error: {exc}\n")
+        return 2
+    setup_logging(
+        getattr(args, "log_level", None) or settings.log_level,
+        fmt=settings.log_format,
+        service="ingest",
+    )
+    return IngestWorker(settings).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m services.ingest``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m services.ingest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""An ingest node: cameras -> publisher -> Redis, plus registry, voice prompt, metrics.
+
+Threads: one capture thread per camera, one publisher (the only writer of frames), one
+registry heart-beat, optionally one alert reader for the voice prompt, and the metrics
+HTTP server. The main thread waits for SIGTERM / SIGINT, then stops the cameras, lets the
+publisher flush within ``shutdown_timeout`` seconds, writes the cameras' final status and
+returns exit code 0. It also stops (exit 0) once every camera has ended - only
+non-looping files end - and exits 2 when Redis holds a different stream layout.
+
+Redis unreachable at start is not an error: the node captures into its ring buffer and
+publishes once Redis answers (after checking the layout). This module never imports
+TensorFlow or gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any, cast
+
+import cv2
+
+from facemask.redisconn import CONNECTION_ERRORS, RedisClient, connect
+from facemask.settings import ConfigError
+from facemask.streams import LayoutMismatchError
+from services.ingest.camera import Camera, SourceFactory, default_source_factory
+from services.ingest.config import IngestSettings
+from services.ingest.metrics import IngestMetrics
+from services.ingest.publisher import Publisher
+from services.ingest.registry import CameraRegistry, last_frame_id
+from services.ingest.voice import VoicePrompter, build_command, ensure_default_clip
+
+logger = logging.getLogger(__name__)
+
+CAMERA_JOIN_S = 2.0
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_CONFIG = 2
+
+
+def first_frame_ids(
+    settings: IngestSettings, client: RedisClient, *, now: float | None = None
+) -> dict[str, int]:
+    """Seed of each camera's frame ids: ``max(unix ms, registry last_frame_id + 1)``.
+
+    Also checks the stream layout. Redis unreachable: the clock alone (logged);
+    :class:`LayoutMismatchError` propagates.
+    """
+    now_ms = int((time.time() if now is None else now) * 1000)
+    seeds = {camera.id: now_ms for camera in settings.cameras}
+    try:
+        settings.layout.check_meta(client)
+        for camera_id, seed in list(seeds.items()):
+            last = last_frame_id(client, settings.layout, camera_id)
+            if last is not None and last + 1 > seed:
+                seeds[camera_id] = last + 1
+    except CONNECTION_ERRORS as exc:
+        logger.warning(
+            "redis unreachable at start; frame ids from the clock, frames buffered",
+            extra={"error": str(exc)},
+        )
+    return seeds
+
+
+class IngestWorker:
+    """The node. ``run()`` for a process; ``start()`` / ``request_stop()`` /
+    ``shutdown()`` to drive it from tests."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        metrics: IngestMetrics | None = None,
+        source_factory: SourceFactory = default_source_factory,
+    ) -> None:
+        self.settings = settings
+        self.layout = settings.layout
+        self.metrics = metrics or IngestMetrics()
+        self.client = connect(settings.redis_url)
+        self.source_factory = source_factory
+        self.metrics_port: int | None = None
+        self.cameras: list[Camera] = []
+        self.registry: CameraRegistry | None = None
+        self.voice: VoicePrompter | None = None
+        self.fatal: BaseException | None = None
+        self._stop = threading.Event()
+        self._started = False
+        self.publisher = Publisher(
+            self.client,
+            maxlen=settings.stream_maxlen,
+            capacity=settings.buffer_frames,
+            metrics=self.metrics,
+            batch=settings.publish_batch,
+            backoff_initial=settings.redis_backoff_initial,
+            backoff_max=settings.redis_backoff_max,
+            on_connect=self.layout.check_meta,
+            on_fatal=self._on_fatal,
+        )
+
+    # -- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the layout, seed frame ids and start every thread.
+
+        Raises :class:`LayoutMismatchError` (nothing started) when Redis disagrees on the
+        layout, :class:`ConfigError` when the metrics port cannot be bound.
+        """
+        if cv2.utils.logging.getLogLevel() > cv2.utils.logging.LOG_LEVEL_ERROR:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        seeds = first_frame_ids(self.settings, self.client)
+        s = self.settings
+        if s.metrics_port:
+            try:
+                self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}"
+                ) from None
+        for config in s.cameras:
+            self.cameras.append(
+                Camera(
+                    config,
+                    layout=self.layout,
+                    publisher=self.publisher,
+                    metrics=self.metrics,
+                    node=s.node_name,
+                    first_frame_id=seeds[config.id],
+                    backoff_initial=s.source_backoff_initial,
+                    backoff_max=s.source_backoff_max,
+                    source_factory=self.source_factory,
+                    on_status=self._camera_status,
+                )
+            )
+        self.registry = CameraRegistry(
+            self.client,
+            self.layout,
+            self.registry_fields,
+            node=s.node_name,
+            interval=s.heartbeat_interval,
+            ttl=s.camera_ttl,
+        )
+        self.publisher.start()
+        self.registry.start()
+        for camera in self.cameras:
+            camera.start()
+        if s.voice_enabled:
+            self.voice = self._make_voice()
+            if self.voice is not None:
+                self.voice.start()
+        self._started = True
+        logger.info(
+            "ingest node started",
+            extra={
+                "node": s.node_name,
+                "cameras": [c.id for c in self.cameras],
+                "metrics_port": self.metrics_port,
+                "voice": self.voice is not None,
+            },
+        )
+
+    def _make_voice(self) -> VoicePrompter | None:
+        s = self.settings
+        try:
+            wav = ensure_default_clip(s.voice_cache_dir) if not s.voice_wav else s.voice_wav
+        except OSError as exc:
+            logger.warning("voice prompt disabled: no clip", extra={"error": str(exc)})
+            return None
+        return VoicePrompter(
+            self.client,
+            self.layout,
+            [c.id for c in s.cameras],
+            command=build_command(s.voice_command, wav),
+            metrics=self.metrics,
+            min_interval=s.voice_min_interval,
+            timeout=s.voice_timeout,
+            max_age=s.voice_max_age,
+        )
+
+    def request_stop(self) -> None:
+        """Ask the node to stop (signal handlers call this)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stop.is_set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a stop request, a fatal error, every camera ended, or ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.wait(0.5):
+            if self.cameras and all(c.finished for c in self.cameras):
+                logger.info("every camera has ended; stopping")
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def shutdown(self) -> int:
+        """Stop capture, flush within the deadline, write the final status; exit code."""
+        self._stop.set()
+        started = time.monotonic()
+        for camera in self.cameras:
+            camera.stop()
+        for camera in self.cameras:
+            camera.join(max(0.05, CAMERA_JOIN_S - (time.monotonic() - started)))
+        left = self.publisher.close(self.settings.shutdown_timeout)
+        if self.voice is not None:
+            self.voice.stop()
+        if self.registry is not None:
+            self.registry.stop(final=self.publisher.connected)
+        self.metrics.close()
+        self.client.close()
+        code = self.exit_code()
+        logger.info(
+            "ingest node stopped",
+            extra={
+                "exit_code": code,
+                "unpublished": left,
+                "published": dict(self.publisher.published),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        return code
+
+    def exit_code(self) -> int:
+        """0, or 2 for a layout mismatch or an unusable setting, 1 for another fatal error."""
+        if self.fatal is None:
+            return EXIT_OK
+        if isinstance(self.fatal, LayoutMismatchError | ConfigError):
+            return EXIT_CONFIG
+        return EXIT_FATAL
+
+    def run(self) -> int:
+        """Run until SIGTERM / SIGINT (or every camera ended); the process exit code."""
+        previous = _install_signal_handlers(self.request_stop)
+        try:
+            try:
+                self.start()
+            except (LayoutMismatchError, ConfigError) as exc:
+                logger.error("cannot start the ingest node", extra={"error": str(exc)})
+                self.fatal = exc
+            if self._started:
+                self.wait()
+            return self.shutdown()
+        finally:
+            _restore_signal_handlers(previous)
+
+    # -- callbacks ---------------------------------------------------------------------
+    def _on_fatal(self, exc: BaseException) -> None:
+        self.fatal = exc
+        self._stop.set()
+
+    def _camera_status(self, camera: Camera) -> None:
+        if self.registry is not None:
+            self.registry.poke()
+
+    def registry_fields(self) -> Mapping[str, Mapping[str, str]]:
+        """Every camera's registry hash (camera state + what the publisher sent)."""
+        out: dict[str, dict[str, str]] = {}
+        for camera in self.cameras:
+            fields = camera.registry_fields()
+            last = self.publisher.last_published.get(camera.id)
+            if last is not None:
+                fields["last_frame_id"] = str(last)
+            fields["frames_published"] = str(self.publisher.published.get(camera.id, 0))
+            out[camera.id] = fields
+        return out
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _install_signal_handlers(stop: Callable[[], None]) -> dict[int, _Handler]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
+        stop()
+
+    previous: dict[int, _Handler] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict[int, _Handler]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, cast(Any, old))
