@@ -1,0 +1,121 @@
+"""``python -m services.alerts`` / ``facemask serve-alerts``: run the alert service.
+
+Examples::
+
+    facemask serve-alerts --port 8080 --state-dir /var/lib/facemask/alerts
+    FACEMASK_ALERTS_WEBHOOK_URL=https://hooks.example/x FACEMASK_ALERTS_WEBHOOK_SECRET=s3cret \\
+        python -m services.alerts --check-config
+
+Exit codes: 0 after SIGTERM / SIGINT, 2 for a configuration error (also a stream layout
+that differs from the one in Redis), 1 for an unexpected failure. Importing this module
+loads neither TensorFlow nor gRPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from facemask.log import setup_logging
+from facemask.settings import ConfigError, check_config_and_exit
+
+logger = logging.getLogger("services.alerts")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Command-line options (each overrides its FACEMASK_ALERTS_ variable)."""
+    parser.add_argument("--host", help="HTTP bind address (FACEMASK_ALERTS_HOST)")
+    parser.add_argument("--port", type=int, help="HTTP port (FACEMASK_ALERTS_PORT)")
+    parser.add_argument("--redis-url", help="Redis URL (FACEMASK_ALERTS_REDIS_URL)")
+    parser.add_argument("--state-dir", help="database directory (FACEMASK_ALERTS_STATE_DIR)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="extra Prometheus port (FACEMASK_ALERTS_METRICS_PORT)"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print it and exit (0: valid, 2: invalid)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("host", "port", "redis_url", "state_dir", "metrics_port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM / SIGINT."""
+    from services.alerts.config import AlertSettings
+
+    if getattr(args, "check_config", False):
+        check_config_and_exit(AlertSettings, **_overrides(args))
+    try:
+        settings = AlertSettings.load(**_overrides(args))
+    except ConfigError as exc:
+        sys.stderr.write(f"facemask serve-alerts: configuration error: {exc}\n")
+        return 2
+    setup_logging(
+        getattr(args, "log_level", None) or settings.log_level,
+        fmt=settings.log_format,
+        service="alerts",
+    )
+
+    from facemask.streams import LayoutMismatchError
+    from services.alerts.service import AlertService
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        service = AlertService(settings)
+    except OSError as exc:
+        logger.error("cannot open the state directory", extra={"error": str(exc)})
+        return 2
+    try:
+        service.start()
+    except LayoutMismatchError as exc:
+        logger.error("stream layout mismatch", extra={"error": str(exc)})
+        service.stop()
+        return 2
+    except OSError as exc:
+        logger.error("cannot start", extra={"error": str(exc)})
+        service.stop()
+        return 1
+    except Exception:
+        logger.exception("alert service failed to start")
+        service.stop()
+        return 1
+    while not stop.wait(0.5):
+        pass
+    return 0 if service.stop() else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m services.alerts``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m services.alerts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

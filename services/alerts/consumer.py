@@ -1,0 +1,444 @@
+"""Detections consumer: reads every partition's detections stream, commits, then acks.
+
+One thread. The consumer group (``alerts`` by default) is the alert service's own, so it
+is independent of any other reader of the detections streams. Each loop:
+
+1. read a batch: first this consumer's pending entries (``XREADGROUP`` id ``0``: read
+   before a crash or restart and never acknowledged), then new ones (``>``); every
+   ``claim_interval`` seconds, entries idle for ``claim_idle`` seconds in other consumers
+   of the group are taken over (``XAUTOCLAIM``);
+2. entries at or below the stream's committed offset were processed before a restart:
+   they are only acknowledged. Malformed entries go to ``layout.alerts_deadletter`` with
+   a reason (counted). Duplicates of a frame already seen are dropped. The rest feed the
+   :class:`~services.alerts.engine.AlertEngine`;
+3. each new alert gets its snapshot (frame fetched by id from the partition's frame
+   stream, boxes drawn) and the camera's name and place from the registry;
+4. ONE SQLite transaction stores the alerts, their outbox rows, the touched cameras'
+   engine state and the streams' offsets (:meth:`AlertStore.commit_batch`);
+5. only then ``XACK``; then the outbox workers and the live feed are notified.
+
+Any failure before the commit (Redis gone, disk full) rolls the engine back to the
+committed state and reads the pending entries again, so a batch is processed exactly
+once in effect: a crash anywhere neither loses nor duplicates an alert (alert ids are
+deterministic, and storing an id twice is a no-op).
+
+Ordering relies on a single active alert service per consumer group (tracking needs all
+frames of a camera in one process, and the state lives in its local database).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from facemask.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
+from facemask.streams import StreamLayout
+from facemask.wire import DetectionsEntry, WireError
+from services.alerts.config import AlertSettings
+from services.alerts.engine import AlertEngine, NewAlert
+from services.alerts.metrics import AlertMetrics
+from services.alerts.snapshots import SnapshotStore, fetch_frame, render
+from services.alerts.store import AlertRecord, AlertStore, parse_sid
+
+logger = logging.getLogger(__name__)
+
+CameraInfo = Callable[[str], Mapping[str, str]]
+
+
+@dataclass(slots=True)
+class Item:
+    """One delivered stream entry."""
+
+    stream: str
+    sid: str
+    fields: Mapping[Any, Any] | None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _valid_sid(sid: str) -> bool:
+    try:
+        parse_sid(sid)
+    except ValueError:
+        return False
+    return "-" in sid
+
+
+class DetectionsConsumer:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        layout: StreamLayout,
+        settings: AlertSettings,
+        engine: AlertEngine,
+        store: AlertStore,
+        snapshots: SnapshotStore,
+        metrics: AlertMetrics,
+        sinks: Sequence[str],
+        *,
+        camera_info: CameraInfo,
+        on_alerts: Callable[[list[AlertRecord]], None],
+    ) -> None:
+        self.client: Any = client  # redis-py's stubs do not model stream replies
+        self.layout = layout
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.snapshots = snapshots
+        self.metrics = metrics
+        self.sinks = list(sinks)
+        self.camera_info = camera_info
+        self.on_alerts = on_alerts
+        self.group = settings.consumer_group
+        self.consumer = settings.consumer_name
+        self.keys = layout.all_detections()
+        self.offsets: dict[str, str] = {}
+        self.batches = 0
+        self.last_batch = 0.0
+        self._cursors: dict[str, str] = {}
+        self._groups_ready = False
+        self._next_claim = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="detections", daemon=True)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore the committed state and start the consumer thread."""
+        self.restore()
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Finish the batch in progress (commit and ack), then stop."""
+        self._stop.set()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def running(self) -> bool:
+        """Whether the thread is alive and has its consumer groups."""
+        return self._thread.is_alive() and self._groups_ready
+
+    def restore(self) -> None:
+        """Load the engine state and offsets from the store; read pending entries next."""
+        cameras, offsets = self.store.load_state()
+        self.engine.restore(cameras)
+        self.offsets = dict(offsets)
+        self._cursors = dict.fromkeys(self.keys, "0")
+
+    # -- the loop --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                if not self._groups_ready:
+                    self._ensure_groups()
+                items = self._claim() if time.monotonic() >= self._next_claim else []
+                if not items:
+                    items = self._read()
+                if items:
+                    self.process(items)
+                backoff = 0.1
+            except CONNECTION_ERRORS as exc:
+                self.metrics.redis_errors.inc()
+                logger.warning("redis unavailable; retrying", extra={"error": str(exc)})
+                self._rollback()
+                self._groups_ready = False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:
+                if "NOGROUP" in str(exc):  # the stream or group was deleted: create again
+                    self._groups_ready = False
+                self.metrics.batch_failures.inc()
+                logger.exception("batch failed; state rolled back, entries will be read again")
+                self._rollback()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _rollback(self) -> None:
+        try:
+            self.restore()
+        except Exception:
+            logger.exception("cannot reload the committed state")
+
+    def _ensure_groups(self) -> None:
+        for key in self.keys:
+            try:
+                self.client.xgroup_create(
+                    key, self.group, id=self.settings.group_start, mkstream=True
+                )
+            except Exception as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    def _read(self) -> list[Item]:
+        pending = {k: c for k, c in self._cursors.items() if c != ">"}
+        count = self.settings.read_count
+        if pending:
+            reply: list[Any] = []
+            if is_cluster(self.client):
+                for key, cursor in pending.items():
+                    reply.extend(
+                        self.client.xreadgroup(
+                            self.group, self.consumer, {key: cursor}, count=count
+                        )
+                        or []
+                    )
+            else:
+                reply = (
+                    self.client.xreadgroup(self.group, self.consumer, pending, count=count) or []
+                )
+            items = self._items(reply)
+            got = {item.stream for item in items}
+            for key in pending:
+                if key in got:
+                    self._cursors[key] = max(
+                        (i.sid for i in items if i.stream == key), key=parse_sid
+                    )
+                else:
+                    self._cursors[key] = ">"
+            return items
+        block_ms = int(self.settings.read_block * 1000)
+        if is_cluster(self.client):
+            reply = []
+            for key in self.keys:
+                reply.extend(
+                    self.client.xreadgroup(self.group, self.consumer, {key: ">"}, count=count) or []
+                )
+            if not reply:
+                self._stop.wait(self.settings.read_block)
+        else:
+            streams = dict.fromkeys(self.keys, ">")
+            reply = (
+                self.client.xreadgroup(
+                    self.group, self.consumer, streams, count=count, block=block_ms
+                )
+                or []
+            )
+        return self._items(reply)
+
+    @staticmethod
+    def _items(reply: Sequence[Any]) -> list[Item]:
+        out = []
+        for stream, entries in reply:
+            key = _text(stream)
+            for sid, fields in entries:
+                out.append(Item(key, _text(sid), fields))
+        return out
+
+    def _claim(self) -> list[Item]:
+        self._next_claim = time.monotonic() + self.settings.claim_interval
+        idle_ms = int(self.settings.claim_idle * 1000)
+        items: list[Item] = []
+        for key in self.keys:
+            start = "0-0"
+            while len(items) < self.settings.read_count:
+                reply = self.client.xautoclaim(
+                    key,
+                    self.group,
+                    self.consumer,
+                    idle_ms,
+                    start_id=start,
+                    count=self.settings.read_count,
+                )
+                start, entries = _text(reply[0]), reply[1]
+                for sid, fields in entries:
+                    items.append(Item(key, _text(sid), fields))
+                if start == "0-0" or not entries:
+                    break
+        if items:
+            self.metrics.reclaimed.inc(len(items))
+            logger.info("pending entries taken over", extra={"entries": len(items)})
+        return items
+
+    # -- one batch -------------------------------------------------------------------
+
+    def process(self, items: Sequence[Item]) -> list[AlertRecord]:
+        """Process, commit and acknowledge one batch; returns the alerts stored."""
+        acks: dict[str, list[str]] = defaultdict(list)
+        offsets: dict[str, str] = {}
+        new_alerts: list[NewAlert] = []
+        deadletters: list[tuple[Item, str, str]] = []
+        faces: Counter[tuple[str, str]] = Counter()
+        suppressed: Counter[str] = Counter()
+        replayed = duplicates = consumed = 0
+        last_capture = None
+        for item in items:
+            acks[item.stream].append(item.sid)
+            committed = self.offsets.get(item.stream)
+            if committed is not None and parse_sid(item.sid) <= parse_sid(committed):
+                replayed += 1
+                continue
+            previous = offsets.get(item.stream)
+            if previous is None or parse_sid(item.sid) > parse_sid(previous):
+                offsets[item.stream] = item.sid
+            consumed += 1
+            if item.fields is None:  # deleted from the stream while pending
+                continue
+            try:
+                entry = DetectionsEntry.from_fields(item.fields)
+                if not _valid_sid(entry.frame_sid):
+                    raise WireError("bad_field", f"frame_sid {entry.frame_sid[:40]!r}")
+            except WireError as exc:
+                deadletters.append((item, exc.reason, exc.detail))
+                continue
+            outcome = self.engine.process(item.stream, item.sid, entry)
+            if outcome.duplicate:
+                duplicates += 1
+                continue
+            last_capture = entry.capture_ts
+            for label in outcome.faces:
+                faces[(entry.camera_id, label)] += 1
+            if outcome.suppressed:
+                suppressed[entry.camera_id] += outcome.suppressed
+            new_alerts.extend(outcome.alerts)
+        records = []
+        missing: list[str] = []
+        for alert in new_alerts:
+            record = self._materialise(alert)
+            if record.snapshot is None:
+                missing.append(alert.camera_id)
+            records.append(record)
+        if deadletters:
+            self._deadletter(deadletters)
+        states = self.engine.take_dirty()
+        stored = []
+        if records or states or offsets:
+            stored = self.store.commit_batch(records, self.sinks, states, offsets)
+        self.offsets.update(offsets)
+        self._ack(acks)
+        self.batches += 1
+        self.last_batch = time.time()
+        # accounting, after the commit (a rolled-back batch is counted when redone)
+        self.metrics.consumed.inc(consumed)
+        if replayed:
+            self.metrics.replayed.inc(replayed)
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
+        for (camera_id, label), count in faces.items():
+            self.metrics.faces_seen.labels(camera_id, label).inc(count)
+        for camera_id, count in suppressed.items():
+            self.metrics.alerts_suppressed.labels(camera_id).inc(count)
+        for _item, reason, _detail in deadletters:
+            self.metrics.deadletters.labels(reason).inc()
+        for camera_id in missing:
+            self.metrics.snapshots_missing.labels(camera_id).inc()
+        if last_capture is not None:
+            self.metrics.processing_lag.set(max(0.0, time.time() - last_capture))
+        for record in stored:
+            self.metrics.alerts.labels(record.camera_id).inc()
+            logger.info(
+                "alert raised",
+                extra={
+                    "alert_id": record.alert_id,
+                    "camera_id": record.camera_id,
+                    "track_id": record.track_id,
+                    "frame_id": record.frame_id,
+                    "score": round(record.score, 3),
+                    "snapshot": record.snapshot is not None,
+                },
+            )
+        if stored:
+            self.on_alerts(stored)
+        return stored
+
+    def _materialise(self, alert: NewAlert) -> AlertRecord:
+        info = self.camera_info(alert.camera_id)
+        name = info.get("name") or alert.camera_id
+        place = info.get("location", "")
+        snapshot = thumbnail = None
+        frames = self.layout.frames(self.layout.partition_of_key(alert.stream))
+        frame = fetch_frame(self.client, frames, alert.frame_sid)
+        if frame is None:
+            logger.warning(
+                "alert frame already trimmed; alert raised without a snapshot",
+                extra={"camera_id": alert.camera_id, "frame_sid": alert.frame_sid},
+            )
+        else:
+            image = render(frame, alert.detections, alert.width, alert.height)
+            if image is None:
+                logger.warning("alert frame does not decode", extra={"frame_sid": alert.frame_sid})
+            else:
+                try:
+                    saved = self.snapshots.save(alert.alert_id, alert.ts, image)
+                    snapshot, thumbnail = saved.image, saved.thumbnail
+                except OSError as exc:  # disk full, permissions: the alert matters more
+                    logger.error(
+                        "cannot write the snapshot; alert raised without it",
+                        extra={"alert_id": alert.alert_id, "error": str(exc)},
+                    )
+        where = f"{name} ({place})" if place else name
+        return AlertRecord(
+            alert_id=alert.alert_id,
+            camera_id=alert.camera_id,
+            ts=alert.ts,
+            created=time.time(),
+            kind="no_mask",
+            frame_id=alert.frame_id,
+            frame_sid=alert.frame_sid,
+            stream=alert.stream,
+            track_id=alert.track_id,
+            score=alert.score,
+            box=alert.box,
+            width=alert.width,
+            height=alert.height,
+            detections=[d.to_json() for d in alert.detections],
+            camera_name=name,
+            place=place,
+            message=f"Person without a mask at {where}",
+            snapshot=snapshot,
+            thumbnail=thumbnail,
+            rule=alert.rule.to_dict(),
+        )
+
+    def _deadletter(self, items: Sequence[tuple[Item, str, str]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for item, reason, detail in items:
+            fields = item.fields or {}
+            record: dict[str, Any] = {
+                "reason": reason,
+                "error": detail[:500],
+                "stream": item.stream,
+                "sid": item.sid,
+                "camera": _text(fields.get(b"camera", fields.get("camera", "")))[:128],
+                "t": repr(time.time()),
+            }
+            for key, value in fields.items():
+                name = _text(key)
+                if name in record or len(name) > 64:
+                    continue
+                raw = value if isinstance(value, bytes) else str(value).encode()
+                record[f"orig_{name}"] = raw if len(raw) <= 1 << 16 else b"<truncated>"
+            pipe.xadd(
+                self.layout.alerts_deadletter,
+                record,
+                maxlen=self.settings.deadletter_maxlen,
+                approximate=True,
+            )
+            logger.warning(
+                "malformed detections entry dead-lettered",
+                extra={"stream": item.stream, "sid": item.sid, "reason": reason, "error": detail},
+            )
+        pipe.execute()
+
+    def _ack(self, acks: Mapping[str, list[str]]) -> None:
+        if not acks:
+            return
+        if is_cluster(self.client):
+            for stream, sids in acks.items():
+                self.client.xack(stream, self.group, *sids)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream, sids in acks.items():
+            pipe.xack(stream, self.group, *sids)
+        pipe.execute()

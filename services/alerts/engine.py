@@ -1,0 +1,326 @@
+"""Per-camera state machine: detections entries in, alert decisions out (no I/O).
+
+For each camera the engine keeps an :class:`~services.alerts.tracker.IouTracker`, the
+capture time of its last alert (cooldown), the ids of its recent frames (duplicate
+detections entries of one frame are dropped), per-second face counts over the compliance
+window and its latest entry (for the dashboard's live picture). All of it serialises to
+JSON (:meth:`CameraState.to_dict`), and the service stores the state of every camera a
+batch touched in the same SQLite transaction as the batch's alerts. Time is the frames'
+capture time, so processing the same entries from the same state always gives the same
+alerts with the same ids.
+
+Compliance counts the faces that pass the camera's ``min_score`` and ``min_face``
+thresholds (both labels): ``masked / all`` over the last ``compliance_window`` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from facemask.wire import DetectionsEntry, WireDetection
+from services.alerts.rules import Decision, Rule, best_score, complies, evaluate, rule_for
+from services.alerts.tracker import IouTracker, Observation, TrackerConfig
+
+RECENT_FRAMES = 256
+FPS_WINDOW = 10.0
+_ALERT_NS = uuid.UUID("6f1d4f3e-7a55-4e0b-9a8e-3f1f3c0d9a11")
+
+
+def alert_id_for(camera_id: str, frame_sid: str, track_id: int) -> str:
+    """Deterministic alert id: re-processing the same entry gives the same id."""
+    return uuid.uuid5(_ALERT_NS, f"{camera_id}\n{frame_sid}\n{track_id}").hex
+
+
+@dataclass(frozen=True, slots=True)
+class NewAlert:
+    """An alert decided by the engine, before its snapshot and storage."""
+
+    alert_id: str
+    camera_id: str
+    ts: float
+    frame_id: int
+    frame_sid: str
+    stream: str
+    track_id: int
+    score: float
+    box: tuple[int, int, int, int]
+    width: int
+    height: int
+    detections: tuple[WireDetection, ...]
+    rule: Rule
+
+
+@dataclass(slots=True)
+class EntryOutcome:
+    """What one detections entry did."""
+
+    duplicate: bool = False
+    alerts: list[NewAlert] = field(default_factory=list)
+    faces: list[str] = field(default_factory=list)
+    suppressed: int = 0  # violating tracks held back by the cooldown
+
+
+@dataclass(slots=True)
+class CameraState:
+    """Everything the engine knows about one camera."""
+
+    camera_id: str
+    tracker: IouTracker
+    last_alert_ts: float | None = None
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_FRAMES))
+    recent_set: set[int] = field(default_factory=set)
+    buckets: dict[int, list[int]] = field(default_factory=dict)  # second -> [masked, all]
+    latest: dict[str, Any] | None = None
+    last_ts: float = 0.0
+    last_done_ts: float = 0.0
+    frames: int = 0
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+
+    def remember(self, frame_id: int) -> bool:
+        """Record a frame id; False when it was seen recently (a duplicate)."""
+        if frame_id in self.recent_set:
+            return False
+        if len(self.recent) == self.recent.maxlen:
+            self.recent_set.discard(self.recent[0])
+        self.recent.append(frame_id)
+        self.recent_set.add(frame_id)
+        return True
+
+    def count_faces(self, ts: float, masked: int, total: int, window: float) -> None:
+        """Add one frame's face counts to its second's bucket, dropping old seconds."""
+        second = int(ts)
+        bucket = self.buckets.setdefault(second, [0, 0])
+        bucket[0] += masked
+        bucket[1] += total
+        horizon = ts - window - 1
+        for old in [s for s in self.buckets if s < horizon]:
+            del self.buckets[old]
+
+    def compliance(self, now: float, window: float) -> tuple[int, int]:
+        """``(masked, all)`` faces over the window ending at ``now``."""
+        masked = total = 0
+        for second, (m, t) in self.buckets.items():
+            if now - window < second + 1 and second <= now:
+                masked += m
+                total += t
+        return masked, total
+
+    def fps(self, now: float) -> float:
+        """Detections entries per second over the last few seconds (capture time)."""
+        recent = [t for t in self.arrivals if now - FPS_WINDOW <= t <= now + 1.0]
+        if len(recent) < 2:
+            return 0.0
+        span = max(recent) - min(recent)
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (what a restart needs)."""
+        return {
+            "camera_id": self.camera_id,
+            "tracker": self.tracker.to_dict(),
+            "last_alert_ts": self.last_alert_ts,
+            "recent": list(self.recent),
+            "buckets": {str(k): v for k, v in self.buckets.items()},
+            "latest": self.latest,
+            "last_ts": self.last_ts,
+            "last_done_ts": self.last_done_ts,
+            "frames": self.frames,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], config: TrackerConfig) -> CameraState:
+        """Inverse of :meth:`to_dict`."""
+        state = cls(
+            camera_id=str(raw["camera_id"]),
+            tracker=IouTracker.from_dict(raw.get("tracker", {}), config),
+            last_alert_ts=raw.get("last_alert_ts"),
+            buckets={int(k): [int(v[0]), int(v[1])] for k, v in raw.get("buckets", {}).items()},
+            latest=raw.get("latest"),
+            last_ts=float(raw.get("last_ts", 0.0)),
+            last_done_ts=float(raw.get("last_done_ts", 0.0)),
+            frames=int(raw.get("frames", 0)),
+        )
+        for frame_id in raw.get("recent", []):
+            state.remember(int(frame_id))
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSummary:
+    """A consistent copy of one camera's statistics (for the API and the gauges)."""
+
+    camera_id: str
+    last_ts: float
+    last_done_ts: float
+    fps: float
+    masked: int
+    faces: int
+    frames: int
+    last_alert_ts: float | None
+    tracks: int
+
+    @property
+    def compliance(self) -> float | None:
+        """masked / all faces over the window; None without faces."""
+        return self.masked / self.faces if self.faces else None
+
+
+class AlertEngine:
+    """All cameras' states; thread-safe (the consumer writes, the API reads)."""
+
+    def __init__(
+        self,
+        default_rule: Rule,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        tracker: TrackerConfig | None = None,
+        compliance_window: float = 60.0,
+    ) -> None:
+        self.default_rule = default_rule
+        self.overrides = dict(overrides or {})
+        base = tracker or TrackerConfig()
+        self.compliance_window = compliance_window
+        self._tracker_base = base
+        self._lock = threading.RLock()
+        self._cameras: dict[str, CameraState] = {}
+        self._dirty: set[str] = set()
+
+    # -- configuration ---------------------------------------------------------------
+
+    def rule(self, camera_id: str) -> Rule:
+        """The rule of a camera (defaults plus its overrides)."""
+        return rule_for(camera_id, self.default_rule, self.overrides)
+
+    def _tracker_config(self, rule: Rule) -> TrackerConfig:
+        base = self._tracker_base
+        return TrackerConfig(base.min_iou, base.max_missed, base.max_gap, max(rule.n, 1))
+
+    def _camera(self, camera_id: str) -> CameraState:
+        state = self._cameras.get(camera_id)
+        if state is None:
+            config = self._tracker_config(self.rule(camera_id))
+            state = CameraState(camera_id, IouTracker(config))
+            self._cameras[camera_id] = state
+        return state
+
+    # -- processing ------------------------------------------------------------------
+
+    def process(self, stream: str, sid: str, entry: DetectionsEntry) -> EntryOutcome:
+        """Feed one detections entry; returns the alerts it raises."""
+        with self._lock:
+            camera = self._camera(entry.camera_id)
+            if not camera.remember(entry.frame_id):
+                return EntryOutcome(duplicate=True)
+            self._dirty.add(entry.camera_id)
+            camera.frames += 1
+            camera.arrivals.append(entry.capture_ts)
+            camera.last_ts = max(camera.last_ts, entry.capture_ts)
+            camera.last_done_ts = max(camera.last_done_ts, entry.done_ts)
+            camera.latest = {
+                "stream": stream,
+                "sid": sid,
+                "frame_sid": entry.frame_sid,
+                "frame_id": entry.frame_id,
+                "ts": entry.capture_ts,
+                "w": entry.width,
+                "h": entry.height,
+                "dets": [d.to_json() for d in entry.detections],
+                "status": entry.status,
+            }
+            outcome = EntryOutcome(faces=[d.label for d in entry.detections])
+            if entry.status != "ok":
+                # Not run through the model: no evidence either way, tracks keep waiting.
+                return outcome
+            rule = self.rule(entry.camera_id)
+            observations = [Observation(d.label, d.score, d.box) for d in entry.detections]
+            tracks = camera.tracker.update(observations, entry.capture_ts)
+            masked = total = 0
+            for obs in observations:
+                if obs.score >= rule.min_score and obs.size >= rule.min_face:
+                    total += 1
+                    masked += obs.label == "mask"
+            camera.count_faces(entry.capture_ts, masked, total, self.compliance_window)
+            for track in tracks:
+                if track.alerted and complies(track.history, rule):
+                    track.alerted = False  # masked again: the next violation alerts
+                decision = evaluate(track, rule, entry.capture_ts, camera.last_alert_ts)
+                if decision is Decision.COOLDOWN:
+                    outcome.suppressed += 1
+                if decision is not Decision.ALERT:
+                    continue
+                track.alerted = True
+                camera.last_alert_ts = entry.capture_ts
+                outcome.alerts.append(
+                    NewAlert(
+                        alert_id=alert_id_for(entry.camera_id, entry.frame_sid, track.track_id),
+                        camera_id=entry.camera_id,
+                        ts=entry.capture_ts,
+                        frame_id=entry.frame_id,
+                        frame_sid=entry.frame_sid,
+                        stream=stream,
+                        track_id=track.track_id,
+                        score=best_score(track, rule),
+                        box=track.box,
+                        width=entry.width,
+                        height=entry.height,
+                        detections=entry.detections,
+                        rule=rule,
+                    )
+                )
+            return outcome
+
+    # -- persistence -----------------------------------------------------------------
+
+    def take_dirty(self) -> dict[str, dict[str, Any]]:
+        """Serialised state of every camera changed since the last call."""
+        with self._lock:
+            out = {cid: self._cameras[cid].to_dict() for cid in self._dirty}
+            self._dirty.clear()
+            return out
+
+    def restore(self, states: Iterable[Mapping[str, Any]]) -> None:
+        """Replace every camera's state with stored ones (start, or after a failed batch)."""
+        with self._lock:
+            self._cameras.clear()
+            self._dirty.clear()
+            for raw in states:
+                camera_id = str(raw["camera_id"])
+                config = self._tracker_config(self.rule(camera_id))
+                self._cameras[camera_id] = CameraState.from_dict(raw, config)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def camera_ids(self) -> list[str]:
+        """Cameras with state."""
+        with self._lock:
+            return sorted(self._cameras)
+
+    def latest(self, camera_id: str) -> dict[str, Any] | None:
+        """The camera's latest entry (frame sid, size, detections), if any."""
+        with self._lock:
+            state = self._cameras.get(camera_id)
+            return dict(state.latest) if state and state.latest else None
+
+    def summaries(self, now: float) -> dict[str, CameraSummary]:
+        """Statistics of every camera at wall-clock time ``now``."""
+        with self._lock:
+            out = {}
+            for camera_id, state in self._cameras.items():
+                masked, faces = state.compliance(now, self.compliance_window)
+                out[camera_id] = CameraSummary(
+                    camera_id=camera_id,
+                    last_ts=state.last_ts,
+                    last_done_ts=state.last_done_ts,
+                    fps=state.fps(now),
+                    masked=masked,
+                    faces=faces,
+                    frames=state.frames,
+                    last_alert_ts=state.last_alert_ts,
+                    tracks=len(state.tracker.tracks),
+                )
+            return out

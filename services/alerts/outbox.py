@@ -1,0 +1,164 @@
+"""Outbox workers: deliver stored alerts to the sinks, retrying until success or expiry.
+
+The consumer writes one outbox row per (alert, sink) in the same transaction as the alert,
+so a delivery can only be lost with the database. One worker thread per sink takes the
+rows that are due, oldest first, and delivers them one by one:
+
+- success: the row is ``delivered`` (outcome ``delivered``);
+- :class:`~services.alerts.sinks.PermanentSinkError`: ``failed`` for good (``rejected``);
+- any other error: the row is retried after ``initial * 2**attempts`` seconds, capped at
+  ``cap``, with "equal jitter" (half fixed, half random) so many rows - or many services -
+  that failed together do not retry in lock-step; a ``Retry-After`` is honoured
+  (outcome ``retry``);
+- still undelivered ``ttl`` seconds after the alert: ``expired`` (outcome ``expired``).
+
+Deliveries survive restarts (rows are re-read from SQLite), and a failing sink only
+delays its own rows: detection processing never waits for a sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from services.alerts.metrics import AlertMetrics
+from services.alerts.sinks import PermanentSinkError, Sink, SinkError
+from services.alerts.store import EXPIRED, FAILED, AlertStore, Delivery
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL = 1.0
+
+
+def backoff_delay(
+    attempts: int, initial: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Delay before the next try after ``attempts`` failed ones (>= 1), with jitter."""
+    base = min(cap, initial * 2.0 ** max(0, min(attempts - 1, 64)))
+    return base / 2 + (rng or random).uniform(0, base / 2)
+
+
+class OutboxWorker:
+    """Delivers one sink's outbox rows (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: AlertStore,
+        sink: Sink,
+        metrics: AlertMetrics,
+        *,
+        ttl: float,
+        initial: float,
+        cap: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.sink = sink
+        self.metrics = metrics
+        self.ttl = ttl
+        self.initial = initial
+        self.cap = cap
+        self.clock = clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._rng = random.Random()
+        self._thread = threading.Thread(target=self._run, name=f"outbox-{sink.name}", daemon=True)
+
+    @property
+    def name(self) -> str:
+        """The sink's name."""
+        return self.sink.name
+
+    def start(self) -> None:
+        """Start delivering."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """New rows were committed: look at once."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the delivery in progress (bounded by the sink's own timeout)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                worked = self.run_once()
+            except Exception:
+                logger.exception("outbox sweep failed", extra={"sink": self.name})
+                worked = False
+            if worked:
+                continue
+            wait = IDLE_POLL
+            try:
+                due = self.store.next_due(self.name)
+            except Exception:
+                due = None
+            if due is not None:
+                wait = min(IDLE_POLL, max(0.0, due - self.clock()))
+            self._wake.wait(wait)
+
+    def run_once(self) -> bool:
+        """Deliver the rows due now; True when any row was handled."""
+        rows = self.store.due(self.name, self.clock(), limit=20)
+        for row in rows:
+            if self._stop.is_set():
+                break
+            self.deliver(row)
+        return bool(rows)
+
+    def deliver(self, row: Delivery) -> str:
+        """Try one row; returns the outcome (delivered, retry, rejected, expired)."""
+        now = self.clock()
+        if now - row.created > self.ttl:
+            self.store.mark_final(row.row_id, EXPIRED, row.last_error, now, attempt=False)
+            return self._outcome(row, "expired", row.last_error or "ttl")
+        try:
+            self.sink.deliver(row.payload)
+        except PermanentSinkError as exc:
+            self.store.mark_final(row.row_id, FAILED, str(exc), self.clock(), attempt=True)
+            return self._outcome(row, "rejected", str(exc))
+        except Exception as exc:
+            delay = backoff_delay(row.attempts + 1, self.initial, self.cap, self._rng)
+            after = exc.retry_after if isinstance(exc, SinkError) else None
+            if after is not None:
+                delay = max(delay, after)
+            error = str(exc) or exc.__class__.__name__
+            self.store.mark_retry(row.row_id, self.clock() + delay, error)
+            return self._outcome(row, "retry", error, delay)
+        done = self.clock()
+        self.store.mark_delivered(row.row_id, done)
+        self.metrics.delivery_seconds.labels(self.name).observe(max(0.0, done - row.created))
+        return self._outcome(row, "delivered")
+
+    def _outcome(self, row: Delivery, outcome: str, error: str = "", delay: float = 0.0) -> str:
+        self.metrics.deliveries.labels(self.name, outcome).inc()
+        extra = {
+            "sink": self.name,
+            "alert_id": row.alert_id,
+            "outcome": outcome,
+            "attempts": row.attempts + (outcome != "expired"),
+        }
+        if outcome == "delivered":
+            logger.info("alert delivered", extra=extra)
+        elif outcome == "retry":
+            level = logging.INFO if row.attempts < 3 else logging.WARNING
+            logger.log(
+                level,
+                "delivery failed; will retry",
+                extra={**extra, "error": error, "retry_in_s": round(delay, 2)},
+            )
+        else:
+            logger.warning("delivery given up", extra={**extra, "error": error})
+        return outcome

@@ -1,0 +1,462 @@
+"""Assembly and lifecycle of the alert service.
+
+Threads: the detections consumer, one outbox worker per enabled sink, a maintenance
+thread (compliance gauges and MQTT compliance states every ``maintenance_interval``,
+outbox depth, snapshot retention every minute, history pruning every hour), and the
+HTTP server (uvicorn, in-process, in its own thread: API, dashboard, SSE, ``/metrics``).
+
+Start: open the database, connect Redis (unreachable is not fatal: the consumer retries
+and ``/readyz`` says not ready; a stream layout that differs from Redis' is fatal), start
+the sinks and their workers, restore the engine state, start the consumer, then serve
+HTTP. Stop (SIGTERM): stop the consumer after its current batch (committed and
+acknowledged), end the SSE streams, stop the HTTP server, let each outbox worker finish
+the delivery in progress, close the sinks and the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from prometheus_client import start_http_server
+
+from facemask.redisconn import CONNECTION_ERRORS, connect
+from facemask.streams import LayoutMismatchError
+from services.alerts.config import AlertSettings
+from services.alerts.consumer import DetectionsConsumer
+from services.alerts.engine import AlertEngine, CameraSummary
+from services.alerts.hub import AlertHub
+from services.alerts.metrics import AlertMetrics
+from services.alerts.outbox import OutboxWorker
+from services.alerts.rules import Rule
+from services.alerts.sinks import Sink, SinkContext, build_sinks
+from services.alerts.snapshots import LatestFrames, SnapshotStore
+from services.alerts.store import AlertRecord, AlertStore
+from services.alerts.tracker import TrackerConfig
+from services.ingest.registry import read_cameras
+
+logger = logging.getLogger(__name__)
+
+RETENTION_INTERVAL = 60.0
+PRUNE_INTERVAL = 3600.0
+
+
+class _DropColorMessage(logging.Filter):
+    """uvicorn passes a terminal-coloured duplicate of its messages; JSON logs drop it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+class CameraDirectory:
+    """The ingest nodes' camera registry, cached briefly (many browsers, few reads).
+
+    A camera's hash expires when its node stops heart-beating; the last fields seen
+    (name, location, ...) are kept in the database so an offline camera keeps its name.
+    """
+
+    STATIC_FIELDS = ("id", "name", "location", "fps", "resolution", "node", "source_kind")
+
+    def __init__(self, service: AlertService, ttl: float = 1.0) -> None:
+        self.service = service
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._all: tuple[float, list[dict[str, str]]] = (0.0, [])
+        self._known: dict[str, dict[str, str]] = service.store.camera_info()
+        self._last_seen: dict[str, str] = {}
+
+    def all(self) -> list[dict[str, str]]:
+        """Every registered camera (``online`` "1" / "0"); the last list while Redis is
+        unreachable."""
+        with self._lock:
+            stamp, cameras = self._all
+            if time.monotonic() - stamp < self.ttl:
+                return cameras
+            try:
+                cameras = read_cameras(self.service.client, self.service.layout)
+            except CONNECTION_ERRORS:
+                return cameras
+            changed = {}
+            merged = []
+            for camera in cameras:
+                camera_id = camera["id"]
+                if camera.get("online") == "1":
+                    self._last_seen[camera_id] = camera.get("last_seen", "")
+                    static = {k: camera[k] for k in self.STATIC_FIELDS if camera.get(k)}
+                    if self._known.get(camera_id) != static:
+                        self._known[camera_id] = static
+                        changed[camera_id] = static
+                    merged.append(camera)
+                else:
+                    seen = self._last_seen.get(camera_id)
+                    extra = {"last_seen": seen} if seen else {}
+                    merged.append({**self._known.get(camera_id, {}), **extra, **camera})
+            if changed:
+                try:
+                    self.service.store.save_camera_info(changed)
+                except Exception:
+                    logger.exception("cannot store camera names")
+            self._all = (time.monotonic(), merged)
+            return merged
+
+    def info(self, camera_id: str) -> Mapping[str, str]:
+        """Registry fields of one camera ({} when unknown)."""
+        for camera in self.all():
+            if camera.get("id") == camera_id:
+                return camera
+        return self._known.get(camera_id, {})
+
+
+def camera_status(
+    camera_id: str,
+    registry: Mapping[str, str] | None,
+    summary: CameraSummary | None,
+    *,
+    now: float,
+    online_window: float,
+) -> dict[str, Any]:
+    """One camera as the API shows it: registry facts plus the engine's statistics."""
+    reg = dict(registry or {})
+    last_frame = summary.last_ts if summary else 0.0
+    if reg.get("online") == "1":
+        status = reg.get("status") or "up"
+    elif reg:
+        status = "offline"
+    else:
+        status = "up" if summary and now - summary.last_ts <= online_window else "offline"
+    try:
+        registry_seen = float(reg.get("last_seen", 0) or 0)
+    except ValueError:
+        registry_seen = 0.0
+    last_seen = max(registry_seen, last_frame) or None
+    compliance = summary.compliance if summary else None
+    try:
+        configured_fps = float(reg["fps"]) if reg.get("fps") else None
+    except ValueError:
+        configured_fps = None
+    return {
+        "id": camera_id,
+        "name": reg.get("name") or camera_id,
+        "location": reg.get("location", ""),
+        "status": status,
+        "online": status == "up",
+        "last_seen": last_seen,
+        "last_frame_ts": last_frame or None,
+        "fps": round(summary.fps, 2) if summary else 0.0,
+        "configured_fps": configured_fps,
+        "resolution": reg.get("resolution", ""),
+        "node": reg.get("node", ""),
+        "last_error": reg.get("last_error", ""),
+        "compliance": None if compliance is None else round(compliance, 4),
+        "masked": summary.masked if summary else 0,
+        "faces": summary.faces if summary else 0,
+        "tracks": summary.tracks if summary else 0,
+        "last_alert_ts": summary.last_alert_ts if summary else None,
+    }
+
+
+class AlertService:
+    """One running alert service."""
+
+    def __init__(self, settings: AlertSettings, metrics: AlertMetrics | None = None) -> None:
+        self.settings = settings
+        self.layout = settings.layout
+        self.metrics = metrics or AlertMetrics()
+        self.client = connect(settings.redis_url)
+        self.store = AlertStore(settings.state_dir)
+        snapshot_dir = settings.snapshot_dir or str(Path(settings.state_dir) / "snapshots")
+        self.snapshots = SnapshotStore(
+            snapshot_dir,
+            quality=settings.snapshot_quality,
+            max_age=settings.snapshot_max_age,
+            max_bytes=settings.snapshot_max_bytes,
+        )
+        self.latest_frames = LatestFrames(
+            self.client,
+            min_interval=settings.latest_min_interval,
+            max_side=settings.latest_max_side,
+            on_render=self.metrics.latest_renders.inc,
+        )
+        self.engine = AlertEngine(
+            Rule(
+                k=settings.rule_k,
+                n=settings.rule_n,
+                min_score=settings.min_score,
+                min_face=settings.min_face,
+                cooldown=settings.cooldown,
+            ),
+            {cid: o.model_dump() for cid, o in settings.rules.items()},
+            tracker=TrackerConfig(
+                min_iou=settings.track_iou,
+                max_missed=settings.track_max_missed,
+                max_gap=settings.track_max_gap,
+            ),
+            compliance_window=settings.compliance_window,
+        )
+        self.hub = AlertHub()
+        self.directory = CameraDirectory(self)
+        self.sinks: list[Sink] = []
+        self.workers: list[OutboxWorker] = []
+        self.consumer: DetectionsConsumer | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self.public_base_url = settings.public_base_url
+        self.fatal: BaseException | None = None
+        self.stopped = threading.Event()
+        self._server: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        self._last_retention = 0.0
+        self._last_prune = 0.0
+        self._redis_ok = False
+
+    # -- start / stop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start everything; raises :class:`LayoutMismatchError` on a layout conflict."""
+        try:
+            self.layout.check_meta(self.client)
+            self._redis_ok = True
+        except CONNECTION_ERRORS as exc:
+            logger.warning(
+                "redis unreachable at start; the consumer keeps retrying",
+                extra={"error": str(exc)},
+            )
+        sock = self._bind()
+        self.port = int(sock.getsockname()[1])
+        if not self.public_base_url:
+            host = self.settings.host
+            if host in ("0.0.0.0", "::", ""):
+                host = socket.gethostname()
+            self.public_base_url = f"http://{host}:{self.port}"
+        context = SinkContext(self.client, self.layout, self.public_base_url)
+        self.sinks = build_sinks(self.settings, context)
+        for sink in self.sinks:
+            sink.start()
+            worker = OutboxWorker(
+                self.store,
+                sink,
+                self.metrics,
+                ttl=self.settings.outbox_ttl,
+                initial=self.settings.retry_initial,
+                cap=self.settings.retry_max,
+            )
+            self.workers.append(worker)
+            worker.start()
+        self.consumer = DetectionsConsumer(
+            self.client,
+            self.layout,
+            self.settings,
+            self.engine,
+            self.store,
+            self.snapshots,
+            self.metrics,
+            [s.name for s in self.sinks],
+            camera_info=self.directory.info,
+            on_alerts=self._on_alerts,
+        )
+        self.consumer.start()
+        self._start_http(sock)
+        if self.settings.metrics_port:
+            start_http_server(
+                self.settings.metrics_port,
+                addr=self.settings.metrics_host,
+                registry=self.metrics.registry,
+            )
+            self.metrics_port = self.settings.metrics_port
+        self._maintenance.start()
+        logger.info(
+            "alert service started",
+            extra={
+                "port": self.port,
+                "state_dir": str(self.store.dir),
+                "sinks": [s.name for s in self.sinks],
+                "consumer": self.settings.consumer_name,
+                "auth": bool(self.settings.api_token),
+            },
+        )
+
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host, self.settings.port))
+        sock.listen(128)
+        sock.set_inheritable(True)
+        return sock
+
+    def _start_http(self, sock: socket.socket) -> None:
+        from services.alerts.api import create_app
+
+        for name in ("uvicorn", "uvicorn.error"):
+            logging.getLogger(name).addFilter(_DropColorMessage())
+        config = uvicorn.Config(
+            create_app(self),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+            timeout_keep_alive=30,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        server = self._server
+        self._http_thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
+        )
+        self._http_thread.start()
+        deadline = time.monotonic() + 10.0
+        while not server.started and time.monotonic() < deadline:
+            if not self._http_thread.is_alive():
+                raise RuntimeError("the HTTP server failed to start")
+            time.sleep(0.02)
+
+    def stop(self) -> bool:
+        """Graceful stop; True when the consumer finished its batch in time."""
+        timeout = self.settings.shutdown_timeout
+        clean = True
+        if self.consumer is not None:
+            clean = self.consumer.stop(timeout)
+        self.stopped.set()
+        self.hub.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(timeout)
+        for worker in self.workers:
+            worker.stop(timeout)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                logger.exception("closing sink failed", extra={"sink": sink.name})
+        self._maintenance.join(2.0)
+        self.store.close()
+        self.client.close()
+        logger.info("alert service stopped", extra={"clean": clean})
+        return clean
+
+    # -- events ----------------------------------------------------------------------
+
+    def _on_alerts(self, alerts: list[AlertRecord]) -> None:
+        for worker in self.workers:
+            worker.wake()
+        for alert in alerts:
+            self.hub.publish(self.alert_json(alert))
+
+    @staticmethod
+    def alert_json(alert: AlertRecord) -> dict[str, Any]:
+        """An alert as the API and the live feed show it (with its picture URLs)."""
+        doc = alert.to_json()
+        base = f"/api/alerts/{alert.alert_id}"
+        doc["snapshot_url"] = f"{base}/snapshot.jpg" if alert.snapshot else None
+        doc["thumbnail_url"] = f"{base}/thumbnail.jpg" if alert.thumbnail else None
+        return doc
+
+    # -- status ----------------------------------------------------------------------
+
+    def redis_ok(self) -> bool:
+        """Whether Redis answers PING now."""
+        try:
+            self._redis_ok = bool(self.client.ping())
+        except CONNECTION_ERRORS:
+            self._redis_ok = False
+        except Exception:
+            self._redis_ok = False
+        return self._redis_ok
+
+    def readiness(self) -> dict[str, bool]:
+        """The checks behind ``/readyz``."""
+        return {
+            "redis": self.redis_ok(),
+            "consumer": bool(self.consumer and self.consumer.running()),
+            "http": bool(self._server and self._server.started),
+        }
+
+    def cameras(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Every camera known to the registry or seen in the detections."""
+        now = time.time() if now is None else now
+        registry = {c["id"]: c for c in self.directory.all()}
+        summaries = self.engine.summaries(now)
+        recent = self.store.count_alerts(since=now - 86400)
+        out = []
+        for camera_id in sorted(set(registry) | set(summaries)):
+            doc = camera_status(
+                camera_id,
+                registry.get(camera_id),
+                summaries.get(camera_id),
+                now=now,
+                online_window=self.settings.online_window,
+            )
+            doc["window_s"] = self.settings.compliance_window
+            doc["alerts_24h"] = recent.get(camera_id, 0)
+            doc["rule"] = self.engine.rule(camera_id).to_dict()
+            out.append(doc)
+        return out
+
+    def frames_stream_of(self, latest: Mapping[str, Any] | None) -> str | None:
+        """The frame stream of a latest-entry record."""
+        if not latest:
+            return None
+        return self.layout.frames(self.layout.partition_of_key(str(latest["stream"])))
+
+    # -- maintenance -----------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        while not self.stopped.wait(self.settings.maintenance_interval):
+            try:
+                self.maintain_once()
+            except Exception:
+                logger.exception("maintenance failed")
+
+    def maintain_once(self, now: float | None = None) -> None:
+        """Update gauges and compliance states; run retention when due."""
+        now = time.time() if now is None else now
+        cameras = self.cameras(now)
+        for cam in cameras:
+            if cam["compliance"] is None:
+                with contextlib.suppress(KeyError):
+                    self.metrics.compliance.remove(cam["id"])
+            else:
+                self.metrics.compliance.labels(cam["id"]).set(cam["compliance"])
+            state = {
+                "camera_id": cam["id"],
+                "online": cam["online"],
+                "status": cam["status"],
+                "compliance": cam["compliance"],
+                "masked": cam["masked"],
+                "faces": cam["faces"],
+                "window_s": cam["window_s"],
+            }
+            for sink in self.sinks:
+                sink.publish_compliance(cam["id"], state)
+        depth = self.store.outbox_depth()
+        for sink in self.sinks:
+            self.metrics.outbox_depth.labels(sink.name).set(depth.get(sink.name, 0))
+        self.metrics.ready.set(1 if all(self.readiness().values()) else 0)
+        self.metrics.sse_clients.set(self.hub.count())
+        if now - self._last_retention >= RETENTION_INTERVAL:
+            self._last_retention = now
+            result = self.snapshots.enforce_retention(now)
+            for reason in ("age", "size"):
+                if result[reason]:
+                    self.metrics.snapshots_deleted.labels(reason).inc(result[reason])
+            self.metrics.snapshot_bytes.set(result["bytes"])
+        if now - self._last_prune >= PRUNE_INTERVAL:
+            self._last_prune = now
+            pruned = self.store.prune_alerts(now - self.settings.history_days * 86400)
+            if pruned:
+                logger.info("old alerts pruned", extra={"alerts": len(pruned)})
+
+
+def fatal_error(exc: BaseException) -> bool:
+    """Errors that end the service with exit code 2 (configuration / layout)."""
+    return isinstance(exc, LayoutMismatchError)

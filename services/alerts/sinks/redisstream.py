@@ -1,0 +1,78 @@
+"""Redis sink: alerts on the alerts stream (``StreamLayout.alerts``), exactly once.
+
+Each alert is ``XADD``-ed as :class:`facemask.wire.AlertEvent` fields (``MAXLEN ~``); the
+ingest nodes' voice prompt (:mod:`services.ingest.voice`) reads that stream. A Lua script
+adds the alert id to a sorted set ``{<alerts key>}:delivered`` (same hash slot as the
+stream) and ``XADD``-s only when the id was new, so a delivery retried after a crash or a
+lost reply never puts the same alert on the stream twice. Ids older than a week (or the
+outbox TTL, if longer) are dropped from the set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from facemask.redisconn import CONNECTION_ERRORS, RedisClient
+from facemask.wire import AlertEvent
+from services.alerts.config import AlertSettings
+from services.alerts.sinks import Sink, SinkContext, SinkError, register_sink
+
+# KEYS[1] stream, KEYS[2] delivered set; ARGV[1] alert id, ARGV[2] now, ARGV[3] keep (s),
+# ARGV[4] maxlen, ARGV[5..] fields.
+XADD_ONCE = """
+local added = redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
+if added == 1 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+return added
+"""
+
+
+def event_of(alert: Mapping[str, Any]) -> AlertEvent:
+    """The wire event of a stored alert."""
+    return AlertEvent(
+        alert_id=str(alert["id"]),
+        camera_id=str(alert["camera_id"]),
+        ts=float(alert["ts"]),
+        frame_id=int(alert["frame_id"]),
+        kind=str(alert.get("kind", "no_mask")),
+        score=float(alert.get("score", 0.0)),
+        track_id=int(alert.get("track_id", 0)),
+        message=str(alert.get("message", "")),
+    )
+
+
+@register_sink("redis")
+class RedisStreamSink(Sink):
+    """``XADD`` to the alerts stream, deduplicated by alert id."""
+
+    def __init__(self, client: RedisClient, stream: str, *, maxlen: int, keep: float) -> None:
+        self.client = client
+        self.stream = stream
+        self.delivered_key = f"{{{stream}}}:delivered"
+        self.maxlen = maxlen
+        self.keep = keep
+        self._script = client.register_script(XADD_ONCE)
+
+    @classmethod
+    def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:
+        if not settings.redis_sink:
+            return None
+        return cls(
+            context.client,
+            context.layout.alerts,
+            maxlen=settings.alerts_maxlen,
+            keep=max(7 * 86400.0, settings.outbox_ttl),
+        )
+
+    def deliver(self, alert: Mapping[str, Any]) -> None:
+        args: list[Any] = [alert["id"], repr(time.time()), repr(self.keep), self.maxlen]
+        for key, value in event_of(alert).to_fields().items():
+            args.extend((key, value))
+        try:
+            self._script(keys=[self.stream, self.delivered_key], args=args)
+        except CONNECTION_ERRORS as exc:
+            raise SinkError(f"redis unreachable: {exc}") from exc

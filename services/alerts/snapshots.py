@@ -1,0 +1,266 @@
+"""Annotated pictures: alert snapshots on disk, and the dashboard's live frames.
+
+A snapshot is the alert's frame, fetched from the partition's frame stream by id
+(``XRANGE sid sid``), with every face of its detections entry drawn by
+:func:`facemask.annotate.annotate` (green ``mask`` / red ``no_mask``, label and score).
+Files: ``<snapshot_dir>/<YYYY-MM-DD>/<alert id>.jpg`` plus a 320 px wide
+``<alert id>.thumb.jpg`` for the dashboard's alert feed, written atomically (temporary
+file, then rename). Retention deletes files older than ``max_age`` seconds, then the oldest
+files until the total is at most ``max_bytes``.
+
+The frame streams are trimmed (``MAXLEN ~``); an alert whose frame is already gone is
+still raised, without a picture, and counted by ``facemask_alert_snapshots_missing_total``.
+
+:class:`LatestFrames` renders each camera's most recent detections entry on its frame for
+the dashboard, at most once per ``min_interval`` per camera whatever the number of
+browsers, and caches the JPEG (the API answers ``304`` for a frame a browser already has).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facemask.annotate import annotate
+from facemask.core.types import LABELS, Detection
+from facemask.redisconn import RedisClient
+from facemask.wire import FrameEntry, WireDetection, WireError
+
+logger = logging.getLogger(__name__)
+
+THUMB_WIDTH = 320
+
+
+def to_detections(
+    dets: Iterable[WireDetection | Mapping[str, Any]], width: int, height: int
+) -> list[Detection]:
+    """Pixel-box detections of a ``width`` x ``height`` frame as normalised detections."""
+    out = []
+    for det in dets:
+        if isinstance(det, WireDetection):
+            label, score, box = det.label, det.score, det.box
+        else:
+            label, score, box = str(det["label"]), float(det["score"]), tuple(det["box"])
+        x1, y1, x2, y2 = box
+        out.append(
+            Detection(
+                LABELS.index(label),
+                float(score),
+                (x1 / width, y1 / height, x2 / width, y2 / height),
+            )
+        )
+    return out
+
+
+def fetch_frame(client: RedisClient, frames_stream: str, sid: str) -> FrameEntry | None:
+    """The frame entry ``sid`` of ``frames_stream``; None when trimmed or unreadable."""
+    reply: Any = client.xrange(frames_stream, min=sid, max=sid, count=1)
+    if not reply:
+        return None
+    try:
+        return FrameEntry.from_fields(reply[0][1])
+    except WireError as exc:
+        logger.warning("frame entry unreadable", extra={"sid": sid, "reason": exc.reason})
+        return None
+
+
+def decode_bgr(frame: FrameEntry, max_side: int = 0) -> np.ndarray | None:
+    """The frame's pixels (BGR), scaled down so the longer side is at most ``max_side``."""
+    image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    height, width = image.shape[:2]
+    if max_side and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image
+
+
+def render(
+    frame: FrameEntry,
+    dets: Sequence[WireDetection | Mapping[str, Any]],
+    width: int,
+    height: int,
+    *,
+    max_side: int = 0,
+) -> np.ndarray | None:
+    """The frame with its detections drawn (BGR); None when the image does not decode."""
+    image = decode_bgr(frame, max_side)
+    if image is None:
+        return None
+    return annotate(image, to_detections(dets, width, height), bgr=True, copy=False)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of a BGR image."""
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class SavedSnapshot:
+    """Paths of a saved snapshot, relative to the snapshot directory."""
+
+    image: str
+    thumbnail: str
+
+
+class SnapshotStore:
+    """Snapshot files with retention by age and total size."""
+
+    def __init__(
+        self, directory: str | Path, *, quality: int = 85, max_age: float, max_bytes: int
+    ) -> None:
+        self.dir = Path(directory).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.quality = quality
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+
+    def save(self, alert_id: str, ts: float, image: np.ndarray) -> SavedSnapshot:
+        """Write the snapshot and its thumbnail; returns their relative paths."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(ts))
+        folder = self.dir / day
+        folder.mkdir(parents=True, exist_ok=True)
+        height, width = image.shape[:2]
+        thumb_h = max(1, round(height * THUMB_WIDTH / width))
+        thumb = cv2.resize(image, (THUMB_WIDTH, thumb_h), interpolation=cv2.INTER_AREA)
+        _write_atomic(folder / f"{alert_id}.jpg", encode_jpeg(image, self.quality))
+        _write_atomic(folder / f"{alert_id}.thumb.jpg", encode_jpeg(thumb, 80))
+        return SavedSnapshot(f"{day}/{alert_id}.jpg", f"{day}/{alert_id}.thumb.jpg")
+
+    def path(self, relative: str | None) -> Path | None:
+        """Absolute path of a stored snapshot; None when absent (never saved or deleted)."""
+        if not relative:
+            return None
+        path = (self.dir / relative).resolve()
+        if self.dir not in path.parents or not path.is_file():
+            return None
+        return path
+
+    def files(self) -> list[tuple[float, int, Path]]:
+        """Every snapshot file as ``(mtime, size, path)``, oldest first."""
+        out = []
+        for folder in self.dir.iterdir():
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.is_file() and entry.name.endswith(".jpg"):
+                    st = entry.stat()
+                    out.append((st.st_mtime, st.st_size, Path(entry.path)))
+        out.sort()
+        return out
+
+    def enforce_retention(self, now: float | None = None) -> dict[str, int]:
+        """Delete by age, then by total size (oldest first); returns deletions by reason
+        and the bytes left (``"bytes"``)."""
+        now = time.time() if now is None else now
+        deleted = {"age": 0, "size": 0}
+        with self._lock:
+            files = self.files()
+            kept = []
+            for mtime, size, path in files:
+                if now - mtime > self.max_age:
+                    path.unlink(missing_ok=True)
+                    deleted["age"] += 1
+                else:
+                    kept.append((mtime, size, path))
+            total = sum(size for _m, size, _p in kept)
+            for _mtime, size, path in kept:
+                if total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                deleted["size"] += 1
+                total -= size
+            for folder in self.dir.iterdir():
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        return {**deleted, "bytes": total}
+
+
+@dataclass(slots=True)
+class _Cached:
+    frame_sid: str
+    jpeg: bytes
+    rendered: float
+
+
+class LatestFrames:
+    """Per-camera cache of the latest annotated frame (see the module docstring)."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        min_interval: float = 0.2,
+        max_side: int = 960,
+        quality: int = 75,
+        on_render: Any = None,
+    ) -> None:
+        self.client = client
+        self.min_interval = min_interval
+        self.max_side = max_side
+        self.quality = quality
+        self.on_render = on_render
+        self._cache: dict[str, _Cached] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, camera_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(camera_id, threading.Lock())
+
+    def get(
+        self, camera_id: str, latest: Mapping[str, Any] | None, frames_stream: str | None
+    ) -> tuple[str, bytes] | None:
+        """``(frame sid, JPEG)`` of the camera's latest frame with its boxes, or None.
+
+        ``latest`` is the engine's latest entry of the camera (frame sid, size, dets).
+        A frame that cannot be fetched (trimmed) keeps the previous picture.
+        """
+        with self._lock(camera_id):
+            cached = self._cache.get(camera_id)
+            now = time.monotonic()
+            if cached and (
+                now - cached.rendered < self.min_interval
+                or latest is None
+                or latest["frame_sid"] == cached.frame_sid
+            ):
+                return cached.frame_sid, cached.jpeg
+            if latest is None or frames_stream is None:
+                return None
+            frame = fetch_frame(self.client, frames_stream, str(latest["frame_sid"]))
+            image = (
+                render(frame, latest["dets"], latest["w"], latest["h"], max_side=self.max_side)
+                if frame is not None
+                else None
+            )
+            if image is None:
+                if cached:
+                    cached.rendered = now
+                    return cached.frame_sid, cached.jpeg
+                return None
+            jpeg = encode_jpeg(image, self.quality)
+            self._cache[camera_id] = _Cached(str(latest["frame_sid"]), jpeg, now)
+            if self.on_render is not None:
+                self.on_render()
+            return str(latest["frame_sid"]), jpeg

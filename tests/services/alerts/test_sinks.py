@@ -1,0 +1,260 @@
+"""Sinks against real receivers (local HTTP server, redis-server, mosquitto) and the outbox."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from facemask.localredis import RedisProcess
+from facemask.wire import AlertEvent
+from services.alerts.metrics import AlertMetrics
+from services.alerts.outbox import OutboxWorker, backoff_delay
+from services.alerts.sinks import (
+    SINKS,
+    PermanentSinkError,
+    SinkContext,
+    SinkError,
+    build_sinks,
+    load_builtin_sinks,
+    topic_part,
+)
+from services.alerts.sinks.mqtt import MqttSink
+from services.alerts.sinks.redisstream import RedisStreamSink
+from services.alerts.sinks.slack import SlackSink, slack_message
+from services.alerts.sinks.webhook import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookSink,
+    sign,
+    verify_signature,
+)
+from services.alerts.store import DELIVERED, EXPIRED, FAILED, AlertStore
+from tests.fixtures.mqtt import MosquittoProcess, MqttRecorder
+from tests.services.alerts.conftest import LAYOUT, HookServer, fast_settings, wait_until
+from tests.services.alerts.test_store import record
+
+SECRET = "s3cret-key"
+
+
+def alert_doc(alert_id: str = "a" * 32, camera: str = "lobby") -> dict[str, Any]:
+    doc = record(alert_id, camera, time.time()).to_json()
+    doc.update(camera_name="Lobby", place="Main hall", message="Person without a mask at Lobby")
+    return doc
+
+
+def test_registry_knows_the_builtin_sinks(tmp_path: Path) -> None:
+    assert {"webhook", "slack", "mqtt", "redis"} <= set(load_builtin_sinks())
+    settings = fast_settings("redis://127.0.0.1:1/0", tmp_path, redis_sink=False)
+    context = SinkContext(redis.Redis(port=1), LAYOUT, "http://dash:8080")
+    assert build_sinks(settings, context) == []  # nothing configured, nothing enabled
+    settings = fast_settings(
+        "redis://127.0.0.1:1/0",
+        tmp_path,
+        webhook_url="http://127.0.0.1:9/x",
+        webhook_secret=SECRET,
+        slack_webhook_url="http://127.0.0.1:9/y",
+    )
+    names = [s.name for s in build_sinks(settings, context)]
+    assert sorted(names) == ["redis", "slack", "webhook"]
+    assert SINKS["webhook"] is WebhookSink
+
+
+def test_signature_verifies_and_detects_tampering() -> None:
+    body = b'{"event":"alert"}'
+    ts = str(int(time.time()))
+    signature = sign(SECRET, ts, body)
+    assert signature.startswith("sha256=") and len(signature) == 7 + 64
+    assert verify_signature(SECRET, ts, body, signature)
+    assert not verify_signature("other", ts, body, signature)
+    assert not verify_signature(SECRET, ts, body + b" ", signature)
+    assert not verify_signature(SECRET, str(int(ts) - 1), body, signature)
+    old = str(int(time.time()) - 3600)
+    assert not verify_signature(SECRET, old, body, sign(SECRET, old, body))  # replay
+
+
+def test_webhook_posts_signed_json(hooks: HookServer) -> None:
+    sink = WebhookSink(hooks.url + "/hook", SECRET, timeout=2.0, base_url="http://dash:8080")
+    alert = alert_doc()
+    sink.deliver(alert)
+    (req,) = hooks.received("/hook")
+    assert verify_signature(
+        SECRET, req.headers[TIMESTAMP_HEADER], req.body, req.headers[SIGNATURE_HEADER]
+    )
+    assert req.headers[DELIVERY_HEADER] == alert["id"]
+    assert req.headers["Content-Type"] == "application/json"
+    doc = req.json()
+    assert doc["event"] == "alert" and doc["alert"]["camera_id"] == "lobby"
+    assert doc["dashboard_url"] == f"http://dash:8080/#alert-{alert['id']}"
+    assert doc["snapshot_url"] is None  # the record has no snapshot
+
+    hooks.status = 503
+    with pytest.raises(SinkError) as retry:
+        sink.deliver(alert)
+    assert not isinstance(retry.value, PermanentSinkError)
+    hooks.status = 400
+    with pytest.raises(PermanentSinkError):
+        sink.deliver(alert)
+    hooks.down()
+    with pytest.raises(SinkError):  # connection refused
+        sink.deliver(alert)
+    sink.close()
+
+
+def test_slack_message_names_camera_place_time_and_snapshot(hooks: HookServer) -> None:
+    alert = alert_doc()
+    alert["has_snapshot"] = True
+    message = slack_message(alert, "https://dash.example")
+    text = json.dumps(message)
+    link = f"https://dash.example/api/alerts/{alert['id']}/snapshot.jpg"
+    assert link in message["text"]
+    assert "Lobby" in text and "Main hall" in text and f"<!date^{int(alert['ts'])}^" in text
+    assert f"<{link}|View snapshot>" in text
+    sink = SlackSink(hooks.url + "/slack", timeout=2.0, base_url="https://dash.example")
+    sink.deliver(alert)
+    (req,) = hooks.received("/slack")
+    assert req.json() == message
+    sink.close()
+
+
+def test_redis_sink_adds_each_alert_once(
+    redis_server: RedisProcess, redis_client: redis.Redis
+) -> None:
+    sink = RedisStreamSink(redis_client, LAYOUT.alerts, maxlen=100, keep=3600)
+    alert = alert_doc()
+    sink.deliver(alert)
+    sink.deliver(alert)  # a retry after a lost reply: not added twice
+    sink.deliver(alert_doc("b" * 32))
+    entries = redis_client.xrange(LAYOUT.alerts)
+    events = [AlertEvent.from_fields(fields) for _sid, fields in entries]
+    assert [e.alert_id for e in events] == ["a" * 32, "b" * 32]
+    assert events[0].camera_id == "lobby" and events[0].message.startswith("Person without")
+    redis_server.stop()
+    with pytest.raises(SinkError):
+        sink.deliver(alert_doc("c" * 32))
+
+
+def test_mqtt_sink_publishes_alerts_and_retained_compliance(
+    mosquitto: MosquittoProcess, mqtt_recorder: MqttRecorder
+) -> None:
+    sink = MqttSink(
+        mosquitto.url, prefix="facemask", client_id="alerts-test", timeout=3.0, base_url="http://d"
+    )
+    with pytest.raises(SinkError):
+        sink.deliver(alert_doc())  # not connected yet
+    sink.start()
+    assert sink.connected.wait(5)
+    sink.deliver(alert_doc(camera="hall/2"))
+    state = {"camera_id": "hall/2", "compliance": 0.75, "online": True}
+    sink.publish_compliance("hall/2", state)
+    sink.publish_compliance("hall/2", state)  # unchanged: not re-sent
+    wait_until(lambda: mqtt_recorder.on("hall_2/compliance"), 5, "compliance state")
+    wait_until(lambda: mqtt_recorder.on("hall_2/alert"), 5, "alert message")
+    (msg,) = mqtt_recorder.on("facemask/hall_2/alert")
+    assert json.loads(msg.payload)["camera_id"] == "hall/2" and msg.qos == 1
+    time.sleep(0.2)
+    assert len(mqtt_recorder.on("hall_2/compliance")) == 1
+    sink.close()
+    assert topic_part("a/b+c#") == "a_b_c_"
+
+    # Retained: a client subscribing later still gets the camera's state.
+    import paho.mqtt.client as mqtt
+
+    late: list[mqtt.MQTTMessage] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="late")
+    client.on_message = lambda _c, _u, m: late.append(m)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.subscribe("facemask/+/compliance", qos=1)
+    client.loop_start()
+    try:
+        wait_until(lambda: late, 5, "retained compliance")
+        assert late[0].retain and json.loads(late[0].payload)["compliance"] == 0.75
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+class FlakySink:
+    """A sink that fails a set number of times, then succeeds (test double of a receiver)."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        self.failures = failures
+        self.error = error or SinkError("HTTP 503")
+        self.delivered: list[str] = []
+        self.attempts = 0
+
+    def deliver(self, alert: dict[str, Any]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise self.error
+        self.delivered.append(alert["id"])
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 1.0, 30.0, rng) for n in range(1, 10)]
+    for n, delay in enumerate(delays, start=1):
+        base = min(30.0, 2.0 ** (n - 1))
+        assert base / 2 <= delay <= base
+    assert len({round(backoff_delay(3, 1.0, 30.0, rng), 6) for _ in range(20)}) > 10
+
+
+def test_outbox_worker_retries_until_delivered(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path)
+    store.commit_batch([record("a" * 32)], ["flaky"], {}, {})
+    sink = FlakySink(failures=3)
+    metrics = AlertMetrics()
+    worker = OutboxWorker(store, sink, metrics, ttl=60, initial=0.05, cap=0.2)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        wait_until(lambda: sink.delivered, 5, "delivery after retries")
+    finally:
+        worker.stop()
+    assert sink.delivered == ["a" * 32] and sink.attempts == 4
+    (row,) = store.deliveries("a" * 32)
+    assert row.status == DELIVERED and row.attempts == 4
+    value = metrics.registry.get_sample_value
+    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "retry"}) == 3
+    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "delivered"}) == 1
+
+
+def test_outbox_worker_rejects_and_expires(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path)
+    metrics = AlertMetrics()
+    store.commit_batch([record("a" * 32)], ["flaky"], {}, {})
+    rejecting = FlakySink(failures=100, error=PermanentSinkError("HTTP 400"))
+    worker = OutboxWorker(store, rejecting, metrics, ttl=60, initial=0.05, cap=0.2)  # type: ignore[arg-type]
+    assert worker.run_once()
+    assert store.deliveries("a" * 32)[0].status == FAILED and rejecting.attempts == 1
+    assert not worker.run_once()  # not retried
+
+    clock = [1000.0]
+    store.commit_batch([record("b" * 32)], ["flaky"], {}, {}, now=1000.0)
+    failing = FlakySink(failures=100)
+    worker = OutboxWorker(
+        store,
+        failing,
+        metrics,
+        ttl=30,
+        initial=1.0,
+        cap=4.0,
+        clock=lambda: clock[0],  # type: ignore[arg-type]
+    )
+    while clock[0] < 1040:
+        worker.run_once()
+        clock[0] += 0.5
+    (row,) = store.deliveries("b" * 32)
+    assert row.status == EXPIRED
+    # Exponential backoff: far fewer attempts than the 60 half-second ticks.
+    assert 4 <= failing.attempts <= 12
+    value = metrics.registry.get_sample_value
+    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "expired"}) == 1
+    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "rejected"}) == 1
