@@ -11,7 +11,8 @@ endif
 PYTEST_ARGS ?=
 PY_SOURCES := facemask services tests bench
 
-.PHONY: setup test unit lint fmt proto proto-check run bench bench-model bench-inference bench-ingest clean help
+
+.PHONY: setup test unit lint fmt proto proto-check run validate-deploy bench bench-model bench-inference bench-ingest clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
@@ -36,6 +37,9 @@ lint: setup proto-check
 fmt: setup
 	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 	$(VENV)/bin/ruff format $(PY_SOURCES)
+
+validate-deploy: setup
+	bash scripts/validate_deploy.sh
 
 proto: setup
 	$(PY) scripts/gen_proto.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,10 @@ class RemoteDetector:
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
+                # With a headless Service (dns:///inference...:50051) every replica's
+                # address resolves; round_robin spreads requests over all of them instead
+                # of pinning one long-lived HTTP/2 connection to one pod.
+                ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
             ],
         )
         self.stub = detector_pb2_grpc.DetectorStub(self.channel)

@@ -162,6 +162,7 @@ def _copy_verified(src_open: object, artifact: Artifact, dest: Path, origin: str
                 f"{artifact.sha256}); the file is corrupt or not the pinned upstream version, "
                 "nothing was cached"
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; services may run as another user
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

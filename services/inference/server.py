@@ -211,6 +211,10 @@ class GrpcServer:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Clients reconnect (and re-resolve) every few minutes, so new replicas get
+            # traffic from round_robin clients; in-flight calls get a grace period.
+            ("grpc.max_connection_age_ms", 300_000),
+            ("grpc.max_connection_age_grace_ms", 30_000),
         ]
         self.server = grpc.server(
             ThreadPoolExecutor(settings.grpc_workers, thread_name_prefix="grpc"),

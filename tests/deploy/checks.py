@@ -1,0 +1,1152 @@
+"""Offline validation of the deployment files (Kubernetes, compose, Prometheus, Grafana).
+
+Used by ``tests/deploy/test_deploy.py`` and by ``scripts/validate_deploy.sh``
+(``python -m tests.deploy.checks k8s|metrics``). Every check returns a list of problems
+(empty: valid) instead of raising, so one run reports everything that is wrong.
+
+Kubernetes: every overlay / component combination is rendered with ``kubectl kustomize``.
+Standard kinds are validated strictly (``kubernetes-validate --strict``: unknown fields are
+errors) against the oldest and the newest Kubernetes version we support; a document whose
+kind has no schema is an error too (kubernetes-validate only warns, so a typo in ``kind``
+would pass). Custom resources (KEDA ``ScaledObject`` / ``TriggerAuthentication``) have no
+schema in kubernetes-validate: they get a structural check here, plus a consistency check
+against the real stream layout (``facemask.streams``). Then semantic checks: references
+resolve, selectors match, pods meet the restricted Pod Security Standard, one autoscaler
+per workload, every ``FACEMASK_*`` variable names a real setting.
+
+Metrics: the set of series names the services export is collected by instantiating their
+metrics classes in a fresh registry; every metric named in a dashboard query or a rule
+expression must be in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import importlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_DIR = REPO_ROOT / "deploy"
+K8S_DIR = DEPLOY_DIR / "k8s"
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+PROMETHEUS_CONFIG = DEPLOY_DIR / "prometheus" / "prometheus.yml"
+PROMETHEUS_RULES = DEPLOY_DIR / "prometheus" / "rules.yml"
+PROMETHEUS_RULE_TESTS = DEPLOY_DIR / "prometheus" / "rules_test.yml"
+GRAFANA_DIR = DEPLOY_DIR / "grafana"
+DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
+
+# Oldest supported cluster (native gRPC probes are GA since 1.27) and the newest schema.
+KUBERNETES_VERSIONS = ("1.28.0", "latest")
+
+# Components that cannot be combined: two autoscalers would fight over one Deployment.
+COMPONENT_CONFLICTS = (frozenset({"keda", "hpa"}),)
+
+# Secrets an overlay expects to exist in the cluster (created from a secret manager), by
+# overlay; anything else a workload references must be in the rendered output.
+EXTERNAL_SECRETS = {
+    "base": frozenset({"facemask-redis", "facemask-cameras"}),
+    "dev": frozenset(),
+    "prod": frozenset({"facemask-redis", "facemask-cameras"}),
+}
+
+# Custom resources we ship and the structural check that stands in for a schema.
+CRD_KINDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+}
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
+
+# Series Prometheus itself produces for every target; rules may use them.
+PROMETHEUS_SYNTHETIC_METRICS = frozenset({"up"})
+
+# The alert service's metrics as the issue specifies them, used until
+# services/alerts/metrics.py exists (then the real class is the source of truth).
+ALERTS_METRICS_FROM_ISSUE = (
+    ("facemask_alerts", "counter"),
+    ("facemask_compliance_ratio", "gauge"),
+    ("facemask_faces_seen", "counter"),
+    ("facemask_sink_deliveries", "counter"),
+    ("facemask_alerts_outbox_depth", "gauge"),
+)
+
+# Environment variables read outside the settings classes (facemask/modelstore.py).
+NON_SETTINGS_FACEMASK_ENV = frozenset(
+    {"FACEMASK_MODEL_DIR", "FACEMASK_MODEL_MIRROR", "FACEMASK_MODEL_MANIFEST"}
+)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def exposed_names(family_name: str, family_type: str) -> set[str]:
+    """Series names a prometheus_client metric family appears under in /metrics."""
+    if family_type == "counter":
+        return {f"{family_name}_total", f"{family_name}_created"}
+    if family_type == "histogram":
+        return {f"{family_name}_{s}" for s in ("bucket", "sum", "count", "created")}
+    if family_type == "summary":
+        return {family_name, f"{family_name}_sum", f"{family_name}_count"} | {
+            f"{family_name}_created"
+        }
+    if family_type == "info":
+        return {f"{family_name}_info"}
+    return {family_name}
+
+
+def registry_names(registry: Any) -> set[str]:
+    """Every series name the collectors of ``registry`` can expose (labelled or not)."""
+    names: set[str] = set()
+    for family in registry.collect():
+        names |= exposed_names(family.name, family.type)
+    return names
+
+
+def alerts_metric_source() -> str:
+    """``module`` when services/alerts/metrics.py defines the metrics, else ``issue``."""
+    return "module" if importlib.util.find_spec("services.alerts.metrics") else "issue"
+
+
+def _alerts_metric_names() -> set[str]:
+    from prometheus_client import CollectorRegistry
+
+    if alerts_metric_source() == "issue":
+        names: set[str] = set()
+        for name, kind in ALERTS_METRICS_FROM_ISSUE:
+            names |= exposed_names(name, kind)
+        return names
+    module = importlib.import_module("services.alerts.metrics")
+    names = set()
+    for attr in dir(module):
+        cls = getattr(module, attr)
+        if not (isinstance(cls, type) and attr.endswith("Metrics")):
+            continue
+        if getattr(cls, "__module__", "") != module.__name__:
+            continue
+        registry = CollectorRegistry()
+        try:
+            cls(registry)
+        except TypeError:
+            cls(registry=registry)
+        names |= registry_names(registry)
+    if not names:
+        raise RuntimeError("services/alerts/metrics.py defines no *Metrics class to collect")
+    return names
+
+
+@functools.cache
+def service_metric_names() -> dict[str, frozenset[str]]:
+    """Series names each service exports, from its metrics class in a fresh registry."""
+    from prometheus_client import CollectorRegistry
+
+    from services.inference.metrics import InferenceMetrics
+    from services.ingest.metrics import IngestMetrics
+
+    inference = CollectorRegistry()
+    InferenceMetrics(inference)
+    ingest = CollectorRegistry()
+    IngestMetrics(ingest)
+    return {
+        "inference": frozenset(registry_names(inference)),
+        "ingest": frozenset(registry_names(ingest)),
+        "alerts": frozenset(_alerts_metric_names()),
+    }
+
+
+def all_exported_metrics() -> frozenset[str]:
+    """Union of every service's series names."""
+    return frozenset().union(*service_metric_names().values())
+
+
+_PROMQL_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "atan2",
+        "inf",
+        "nan",
+    }
+)
+_GRAFANA_VARIABLE = re.compile(r"\$\{[^}]*\}|\$\w+|\[\[\w+\]\]")
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_TOKEN = re.compile(
+    r"(?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[a-zA-Z]*)"
+    r"|(?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)"
+)
+
+
+class PromQLError(ValueError):
+    """An expression the name extractor cannot read reliably."""
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression (Grafana variables allowed) selects."""
+    if "__name__" in expr:
+        raise PromQLError(f"selecting metrics by __name__ is not checkable: {expr!r}")
+    text = _GRAFANA_VARIABLE.sub("", expr)
+    text = _STRING.sub('""', text)
+    text = re.sub(r"\{[^{}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)  # ranges and subqueries
+    text = _GROUPING.sub(" ", text)
+    if any(c in text for c in "{}[]"):
+        raise PromQLError(f"unbalanced braces or brackets in {expr!r}")
+    names: set[str] = set()
+    for match in _TOKEN.finditer(text):
+        ident = match.group("ident")
+        if ident is None or ident.lower() in _PROMQL_KEYWORDS:
+            continue
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # function or aggregation operator
+        names.add(ident)
+    return names
+
+
+_LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(?P<selector>.+),\s*)?\w+\s*\)\s*$")
+
+
+def grafana_query_metric_names(query: str) -> set[str]:
+    """Metric names of a Grafana Prometheus variable query (``label_values(...)``)."""
+    match = _LABEL_VALUES.match(query)
+    if match:
+        selector = match.group("selector")
+        return promql_metric_names(selector) if selector else set()
+    if re.match(r"^\s*(?:label_names|metrics)\(", query):
+        raise PromQLError(f"unsupported variable query {query!r}")
+    if re.match(r"^\s*query_result\((?P<q>.*)\)\s*$", query):
+        return promql_metric_names(query.strip()[len("query_result(") : -1])
+    return promql_metric_names(query)
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, expression) of every Prometheus query of a dashboard, variables included."""
+    found: list[tuple[str, str]] = []
+
+    def panels(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for panel in items:
+            yield panel
+            yield from panels(panel.get("panels", []))
+
+    for panel in panels(dashboard.get("panels", [])):
+        for target in panel.get("targets", []):
+            if target.get("expr"):
+                found.append(
+                    (f"panel {panel.get('title')!r} {target.get('refId')}", target["expr"])
+                )
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable.get("query")
+        if isinstance(query, dict):
+            query = query.get("query", "")
+        if query:
+            found.append((f"variable {variable.get('name')!r}", f"@variable {query}"))
+    return found
+
+
+def metric_problems(
+    queries: Iterable[tuple[str, str]], known: Iterable[str], allowed_extra: Iterable[str] = ()
+) -> list[str]:
+    """Queries that name a metric outside ``known``; ``[]`` when every name is known."""
+    known_set = set(known) | set(allowed_extra)
+    problems = []
+    for where, expr in queries:
+        try:
+            if expr.startswith("@variable "):
+                names = grafana_query_metric_names(expr.removeprefix("@variable "))
+            else:
+                names = promql_metric_names(expr)
+        except PromQLError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if not names:
+            problems.append(f"{where}: names no metric: {expr!r}")
+        for name in sorted(names - known_set):
+            problems.append(f"{where}: metric {name!r} is exported by no service ({expr!r})")
+    return problems
+
+
+def load_dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard JSON under deploy/grafana/dashboards (raises on invalid JSON)."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(DASHBOARD_DIR.glob("*.json"))}
+
+
+def rule_queries(path: Path = PROMETHEUS_RULES) -> list[tuple[str, str]]:
+    """(where, expression) of every alerting / recording rule."""
+    data = yaml.safe_load(path.read_text())
+    found = []
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert") or rule.get("record")
+            found.append((f"rule {name}", rule["expr"]))
+    return found
+
+
+def recorded_series(path: Path = PROMETHEUS_RULES) -> set[str]:
+    """Series created by recording rules (usable in dashboards like exported metrics)."""
+    data = yaml.safe_load(path.read_text())
+    return {r["record"] for g in data["groups"] for r in g["rules"] if "record" in r}
+
+
+def rule_annotation_problems(path: Path = PROMETHEUS_RULES) -> list[str]:
+    """Alerts without a summary or a runbook line, or without a severity."""
+    data = yaml.safe_load(path.read_text())
+    problems = []
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            if "alert" not in rule:
+                continue
+            annotations = rule.get("annotations", {})
+            for key in ("summary", "runbook"):
+                value = annotations.get(key, "")
+                if not value.strip() or "\n" in value.strip():
+                    problems.append(f"alert {rule['alert']}: annotations.{key} must be one line")
+            if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+                problems.append(f"alert {rule['alert']}: labels.severity critical|warning|info")
+    return problems
+
+
+def check_metrics() -> list[str]:
+    """Dashboards parse and name exported metrics; rules name exported metrics."""
+    known = all_exported_metrics() | recorded_series()
+    problems = []
+    dashboards = load_dashboards()
+    if not dashboards:
+        problems.append(f"no dashboard JSON in {DASHBOARD_DIR}")
+    for name, dashboard in dashboards.items():
+        queries = dashboard_queries(dashboard)
+        if not queries:
+            problems.append(f"{name}: no Prometheus query found")
+        problems += [f"{name}: {p}" for p in metric_problems(queries, known)]
+    problems += [
+        f"rules.yml: {p}"
+        for p in metric_problems(rule_queries(), known, PROMETHEUS_SYNTHETIC_METRICS)
+    ]
+    problems += [f"rules.yml: {p}" for p in rule_annotation_problems()]
+    return problems
+
+
+# --------------------------------------------------------------------------- kustomize
+
+
+@dataclass(frozen=True)
+class Combination:
+    """An overlay (or the bare base) plus extra components."""
+
+    overlay: str  # "base" or the name of a directory in overlays/
+    components: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join((self.overlay, *self.components))
+
+    @property
+    def directory(self) -> Path:
+        return K8S_DIR / "base" if self.overlay == "base" else K8S_DIR / "overlays" / self.overlay
+
+
+def _kustomization(directory: Path) -> dict[str, Any]:
+    return yaml.safe_load((directory / "kustomization.yaml").read_text()) or {}
+
+
+def component_names() -> list[str]:
+    """Every directory of deploy/k8s/components."""
+    return sorted(p.name for p in (K8S_DIR / "components").iterdir() if p.is_dir())
+
+
+def overlay_names() -> list[str]:
+    """Every directory of deploy/k8s/overlays."""
+    return sorted(p.name for p in (K8S_DIR / "overlays").iterdir() if p.is_dir())
+
+
+def included_components(directory: Path) -> set[str]:
+    """Names of the components a kustomization already includes."""
+    return {Path(c).name for c in _kustomization(directory).get("components", [])}
+
+
+def conflicting(components: Iterable[str]) -> bool:
+    """Whether the set holds a pair that must not be combined."""
+    chosen = set(components)
+    return any(pair <= chosen for pair in COMPONENT_CONFLICTS)
+
+
+def combinations() -> list[Combination]:
+    """The base and every overlay, each with every compatible subset of extra components."""
+    result = []
+    for overlay in ["base", *overlay_names()]:
+        directory = K8S_DIR / "base" if overlay == "base" else K8S_DIR / "overlays" / overlay
+        own = included_components(directory)
+        extra = [c for c in component_names() if c not in own]
+        for size in range(len(extra) + 1):
+            for subset in itertools.combinations(extra, size):
+                if not conflicting(own | set(subset)):
+                    result.append(Combination(overlay, subset))
+    return result
+
+
+def kubectl() -> str | None:
+    """Path of kubectl, or None."""
+    return shutil.which("kubectl")
+
+
+def _rebase(entry: str, source: Path, target: Path) -> str:
+    """A kustomization path entry of ``source`` rewritten for a copy living in ``target``."""
+    if "://" in entry or entry.startswith("/"):
+        return entry
+    resolved = (source / entry).resolve()
+    if resolved.is_relative_to(source.resolve()):
+        return entry  # copied along
+    return os.path.relpath(resolved, target)
+
+
+@functools.cache
+def render(combination: Combination) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize`` of the combination; raises ``RuntimeError`` with kustomize's
+    message on failure.
+
+    Extra components are added the way a user adds them: to the overlay's own
+    ``components:`` list (so the overlay's namespace, images and name references apply to
+    them). The overlay is copied to a temporary directory for that, its paths rebased.
+    """
+    exe = kubectl()
+    if exe is None:
+        raise RuntimeError("kubectl not found")
+    with tempfile.TemporaryDirectory(prefix="facemask-kustomize-") as tmp:
+        source = combination.directory
+        target = Path(tmp) / source.name
+        shutil.copytree(source, target)
+        kustomization = _kustomization(source)
+        for key in ("resources", "components"):
+            kustomization[key] = [
+                _rebase(e, source, target) for e in kustomization.get(key, []) or []
+            ]
+        kustomization["components"] += [
+            os.path.relpath(K8S_DIR / "components" / c, target) for c in combination.components
+        ]
+        if not kustomization["components"]:
+            del kustomization["components"]
+        (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        proc = subprocess.run(
+            [exe, "kustomize", str(target)], capture_output=True, text=True, check=False
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize {combination.name} failed: {proc.stderr.strip()}")
+    return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+
+
+def is_crd(doc: dict[str, Any]) -> bool:
+    """Whether the document is a custom resource (validated structurally, not by schema)."""
+    group = doc.get("apiVersion", "").partition("/")[0]
+    return "." in group and not group.endswith(".k8s.io")
+
+
+def ident(doc: dict[str, Any]) -> str:
+    """kind/name of a document."""
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+@functools.cache
+def _validate_cached(doc_json: str, version: str) -> str | None:
+    import kubernetes_validate.utils as kv
+
+    doc = json.loads(doc_json)
+    wanted = kv.latest_version() if version == "latest" else version
+    try:
+        kv.validate(doc, wanted, strict=True)
+    except kv.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path)
+        return f"{ident(doc)} (k8s {exc.version}): {path}: {exc.message}"
+    except kv.SchemaNotFoundError as exc:
+        return f"{ident(doc)}: {exc.message} (a typo in kind/apiVersion, or a CRD to declare)"
+    return None
+
+
+def schema_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
+    """Strict kubernetes-validate of every standard document, for each supported version."""
+    problems = []
+    for doc in docs:
+        if is_crd(doc):
+            continue
+        doc_json = json.dumps(doc, sort_keys=True)
+        for version in KUBERNETES_VERSIONS:
+            problem = _validate_cached(doc_json, version)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+def crd_problems(docs: Iterable[dict[str, Any]]) -> list[str]:
+    """Structural check of the custom resources (no schema available offline)."""
+    problems = []
+    for doc in docs:
+        if not is_crd(doc):
+            continue
+        where = ident(doc)
+        if (doc.get("apiVersion"), doc.get("kind")) not in CRD_KINDS:
+            problems.append(f"{where}: unknown custom resource {doc.get('apiVersion')}")
+            continue
+        if set(doc) - {"apiVersion", "kind", "metadata", "spec"}:
+            problems.append(f"{where}: unexpected top-level keys {sorted(set(doc))}")
+        if not doc.get("metadata", {}).get("name"):
+            problems.append(f"{where}: metadata.name missing")
+        spec = doc.get("spec") or {}
+        if doc["kind"] == "TriggerAuthentication":
+            refs = spec.get("secretTargetRef") or []
+            if not refs:
+                problems.append(f"{where}: spec.secretTargetRef is empty")
+            for ref in refs:
+                if not (_is_str_map(ref) and {"parameter", "name", "key"} <= set(ref)):
+                    problems.append(f"{where}: secretTargetRef needs parameter, name, key: {ref}")
+            continue
+        known = {
+            "scaleTargetRef",
+            "minReplicaCount",
+            "maxReplicaCount",
+            "pollingInterval",
+            "cooldownPeriod",
+            "idleReplicaCount",
+            "initialCooldownPeriod",
+            "advanced",
+            "fallback",
+            "triggers",
+        }
+        if set(spec) - known:
+            problems.append(f"{where}: unknown spec keys {sorted(set(spec) - known)}")
+        if not (spec.get("scaleTargetRef") or {}).get("name"):
+            problems.append(f"{where}: spec.scaleTargetRef.name missing")
+        low, high = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high):
+            problems.append(f"{where}: need 0 <= minReplicaCount <= maxReplicaCount")
+        triggers = spec.get("triggers") or []
+        if not triggers:
+            problems.append(f"{where}: spec.triggers is empty")
+        names = [t.get("name") for t in triggers if t.get("name")]
+        if len(names) != len(set(names)):
+            problems.append(f"{where}: trigger names must be unique")
+        for trigger in triggers:
+            if set(trigger) - {"type", "name", "metadata", "authenticationRef", "metricType"}:
+                problems.append(f"{where}: unknown trigger keys {sorted(trigger)}")
+            if not trigger.get("type"):
+                problems.append(f"{where}: trigger without type")
+            # KEDA's trigger metadata is map[string]string: a bare number or bool is rejected.
+            if not _is_str_map(trigger.get("metadata")):
+                problems.append(
+                    f"{where}: trigger {trigger.get('name')}: metadata values must be strings"
+                )
+    return problems
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def _docs_by_kind(docs: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def _pod_template(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]
+
+
+def _containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod_spec.get("initContainers", []), *pod_spec.get("containers", [])]
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if set(selector) - {"matchLabels", "matchExpressions"}:
+        raise ValueError(f"unsupported selector {selector}")
+    if selector.get("matchExpressions"):
+        raise ValueError("matchExpressions are not checked; use matchLabels")
+    wanted = selector.get("matchLabels", {})
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _named(docs: Iterable[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d.get("kind") == kind}
+
+
+def _object_keys(doc: dict[str, Any]) -> set[str]:
+    return set(doc.get("data", {}) or {}) | set(doc.get("stringData", {}) or {})
+
+
+def reference_problems(docs: list[dict[str, Any]], external: frozenset[str]) -> list[str]:
+    """Secrets, ConfigMaps, ServiceAccounts and scale targets referenced but not rendered."""
+    problems = []
+    objects = {"Secret": _named(docs, "Secret"), "ConfigMap": _named(docs, "ConfigMap")}
+    accounts = _named(docs, "ServiceAccount")
+
+    def need(kind: str, name: str, key: str | None, optional: bool, where: str) -> None:
+        found = objects[kind].get(name)
+        if found is None:
+            if not optional and not (kind == "Secret" and name in external):
+                problems.append(f"{where}: {kind} {name!r} is not defined")
+            return
+        if key is not None and key not in _object_keys(found):
+            problems.append(f"{where}: {kind} {name!r} has no key {key!r}")
+
+    for doc in docs:
+        if doc.get("kind") not in WORKLOAD_KINDS:
+            continue
+        pod = _pod_template(doc)["spec"]
+        where = ident(doc)
+        account = pod.get("serviceAccountName")
+        if not account or account not in accounts:
+            problems.append(f"{where}: serviceAccountName {account!r} is not defined")
+        for container in _containers(pod):
+            for env in container.get("env", []):
+                source = env.get("valueFrom", {})
+                for ref_key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+                    if ref_key in source:
+                        ref = source[ref_key]
+                        need(kind, ref["name"], ref["key"], ref.get("optional", False), where)
+            for env_from in container.get("envFrom", []):
+                for ref_key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+                    if ref_key in env_from:
+                        ref = env_from[ref_key]
+                        need(kind, ref["name"], None, ref.get("optional", False), where)
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                ref = volume["secret"]
+                need("Secret", ref["secretName"], None, ref.get("optional", False), where)
+            if "configMap" in volume:
+                ref = volume["configMap"]
+                need("ConfigMap", ref["name"], None, ref.get("optional", False), where)
+    for doc in _docs_by_kind(docs, "TriggerAuthentication"):
+        for ref in doc["spec"].get("secretTargetRef", []):
+            need("Secret", ref["name"], ref["key"], False, ident(doc))
+    auths = _named(docs, "TriggerAuthentication")
+    for doc in _docs_by_kind(docs, "ScaledObject"):
+        for trigger in doc["spec"].get("triggers", []):
+            auth = (trigger.get("authenticationRef") or {}).get("name")
+            if auth and auth not in auths:
+                problems.append(f"{ident(doc)}: TriggerAuthentication {auth!r} is not defined")
+    return problems
+
+
+def _scale_target(doc: dict[str, Any]) -> tuple[str, str]:
+    ref = doc["spec"]["scaleTargetRef"]
+    return ref.get("kind", "Deployment"), ref["name"]
+
+
+def autoscaler_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """One autoscaler per workload, an existing target, and no fixed replica count on it."""
+    problems = []
+    owners: dict[tuple[str, str], list[str]] = {}
+    for doc in [
+        *_docs_by_kind(docs, "HorizontalPodAutoscaler"),
+        *_docs_by_kind(docs, "ScaledObject"),
+    ]:
+        owners.setdefault(_scale_target(doc), []).append(ident(doc))
+    for (kind, name), scalers in owners.items():
+        target = _named(docs, kind).get(name)
+        if target is None:
+            problems.append(f"{', '.join(scalers)}: scale target {kind}/{name} is not defined")
+            continue
+        if len(scalers) > 1:
+            problems.append(f"{kind}/{name} has several autoscalers: {', '.join(scalers)}")
+        if "replicas" in target["spec"]:
+            problems.append(f"{kind}/{name}: spec.replicas is set but {scalers[0]} owns it")
+    return problems
+
+
+def selector_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Services and PDBs select pods; targetPorts exist; workloads do not overlap."""
+    problems = []
+    workloads = [d for d in docs if d.get("kind") in WORKLOAD_KINDS]
+    for doc in workloads:
+        labels = _pod_template(doc)["metadata"].get("labels", {})
+        if not _matches(doc["spec"]["selector"], labels):
+            problems.append(f"{ident(doc)}: selector does not match its own pod template")
+        for other in workloads:
+            if other is doc:
+                continue
+            if _matches(
+                doc["spec"]["selector"], _pod_template(other)["metadata"].get("labels", {})
+            ):
+                problems.append(f"{ident(doc)}: selector also matches the pods of {ident(other)}")
+    for svc in _docs_by_kind(docs, "Service"):
+        selector = svc["spec"].get("selector")
+        if not selector:
+            continue
+        pods = [
+            _pod_template(w)["spec"]
+            for w in workloads
+            if _matches({"matchLabels": selector}, _pod_template(w)["metadata"].get("labels", {}))
+        ]
+        if not pods:
+            problems.append(f"{ident(svc)}: selector {selector} matches no pod")
+            continue
+        port_names = {
+            p.get("name") for pod in pods for c in pod["containers"] for p in c.get("ports", [])
+        }
+        port_numbers = {
+            p["containerPort"]
+            for pod in pods
+            for c in pod["containers"]
+            for p in c.get("ports", [])
+        }
+        for port in svc["spec"].get("ports", []):
+            target = port.get("targetPort", port["port"])
+            if target not in port_names and target not in port_numbers:
+                problems.append(f"{ident(svc)}: targetPort {target!r} is no container port")
+    for pdb in _docs_by_kind(docs, "PodDisruptionBudget"):
+        selector = pdb["spec"]["selector"]
+        if not any(
+            _matches(selector, _pod_template(w)["metadata"].get("labels", {})) for w in workloads
+        ):
+            problems.append(f"{ident(pdb)}: selector matches no pod")
+    return problems
+
+
+def _image_pinned(image: str) -> bool:
+    name = image.rsplit("/", 1)[-1]
+    if "@sha256:" in image:
+        return True
+    return ":" in name and not name.endswith(":latest")
+
+
+def pod_security_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """The restricted Pod Security Standard plus our own rules (read-only root, resources,
+    probes, no service account token, pinned images)."""
+    problems = []
+    for doc in docs:
+        if doc.get("kind") not in WORKLOAD_KINDS:
+            continue
+        where = ident(doc)
+        pod = _pod_template(doc)["spec"]
+        ctx = pod.get("securityContext", {})
+        if pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{where}: automountServiceAccountToken must be false")
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if pod.get(key):
+                problems.append(f"{where}: {key} is not allowed")
+        if any("hostPath" in v for v in pod.get("volumes", [])):
+            problems.append(f"{where}: hostPath volumes are not allowed")
+        if (ctx.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{where}: pod seccompProfile must be RuntimeDefault")
+        if ctx.get("runAsUser") == 0:
+            problems.append(f"{where}: runAsUser 0")
+        for container in _containers(pod):
+            cwhere = f"{where} container {container['name']}"
+            sc = container.get("securityContext", {})
+            if not (sc.get("runAsNonRoot") or ctx.get("runAsNonRoot")):
+                problems.append(f"{cwhere}: runAsNonRoot must be true")
+            if sc.get("runAsUser") == 0:
+                problems.append(f"{cwhere}: runAsUser 0")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{cwhere}: allowPrivilegeEscalation must be false")
+            if sc.get("privileged"):
+                problems.append(f"{cwhere}: privileged")
+            if sc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{cwhere}: readOnlyRootFilesystem must be true")
+            caps = sc.get("capabilities", {})
+            if "ALL" not in caps.get("drop", []) or caps.get("add"):
+                problems.append(f"{cwhere}: capabilities must drop ALL and add none")
+            resources = container.get("resources", {})
+            for section, keys in (("requests", ("cpu", "memory")), ("limits", ("memory",))):
+                for key in keys:
+                    if key not in resources.get(section, {}):
+                        problems.append(f"{cwhere}: resources.{section}.{key} missing")
+            if not _image_pinned(container.get("image", "")):
+                problems.append(f"{cwhere}: image {container.get('image')!r} is not pinned")
+            if container in pod.get("containers", []):
+                for probe in ("livenessProbe", "readinessProbe"):
+                    if probe not in container:
+                        problems.append(f"{cwhere}: {probe} missing")
+    return problems
+
+
+def inference_probe_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """The inference pods use native gRPC probes on the gRPC port with the right services."""
+    from services.inference.server import LIVENESS, SERVICE_NAME
+
+    problems = []
+    deployment = _named(docs, "Deployment").get("inference")
+    if deployment is None:
+        return ["Deployment/inference is not defined"]
+    container = _pod_template(deployment)["spec"]["containers"][0]
+    grpc_port = next(
+        (p["containerPort"] for p in container.get("ports", []) if p.get("name") == "grpc"), None
+    )
+    want = {"livenessProbe": LIVENESS, "readinessProbe": SERVICE_NAME, "startupProbe": LIVENESS}
+    for probe, service in want.items():
+        spec = container.get(probe, {}).get("grpc")
+        if spec is None:
+            problems.append(f"inference {probe}: not a grpc probe")
+        elif spec.get("port") != grpc_port or spec.get("service") != service:
+            problems.append(
+                f"inference {probe}: want grpc port {grpc_port} service {service!r}, got {spec}"
+            )
+    service = _named(docs, "Service").get("inference")
+    if service is None or service["spec"].get("clusterIP") != "None":
+        problems.append("Service/inference must be headless (clusterIP: None) for round_robin")
+    return problems
+
+
+def _config_values(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """Environment of a container as far as the rendered documents define it."""
+    values: dict[str, str] = {}
+    configmaps = _named(docs, "ConfigMap")
+    secrets = _named(docs, "Secret")
+    for env_from in container.get("envFrom", []):
+        if "configMapRef" in env_from and env_from["configMapRef"]["name"] in configmaps:
+            values.update(configmaps[env_from["configMapRef"]["name"]].get("data", {}))
+        if "secretRef" in env_from and env_from["secretRef"]["name"] in secrets:
+            secret = secrets[env_from["secretRef"]["name"]]
+            for key, value in (secret.get("data") or {}).items():
+                values[key] = base64.b64decode(value).decode()
+            values.update(secret.get("stringData") or {})
+    for env in container.get("env", []):
+        values[env["name"]] = env.get("value", "<from valueFrom>")
+    return values
+
+
+def settings_class(service: str) -> type | None:
+    """The settings class of a service (None: the alert service has none yet)."""
+    if service == "inference":
+        from services.inference.config import InferenceSettings
+
+        return InferenceSettings
+    if service == "ingest":
+        from services.ingest.config import IngestSettings
+
+        return IngestSettings
+    if importlib.util.find_spec("services.alerts.config") is None:
+        return None
+    from facemask.settings import ServiceSettings
+
+    module = importlib.import_module("services.alerts.config")
+    for value in vars(module).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, ServiceSettings)
+            and value.env_prefix() == "FACEMASK_ALERTS_"
+        ):
+            return value
+    return None
+
+
+def env_name_problems(service: str, names: Iterable[str], where: str) -> list[str]:
+    """``FACEMASK_*`` variables that no setting reads (a typo fails the service at start,
+    or, without the service prefix, is silently ignored)."""
+    from facemask.settings import GLOBAL_PREFIX, ServiceSettings
+
+    cls = settings_class(service)
+    shared = {GLOBAL_PREFIX + f.upper() for f in ServiceSettings.SHARED_FIELDS}
+    problems = []
+    facemask_names = sorted(n for n in names if n.upper().startswith(GLOBAL_PREFIX))
+    if cls is not None:
+        env = dict.fromkeys(facemask_names, "")
+        problems += [f"{where}: {n} is no {service} setting" for n in cls.unknown_env(env)]
+        prefix = cls.env_prefix()
+    else:
+        prefix = f"FACEMASK_{service.upper()}_"
+    for name in facemask_names:
+        upper = name.upper()
+        if upper.startswith(prefix) or upper in NON_SETTINGS_FACEMASK_ENV:
+            continue
+        if upper not in shared:
+            problems.append(f"{where}: {name} is neither a shared setting nor {prefix}*")
+    return problems
+
+
+def camera_spec_problems(spec: str, where: str) -> list[str]:
+    """A ``--camera`` spec the ingest node would reject at start (unknown key, bad fps...).
+
+    The source is parsed without checking that a local path exists (it exists in the
+    image, not here); ``$(VAR)`` placeholders Kubernetes expands are replaced first.
+    """
+    from facemask.settings import ConfigError
+    from services.ingest.config import CameraConfig, parse_camera_spec
+    from services.ingest.sources import parse_source
+
+    text = re.sub(r"\$\([A-Za-z_][A-Za-z0-9_]*\)", "node-1", spec)
+    try:
+        raw = parse_camera_spec(text)
+        parse_source(raw["source"], check_exists=False)
+        CameraConfig.model_validate({**raw, "source": "rtsp://camera.invalid/stream"})
+    except (ConfigError, ValueError) as exc:
+        return [f"{where}: camera {spec!r}: {exc}".splitlines()[0]]
+    return []
+
+
+def _camera_args(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--camera"]
+
+
+def _service_of(container: dict[str, Any]) -> str | None:
+    image = container.get("image", "")
+    for service in ("inference", "ingest", "alerts"):
+        if re.search(rf"(^|/)facemask/{service}(:|@|$)", image):
+            return service
+    return None
+
+
+def k8s_env_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Every FACEMASK_* variable given to a facemask container names a real setting."""
+    problems = []
+    for doc in docs:
+        if doc.get("kind") not in WORKLOAD_KINDS:
+            continue
+        for container in _pod_template(doc)["spec"]["containers"]:
+            service = _service_of(container)
+            if service is None:
+                continue
+            values = _config_values(docs, container)
+            problems += env_name_problems(service, values, ident(doc))
+            if service != "ingest":
+                continue
+            specs = _camera_args(container.get("args", []))
+            cameras = _secret_value(docs, container, "FACEMASK_INGEST_CAMERAS")
+            if cameras is not None:
+                try:
+                    specs += [c for c in json.loads(cameras) if isinstance(c, str)]
+                except ValueError as exc:
+                    problems.append(f"{ident(doc)}: FACEMASK_INGEST_CAMERAS is not JSON: {exc}")
+            for spec in specs:
+                problems += camera_spec_problems(spec, ident(doc))
+    return problems
+
+
+def _secret_value(docs: list[dict[str, Any]], container: dict[str, Any], name: str) -> str | None:
+    """Value of an env var taken from a Secret key, when that Secret is rendered."""
+    secrets = _named(docs, "Secret")
+    for env in container.get("env", []):
+        ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+        if env["name"] == name and ref and ref["name"] in secrets:
+            data = secrets[ref["name"]].get("data") or {}
+            if ref["key"] in data:
+                return base64.b64decode(data[ref["key"]]).decode()
+    return None
+
+
+def keda_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """redis-streams triggers cover exactly the frame streams of the configured layout, for
+    the inference consumer group, with both a lag and a pending-entries trigger."""
+    from facemask.streams import StreamLayout
+    from services.inference.config import InferenceSettings
+
+    problems = []
+    for scaled in _docs_by_kind(docs, "ScaledObject"):
+        kind, name = _scale_target(scaled)
+        target = _named(docs, kind).get(name)
+        if target is None:
+            continue  # reported by autoscaler_problems
+        container = _pod_template(target)["spec"]["containers"][0]
+        env = _config_values(docs, container)
+        layout = StreamLayout(
+            env.get("FACEMASK_STREAM_PREFIX", "facemask"),
+            int(env.get("FACEMASK_STREAM_PARTITIONS", "4")),
+        )
+        group = env.get(
+            "FACEMASK_INFERENCE_CONSUMER_GROUP",
+            InferenceSettings.model_fields["consumer_group"].default,
+        )
+        expected = set(layout.all_frames())
+        by_mode: dict[str, set[str]] = {"lagCount": set(), "pendingEntriesCount": set()}
+        for trigger in scaled["spec"].get("triggers", []):
+            if trigger.get("type") != "redis-streams":
+                continue
+            meta = trigger.get("metadata", {})
+            where = f"{ident(scaled)} trigger {trigger.get('name')}"
+            if meta.get("consumerGroup") != group:
+                problems.append(
+                    f"{where}: consumerGroup {meta.get('consumerGroup')!r} != {group!r}"
+                )
+            if meta.get("stream") not in expected:
+                problems.append(f"{where}: stream {meta.get('stream')!r} is no frame partition")
+            modes = [m for m in by_mode if m in meta]
+            if len(modes) != 1:
+                problems.append(f"{where}: exactly one of lagCount / pendingEntriesCount")
+            for mode in modes:
+                by_mode[mode].add(meta.get("stream"))
+            if "lagCount" in meta and "activationLagCount" not in meta:
+                problems.append(f"{where}: lagCount needs activationLagCount")
+            address_env = meta.get("addressFromEnv")
+            if address_env and address_env not in env:
+                problems.append(f"{where}: addressFromEnv {address_env} not in the target's env")
+            if not address_env and not meta.get("address") and not meta.get("host"):
+                problems.append(f"{where}: no Redis address")
+        for mode, streams in by_mode.items():
+            missing = sorted(expected - streams)
+            if missing:
+                problems.append(f"{ident(scaled)}: no {mode} trigger for {', '.join(missing)}")
+    return problems
+
+
+def semantic_problems(combination: Combination, docs: list[dict[str, Any]]) -> list[str]:
+    """Everything beyond the schema."""
+    external = EXTERNAL_SECRETS.get(combination.overlay, frozenset())
+    names = [ident(d) + "@" + d.get("metadata", {}).get("namespace", "") for d in docs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    problems = [f"{n} is defined twice" for n in duplicates]
+    for doc in docs:
+        if (
+            doc.get("kind") != "Namespace"
+            and combination.overlay != "base"
+            and not doc.get("metadata", {}).get("namespace")
+        ):
+            problems.append(f"{ident(doc)}: no namespace in overlay {combination.overlay}")
+    return [
+        *problems,
+        *reference_problems(docs, external),
+        *autoscaler_problems(docs),
+        *selector_problems(docs),
+        *pod_security_problems(docs),
+        *inference_probe_problems(docs),
+        *k8s_env_problems(docs),
+        *keda_problems(docs),
+    ]
+
+
+def check_combination(combination: Combination) -> list[str]:
+    """All problems of one rendered combination."""
+    try:
+        docs = list(render(combination))
+    except RuntimeError as exc:
+        return [str(exc)]
+    return [
+        *schema_problems(docs),
+        *crd_problems(docs),
+        *semantic_problems(combination, docs),
+    ]
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def compose_problems(path: Path = COMPOSE_FILE) -> list[str]:
+    """Checks beyond the compose spec: healthchecks behind every depends_on, required
+    secrets, existing build files and mounts, valid FACEMASK_* names."""
+    data = yaml.safe_load(path.read_text())
+    text = path.read_text()
+    services = data.get("services", {})
+    problems = []
+    for secret in ("REDIS_PASSWORD", "MQTT_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        if f"${{{secret}:?" not in text:
+            problems.append(f"{secret} must be required with ${{{secret}:?...}}")
+    for required in (
+        "redis",
+        "inference",
+        "alerts",
+        "ingest",
+        "mosquitto",
+        "prometheus",
+        "grafana",
+    ):
+        if required not in services:
+            problems.append(f"service {required} missing")
+    for name, service in services.items():
+        for dep, condition in (service.get("depends_on") or {}).items():
+            if condition.get("condition") != "service_healthy":
+                problems.append(f"{name}: depends_on {dep} must wait for service_healthy")
+            if "healthcheck" not in services.get(dep, {}):
+                problems.append(f"{name}: depends_on {dep}, which has no healthcheck")
+        if "healthcheck" not in service:
+            problems.append(f"{name}: no healthcheck")
+        build = service.get("build")
+        if build and not (REPO_ROOT / build.get("context", ".") / build["dockerfile"]).is_file():
+            problems.append(f"{name}: Dockerfile {build['dockerfile']} not found")
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./") and not (REPO_ROOT / source).exists():
+                problems.append(f"{name}: mounted path {source} does not exist")
+        image = str(service.get("image", ""))
+        for facemask_service in ("inference", "ingest", "alerts"):
+            if f"/{facemask_service}:" in image:
+                env = service.get("environment") or {}
+                problems += env_name_problems(facemask_service, env, f"compose {name}")
+                if facemask_service == "ingest":
+                    for spec in _camera_args(list(service.get("command") or [])):
+                        problems += camera_spec_problems(spec, f"compose {name}")
+                if service.get("user") != "10001:10001" or not service.get("read_only"):
+                    problems.append(f"{name}: must run as 10001:10001 with read_only: true")
+        environment = service.get("environment") or {}
+        for key, value in environment.items():
+            secret_like = re.search(r"PASSWORD|SECRET|TOKEN|_AUTH$", key.upper())
+            if secret_like and not str(value).startswith("${"):
+                problems.append(f"{name}: {key} must come from the environment (${{VAR:?}})")
+    return problems
+
+
+def prometheus_target_problems() -> list[str]:
+    """Every host Prometheus scrapes is a compose service or network alias."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    hosts = set(compose["services"]) | {"localhost"}
+    for service in compose["services"].values():
+        for network in (service.get("networks") or {}).values():
+            hosts |= set((network or {}).get("aliases", []))
+    problems = []
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                if target.rsplit(":", 1)[0] not in hosts:
+                    problems.append(f"job {job['job_name']}: {target} is no compose service")
+        for dns in job.get("dns_sd_configs", []):
+            for name in dns["names"]:
+                if name not in hosts:
+                    problems.append(f"job {job['job_name']}: {name} is no compose alias")
+    return problems
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _report(title: str, problems: list[str]) -> int:
+    status = "ok" if not problems else f"FAILED ({len(problems)})"
+    print(f"  {title}: {status}")
+    for problem in problems:
+        print(f"    - {problem}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.deploy.checks [k8s] [metrics] [compose]`` (default: all)."""
+    wanted = set(argv if argv is not None else sys.argv[1:]) or {"k8s", "metrics", "compose"}
+    failed = 0
+    if "k8s" in wanted:
+        if kubectl() is None:
+            print("kubectl not found: cannot render the kustomizations", file=sys.stderr)
+            return 2
+        for combination in combinations():
+            failed |= _report(f"kustomize {combination.name}", check_combination(combination))
+    if "metrics" in wanted:
+        source = alerts_metric_source()
+        failed |= _report(f"dashboard and rule metrics (alerts from {source})", check_metrics())
+    if "compose" in wanted:
+        failed |= _report("compose semantics", compose_problems() + prometheus_target_problems())
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
