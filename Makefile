@@ -9,10 +9,10 @@ export FACEMASK_MODEL_MIRROR := $(abspath ../shared/models)
 endif
 endif
 PYTEST_ARGS ?=
-PY_SOURCES := facemask services tests bench
+PY_SOURCES := facemask services tests bench scripts
 
 
-.PHONY: setup test unit lint fmt proto proto-check run validate-deploy bench bench-model bench-inference bench-ingest clean help
+.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
@@ -33,6 +33,7 @@ lint: setup proto-check
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy facemask services bench
+	$(PY) scripts/gen_docs.py --check
 
 fmt: setup
 	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
@@ -40,6 +41,9 @@ fmt: setup
 
 validate-deploy: setup
 	bash scripts/validate_deploy.sh
+
+docs: setup
+	$(PY) scripts/gen_docs.py
 
 proto: setup
 	$(PY) scripts/gen_proto.py

@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -270,7 +271,7 @@ def stream_run(
     """``cameras`` cameras at ``fps`` publish for ``seconds``; measure the detections."""
     import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client: Any = redis.Redis.from_url(redis_url)  # redis-py's stubs miss stream replies
     for key in LAYOUT.all_detections():
         client.delete(key)
     for key in LAYOUT.all_frames():

@@ -59,7 +59,9 @@ class ServiceSettings(BaseSettings):
     stream_partitions: int = Field(
         4, ge=1, le=1024, description="number of frame stream partitions (same on all services)"
     )
-    log_level: str = Field("INFO", pattern="(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    log_level: str = Field(
+        "INFO", pattern="(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="log level"
+    )
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port (0: none)")
     metrics_host: str = Field("0.0.0.0", description="address the metrics server binds")

@@ -339,7 +339,9 @@ def run(args: argparse.Namespace) -> int:
         if _wait_http(f"http://{host}:{http_port}/healthz", 120, stop):
             with supervisor._lock:
                 out.write(f"dashboard: http://{host}:{http_port}/\n")
-                out.write(f"api:       http://{host}:{http_port}/docs\n")
+                out.write(
+                    f"api:       http://{host}:{http_port}/api/cameras (schema: /openapi.json)\n"
+                )
                 out.write(
                     f"metrics:   http://{host}:{inference_metrics}/metrics (inference), "
                     f"http://{host}:{http_port}/metrics (alerts), "

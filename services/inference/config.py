@@ -60,7 +60,11 @@ class InferenceSettings(ServiceSettings):
     # Redis streams
     streams: bool = Field(True, description="consume frames from Redis streams")
     consumer_group: str = Field("inference", min_length=1, description="consumer group")
-    consumer_name: str = Field(default_factory=_default_consumer, min_length=1)
+    consumer_name: str = Field(
+        default_factory=_default_consumer,
+        min_length=1,
+        description="consumer name in the group (default: hostname-pid)",
+    )
     read_count: int = Field(32, ge=1, le=10_000, description="entries per XREADGROUP")
     read_block: float = Field(0.2, gt=0.0, le=10.0, description="seconds XREADGROUP blocks")
     max_inflight: int = Field(
