@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
+from facemask.lifecycle import module_main, stop_on_signals
 from facemask.log import setup_logging
 from facemask.settings import ConfigError, check_config_and_exit
 
@@ -73,14 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from facemask.streams import LayoutMismatchError
     from services.alerts.service import AlertService
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal received", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals(logger)
     try:
         service = AlertService(settings)
     except OSError as exc:
@@ -107,14 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.alerts``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m services.alerts",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
-    configure(parser)
-    return run(parser.parse_args(argv))
+    return module_main("python -m services.alerts", __doc__, configure, run, argv)
 
 
 if __name__ == "__main__":

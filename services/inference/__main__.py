@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
+from collections.abc import Sequence
 from typing import Any
 
+from facemask.lifecycle import module_main, stop_on_signals
 from facemask.log import setup_logging
 from facemask.settings import ConfigError, check_config_and_exit
 
@@ -60,14 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from facemask.modelstore import ModelStoreError
     from services.inference.service import InferenceService
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal received", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals(logger)
     service = InferenceService(settings)
     try:
         service.start()
@@ -84,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if service.stop() else 1
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.inference``."""
-    parser = argparse.ArgumentParser(prog="python -m services.inference", description=__doc__)
-    configure(parser)
-    return run(parser.parse_args())
+    return module_main("python -m services.inference", __doc__, configure, run, argv)
 
 
 if __name__ == "__main__":

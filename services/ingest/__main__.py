@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from facemask.lifecycle import module_main
 from facemask.log import setup_logging
 from facemask.settings import ConfigError, check_config_and_exit
 
@@ -94,15 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m services.ingest``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m services.ingest",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
-    configure(parser)
-    return run(parser.parse_args(argv))
+    """Entry point of ``python -m services.ingest``."""
+    return module_main("python -m services.ingest", __doc__, configure, run, argv)
 
 
 if __name__ == "__main__":
