@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PY_SOURCES := facemask services tests bench scripts
 
 
-.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest clean help
+.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest bench-pipeline clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
@@ -54,7 +54,7 @@ proto-check: setup
 run: setup
 	$(VENV)/bin/facemask run $(ARGS)
 
-bench: bench-model bench-inference bench-ingest
+bench: bench-model bench-inference bench-ingest bench-pipeline
 
 bench-model: setup
 	$(PY) -m bench.bench_model $(ARGS)
@@ -64,6 +64,9 @@ bench-inference: setup
 
 bench-ingest: setup
 	$(PY) -m bench.bench_ingest $(ARGS)
+
+bench-pipeline: setup
+	$(PY) -m bench.bench_pipeline $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

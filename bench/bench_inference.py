@@ -44,6 +44,7 @@ from bench.common import (
     print_table,
     write_results,
 )
+from facemask.core.preprocess import jpeg_size
 from facemask.localredis import RedisProcess, free_port
 from facemask.streams import StreamLayout
 from facemask.wire import DetectionsEntry, FrameEntry
@@ -295,9 +296,9 @@ def stream_run(
                 delay = due - time.time()
                 if delay > 0:
                     time.sleep(delay)
-                entry = FrameEntry(
-                    cam, n, time.time(), "jpeg", 640, 480, frames[(n + c) % len(frames)]
-                )
+                blob = frames[(n + c) % len(frames)]
+                width, height = jpeg_size(blob) or (0, 0)
+                entry = FrameEntry(cam, n, time.time(), "jpeg", width, height, blob)
                 pub.xadd(LAYOUT.frames_for(cam), entry.to_fields(), maxlen=2000, approximate=True)  # type: ignore[arg-type]
                 published += 1
             n += 1

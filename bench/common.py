@@ -1,0 +1,268 @@
+"""Shared benchmark helpers: machine facts, matmul peak, timing, tables, JSON results.
+
+Fairness rules every benchmark follows:
+
+* every TensorFlow thing measured in one run (the matmul peak, the project's detector, the
+  upstream loop) uses the same intra-op thread count (``--threads``, default: the cores
+  this process may run on), so a ratio never compares different core counts;
+* configurations are measured in interleaved rounds (A, B, C, A, B, C, ...) so that a burst
+  of load from elsewhere on a shared machine hits every configuration alike, and each one
+  reports its best round (its median is kept in the JSON too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MODEL_GFLOP_PER_IMAGE = 1.52  # measured: one 260x260 image through the SSD (models/README)
+
+
+def default_threads() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(
+    wanted: Sequence[str] = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"),
+) -> list[str]:
+    """Which of the ``wanted`` SIMD features the CPU reports."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [f for f in wanted if f in flags]
+    return []
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import cv2
+
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": default_threads(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+    }
+    try:
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    except ImportError:
+        info["tensorflow"] = None
+    return info
+
+
+# -- matmul peak ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MatmulPeak:
+    """Best float32 matmul rate seen, and every size's best."""
+
+    gflops: float
+    threads: int
+    by_size: dict[int, float]
+    repeats: int
+
+    @property
+    def compute_limit_images_per_s(self) -> float:
+        """Images/s the model would reach if it ran at the matmul peak."""
+        return compute_limit_images_per_s(self.gflops)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "gflops": self.gflops,
+            "threads": self.threads,
+            "by_size": {str(k): v for k, v in self.by_size.items()},
+            "repeats": self.repeats,
+            "gflop_per_image": MODEL_GFLOP_PER_IMAGE,
+            "compute_limit_images_per_s": self.compute_limit_images_per_s,
+        }
+
+
+def compute_limit_images_per_s(gflops: float) -> float:
+    """``gflops / 1.52``: the model's images/s at the machine's float32 matmul peak."""
+    return gflops / MODEL_GFLOP_PER_IMAGE
+
+
+def measure_matmul_gflops(
+    threads: int,
+    sizes: Sequence[int] = (2048, 3072, 4096),
+    repeats: int = 5,
+    warmup: int = 2,
+) -> MatmulPeak:
+    """Float32 GFLOP/s of a square TensorFlow matmul on ``threads`` intra-op threads.
+
+    Operands live in graph variables (no feed copy, no constant folding); the product is run
+    without being fetched. Each size gets ``warmup`` untimed runs, then the best of
+    ``repeats`` timed runs; the peak is the best over sizes. ``2 n^3`` flops per product.
+    """
+    import tensorflow as tf
+
+    by_size: dict[int, float] = {}
+    for n in sizes:
+        graph = tf.Graph()
+        with graph.as_default():
+            a = tf.Variable(tf.random.uniform((n, n), -1.0, 1.0, dtype=tf.float32, seed=1))
+            b = tf.Variable(tf.random.uniform((n, n), -1.0, 1.0, dtype=tf.float32, seed=2))
+            product = tf.linalg.matmul(a, b)
+            init = tf.compat.v1.global_variables_initializer()
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1
+        )
+        with tf.compat.v1.Session(graph=graph, config=config) as session:
+            session.run(init)
+            for _ in range(warmup):
+                session.run(product.op)
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                session.run(product.op)
+                best = min(best, time.perf_counter() - start)
+        by_size[n] = 2.0 * n**3 / best / 1e9
+    return MatmulPeak(max(by_size.values()), threads, by_size, repeats)
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Measurement:
+    """Timed rounds of one configuration; each round processes ``items`` items."""
+
+    name: str
+    items: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def best_rate(self) -> float:
+        """Items/s of the fastest round."""
+        return self.items / min(self.seconds) if self.seconds else 0.0
+
+    @property
+    def median_rate(self) -> float:
+        """Items/s of the median round."""
+        return self.items / statistics.median(self.seconds) if self.seconds else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "items_per_round": self.items,
+            "rounds": len(self.seconds),
+            "round_seconds": [round(s, 6) for s in self.seconds],
+            "best_per_s": self.best_rate,
+            "median_per_s": self.median_rate,
+        }
+
+
+def run_interleaved(
+    configs: Mapping[str, tuple[Callable[[], object], int]],
+    rounds: int,
+    warmup: int = 1,
+) -> dict[str, Measurement]:
+    """Time each ``name -> (fn, items)`` for ``rounds`` rounds, interleaving configurations.
+
+    ``fn()`` processes ``items`` items per call. ``warmup`` untimed calls of each come first.
+    """
+    for fn, _ in configs.values():
+        for _ in range(warmup):
+            fn()
+    results = {name: Measurement(name, items) for name, (_, items) in configs.items()}
+    for _ in range(rounds):
+        for name, (fn, _) in configs.items():
+            start = time.perf_counter()
+            fn()
+            results[name].seconds.append(time.perf_counter() - start)
+    return results
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def format_cell(value: object, digits: int = 2) -> str:
+    """Table cell text: floats with ``digits`` decimals, None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain aligned text table (numbers right-aligned)."""
+    cells = [[format_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = [line(list(headers)), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print :func:`format_table`."""
+    print(format_table(headers, rows), flush=True)
+
+
+def write_results(name: str, payload: Mapping[str, Any], path: Path | None = None) -> Path:
+    """Write ``payload`` as ``bench/results/<name>.json`` (or ``path``); return the path."""
+    target = path or RESULTS_DIR / f"{name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
+    tmp.replace(target)
+    return target
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
