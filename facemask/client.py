@@ -76,8 +76,12 @@ class RemoteDetector:
         conf: float | None = None,
         iou: float | None = None,
         camera_id: str = "",
+        tiles: str | None = None,
     ) -> list[RemoteResult]:
-        """Detect in JPEG/PNG ``blobs`` (one request); raises ``grpc.RpcError``."""
+        """Detect in JPEG/PNG ``blobs`` (one request); raises ``grpc.RpcError``.
+
+        ``tiles`` is a tiling spec (``"2x2"``, ``"off"``...); None leaves it to the server.
+        """
         request = detector_pb2.DetectRequest(
             images=[detector_pb2.Image(data=b, camera_id=camera_id) for b in blobs]
         )
@@ -85,6 +89,8 @@ class RemoteDetector:
             request.confidence_threshold = conf
         if iou is not None:
             request.iou_threshold = iou
+        if tiles is not None:
+            request.tiles = tiles
         reply = self.stub.Detect(request, timeout=self.timeout)
         return [
             RemoteResult(

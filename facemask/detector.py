@@ -17,6 +17,7 @@ from facemask import modelstore
 from facemask.core.anchors import generate_anchors
 from facemask.core.nms import postprocess as postprocess_one
 from facemask.core.preprocess import preprocess_batch
+from facemask.core.tiling import TileSpec, crop, map_detections, tile_windows
 from facemask.core.types import Detection
 from facemask.runtime import create_runtime
 from facemask.runtime.base import Runtime
@@ -102,18 +103,59 @@ class Detector:
         conf: float | None = None,
         iou: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        tiles: TileSpec | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[list[Detection]]:
         """Detections of each RGB uint8 image (any sizes), in input order.
 
         Images are pre-processed and run in chunks of ``batch_size``; results do not
-        depend on the batch size.
+        depend on the batch size. With ``tiles`` every image runs as the windows of
+        :func:`facemask.core.tiling.tile_windows` (full frame plus tiles, all in the same
+        batches) and the detections are merged by :func:`~facemask.core.tiling.map_detections`
+        (NMS at ``iou``). ``sizes`` gives each image's original ``(width, height)`` when it
+        was decoded at a reduced scale (default: its array size). Without ``tiles`` the
+        result is exactly the untiled detector's.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if tiles is not None:
+            return self._detect_tiled(images, tiles, conf, iou, batch_size, sizes)
         results: list[list[Detection]] = []
         for start in range(0, len(images), batch_size):
             loc, cls = self.infer(preprocess_batch(images[start : start + batch_size]))
             results.extend(self.postprocess(loc[i], cls[i], conf, iou) for i in range(len(loc)))
+        return results
+
+    def _detect_tiled(
+        self,
+        images: Sequence[np.ndarray],
+        tiles: TileSpec,
+        conf: float | None,
+        iou: float | None,
+        batch_size: int,
+        sizes: Sequence[tuple[int, int]] | None,
+    ) -> list[list[Detection]]:
+        """:meth:`detect` with tiles: every window of every image is one batch item."""
+        if sizes is not None and len(sizes) != len(images):
+            raise ValueError("one size is needed per image")
+        plans: list[tuple[int, int, list[tuple[int, int, int, int]]]] = []
+        crops: list[np.ndarray] = []
+        for i, rgb in enumerate(images):
+            width, height = sizes[i] if sizes is not None else (rgb.shape[1], rgb.shape[0])
+            windows = tile_windows(width, height, tiles)
+            plans.append((width, height, windows))
+            crops.extend(crop(rgb, window, width, height) for window in windows)
+        per_window: list[list[Detection]] = []
+        for start in range(0, len(crops), batch_size):
+            loc, cls = self.infer(preprocess_batch(crops[start : start + batch_size]))
+            per_window.extend(self.postprocess(loc[i], cls[i], conf, iou) for i in range(len(loc)))
+        merge_iou = self.iou if iou is None else float(iou)
+        results: list[list[Detection]] = []
+        offset = 0
+        for width, height, windows in plans:
+            dets = per_window[offset : offset + len(windows)]
+            offset += len(windows)
+            results.append(map_detections(dets, windows, width, height, iou=merge_iou))
         return results
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:

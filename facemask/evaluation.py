@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facemask.core.tiling import TileSpec
+
 if TYPE_CHECKING:
     from facemask.core.types import Detection
     from facemask.detector import Detector
@@ -320,8 +322,12 @@ def detect_images(
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode: str = "full",
     progress: Callable[[int, int], None] | None = None,
+    tiles: TileSpec | None = None,
 ) -> list[ImageDetections]:
     """Run ``detector`` on every image of ``coco`` (files under ``images_dir``).
+
+    ``tiles``: tiled inference (the full frame plus a grid of tiles, merged by NMS; see
+    :mod:`facemask.core.tiling`); None runs exactly the untiled detector.
 
     Images are decoded (``decode``: ``full`` is exactly the reference; ``auto`` may decode
     large JPEGs at a reduced scale) and detected ``batch_size`` at a time, so memory stays
@@ -360,9 +366,19 @@ def detect_images(
                     item.height,
                 )
             decoded.append(image)
-        per_image = detector.detect(
-            [d.rgb for d in decoded], conf=conf, iou=iou, batch_size=batch_size
-        )
+        if tiles is None:
+            per_image = detector.detect(
+                [d.rgb for d in decoded], conf=conf, iou=iou, batch_size=batch_size
+            )
+        else:
+            per_image = detector.detect(
+                [d.rgb for d in decoded],
+                conf=conf,
+                iou=iou,
+                batch_size=batch_size,
+                tiles=tiles,
+                sizes=[(d.width, d.height) for d in decoded],
+            )
         for item, image, dets in zip(chunk, decoded, per_image, strict=True):
             out.append(ImageDetections(item.image_id, image.width, image.height, list(dets)))
         if progress is not None:
@@ -416,6 +432,7 @@ def evaluate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode: str = "full",
     progress: Callable[[int, int], None] | None = None,
+    tiles: TileSpec | None = None,
 ) -> EvalResult:
     """Detect on every annotated image and score the detections with COCOeval.
 
@@ -437,6 +454,7 @@ def evaluate(
         batch_size=batch_size,
         decode=decode,
         progress=progress,
+        tiles=tiles,
     )
     detect_s = time.perf_counter() - started
     result = score(coco, per_image, unrounded=unrounded)

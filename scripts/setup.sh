@@ -46,4 +46,7 @@ fi
 
 # 3. Model artifacts and sample images (mirror first when FACEMASK_MODEL_MIRROR is set).
 "$VENV/bin/facemask" models fetch
+# 4. Derived TFLite models (float32, int8 calibrated on the dev set or the samples), built
+#    from the fetched frozen graph into the git-ignored cache; skipped when up to date.
+"$VENV/bin/facemask" models build
 log "ready"

@@ -6,4 +6,6 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.inference",
     "tests.fixtures.mqtt",
+    "tests.fixtures.pipeline",
+    "tests.fixtures.cluster",
 ]

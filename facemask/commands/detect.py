@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
+from facemask.core.tiling import TileSpec, TileSpecError
 from facemask.core.types import Detection
 from facemask.modelstore import ModelStoreError
 from facemask.runtime import available_runtimes
@@ -73,18 +74,35 @@ class Backend(Protocol):
 class LocalBackend:
     """Runs a :class:`facemask.detector.Detector` in this process."""
 
-    def __init__(self, detector: Any, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        detector: Any,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        tiles: TileSpec | None = None,
+    ) -> None:
         self.detector = detector
         self.batch_size = batch_size
+        self.tiles = tiles
 
     def detect(
         self, images: Sequence[InputImage], *, conf: float, iou: float
     ) -> list[list[Detection]]:
-        """Batched local inference."""
-        result: list[list[Detection]] = self.detector.detect(
-            [image.rgb for image in images], conf=conf, iou=iou, batch_size=self.batch_size
+        """Batched local inference (tiled when the backend has a tile spec)."""
+        if self.tiles is None:
+            result: list[list[Detection]] = self.detector.detect(
+                [image.rgb for image in images], conf=conf, iou=iou, batch_size=self.batch_size
+            )
+            return result
+        tiled: list[list[Detection]] = self.detector.detect(
+            [image.rgb for image in images],
+            conf=conf,
+            iou=iou,
+            batch_size=self.batch_size,
+            tiles=self.tiles,
+            sizes=[(image.width, image.height) for image in images],
         )
-        return result
+        return tiled
 
     def close(self) -> None:
         """Release the detector's runtime."""
@@ -112,6 +130,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads", type=_positive_int, default=None, help="compute threads (default: all CPUs)"
     )
     parser.add_argument(
+        "--variant",
+        choices=["upstream", "float32", "int8"],
+        default=None,
+        help="tflite model: upstream (default), or float32 / int8 built by `facemask models build`",
+    )
+    parser.add_argument(
+        "--interpreters",
+        type=_positive_int,
+        default=None,
+        help="tflite: interpreters running images in parallel (--threads each)",
+    )
+    parser.add_argument(
         "--decode",
         choices=DECODE_MODES,
         default="full",
@@ -127,6 +157,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--server", metavar="HOST:PORT", help="send the images to a running inference service"
+    )
+    parser.add_argument(
+        "--tiles",
+        type=_tile_spec,
+        default=None,
+        metavar="SPEC",
+        help="tiled inference for small faces: ROWSxCOLS[:OVERLAP] (e.g. 2x2: the full frame "
+        "plus 2x2 overlapping tiles, 5 model runs per image), auto[:MIN_FACE_PX] or off "
+        "(default: off; with --server: the server's setting)",
     )
 
 
@@ -144,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     except (ModelStoreError, ImportError) as exc:
         sys.stderr.write(f"facemask detect: error: cannot load the model: {exc}\n")
         return 1
+    except ValueError as exc:
+        sys.stderr.write(f"facemask detect: error: {exc}\n")
+        return 2
     if args.annotate is not None:
         args.annotate.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -195,11 +237,14 @@ class RemoteBackend:
     local run would and the results are identical.
     """
 
-    def __init__(self, target: str, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self, target: str, *, batch_size: int = DEFAULT_BATCH_SIZE, tiles: str | None = None
+    ) -> None:
         from facemask.client import RemoteDetector
 
         self.remote = RemoteDetector(target, timeout=120.0)
         self.batch_size = batch_size
+        self.tiles = tiles
 
     def detect(
         self, images: Sequence[InputImage], *, conf: float, iou: float
@@ -218,7 +263,7 @@ class RemoteBackend:
                 for image in images[start : start + self.batch_size]
             ]
             try:
-                results = self.remote.detect_encoded(blobs, conf=conf, iou=iou)
+                results = self.remote.detect_encoded(blobs, conf=conf, iou=iou, tiles=self.tiles)
             except grpc.RpcError as exc:
                 raise BackendError(
                     f"inference service {self.remote.target}: {exc.code().name}: {exc.details()}"
@@ -233,15 +278,23 @@ class RemoteBackend:
 
 def make_backend(args: argparse.Namespace) -> Backend:
     """The backend the options ask for: a remote service (``--server``) or a local model."""
+    tiles_text: str | None = getattr(args, "tiles", None)
     if args.server:
-        return RemoteBackend(args.server, batch_size=args.batch_size)
+        return RemoteBackend(args.server, batch_size=args.batch_size, tiles=tiles_text)
     from facemask.detector import create_detector
 
     options: dict[str, Any] = {}
     if args.threads is not None:
         options["threads"] = args.threads  # every runtime takes ``threads``
+    for name in ("variant", "interpreters"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if args.runtime != "tflite":
+                raise ValueError(f"--{name} applies to --runtime tflite only")
+            options[name] = value
     detector = create_detector(args.runtime, conf=args.conf, iou=args.iou, **options)
-    return LocalBackend(detector, batch_size=args.batch_size)
+    tiles = TileSpec.parse(tiles_text) if tiles_text is not None else None
+    return LocalBackend(detector, batch_size=args.batch_size, tiles=tiles)
 
 
 def detect_images(
@@ -399,6 +452,15 @@ def _prefetch(items: Iterator[InputImage], *, depth: int) -> Generator[InputImag
 @dataclass(slots=True)
 class _Failure:
     exc: BaseException
+
+
+def _tile_spec(text: str) -> str:
+    """Validate a ``--tiles`` spec; kept as text so a remote server parses it too."""
+    try:
+        TileSpec.parse(text)
+    except TileSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _fraction(text: str) -> float:

@@ -11,8 +11,10 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from facemask import evaluation, modelstore
+from facemask.core.tiling import TileSpec, TileSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,13 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be in [0, 1]")
     return value
+
+
+def _tile_spec(text: str) -> TileSpec | None:
+    try:
+        return TileSpec.parse(text)
+    except TileSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +74,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--runtime", default="tensorflow", help="inference runtime (default %(default)s)"
     )
     parser.add_argument(
+        "--variant",
+        choices=["upstream", "float32", "int8"],
+        default=None,
+        help="tflite model: upstream (default), or float32 / int8 built by `facemask models build`",
+    )
+    parser.add_argument(
+        "--interpreters",
+        type=_positive_int,
+        default=None,
+        help="tflite: interpreters running images in parallel",
+    )
+    parser.add_argument(
+        "--tiles",
+        type=_tile_spec,
+        default=None,
+        metavar="SPEC",
+        help="tiled inference: ROWSxCOLS[:OVERLAP] (e.g. 2x2), auto[:MIN_FACE_PX] or off "
+        "(default off: exactly the reference)",
+    )
+    parser.add_argument(
         "--decode",
         choices=evaluation.DECODE_MODES,
         default="full",
@@ -85,7 +114,14 @@ def run(args: argparse.Namespace) -> int:
             raise evaluation.EvaluationError(
                 f"unknown runtime {args.runtime!r}; available: {', '.join(runtimes)}"
             )
-        detector = evaluation.get_detector(args.runtime)
+        options: dict[str, Any] = {}
+        for name in ("variant", "interpreters"):
+            value = getattr(args, name, None)
+            if value is not None:
+                if args.runtime != "tflite":
+                    raise evaluation.EvaluationError(f"--{name} applies to --runtime tflite only")
+                options[name] = value
+        detector = evaluation.get_detector(args.runtime, **options)
         result = evaluation.evaluate(
             coco,
             args.images,
@@ -95,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             unrounded=args.unrounded,
             batch_size=args.batch_size,
             decode=args.decode,
+            tiles=args.tiles,
         )
     except (evaluation.EvaluationError, modelstore.ModelStoreError) as exc:
         sys.stderr.write(f"facemask eval: error: {exc}\n")

@@ -1,10 +1,12 @@
-"""``facemask models fetch|path|list``: manage the pinned upstream artifacts."""
+"""``facemask models fetch|list|dir|build``: manage the pinned upstream artifacts and the
+TFLite models derived from them."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from facemask import modelstore
 
@@ -25,6 +27,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--force", action="store_true", help="fetch again even when cached")
     sub.add_parser("list", help="list the manifest and what is cached")
     sub.add_parser("dir", help="print the cache directory")
+    build = sub.add_parser(
+        "build",
+        aliases=["quantize"],
+        help="convert the frozen graph to TFLite float32 and int8 (skipped when up to date)",
+    )
+    build.add_argument(
+        "--variant",
+        action="append",
+        choices=["float32", "int8"],
+        help="variant to build (repeatable; default: both)",
+    )
+    build.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="images calibrating int8 (default: ../shared/data/facemask-dev/images when "
+        "present, else the sample images)",
+    )
+    build.add_argument("--force", action="store_true", help="build even when up to date")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.models_command == "dir":
         sys.stdout.write(f"{modelstore.cache_dir()}\n")
         return 0
+    if args.models_command in ("build", "quantize"):
+        return _build(args)
     if args.models_command == "list":
         for artifact in modelstore.load_manifest():
             cached = (modelstore.cache_dir() / artifact.name).is_file()
@@ -46,4 +69,22 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"facemask models fetch: error: {exc}\n")
         return 1
     logger.info("%d artifacts verified in %s", len(paths), modelstore.cache_dir())
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from facemask import quantize
+
+    try:
+        results = quantize.build(
+            args.variant or ("float32", "int8"),
+            calibration_dir=args.calibration,
+            force=args.force,
+        )
+    except quantize.QuantizeError as exc:
+        sys.stderr.write(f"facemask models build: error: {exc}\n")
+        return 1
+    for result in results:
+        state = f"built in {result.seconds:.1f} s" if result.built else "up to date"
+        sys.stdout.write(f"{result.variant}\t{result.path}\t{state}\n")
     return 0

@@ -117,16 +117,21 @@ def _reduce_factor(width: int, height: int, size: tuple[int, int] = INPUT_SIZE) 
 
 
 def decode_image(
-    data: bytes, *, reduce: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    reduce: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_size: tuple[int, int] = INPUT_SIZE,
 ) -> DecodedImage:
     """Decode JPEG or PNG bytes to RGB uint8.
 
     The size declared in the header is checked against ``max_pixels`` before anything is
     decoded (decompression bombs). ``reduce="full"`` decodes at full size (as
     ``cv2.imread``); ``"auto"`` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, the
-    largest factor whose result is still at least 260 px on both sides (the detector
-    resizes to 260x260 anyway; this is several times cheaper for HD frames). PNG is always
-    decoded at full size. Raises :class:`ImageDecodeError`.
+    largest factor whose result is still at least ``min_size`` (default 260x260: the
+    detector resizes to 260x260 anyway; this is several times cheaper for HD frames; tiled
+    inference asks for more so that each tile keeps its resolution). PNG is always decoded
+    at full size. Raises :class:`ImageDecodeError`.
     """
     if reduce not in DECODE_MODES:
         raise ValueError(f"reduce must be one of {DECODE_MODES}, not {reduce!r}")
@@ -146,7 +151,7 @@ def decode_image(
         raise ImageDecodeError(
             "too_large", f"{width}x{height} image exceeds the {max_pixels} pixel limit"
         )
-    factor = _reduce_factor(width, height) if kind == "jpeg" and reduce == "auto" else 1
+    factor = _reduce_factor(width, height, min_size) if kind == "jpeg" and reduce == "auto" else 1
     flag = _REDUCED_FLAGS[factor] if factor > 1 else cv2.IMREAD_COLOR
     try:
         bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)

@@ -24,35 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65mask/v1/detector.proto\x12\x0b\x66\x61\x63\x65mask.v1\":\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x03 \x01(\t\"\x9d\x01\n\rDetectRequest\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.facemask.v1.Image\x12!\n\x14\x63onfidence_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x42\x17\n\x15_confidence_thresholdB\x10\n\x0e_iou_threshold\":\n\x08PixelBox\x12\n\n\x02x1\x18\x01 \x01(\x05\x12\n\n\x02y1\x18\x02 \x01(\x05\x12\n\n\x02x2\x18\x03 \x01(\x05\x12\n\n\x02y2\x18\x04 \x01(\x05\"?\n\rNormalizedBox\x12\n\n\x02x1\x18\x01 \x01(\x01\x12\n\n\x02y1\x18\x02 \x01(\x01\x12\n\n\x02x2\x18\x03 \x01(\x01\x12\n\n\x02y2\x18\x04 \x01(\x01\"\xa9\x01\n\tDetection\x12!\n\x05label\x18\x01 \x01(\x0e\x32\x12.facemask.v1.Label\x12\x12\n\nlabel_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\"\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x15.facemask.v1.PixelBox\x12\x32\n\x0e\x62ox_normalized\x18\x05 \x01(\x0b\x32\x1a.facemask.v1.NormalizedBox\"e\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x02 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"\xa4\x01\n\x0bImageResult\x12*\n\ndetections\x18\x01 \x03(\x0b\x32\x16.facemask.v1.Detection\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x11\n\tcamera_id\x18\x04 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x05 \x01(\t\x12%\n\x07timings\x18\x06 \x01(\x0b\x32\x14.facemask.v1.Timings\"\x8e\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x14\n\x0cinput_height\x18\x05 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"b\n\x0e\x44\x65tectResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.facemask.v1.ImageResult\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.facemask.v1.ModelInfo\"\x15\n\x13GetModelInfoRequest*A\n\x05Label\x12\x15\n\x11LABEL_UNSPECIFIED\x10\x00\x12\x0e\n\nLABEL_MASK\x10\x01\x12\x11\n\rLABEL_NO_MASK\x10\x02\x32\x97\x01\n\x08\x44\x65tector\x12\x41\n\x06\x44\x65tect\x12\x1a.facemask.v1.DetectRequest\x1a\x1b.facemask.v1.DetectResponse\x12H\n\x0cGetModelInfo\x12 .facemask.v1.GetModelInfoRequest\x1a\x16.facemask.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61\x63\x65mask/v1/detector.proto\x12\x0b\x66\x61\x63\x65mask.v1\":\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tcamera_id\x18\x02 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x03 \x01(\t\"\xbb\x01\n\rDetectRequest\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.facemask.v1.Image\x12!\n\x14\x63onfidence_threshold\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x1a\n\riou_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05tiles\x18\x04 \x01(\tH\x02\x88\x01\x01\x42\x17\n\x15_confidence_thresholdB\x10\n\x0e_iou_thresholdB\x08\n\x06_tiles\":\n\x08PixelBox\x12\n\n\x02x1\x18\x01 \x01(\x05\x12\n\n\x02y1\x18\x02 \x01(\x05\x12\n\n\x02x2\x18\x03 \x01(\x05\x12\n\n\x02y2\x18\x04 \x01(\x05\"?\n\rNormalizedBox\x12\n\n\x02x1\x18\x01 \x01(\x01\x12\n\n\x02y1\x18\x02 \x01(\x01\x12\n\n\x02x2\x18\x03 \x01(\x01\x12\n\n\x02y2\x18\x04 \x01(\x01\"\xa9\x01\n\tDetection\x12!\n\x05label\x18\x01 \x01(\x0e\x32\x12.facemask.v1.Label\x12\x12\n\nlabel_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\"\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x15.facemask.v1.PixelBox\x12\x32\n\x0e\x62ox_normalized\x18\x05 \x01(\x0b\x32\x1a.facemask.v1.NormalizedBox\"y\n\x07Timings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x02 \x01(\x01\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\nmodel_runs\x18\x05 \x01(\x05\"\xa4\x01\n\x0bImageResult\x12*\n\ndetections\x18\x01 \x03(\x0b\x32\x16.facemask.v1.Detection\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x11\n\tcamera_id\x18\x04 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x05 \x01(\t\x12%\n\x07timings\x18\x06 \x01(\x0b\x32\x14.facemask.v1.Timings\"\x8e\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07runtime\x18\x03 \x01(\t\x12\x13\n\x0binput_width\x18\x04 \x01(\x05\x12\x14\n\x0cinput_height\x18\x05 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\x05\x12\x0e\n\x06sha256\x18\x07 \x01(\t\"b\n\x0e\x44\x65tectResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.facemask.v1.ImageResult\x12%\n\x05model\x18\x02 \x01(\x0b\x32\x16.facemask.v1.ModelInfo\"\x15\n\x13GetModelInfoRequest*A\n\x05Label\x12\x15\n\x11LABEL_UNSPECIFIED\x10\x00\x12\x0e\n\nLABEL_MASK\x10\x01\x12\x11\n\rLABEL_NO_MASK\x10\x02\x32\x97\x01\n\x08\x44\x65tector\x12\x41\n\x06\x44\x65tect\x12\x1a.facemask.v1.DetectRequest\x1a\x1b.facemask.v1.DetectResponse\x12H\n\x0cGetModelInfo\x12 .facemask.v1.GetModelInfoRequest\x1a\x16.facemask.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'facemask.v1.detector_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LABEL']._serialized_start=1098
-  _globals['_LABEL']._serialized_end=1163
+  _globals['_LABEL']._serialized_start=1148
+  _globals['_LABEL']._serialized_end=1213
   _globals['_IMAGE']._serialized_start=43
   _globals['_IMAGE']._serialized_end=101
   _globals['_DETECTREQUEST']._serialized_start=104
-  _globals['_DETECTREQUEST']._serialized_end=261
-  _globals['_PIXELBOX']._serialized_start=263
-  _globals['_PIXELBOX']._serialized_end=321
-  _globals['_NORMALIZEDBOX']._serialized_start=323
-  _globals['_NORMALIZEDBOX']._serialized_end=386
-  _globals['_DETECTION']._serialized_start=389
-  _globals['_DETECTION']._serialized_end=558
-  _globals['_TIMINGS']._serialized_start=560
-  _globals['_TIMINGS']._serialized_end=661
-  _globals['_IMAGERESULT']._serialized_start=664
-  _globals['_IMAGERESULT']._serialized_end=828
-  _globals['_MODELINFO']._serialized_start=831
-  _globals['_MODELINFO']._serialized_end=973
-  _globals['_DETECTRESPONSE']._serialized_start=975
-  _globals['_DETECTRESPONSE']._serialized_end=1073
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1075
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1096
-  _globals['_DETECTOR']._serialized_start=1166
-  _globals['_DETECTOR']._serialized_end=1317
+  _globals['_DETECTREQUEST']._serialized_end=291
+  _globals['_PIXELBOX']._serialized_start=293
+  _globals['_PIXELBOX']._serialized_end=351
+  _globals['_NORMALIZEDBOX']._serialized_start=353
+  _globals['_NORMALIZEDBOX']._serialized_end=416
+  _globals['_DETECTION']._serialized_start=419
+  _globals['_DETECTION']._serialized_end=588
+  _globals['_TIMINGS']._serialized_start=590
+  _globals['_TIMINGS']._serialized_end=711
+  _globals['_IMAGERESULT']._serialized_start=714
+  _globals['_IMAGERESULT']._serialized_end=878
+  _globals['_MODELINFO']._serialized_start=881
+  _globals['_MODELINFO']._serialized_end=1023
+  _globals['_DETECTRESPONSE']._serialized_start=1025
+  _globals['_DETECTRESPONSE']._serialized_end=1123
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1125
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1146
+  _globals['_DETECTOR']._serialized_start=1216
+  _globals['_DETECTOR']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

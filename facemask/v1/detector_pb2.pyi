@@ -27,14 +27,16 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., camera_id: _Optional[str] = ..., frame_id: _Optional[str] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("images", "confidence_threshold", "iou_threshold")
+    __slots__ = ("images", "confidence_threshold", "iou_threshold", "tiles")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     IOU_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     confidence_threshold: float
     iou_threshold: float
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ...) -> None: ...
+    tiles: str
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., confidence_threshold: _Optional[float] = ..., iou_threshold: _Optional[float] = ..., tiles: _Optional[str] = ...) -> None: ...
 
 class PixelBox(_message.Message):
     __slots__ = ("x1", "y1", "x2", "y2")
@@ -75,16 +77,18 @@ class Detection(_message.Message):
     def __init__(self, label: _Optional[_Union[Label, str]] = ..., label_name: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[PixelBox, _Mapping]] = ..., box_normalized: _Optional[_Union[NormalizedBox, _Mapping]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_seconds", "decode_seconds", "compute_seconds", "batch_size")
+    __slots__ = ("queue_seconds", "decode_seconds", "compute_seconds", "batch_size", "model_runs")
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_RUNS_FIELD_NUMBER: _ClassVar[int]
     queue_seconds: float
     decode_seconds: float
     compute_seconds: float
     batch_size: int
-    def __init__(self, queue_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    model_runs: int
+    def __init__(self, queue_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ..., model_runs: _Optional[int] = ...) -> None: ...
 
 class ImageResult(_message.Message):
     __slots__ = ("detections", "width", "height", "camera_id", "frame_id", "timings")

@@ -13,6 +13,12 @@ Work flows in three stages:
 
 Like Triton's dynamic batcher, a lone request waits at most ``max_queue_delay``; under
 load batches fill up at once and the delay is never paid.
+
+A job with a tile spec (:class:`facemask.core.tiling.TileSpec`) becomes several batch
+items: the full frame and each tile, preprocessed separately. Items of any jobs share
+batches; the job resolves when its last item has run, with the detections of every window
+mapped back to the frame and merged by NMS (``JobResult.model_runs`` = its items). Tiling
+thus costs throughput (more items per frame), not a longer model call per item.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facemask.core.preprocess import ImageDecodeError, decode_image, preprocess
+from facemask.core.preprocess import INPUT_SIZE, ImageDecodeError, decode_image, preprocess
+from facemask.core.tiling import TileSpec, Window, crop, map_detections, tile_windows
 from facemask.core.types import Detection
 from facemask.detector import Detector
 
@@ -75,6 +82,7 @@ class Job:
     capture_ts: float | None = None  # wall-clock capture time (stream frames)
     max_age: float | None = None  # skip when older than this at batching time
     declared_size: tuple[int, int] | None = None
+    tiles: TileSpec | None = None  # full frame plus tiles; None: the frame alone
     future: Future[JobResult] = field(default_factory=Future)
     submitted: float = field(default_factory=time.monotonic)
     ready: float = 0.0
@@ -82,6 +90,47 @@ class Job:
     tensor: np.ndarray | None = None
     width: int = 0
     height: int = 0
+    windows: list[Window] = field(default_factory=list)
+    window_detections: list[list[Detection] | None] = field(default_factory=list)
+    pending: int = 0
+    started: float | None = None  # when its first item entered the model
+    compute_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _Item:
+    """One batch item: a job's whole frame (``index`` 0 when untiled) or one of its tiles."""
+
+    job: Job
+    index: int
+    tensor: np.ndarray | None
+
+
+def _decode_min_size(spec: TileSpec | None) -> tuple[int, int] | None:
+    """Smallest decoded size that keeps every tile of ``spec`` at least model-input size
+    (None: decode at full size, as for automatic specs)."""
+    if spec is None:
+        return INPUT_SIZE
+    if spec.auto_min_face_px is not None:
+        return None
+
+    def side(model: int, n: int) -> int:
+        return int(np.ceil(model * (n - (n - 1) * spec.overlap)))
+
+    return (side(INPUT_SIZE[0], spec.cols), side(INPUT_SIZE[1], spec.rows))
+
+
+def _resolve(future: Future[JobResult], result: JobResult | BaseException) -> None:
+    """Resolve a future unless it is already done (expired or cancelled by its caller)."""
+    if future.done():
+        return
+    try:
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except Exception:  # InvalidStateError: cancelled between the check and the set
+        logger.debug("job future already resolved")
 
 
 BatchObserver = Callable[[int, float], None]
@@ -115,7 +164,7 @@ class DynamicBatcher:
         self.max_pixels = max_pixels
         self.on_batch = on_batch
         self.on_job = on_job
-        self._ready: queue.Queue[Job | None] = queue.Queue()
+        self._ready: queue.Queue[_Item | None] = queue.Queue()
         self._admitted = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -156,37 +205,55 @@ class DynamicBatcher:
         if self._expired(job, start):  # do not spend decode time on a frame already stale
             return
         try:
-            image = decode_image(job.data, reduce=self.decode_reduce, max_pixels=self.max_pixels)
+            min_size = _decode_min_size(job.tiles)
+            reduce = self.decode_reduce if min_size is not None else "full"
+            image = decode_image(
+                job.data, reduce=reduce, max_pixels=self.max_pixels, min_size=min_size or INPUT_SIZE
+            )
             if job.declared_size and job.declared_size != (image.width, image.height):
                 raise ImageDecodeError(
                     "size_mismatch",
                     f"declared {job.declared_size[0]}x{job.declared_size[1]}, "
                     f"image is {image.width}x{image.height}",
                 )
-            job.tensor = preprocess(image.rgb)
             job.width, job.height = image.width, image.height
+            if job.tiles is None:
+                job.windows = [(0, 0, image.width, image.height)]
+                tensors = [preprocess(image.rgb)]
+            else:
+                job.windows = tile_windows(image.width, image.height, job.tiles)
+                tensors = [
+                    preprocess(crop(image.rgb, window, image.width, image.height))
+                    for window in job.windows
+                ]
         except ImageDecodeError as exc:
-            job.future.set_exception(exc)
+            _resolve(job.future, exc)
             return
         except Exception as exc:
             logger.exception("decode failed")
-            job.future.set_exception(ImageDecodeError("corrupt_image", str(exc)))
+            _resolve(job.future, ImageDecodeError("corrupt_image", str(exc)))
             return
+        job.window_detections = [None] * len(tensors)
+        job.pending = len(tensors)
         job.decode_seconds = time.monotonic() - start
         job.ready = time.monotonic()
         job.data = b""  # the bytes are no longer needed; free them early
-        self._ready.put(job)
+        for index, tensor in enumerate(tensors):
+            self._ready.put(_Item(job, index, tensor))
 
     # -- the model thread ------------------------------------------------------------
 
     def _expired(self, job: Job, now: float) -> bool:
+        if job.future.done():  # another item of the job expired, or its caller cancelled
+            return True
         if job.deadline is not None and now > job.deadline:
-            job.future.set_exception(DeadlineExpiredError("deadline passed while queued"))
+            _resolve(job.future, DeadlineExpiredError("deadline passed while queued"))
             return True
         if job.max_age is not None and job.capture_ts is not None:
             age = time.time() - job.capture_ts
             if age > job.max_age:
-                job.future.set_result(
+                _resolve(
+                    job.future,
                     JobResult(
                         [],
                         job.width,
@@ -195,31 +262,31 @@ class DynamicBatcher:
                         reason="too_old",
                         queue_seconds=now - job.submitted,
                         decode_seconds=job.decode_seconds,
-                    )
+                    ),
                 )
                 return True
         return False
 
-    def _collect(self, first: Job) -> list[Job]:
+    def _collect(self, first: _Item) -> list[_Item]:
         batch = [first]
-        flush_at = first.ready + self.max_queue_delay
+        flush_at = first.job.ready + self.max_queue_delay
         while len(batch) < self.max_batch_size:
             try:
-                job = self._ready.get_nowait()
+                item = self._ready.get_nowait()
             except queue.Empty:
                 remaining = flush_at - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    job = self._ready.get(timeout=remaining)
+                    item = self._ready.get(timeout=remaining)
                 except queue.Empty:
                     break
-            if job is None:  # shutdown sentinel: put it back for the loop
+            if item is None:  # shutdown sentinel: put it back for the loop
                 self._ready.put(None)
                 break
-            batch.append(job)
+            batch.append(item)
         now = time.monotonic()
-        return [job for job in batch if not self._expired(job, now)]
+        return [item for item in batch if not self._expired(item.job, now)]
 
     def _model_loop(self) -> None:
         while True:
@@ -230,39 +297,74 @@ class DynamicBatcher:
             if batch:
                 self._run(batch)
 
-    def _run(self, batch: Sequence[Job]) -> None:
+    def _run(self, batch: Sequence[_Item]) -> None:
         start = time.monotonic()
         try:
-            tensors = np.stack([job.tensor for job in batch])  # type: ignore[misc]
+            tensors = np.stack([item.tensor for item in batch])  # type: ignore[misc]
             loc, cls = self.detector.infer(tensors)
             results = [
-                self.detector.postprocess(loc[i], cls[i], conf=job.conf, iou=job.iou)
-                for i, job in enumerate(batch)
+                self.detector.postprocess(loc[i], cls[i], conf=item.job.conf, iou=item.job.iou)
+                for i, item in enumerate(batch)
             ]
         except Exception as exc:
             logger.exception("model call failed", extra={"batch_size": len(batch)})
-            for job in batch:
-                job.future.set_exception(exc)
+            for item in batch:
+                item.tensor = None
+                _resolve(item.job.future, exc)
             return
         compute = time.monotonic() - start
         if self.on_batch is not None:
             self.on_batch(len(batch), compute)
-        for job, detections in zip(batch, results, strict=True):
-            job.tensor = None
-            if self.on_job is not None:
-                self.on_job(start - job.ready, job.decode_seconds)
-            job.future.set_result(
-                JobResult(
-                    detections,
+        seen: set[int] = set()
+        for item, detections in zip(batch, results, strict=True):
+            job = item.job
+            item.tensor = None
+            job.window_detections[item.index] = detections
+            job.pending -= 1
+            if id(job) not in seen:  # a job's items in one batch share its compute time
+                seen.add(id(job))
+                job.compute_seconds += compute
+            if job.started is None:
+                job.started = start
+            if job.pending > 0:
+                continue
+            self._finish(job, len(batch))
+
+    def _finish(self, job: Job, batch_size: int) -> None:
+        """All items of ``job`` have run: merge its windows and resolve its future."""
+        assert job.started is not None
+        queue_seconds = job.started - job.ready
+        try:
+            if len(job.windows) == 1:
+                detections = job.window_detections[0] or []
+            else:
+                detections = map_detections(
+                    [d or [] for d in job.window_detections],
+                    job.windows,
                     job.width,
                     job.height,
-                    queue_seconds=start - job.ready,
-                    decode_seconds=job.decode_seconds,
-                    compute_seconds=compute,
-                    batch_size=len(batch),
-                    model_runs=1,
+                    iou=job.iou,
                 )
-            )
+        except Exception as exc:
+            logger.exception("merging tiles failed")
+            _resolve(job.future, exc)
+            return
+        job.window_detections = []
+        if self.on_job is not None:
+            self.on_job(queue_seconds, job.decode_seconds)
+        _resolve(
+            job.future,
+            JobResult(
+                detections,
+                job.width,
+                job.height,
+                queue_seconds=queue_seconds,
+                decode_seconds=job.decode_seconds,
+                compute_seconds=job.compute_seconds,
+                batch_size=batch_size,
+                model_runs=len(job.windows),
+            ),
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from facemask.core.tiling import TileSpec, TileSpecError
 from facemask.settings import ServiceSettings
 
 
@@ -37,10 +39,26 @@ class InferenceSettings(ServiceSettings):
 
     # model
     runtime: str = Field("tensorflow", description="detector runtime (see the registry)")
-    threads: int = Field(0, ge=0, le=256, description="model threads (0: all cores)")
+    threads: int = Field(
+        0, ge=0, le=256, description="model threads (0: all cores; tflite: per interpreter)"
+    )
+    model_variant: str = Field(
+        "",
+        pattern="^(|upstream|float32|int8)$",
+        description="tflite model: upstream (default), float32 or int8 (`facemask models build`)",
+    )
+    interpreters: int = Field(
+        1, ge=1, le=256, description="tflite interpreters running batch items in parallel"
+    )
     confidence: float = Field(0.5, gt=0.0, le=1.0, description="default score threshold")
     iou: float = Field(0.4, gt=0.0, le=1.0, description="default NMS IoU threshold")
     warmup: bool = Field(True, description="run warm-up batches before reporting SERVING")
+    tiles: dict[str, str] = Field(
+        default_factory=dict,
+        description='tiled inference per camera, JSON: {"lobby": "2x2", "street": "3x3:0.25", '
+        '"*": "off"} ("*": every other camera; specs ROWSxCOLS[:OVERLAP], auto[:MIN_FACE_PX], '
+        "off); also the default of gRPC requests that name a camera and no tiles",
+    )
 
     # batching
     max_batch_size: int = Field(32, ge=1, le=1024, description="largest model batch")
@@ -96,8 +114,38 @@ class InferenceSettings(ServiceSettings):
             raise ValueError(f"unknown runtime {value!r}; available: {available_runtimes()}")
         return value
 
+    @field_validator("tiles")
+    @classmethod
+    def _valid_tiles(cls, value: dict[str, str]) -> dict[str, str]:
+        for camera, spec in value.items():
+            if not camera:
+                raise ValueError('tiles: empty camera id (use "*" for every camera)')
+            try:
+                TileSpec.parse(spec)
+            except TileSpecError as exc:
+                raise ValueError(f"tiles[{camera!r}]: {exc}") from None
+        return value
+
+    def tiles_for(self, camera_id: str) -> TileSpec | None:
+        """The tiling spec of a camera: its own entry, else ``"*"``, else none."""
+        spec = self.tiles.get(camera_id) if camera_id else None
+        if spec is None:
+            spec = self.tiles.get("*")
+        return None if spec is None else TileSpec.parse(spec)
+
+    def runtime_options(self) -> dict[str, Any]:
+        """Options of :func:`facemask.detector.create_detector` for the chosen runtime."""
+        options: dict[str, Any] = {"threads": self.threads} if self.threads else {}
+        if self.runtime == "tflite":
+            options["interpreters"] = self.interpreters
+            if self.model_variant:
+                options["variant"] = self.model_variant
+        return options
+
     @model_validator(mode="after")
     def _check(self) -> InferenceSettings:
+        if self.runtime != "tflite" and (self.model_variant or self.interpreters != 1):
+            raise ValueError("model_variant and interpreters apply to the tflite runtime only")
         if self.max_inflight < self.max_batch_size:
             raise ValueError("max_inflight must be >= max_batch_size so batches can fill")
         if self.max_queue_size < self.max_batch_size:

@@ -259,6 +259,7 @@ class StreamConsumer:
             capture_ts=frame.capture_ts,
             max_age=self.settings.max_frame_age,
             declared_size=(frame.width, frame.height),
+            tiles=self.settings.tiles_for(frame.camera_id),
         )
         while True:
             try:
@@ -348,27 +349,35 @@ class StreamConsumer:
                     break
             self._publish(batch)
 
+    def _script_call(self, item: Outcome) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the publish-and-ack script for one outcome."""
+        partition = self.layout.partition_of_key(item.stream)
+        if item.deadletter_reason:
+            target, maxlen = self.layout.deadletter(partition), self.settings.deadletter_maxlen
+        else:
+            target, maxlen = self.layout.detections(partition), self.settings.detections_maxlen
+        args: list[Any] = [self.group, item.sid, self.consumer, maxlen]
+        for key, value in item.fields.items():
+            args.extend((key, value))
+        return [target, item.stream], args
+
     def _publish(self, batch: Sequence[Outcome]) -> None:
         backoff = 0.05
+        cluster = is_cluster(self.client)
+        replies: list[Any] = []
         while True:
             try:
+                if cluster:
+                    # A cluster pipeline cannot run scripts: one call per frame (routed to
+                    # the partition's master); a retry resumes after the frames already done.
+                    while len(replies) < len(batch):
+                        keys, args = self._script_call(batch[len(replies)])
+                        replies.append(self._script(keys=keys, args=args))
+                    break
                 pipe = self.client.pipeline(transaction=False)
                 for item in batch:
-                    partition = self.layout.partition_of_key(item.stream)
-                    if item.deadletter_reason:
-                        target, maxlen = (
-                            self.layout.deadletter(partition),
-                            self.settings.deadletter_maxlen,
-                        )
-                    else:
-                        target, maxlen = (
-                            self.layout.detections(partition),
-                            self.settings.detections_maxlen,
-                        )
-                    args: list[Any] = [self.group, item.sid, self.consumer, maxlen]
-                    for key, value in item.fields.items():
-                        args.extend((key, value))
-                    self._script(keys=[target, item.stream], args=args, client=pipe)
+                    keys, args = self._script_call(item)
+                    self._script(keys=keys, args=args, client=pipe)
                 replies = pipe.execute()
                 break
             except CONNECTION_ERRORS as exc:
@@ -376,9 +385,9 @@ class StreamConsumer:
                 if not self._publishing.is_set() and backoff > 2.0:
                     logger.error(
                         "giving up publishing; frames stay pending for another consumer",
-                        extra={"frames": len(batch), "error": str(exc)},
+                        extra={"frames": len(batch) - len(replies), "error": str(exc)},
                     )
-                    replies = [None] * len(batch)
+                    replies += [None] * (len(batch) - len(replies))
                     break
                 logger.warning("publish failed; retrying", extra={"error": str(exc)})
                 time.sleep(backoff)

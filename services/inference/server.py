@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from facemask.core.preprocess import ImageDecodeError
+from facemask.core.tiling import TileSpec, TileSpecError
 from facemask.core.types import Detection
 from facemask.v1 import detector_pb2, detector_pb2_grpc
 from facemask.wire import WireError, validate_camera_id
@@ -120,6 +121,12 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 f"{len(request.images)} images; at most {MAX_IMAGES_PER_REQUEST} per request",
             )
         conf, iou = self._thresholds(request, context)
+        request_tiles: TileSpec | None = None
+        if request.HasField("tiles"):
+            try:
+                request_tiles = TileSpec.parse(request.tiles)
+            except TileSpecError as exc:
+                self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", f"tiles: {exc}")
         remaining = context.time_remaining()  # a huge number when the client set none
         deadline = (
             time.monotonic() + remaining if remaining is not None and remaining < 1e6 else None
@@ -150,6 +157,11 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 camera_id=image.camera_id,
                 source="grpc",
                 deadline=deadline,
+                tiles=(
+                    request_tiles
+                    if request.HasField("tiles")
+                    else self.settings.tiles_for(image.camera_id)
+                ),
             )
             try:
                 futures.append(batcher.submit(job))
@@ -197,6 +209,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                         decode_seconds=result.decode_seconds,
                         compute_seconds=result.compute_seconds,
                         batch_size=result.batch_size,
+                        model_runs=result.model_runs,
                     ),
                 )
             )

@@ -61,9 +61,7 @@ class InferenceService:
 
     def _load_model(self) -> Detector:
         start = time.monotonic()
-        options: dict[str, Any] = (
-            {"threads": self.settings.threads} if self.settings.threads else {}
-        )
+        options: dict[str, Any] = self.settings.runtime_options()
         detector = create_detector(
             self.settings.runtime,
             conf=self.settings.confidence,
