@@ -15,9 +15,14 @@ in one process and in interleaved rounds:
   the project's default (decode ``auto`` + resize in a thread pool of 2, as the inference
   service's ``decode_workers``, feeding the batched model at batch 32, its ``max_batch_size``).
 
+Other runtimes of the registry get rows too: ``tflite`` (LiteRT/XNNPACK; its model takes batch
+1) at the same thread count, plus one interpreter per thread and the ``float32`` / ``int8``
+variants when they have been built.
+
 Frames: 1280x720 JPEGs (quality 90) made from the sample video upscaled (the dev-set images
 when the video is missing). The compute limit is the machine's float32 matmul peak (a large
-TensorFlow matmul) divided by the model's 1.52 GFLOP per image.
+TensorFlow matmul, measured before and after the model rows, the best counts) divided by the
+model's 1.52 GFLOP per image.
 
 Fairness: every TensorFlow model here and the matmul run on the same thread count
 (``--threads``, default: the usable cores) with one inter-op thread, the project runtime's
@@ -137,23 +142,37 @@ THREAD_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 
 def _other_runtimes(threads: int) -> dict[str, Any]:
-    """Every registered runtime besides tensorflow that loads here, as detectors."""
+    """Every registered runtime besides tensorflow that loads here, as detectors.
+
+    For ``tflite`` also its other configurations at the same total thread count: one
+    interpreter per thread (``interpreters``), and the ``float32`` / ``int8`` variants when
+    ``facemask models build`` has made them. The first entry of a runtime is its default.
+    """
     from facemask.detector import create_detector
     from facemask.runtime import available_runtimes
 
-    found: dict[str, Any] = {}
+    wanted: list[tuple[str, str, dict[str, Any]]] = []
     for name in available_runtimes():
         if name == "tensorflow":
             continue
         if name not in THREAD_OPTIONS:
             print(f"# runtime {name}: not measured (its thread option is unknown)")
             continue
+        wanted.append((name, name, THREAD_OPTIONS[name](threads)))
+        if name == "tflite":
+            if threads > 1:
+                wanted.append(
+                    (f"tflite {threads}x1", name, {"interpreters": threads, "num_threads": 1})
+                )
+            for variant in ("float32", "int8"):
+                options = {**THREAD_OPTIONS[name](threads), "variant": variant}
+                wanted.append((f"tflite {variant}", name, options))
+    found: dict[str, Any] = {}
+    for label, runtime, options in wanted:
         try:
-            found[name] = create_detector(
-                runtime=name, conf=CONF, iou=IOU, **THREAD_OPTIONS[name](threads)
-            )
-        except (ImportError, ValueError, RuntimeError, OSError) as exc:
-            print(f"# runtime {name}: not measured ({exc})")
+            found[label] = create_detector(runtime=runtime, conf=CONF, iou=IOU, **options)
+        except (ImportError, ValueError, RuntimeError, OSError, TypeError) as exc:
+            print(f"# {label}: not measured ({exc})")
     return found
 
 
@@ -191,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = args.rounds or (1 if quick else 7)
     threads = args.threads
     started = time.perf_counter()
+    load_at_start = list(os.getloadavg())
 
     from bench.upstream import UpstreamTF
     from facemask import modelstore
@@ -207,17 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     others = _other_runtimes(threads)
 
     print(f"# threads={threads} frames={n_frames} rounds={rounds} quick={quick}", flush=True)
-    peak = (
-        common.measure_matmul_gflops(threads, sizes=(2048,), repeats=3, warmup=1)
-        if quick
-        else common.measure_matmul_gflops(threads)
-    )
-    limit = peak.compute_limit_images_per_s
-    print(
-        f"# matmul peak {peak.gflops:.1f} GFLOP/s on {threads} threads -> compute limit "
-        f"{limit:.1f} images/s",
-        flush=True,
-    )
+
+    def measure_peak() -> common.MatmulPeak:
+        if quick:
+            return common.measure_matmul_gflops(threads, sizes=(2048,), repeats=3, warmup=1)
+        return common.measure_matmul_gflops(threads)
+
+    peaks = [measure_peak()]  # measured again after the model rows; the best one counts
+    print(f"# matmul peak {peaks[0].gflops:.1f} GFLOP/s on {threads} threads", flush=True)
 
     frames, source = make_frames(n_frames, args.source)
     decoded_full = [decode_image(data, reduce="full") for data in frames]
@@ -247,13 +264,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             len(tensors),
         )
     for name, other in others.items():
-        # other runtimes (tflite: batch 1 only, a batch is a loop of invokes): b1 and b32
-        for b in (1, DEFAULT_BATCH):
+        # other runtimes (tflite: the model takes batch 1, a batch is a loop of invokes):
+        # b1 and b32 for a runtime's default, b32 for its other configurations
+        for b in (1, DEFAULT_BATCH) if name in THREAD_OPTIONS else (DEFAULT_BATCH,):
             model_cfgs[f"{name} b{b}"] = (
                 lambda b=b, other=other: _model_loop(other.infer, tensors, b),  # type: ignore[misc]
                 len(tensors),
             )
     model = common.run_interleaved(model_cfgs, rounds)
+    peaks.append(measure_peak())
+    peak = common.best_peak(peaks)
+    limit = peak.compute_limit_images_per_s
+    print(
+        f"# matmul peak {peaks[1].gflops:.1f} GFLOP/s after the model rows; best "
+        f"{peak.gflops:.1f} -> compute limit {limit:.1f} images/s",
+        flush=True,
+    )
 
     # -- decoded frames -> detections
     decoded = common.run_interleaved(
@@ -287,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         }
         for name, other in others.items():
+            if name not in THREAD_OPTIONS:  # end-to-end: each runtime's default only
+                continue
             e2e_cfgs[f"{name} (decode auto, pool, b32)"] = (
                 lambda other=other: project_end_to_end(other, frames, pool),  # type: ignore[misc]
                 len(frames),
@@ -390,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "model",
         "quick": quick,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": common.machine_info(threads),
+        "machine": {**common.machine_info(threads), "load_average_at_start": load_at_start},
         "settings": {
             "threads": threads,
             "inter_op_threads": 1,
@@ -408,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "jpeg_quality": JPEG_QUALITY,
             "mean_bytes": float(np.mean([len(f) for f in frames])),
         },
-        "matmul": peak.to_json(),
+        "matmul": {**peak.to_json(), "measured_gflops": [p.gflops for p in peaks]},
         "compute_limit_images_per_s": limit,
         "decode": {
             "full": {**decode["full"].to_json(), "ms_per_frame": 1000 / full_rate},

@@ -117,6 +117,18 @@ class MatmulPeak:
         }
 
 
+def best_peak(peaks: Sequence[MatmulPeak]) -> MatmulPeak:
+    """The best of several peak measurements (a machine shared with others only ever
+    measures low, so the highest is the closest to the truth)."""
+    by_size: dict[int, float] = {}
+    for peak in peaks:
+        for n, gflops in peak.by_size.items():
+            by_size[n] = max(by_size.get(n, 0.0), gflops)
+    return MatmulPeak(
+        max(p.gflops for p in peaks), peaks[0].threads, by_size, sum(p.repeats for p in peaks)
+    )
+
+
 def compute_limit_images_per_s(gflops: float) -> float:
     """``gflops / 1.52``: the model's images/s at the machine's float32 matmul peak."""
     return gflops / MODEL_GFLOP_PER_IMAGE

@@ -146,6 +146,7 @@ class DynamicBatcher:
         *,
         max_batch_size: int = 32,
         max_queue_delay: float = 0.005,
+        max_decode_wait: float = 0.025,
         max_queue_size: int = 256,
         decode_workers: int = 2,
         decode_reduce: str = "auto",
@@ -159,6 +160,7 @@ class DynamicBatcher:
         self.detector = detector
         self.max_batch_size = min(max_batch_size, runtime_max or max_batch_size)
         self.max_queue_delay = max_queue_delay
+        self.max_decode_wait = max_decode_wait
         self.max_queue_size = max_queue_size
         self.decode_reduce = decode_reduce
         self.max_pixels = max_pixels
@@ -166,6 +168,7 @@ class DynamicBatcher:
         self.on_job = on_job
         self._ready: queue.Queue[_Item | None] = queue.Queue()
         self._admitted = 0
+        self._decoding = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._accepting = True
@@ -190,9 +193,17 @@ class DynamicBatcher:
                     f"{self._admitted} images queued (max_queue_size={self.max_queue_size})"
                 )
             self._admitted += 1
+            self._decoding += 1
         job.future.add_done_callback(self._release)
-        self._pool.submit(self._decode, job)
+        self._pool.submit(self._decode_counted, job)
         return job.future
+
+    def _decode_counted(self, job: Job) -> None:
+        try:
+            self._decode(job)
+        finally:
+            with self._lock:
+                self._decoding -= 1
 
     def _release(self, _: Future[JobResult]) -> None:
         with self._lock:
@@ -268,19 +279,31 @@ class DynamicBatcher:
         return False
 
     def _collect(self, first: _Item) -> list[_Item]:
+        """The batch that starts with ``first``.
+
+        Waits up to ``max_queue_delay`` for ready images; past that, keeps waiting (up to
+        ``max_decode_wait``) only while admitted images are still being decoded, so under
+        load the model runs full, efficient batches instead of whatever one decode thread
+        finished last; at low load nothing is being decoded, so nothing waits longer than
+        ``max_queue_delay``.
+        """
         batch = [first]
         flush_at = first.job.ready + self.max_queue_delay
+        hard_stop = first.job.ready + max(self.max_queue_delay, self.max_decode_wait)
         while len(batch) < self.max_batch_size:
             try:
                 item = self._ready.get_nowait()
             except queue.Empty:
-                remaining = flush_at - time.monotonic()
+                now = time.monotonic()
+                remaining = flush_at - now
+                if remaining <= 0 and self._decoding > 0 and now < hard_stop:
+                    remaining = min(0.002, hard_stop - now)
                 if remaining <= 0:
                     break
                 try:
                     item = self._ready.get(timeout=remaining)
                 except queue.Empty:
-                    break
+                    continue  # re-check: the delay passed, or a decode is still running
             if item is None:  # shutdown sentinel: put it back for the loop
                 self._ready.put(None)
                 break

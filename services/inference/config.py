@@ -65,6 +65,12 @@ class InferenceSettings(ServiceSettings):
     max_queue_delay: float = Field(
         0.005, ge=0.0, le=1.0, description="seconds a ready image waits for a batch to fill"
     )
+    max_decode_wait: float = Field(
+        0.025,
+        ge=0.0,
+        le=1.0,
+        description="seconds a batch may wait past max_queue_delay for images still decoding",
+    )
     max_queue_size: int = Field(
         256, ge=1, le=100_000, description="images admitted at once; beyond: RESOURCE_EXHAUSTED"
     )

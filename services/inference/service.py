@@ -103,6 +103,7 @@ class InferenceService:
             detector,
             max_batch_size=self.settings.max_batch_size,
             max_queue_delay=self.settings.max_queue_delay,
+            max_decode_wait=self.settings.max_decode_wait,
             max_queue_size=self.settings.max_queue_size,
             decode_workers=self.settings.decode_workers,
             decode_reduce=self.settings.decode_reduce,

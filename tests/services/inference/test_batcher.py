@@ -188,3 +188,21 @@ def test_drain_finishes_admitted_work_and_refuses_new() -> None:
     assert drained.is_set()
     assert all(f.done() and f.exception() is None for f in futures)
     batcher.close()
+
+
+def test_batch_waits_for_images_still_decoding() -> None:
+    rng = np.random.default_rng(1)
+    noisy = cv2.imencode(".png", rng.integers(0, 255, (900, 900, 3), dtype=np.uint8))[1]
+    runtime = BrightnessRuntime()
+    batcher = _batcher(
+        runtime, max_batch_size=8, max_queue_delay=0.0, max_decode_wait=2.0, decode_workers=1
+    )
+    try:
+        futures = [batcher.submit(Job(data=noisy.tobytes(), conf=0.01, iou=0.5)) for _ in range(8)]
+        for f in futures:
+            f.result(20)
+        # one decode thread finishes images one by one, yet the model does not run them
+        # one by one: it waits for the images it knows are being decoded
+        assert runtime.batches == [8]
+    finally:
+        batcher.close()
