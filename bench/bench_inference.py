@@ -356,6 +356,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--seconds", type=float, default=None, help="per measurement")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra FACEMASK_INFERENCE_* setting for the services under test (repeatable), "
+        "e.g. FACEMASK_INFERENCE_RUNTIME=tflite",
+    )
     return parser.parse_args(argv)
 
 
@@ -371,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = per_frame_loop(frames, args.threads, seconds)
     results: list[LoadResult] = [loop]
     with tempfile.TemporaryDirectory() as tmp, RedisProcess(Path(tmp) / "redis") as server:
+        extra = dict(item.split("=", 1) for item in args.service_env)
         configs = {
             "dynamic": {"FACEMASK_INFERENCE_MAX_BATCH_SIZE": "32"},
             "batch1": {
@@ -380,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         sustained = 0.0
         for name, env in configs.items():
-            service = Service(server.url, args.threads, **env)
+            service = Service(server.url, args.threads, **{**env, **extra})
             try:
                 service.wait_ready()
                 for clients in concurrency:
