@@ -13,12 +13,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
-from facemask import __version__
 from services.alerts.config import AlertSettings
 from services.alerts.sinks import Sink, SinkContext, alert_links, register_sink
-from services.alerts.sinks.webhook import post_json
+from services.alerts.sinks.webhook import http_client, post_json
 
 
 def _escape(text: str) -> str:
@@ -77,11 +74,7 @@ class SlackSink(Sink):
     def __init__(self, url: str, *, timeout: float, base_url: str) -> None:
         self.url = url
         self.base_url = base_url
-        self.client = httpx.Client(
-            timeout=timeout,
-            follow_redirects=False,
-            headers={"User-Agent": f"facemask-alerts/{__version__}"},
-        )
+        self.client = http_client(timeout)
 
     @classmethod
     def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:

@@ -101,6 +101,15 @@ def check_response(response: httpx.Response) -> None:
     raise PermanentSinkError(detail)
 
 
+def http_client(timeout: float) -> httpx.Client:
+    """The HTTP client of an HTTP sink: bounded timeout, no redirects, our User-Agent."""
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=False,
+        headers={"User-Agent": f"facemask-alerts/{__version__}"},
+    )
+
+
 def post_json(client: httpx.Client, url: str, body: bytes, headers: Mapping[str, str]) -> None:
     """POST ``body``; network errors and timeouts become retryable :class:`SinkError`."""
     try:
@@ -120,11 +129,7 @@ class WebhookSink(Sink):
         self.url = url
         self.secret = secret
         self.base_url = base_url
-        self.client = httpx.Client(
-            timeout=timeout,
-            follow_redirects=False,
-            headers={"User-Agent": f"facemask-alerts/{__version__}"},
-        )
+        self.client = http_client(timeout)
 
     @classmethod
     def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:
