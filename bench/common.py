@@ -48,18 +48,22 @@ def cpu_model() -> str:
 
 
 def cpu_flags(
-    wanted: Sequence[str] = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"),
+    wanted: Sequence[str] = (
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+    ),
 ) -> list[str]:
     """Which of the ``wanted`` SIMD features the CPU reports."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return [f for f in wanted if f in flags]
-    return []
+    from facemask.runtime.base import cpu_flags as all_flags
+
+    flags = all_flags()
+    return [f for f in wanted if f in flags]
 
 
 def machine_info(threads: int) -> dict[str, Any]:

@@ -68,6 +68,11 @@ class Detector:
         self.model_version = model_version or _pinned_version()
         self.anchors = generate_anchors()
 
+    @property
+    def precision(self) -> str:
+        """What the model computes in: ``float32``, ``bf16`` or ``int8``."""
+        return str(getattr(self.runtime, "precision", "float32"))
+
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs (``loc [B, 5972, 4]``, ``cls [B, 5972, 2]``) of a float32 batch
         ``[B, 260, 260, 3]``; larger batches than the runtime takes are split."""
@@ -186,10 +191,13 @@ def create_detector(
     """A :class:`Detector` on the runtime ``runtime`` (``tensorflow``, ``tflite``, ...).
 
     ``model_path`` defaults to the runtime's cached artifact; ``runtime_options`` go to the
-    runtime (``intra_op_threads``, ``inter_op_threads``, ``num_threads``...). The model
-    version is the sha256 prefix of the file the runtime loaded.
+    runtime (``intra_op_threads``, ``inter_op_threads``, ``num_threads``, ``precision``...).
+    The model version is the sha256 prefix of the file the runtime loaded (``-bf16`` added
+    when the runtime computes in bf16).
     """
     rt = create_runtime(runtime, model_path=model_path, **runtime_options)
     loaded = getattr(rt, "model_path", None)
     version = model_version_of(Path(loaded)) if loaded else None
+    if version and getattr(rt, "precision", "float32") == "bf16":
+        version += "-bf16"  # the same file, other numbers: tell consumers apart
     return Detector(rt, conf=conf, iou=iou, model_version=version)

@@ -29,11 +29,15 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from facemask.commands.runtime_args import (
+    add_runtime_arguments,
+    positive_int,
+    runtime_options,
+)
 from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
 from facemask.core.tiling import TileSpec, TileSpecError
 from facemask.core.types import Detection
 from facemask.modelstore import ModelStoreError
-from facemask.runtime import available_runtimes
 
 logger = logging.getLogger(__name__)
 
@@ -116,31 +120,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iou", type=_fraction, default=0.4, help="NMS IoU threshold")
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BATCH_SIZE,
         help=f"images per model run (default {DEFAULT_BATCH_SIZE})",
     )
-    parser.add_argument(
-        "--runtime",
-        default="tensorflow",
-        choices=available_runtimes(),
-        help="inference runtime (default tensorflow)",
-    )
-    parser.add_argument(
-        "--threads", type=_positive_int, default=None, help="compute threads (default: all CPUs)"
-    )
-    parser.add_argument(
-        "--variant",
-        choices=["upstream", "float32", "int8"],
-        default=None,
-        help="tflite model: upstream (default), or float32 / int8 built by `facemask models build`",
-    )
-    parser.add_argument(
-        "--interpreters",
-        type=_positive_int,
-        default=None,
-        help="tflite: interpreters running images in parallel (--threads each)",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--decode",
         choices=DECODE_MODES,
@@ -149,7 +133,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "decode large JPEGs at 1/2..1/8 scale (faster, nearly identical results)",
     )
     parser.add_argument(
-        "--max-frames", type=_positive_int, default=None, help="stop each video after N frames"
+        "--max-frames", type=positive_int, default=None, help="stop each video after N frames"
     )
     parser.add_argument("--annotate", type=Path, metavar="DIR", help="write annotated images here")
     parser.add_argument(
@@ -283,15 +267,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
         return RemoteBackend(args.server, batch_size=args.batch_size, tiles=tiles_text)
     from facemask.detector import create_detector
 
-    options: dict[str, Any] = {}
-    if args.threads is not None:
-        options["threads"] = args.threads  # every runtime takes ``threads``
-    for name in ("variant", "interpreters"):
-        value = getattr(args, name, None)
-        if value is not None:
-            if args.runtime != "tflite":
-                raise ValueError(f"--{name} applies to --runtime tflite only")
-            options[name] = value
+    options = runtime_options(args)
     detector = create_detector(args.runtime, conf=args.conf, iou=args.iou, **options)
     tiles = TileSpec.parse(tiles_text) if tiles_text is not None else None
     return LocalBackend(detector, batch_size=args.batch_size, tiles=tiles)
@@ -467,11 +443,4 @@ def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value

@@ -11,19 +11,16 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
 
 from facemask import evaluation, modelstore
+from facemask.commands.runtime_args import (
+    add_runtime_arguments,
+    positive_int,
+    runtime_options,
+)
 from facemask.core.tiling import TileSpec, TileSpecError
 
 logger = logging.getLogger(__name__)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
 
 
 def _unit_float(text: str) -> float:
@@ -66,25 +63,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=evaluation.DEFAULT_BATCH_SIZE,
         help="images per model call (default %(default)s)",
     )
-    parser.add_argument(
-        "--runtime", default="tensorflow", help="inference runtime (default %(default)s)"
-    )
-    parser.add_argument(
-        "--variant",
-        choices=["upstream", "float32", "int8"],
-        default=None,
-        help="tflite model: upstream (default), or float32 / int8 built by `facemask models build`",
-    )
-    parser.add_argument(
-        "--interpreters",
-        type=_positive_int,
-        default=None,
-        help="tflite: interpreters running images in parallel",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--tiles",
         type=_tile_spec,
@@ -107,20 +90,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         coco = evaluation.load_annotations(args.annotations)
         evaluation.ground_truth_images(coco, args.images)  # fail on missing files before TF
-        from facemask.runtime import available_runtimes
-
-        runtimes = list(available_runtimes())
-        if args.runtime not in runtimes:
-            raise evaluation.EvaluationError(
-                f"unknown runtime {args.runtime!r}; available: {', '.join(runtimes)}"
-            )
-        options: dict[str, Any] = {}
-        for name in ("variant", "interpreters"):
-            value = getattr(args, name, None)
-            if value is not None:
-                if args.runtime != "tflite":
-                    raise evaluation.EvaluationError(f"--{name} applies to --runtime tflite only")
-                options[name] = value
+        try:
+            options = runtime_options(args)
+        except ValueError as exc:
+            raise evaluation.EvaluationError(str(exc)) from None
         detector = evaluation.get_detector(args.runtime, **options)
         result = evaluation.evaluate(
             coco,

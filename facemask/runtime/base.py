@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -45,3 +47,37 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+PRECISIONS = ("float32", "bf16")
+"""Compute precisions of the TensorFlow runtime; ``auto`` resolves to one of them."""
+_NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU computes bf16 natively (AMX-BF16 or AVX512-BF16), so that
+    TensorFlow's oneDNN bf16 path is faster than float32 rather than emulated."""
+    return bool((cpu_flags() if flags is None else flags) & _NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(precision: str, flags: frozenset[str] | None = None) -> str:
+    """``float32`` / ``bf16`` as given; ``auto``: bf16 where the CPU has native bf16, else
+    float32. Raises ``ValueError`` on anything else."""
+    if precision == "auto":
+        return "bf16" if native_bf16(flags) else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected auto, float32 or bf16")
+    return precision

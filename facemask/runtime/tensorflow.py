@@ -16,7 +16,7 @@ import numpy as np
 
 from facemask import modelstore
 from facemask.runtime import register_runtime
-from facemask.runtime.base import check_batch, usable_cpus
+from facemask.runtime.base import check_batch, resolve_precision, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,28 @@ def _import_tensorflow() -> Any:
             "the tensorflow runtime needs TensorFlow: pip install 'facemask[inference]'"
         ) from exc
     return tf
+
+
+_PROCESS_STATE: dict[str, str] = {}
+"""``precision``: that of the first TensorFlow runtime of this process (bf16 is process-wide)."""
+
+
+def _configure_precision(tf: Any, precision: str) -> None:
+    """Fix the process's compute precision: ``bf16`` turns on grappler's oneDNN auto mixed
+    precision (convolutions and matmuls in bf16 on AMX / AVX512-BF16, float32 in and out).
+
+    That option is process-wide, and it pays only when set before TensorFlow runs its
+    first op, so one process runs one precision: asking for the other one afterwards
+    raises ``RuntimeError``.
+    """
+    current = _PROCESS_STATE.setdefault("precision", precision)
+    if current != precision:
+        raise RuntimeError(
+            f"this process already runs the TensorFlow model in {current}; "
+            f"{precision} needs a process of its own (the bf16 option is process-wide)"
+        )
+    if precision == "bf16":
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
 
 
 def _configure_threads(tf: Any, intra: int, inter: int) -> None:
@@ -71,7 +93,10 @@ class TensorFlowRuntime:
     on: scale the convolution weights by the batch norms that follow them, 5-9 % faster at
     batch 16-64, outputs within 1e-5 of the original graph), ``jit_compile`` (XLA; slower
     for this model on CPU, off by default). Thread pools are process-wide in TensorFlow:
-    the first runtime created in a process sets them.
+    the first runtime created in a process sets them. ``precision``: ``float32`` (default,
+    the reference's numbers), ``bf16`` (oneDNN auto mixed precision: about 3x the float32
+    rate on AMX, dev-set AP50 within 0.005 of float32; process-wide, see
+    :func:`_configure_precision`) or ``auto`` (bf16 where the CPU has native bf16).
     """
 
     name = "tensorflow"
@@ -87,15 +112,18 @@ class TensorFlowRuntime:
         threads: int | None = None,
         fold_batch_norm: bool = True,
         jit_compile: bool = False,
+        precision: str = "float32",
     ) -> None:
         started = time.perf_counter()
         # Resolve the model first: a missing file fails fast, before the slow TF import.
         self.model_path = Path(model_path) if model_path else modelstore.artifact_path(MODEL_FILE)
+        self.precision = resolve_precision(precision)
         tf = _import_tensorflow()
         self._tf = tf
         self.intra_op_threads = intra_op_threads or threads or usable_cpus()
         self.inter_op_threads = inter_op_threads or 1
         _configure_threads(tf, self.intra_op_threads, self.inter_op_threads)
+        _configure_precision(tf, self.precision)
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(self.model_path.read_bytes())
         if fold_batch_norm:
@@ -114,12 +142,13 @@ class TensorFlowRuntime:
         self._fn: Any = tf.function(pruned, jit_compile=True) if jit_compile else pruned
         self._closed = False
         logger.debug(
-            "loaded %s in %.2f s (intra_op=%d, inter_op=%d, jit=%s)",
+            "loaded %s in %.2f s (intra_op=%d, inter_op=%d, jit=%s, %s)",
             self.model_path,
             time.perf_counter() - started,
             self.intra_op_threads,
             self.inter_op_threads,
             jit_compile,
+            self.precision,
         )
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -118,6 +118,7 @@ class TFLiteRuntime:
         if interpreters < 1:
             raise ValueError("interpreters must be >= 1")
         self.variant = variant
+        self.precision = "int8" if variant == "int8" else "float32"
         self.model_path = Path(model_path) if model_path else variant_model_path(variant)
         interpreter_class = _load_interpreter_class()
         self.interpreters = interpreters

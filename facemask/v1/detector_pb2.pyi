@@ -107,7 +107,7 @@ class ImageResult(_message.Message):
     def __init__(self, detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., camera_id: _Optional[str] = ..., frame_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "runtime", "input_width", "input_height", "max_batch_size", "sha256")
+    __slots__ = ("name", "version", "runtime", "input_width", "input_height", "max_batch_size", "sha256", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class ModelInfo(_message.Message):
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     runtime: str
@@ -122,7 +123,8 @@ class ModelInfo(_message.Message):
     input_height: int
     max_batch_size: int
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., runtime: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., runtime: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., sha256: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
     __slots__ = ("results", "model")

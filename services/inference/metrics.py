@@ -118,7 +118,7 @@ class InferenceMetrics:
         self.model_info = Gauge(
             "facemask_model_info",
             "The model this service runs (value 1).",
-            ["name", "version", "runtime"],
+            ["name", "version", "runtime", "precision"],
             registry=registry,
         )
         self.ready = Gauge(

@@ -72,6 +72,7 @@ class InferenceService:
             "model loaded",
             extra={
                 "runtime": self.settings.runtime,
+                "precision": detector.precision,
                 "version": detector.model_version,
                 "seconds": round(time.monotonic() - start, 2),
             },
@@ -119,9 +120,10 @@ class InferenceService:
             input_height=detector.runtime.input_size[1],
             max_batch_size=self.batcher.max_batch_size,
             sha256=getattr(detector, "model_sha256", ""),
+            precision=detector.precision,
         )
         self.metrics.model_info.labels(
-            detector.model_name, detector.model_version, self.settings.runtime
+            detector.model_name, detector.model_version, self.settings.runtime, detector.precision
         ).set(1)
         self.servicer.attach(self.batcher, model_info)
         if self.settings.streams:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facemask.runtime import available_runtimes, create_runtime, register_runtime
-from facemask.runtime.base import Runtime, check_batch
+from facemask.runtime.base import Runtime, check_batch, native_bf16, resolve_precision
 
 
 class _Echo:
@@ -65,3 +65,16 @@ def test_light_modules_do_not_import_tensorflow() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_precision_auto_picks_bf16_only_on_native_bf16_cpus() -> None:
+    assert native_bf16(frozenset({"avx512f", "amx_tile", "amx_bf16"}))
+    assert native_bf16(frozenset({"avx512_bf16"}))
+    assert not native_bf16(frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    assert resolve_precision("auto", frozenset({"amx_bf16"})) == "bf16"
+    assert resolve_precision("auto", frozenset({"avx2"})) == "float32"
+    assert resolve_precision("auto", frozenset()) == "float32"  # not Linux: no flags
+    assert resolve_precision("float32", frozenset({"amx_bf16"})) == "float32"
+    assert resolve_precision("bf16", frozenset()) == "bf16"  # asked for: emulated, slow
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("fp16")

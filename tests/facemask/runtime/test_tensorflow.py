@@ -51,3 +51,14 @@ def test_batch_norm_folding_keeps_outputs(detector: Detector) -> None:
     unfolded.close()
     with pytest.raises(RuntimeError, match="closed"):
         unfolded.infer(batch)
+
+
+def test_one_precision_per_process(detector: Detector) -> None:
+    """bf16 is a process-wide TensorFlow option: this process already runs float32."""
+    from facemask.runtime.tensorflow import TensorFlowRuntime
+
+    assert detector.precision == "float32"
+    with pytest.raises(RuntimeError, match="needs a process of its own"):
+        TensorFlowRuntime(precision="bf16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        TensorFlowRuntime(precision="half")

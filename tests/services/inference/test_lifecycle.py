@@ -10,9 +10,12 @@ import time
 import urllib.request
 from typing import Any
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from facemask.runtime.base import native_bf16
+from facemask.v1 import detector_pb2, detector_pb2_grpc
 from tests.fixtures.inference import health_status, wait_for
 from tests.fixtures.paths import REPO_ROOT
 
@@ -52,6 +55,11 @@ def test_check_config_accepts_defaults() -> None:
             {"FACEMASK_INFERENCE_MAX_INFLIGHT": "4", "FACEMASK_INFERENCE_MAX_BATCH_SIZE": "8"},
             "max_inflight must be >= max_batch_size",
         ),
+        ({"FACEMASK_INFERENCE_PRECISION": "fp16"}, "FACEMASK_INFERENCE_PRECISION"),
+        (
+            {"FACEMASK_INFERENCE_RUNTIME": "tflite", "FACEMASK_INFERENCE_PRECISION": "bf16"},
+            "precision applies to the tensorflow runtime only",
+        ),
     ],
 )
 def test_check_config_rejects_bad_settings(env: dict[str, str], message: str) -> None:
@@ -83,6 +91,15 @@ def test_not_serving_until_warm_then_sigterm_exits_cleanly(
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics").read()
     assert b"facemask_inference_ready 1.0" in metrics
     assert b'facemask_model_info{name="aizoo-face-mask"' in metrics
+    # The default precision is auto: bf16 where the CPU computes bf16 natively.
+    precision = "bf16" if native_bf16() else "float32"
+    assert f'precision="{precision}"'.encode() in metrics
+    with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
+        info = detector_pb2_grpc.DetectorStub(channel).GetModelInfo(
+            detector_pb2.GetModelInfoRequest(), timeout=5
+        )
+    assert info.precision == precision and info.runtime == "tensorflow"
+    assert info.version.endswith("-bf16") == (precision == "bf16")
     start = time.monotonic()
     proc.signal(signal.SIGTERM)
     assert proc.wait(60) == 0

@@ -1,0 +1,7 @@
+"""``python -m facemask ...``: the same as the ``facemask`` console script."""
+
+import sys
+
+from facemask.cli import main
+
+sys.exit(main())
