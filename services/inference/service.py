@@ -28,6 +28,18 @@ from services.inference.server import DetectorServicer, GrpcServer
 logger = logging.getLogger(__name__)
 
 
+WARM_EVERY_SIZE_UP_TO = 64
+
+
+def warmup_sizes(max_batch_size: int, runtime: Any) -> tuple[int, ...]:
+    """Batch sizes to run once before SERVING: every size the batcher can form (up to 64,
+    then the largest), since the first run of a new input shape builds its oneDNN kernels
+    (15-100 ms) and would stall live frames. A runtime with its own batch limit (TFLite
+    runs one image per invoke) needs only the sizes up to that limit."""
+    top = min(max_batch_size, getattr(runtime, "max_batch_size", None) or max_batch_size)
+    return tuple(sorted(set(range(1, min(top, WARM_EVERY_SIZE_UP_TO) + 1)) | {top}))
+
+
 class InferenceService:
     """One running inference service (gRPC + streams + metrics)."""
 
@@ -91,8 +103,7 @@ class InferenceService:
         self.detector = detector
         if self.settings.warmup:
             start = time.monotonic()
-            sizes = sorted({1, min(8, self.settings.max_batch_size), self.settings.max_batch_size})
-            detector.warmup(tuple(sizes))
+            detector.warmup(warmup_sizes(self.settings.max_batch_size, detector.runtime))
             logger.info("model warmed up", extra={"seconds": round(time.monotonic() - start, 2)})
         metrics = self.metrics
 
