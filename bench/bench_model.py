@@ -299,6 +299,11 @@ def _accuracy_rows(
     return rows
 
 
+def _target(config: str, value: float, target: float) -> dict[str, Any]:
+    """One target's JSON: the measured value against the goal (higher is better)."""
+    return {"config": config, "value": value, "target": target, "met": value >= target}
+
+
 def _targets(
     model: dict[str, common.Measurement],
     e2e: dict[str, common.Measurement],
@@ -318,13 +323,9 @@ def _targets(
         ("cli_default", f"tensorflow b{DEFAULT_BATCH}"),
         ("service_default", f"{service} b{DEFAULT_BATCH}"),
     ):
-        value = model[config].best_rate / limit
-        targets[f"{key}_model_fraction_of_compute_limit"] = {
-            "config": config,
-            "value": value,
-            "target": TARGET_MODEL_FRACTION,
-            "met": value >= TARGET_MODEL_FRACTION,
-        }
+        targets[f"{key}_model_fraction_of_compute_limit"] = _target(
+            config, model[config].best_rate / limit, TARGET_MODEL_FRACTION
+        )
     for key, config in (
         ("cli_default", "project default (decode auto, pool, b32)"),
         (
@@ -334,13 +335,9 @@ def _targets(
             else "project default (decode auto, pool, b32)",
         ),
     ):
-        value = e2e[config].best_rate / upstream_e2e
-        targets[f"{key}_end_to_end_speedup_vs_upstream"] = {
-            "config": config,
-            "value": value,
-            "target": TARGET_E2E_SPEEDUP,
-            "met": value >= TARGET_E2E_SPEEDUP,
-        }
+        targets[f"{key}_end_to_end_speedup_vs_upstream"] = _target(
+            config, e2e[config].best_rate / upstream_e2e, TARGET_E2E_SPEEDUP
+        )
     reference_ap50 = acc.get("tensorflow float32", {}).get("AP50")
     for name in ("tensorflow bf16", "tflite int8"):
         row = model.get(f"{name} b{DEFAULT_BATCH}")
