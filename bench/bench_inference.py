@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +32,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
+    ROOT,
+    ServiceChild,
     default_threads,
     machine_info,
     measure_matmul_gflops,
@@ -49,7 +47,6 @@ from facemask.localredis import RedisProcess, free_port
 from facemask.streams import StreamLayout
 from facemask.wire import DetectionsEntry, FrameEntry
 
-ROOT = Path(__file__).resolve().parent.parent
 VIDEO = (
     Path(os.environ.get("FACEMASK_SHARED_DIR", ROOT.parent / "shared"))
     / "data/video/group4_masks.mp4"
@@ -83,18 +80,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 # -- the service under test -----------------------------------------------------------
 
 
-class Service:
+class Service(ServiceChild):
     """``python -m services.inference`` as a child process."""
 
     def __init__(self, redis_url: str, threads: int, **env: str) -> None:
         self.port = free_port()
-        self.metrics_port = free_port()
-        full = {k: v for k, v in os.environ.items() if not k.startswith("FACEMASK_INFERENCE_")}
-        full.update(
+        super().__init__(
+            "services.inference",
             {
                 "FACEMASK_INFERENCE_PORT": str(self.port),
                 "FACEMASK_INFERENCE_HOST": "127.0.0.1",
-                "FACEMASK_INFERENCE_METRICS_PORT": str(self.metrics_port),
+                "FACEMASK_INFERENCE_METRICS_PORT": str(metrics_port := free_port()),
                 "FACEMASK_INFERENCE_METRICS_HOST": "127.0.0.1",
                 "FACEMASK_INFERENCE_REDIS_URL": redis_url,
                 "FACEMASK_INFERENCE_STREAM_PARTITIONS": str(LAYOUT.partitions),
@@ -102,49 +98,11 @@ class Service:
                 "FACEMASK_LOG_LEVEL": "WARNING",
                 "TF_CPP_MIN_LOG_LEVEL": "2",
                 **env,
-            }
+            },
+            drop_prefix="FACEMASK_INFERENCE_",
+            metrics_port=metrics_port,
+            ready_metric="facemask_inference_ready",
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.inference"],
-            cwd=ROOT,
-            env=full,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Until the metrics say the model is warm."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("inference service exited during start-up")
-            try:
-                if self.scrape().get("facemask_inference_ready") == 1.0:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("inference service did not become ready")
-
-    def scrape(self) -> dict[str, float]:
-        """Unlabelled sums of every sample (labels folded together)."""
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ).read()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text.decode()):
-            for sample in family.samples:
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
-        return out
-
-    def stop(self) -> None:
-        """SIGTERM, then wait."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def batch_mean(before: dict[str, float], after: dict[str, float]) -> float:

@@ -22,35 +22,32 @@ import argparse
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.bench_inference import Service, make_frames, per_frame_loop
 from bench.common import (
     RESULTS_DIR,
+    ServiceChild,
     default_threads,
     machine_info,
     measure_matmul_gflops,
     print_table,
+    scrape,
     write_results,
 )
 from facemask.localredis import RedisProcess, free_port
 from facemask.streams import StreamLayout
 from facemask.wire import DetectionsEntry, FrameEntry
 
-ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = StreamLayout("facemask", 4)
 FRAME_SIZE = (1280, 720)
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
@@ -60,16 +57,6 @@ TARGETS = {"fraction_of_limit": 0.7, "p99_ms_at_80pct": 250.0}
 def pct(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile, None when empty."""
     return float(np.percentile(np.asarray(values), q)) if values else None
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Samples of a /metrics endpoint, labels folded together."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
 
 
 class ProcStat:
@@ -101,13 +88,13 @@ class ProcStat:
         return 100.0 * (self.cpu_seconds() - self._cpu0) / elapsed
 
 
-class Alerts:
+class Alerts(ServiceChild):
     """``python -m services.alerts`` as a child process."""
 
     def __init__(self, redis_url: str, state_dir: Path) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMASK_ALERTS_")}
-        env.update(
+        super().__init__(
+            "services.alerts",
             {
                 "FACEMASK_REDIS_URL": redis_url,
                 "FACEMASK_ALERTS_HOST": "127.0.0.1",
@@ -116,36 +103,11 @@ class Alerts:
                 "FACEMASK_ALERTS_GROUP_START": "0",
                 "FACEMASK_ALERTS_READ_BLOCK": "0.05",
                 "FACEMASK_LOG_LEVEL": "WARNING",
-            }
+            },
+            drop_prefix="FACEMASK_ALERTS_",
+            metrics_port=self.port,  # the API serves /metrics too
+            ready_metric="facemask_alerts_ready",
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.alerts"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("alert service exited during start-up")
-            try:
-                if scrape(self.port).get("facemask_alerts_ready") == 1.0:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("alert service did not become ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @dataclass

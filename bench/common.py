@@ -15,8 +15,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,3 +286,78 @@ def _json_default(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- service children -------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Samples of a local /metrics endpoint, labels folded together (summed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+class ServiceChild:
+    """A service (``python -m MODULE``) as a benchmark child process, output discarded.
+
+    ``env`` is added to this process's environment minus the variables starting with
+    ``drop_prefix`` (so a developer's settings do not leak in); ready when ``ready_metric``
+    on ``metrics_port`` reads 1.
+    """
+
+    def __init__(
+        self,
+        module: str,
+        env: Mapping[str, str],
+        *,
+        drop_prefix: str,
+        metrics_port: int,
+        ready_metric: str,
+    ) -> None:
+        self.module = module
+        self.metrics_port = metrics_port
+        self.ready_metric = ready_metric
+        full = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix)}
+        full.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env=full,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def scrape(self) -> dict[str, float]:
+        """The service's metrics (:func:`scrape`)."""
+        return scrape(self.metrics_port)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until the ready metric reads 1; raises ``RuntimeError`` on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited during start-up")
+            try:
+                if self.scrape().get(self.ready_metric) == 1.0:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.module} did not become ready")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (the service drains), then wait; kill after ``timeout``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
