@@ -544,16 +544,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "accuracy", tiles=TILES, limit=acc_limit
                 )
             for name, other in others.items():
+                if getattr(other.runtime, "interpreters", 1) > 1:
+                    continue  # the same model as its single-interpreter row
                 acc_cfgs[name] = local(other, "accuracy", limit=acc_limit)
             if "tflite int8" in others:
                 acc_cfgs[f"tflite int8 tiles {TILES}"] = local(
                     others["tflite int8"], "accuracy", tiles=TILES, limit=acc_limit
                 )
             for name, run in acc_cfgs.items():
-                result = run()
-                figures = (
-                    result.get("result") if isinstance(result, dict) and "ok" in result else result
-                )
+                figures = run()
                 if isinstance(figures, dict) and figures:
                     acc[name] = figures
                     print(f"# accuracy {name}: AP50 {figures['AP50']:.4f}", flush=True)

@@ -70,8 +70,9 @@ class WorkerClient:
         return reply
 
     def workload(self, op: str, **args: Any) -> Callable[[], object]:
-        """A callable for :func:`bench.common.run_interleaved`."""
-        return lambda: self.call(op, **args)
+        """A callable for :func:`bench.common.run_interleaved`; it returns what the workload
+        returned in the child (as :func:`bench.bench_model.run_workload` does in-process)."""
+        return lambda: self.call(op, **args).get("result")
 
     def close(self) -> None:
         """Stop the child."""

@@ -30,10 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _available(module: str) -> bool:
     try:
-        importlib.util.find_spec(module)
-    except ModuleNotFoundError:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
         return False
-    return importlib.util.find_spec(module) is not None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -125,6 +125,12 @@ class Detector:
             raise ValueError("batch_size must be >= 1")
         if tiles is not None:
             return self._detect_tiled(images, tiles, conf, iou, batch_size, sizes)
+        return self._run(images, conf, iou, batch_size)
+
+    def _run(
+        self, images: Sequence[np.ndarray], conf: float | None, iou: float | None, batch_size: int
+    ) -> list[list[Detection]]:
+        """Pre-process, infer and post-process ``images`` in chunks of ``batch_size``."""
         results: list[list[Detection]] = []
         for start in range(0, len(images), batch_size):
             loc, cls = self.infer(preprocess_batch(images[start : start + batch_size]))
@@ -150,10 +156,7 @@ class Detector:
             windows = tile_windows(width, height, tiles)
             plans.append((width, height, windows))
             crops.extend(crop(rgb, window, width, height) for window in windows)
-        per_window: list[list[Detection]] = []
-        for start in range(0, len(crops), batch_size):
-            loc, cls = self.infer(preprocess_batch(crops[start : start + batch_size]))
-            per_window.extend(self.postprocess(loc[i], cls[i], conf, iou) for i in range(len(loc)))
+        per_window = self._run(crops, conf, iou, batch_size)
         merge_iou = self.iou if iou is None else float(iou)
         results: list[list[Detection]] = []
         offset = 0
@@ -198,6 +201,7 @@ def create_detector(
     rt = create_runtime(runtime, model_path=model_path, **runtime_options)
     loaded = getattr(rt, "model_path", None)
     version = model_version_of(Path(loaded)) if loaded else None
-    if version and getattr(rt, "precision", "float32") == "bf16":
-        version += "-bf16"  # the same file, other numbers: tell consumers apart
-    return Detector(rt, conf=conf, iou=iou, model_version=version)
+    detector = Detector(rt, conf=conf, iou=iou, model_version=version)
+    if version and detector.precision == "bf16":
+        detector.model_version += "-bf16"  # the same file, other numbers: tell consumers apart
+    return detector

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
 from facemask.core.tiling import TileSpec
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONF = 0.01
 DEFAULT_IOU = 0.4
 DEFAULT_BATCH_SIZE = 32
-DECODE_MODES = ("full", "auto")
 # detector class_id -> COCO category id
 CLASS_TO_CATEGORY: dict[int, int] = {0: 1, 1: 2}
 CATEGORY_NAMES: dict[int, str] = {1: "mask", 2: "no_mask"}
@@ -337,8 +337,6 @@ def detect_images(
         raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    from facemask.core.preprocess import ImageDecodeError, decode_image
-
     images = ground_truth_images(coco, images_dir)
     out: list[ImageDetections] = []
     for chunk in _chunks(images, batch_size):
@@ -348,15 +346,8 @@ def detect_images(
                 image = decode_image(item.path.read_bytes(), reduce=decode)
             except (OSError, ImageDecodeError) as exc:
                 raise EvaluationError(f"cannot read image {item.path}: {exc}") from exc
-            if (
-                item.width
-                and item.height
-                and (image.width, image.height)
-                != (
-                    item.width,
-                    item.height,
-                )
-            ):
+            declared = (item.width, item.height)
+            if all(declared) and (image.width, image.height) != declared:
                 logger.warning(
                     "%s is %dx%d but the annotations say %dx%d; scoring in the image's size",
                     item.path,
@@ -366,19 +357,14 @@ def detect_images(
                     item.height,
                 )
             decoded.append(image)
-        if tiles is None:
-            per_image = detector.detect(
-                [d.rgb for d in decoded], conf=conf, iou=iou, batch_size=batch_size
-            )
-        else:
-            per_image = detector.detect(
-                [d.rgb for d in decoded],
-                conf=conf,
-                iou=iou,
-                batch_size=batch_size,
-                tiles=tiles,
-                sizes=[(d.width, d.height) for d in decoded],
-            )
+        per_image = detector.detect(
+            [d.rgb for d in decoded],
+            conf=conf,
+            iou=iou,
+            batch_size=batch_size,
+            tiles=tiles,
+            sizes=[(d.width, d.height) for d in decoded],
+        )
         for item, image, dets in zip(chunk, decoded, per_image, strict=True):
             out.append(ImageDetections(item.image_id, image.width, image.height, list(dets)))
         if progress is not None:
@@ -391,7 +377,6 @@ def score(
     detections: Sequence[ImageDetections],
     *,
     unrounded: bool = False,
-    seconds: float = 0.0,
 ) -> EvalResult:
     """COCO metrics of ``detections`` against the ground truth ``coco``."""
     results: list[dict[str, Any]] = []
@@ -415,7 +400,7 @@ def score(
         per_class=per_class,
         images=len(detections),
         detections=len(results),
-        seconds=seconds,
+        seconds=0.0,  # set by evaluate(), which times detection and scoring
         stats=stats,
     )
 
@@ -441,8 +426,8 @@ def evaluate(
     scoring (not making the detector). Raises :class:`EvaluationError` for bad inputs.
     """
     coco = dict(annotations) if isinstance(annotations, Mapping) else load_annotations(annotations)
-    ground_truth_images(coco, images_dir)  # fail on missing files before loading a model
     if detector is None:
+        ground_truth_images(coco, images_dir)  # fail on missing files before loading a model
         detector = get_detector(runtime)
     started = time.perf_counter()
     per_image = detect_images(

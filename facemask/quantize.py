@@ -171,14 +171,12 @@ def build(
     source_sha = modelstore.sha256_file(source)
     files = calibration_images(calibration_dir, calibration_limit)
     calib_sha = _files_digest(files)
-    tf: Any = None
+    tf = _import_tensorflow()
     results: list[BuildResult] = []
     for variant in variants:
         started = time.perf_counter()
         target = variant_path(variant)
         stamp_path = target.with_name(target.name + ".json")
-        if tf is None:
-            tf = _import_tensorflow()
         key = {
             "format": BUILD_FORMAT,
             "variant": variant,

@@ -35,7 +35,7 @@ from facemask.commands.runtime_args import (
     runtime_options,
 )
 from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
-from facemask.core.tiling import TileSpec, TileSpecError
+from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.core.types import Detection
 from facemask.modelstore import ModelStoreError
 
@@ -93,12 +93,7 @@ class LocalBackend:
         self, images: Sequence[InputImage], *, conf: float, iou: float
     ) -> list[list[Detection]]:
         """Batched local inference (tiled when the backend has a tile spec)."""
-        if self.tiles is None:
-            result: list[list[Detection]] = self.detector.detect(
-                [image.rgb for image in images], conf=conf, iou=iou, batch_size=self.batch_size
-            )
-            return result
-        tiled: list[list[Detection]] = self.detector.detect(
+        result: list[list[Detection]] = self.detector.detect(
             [image.rgb for image in images],
             conf=conf,
             iou=iou,
@@ -106,7 +101,7 @@ class LocalBackend:
             tiles=self.tiles,
             sizes=[(image.width, image.height) for image in images],
         )
-        return tiled
+        return result
 
     def close(self) -> None:
         """Release the detector's runtime."""
@@ -269,8 +264,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
 
     options = runtime_options(args)
     detector = create_detector(args.runtime, conf=args.conf, iou=args.iou, **options)
-    tiles = TileSpec.parse(tiles_text) if tiles_text is not None else None
-    return LocalBackend(detector, batch_size=args.batch_size, tiles=tiles)
+    return LocalBackend(detector, batch_size=args.batch_size, tiles=parse_tiles(tiles_text))
 
 
 def detect_images(

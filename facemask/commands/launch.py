@@ -24,10 +24,11 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO
 
 from facemask import modelstore
+from facemask.detector import PINNED_MODEL_FILE
+from facemask.lifecycle import stop_on_signals
 from facemask.localredis import RedisProcess, free_port
 
 logger = logging.getLogger(__name__)
@@ -226,22 +227,12 @@ def run(args: argparse.Namespace) -> int:
     state.mkdir(parents=True, exist_ok=True)
     out = sys.stdout
     supervisor = Supervisor(out)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop = stop_on_signals(logger)
 
     redis: RedisProcess | None = None
     try:
         sources = args.source or [str(default_source(state))]
-    except modelstore.ModelStoreError as exc:
-        sys.stderr.write(f"facemask run: error: {exc}\n")
-        return 1
-    try:
-        modelstore.artifact_path("face_mask_detection.pb", verify=False)
+        modelstore.artifact_path(PINNED_MODEL_FILE, verify=False)
     except modelstore.ModelStoreError as exc:
         sys.stderr.write(f"facemask run: error: {exc}\n")
         return 1

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from facemask import modelstore
+from facemask import modelstore, quantize
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--variant",
         action="append",
-        choices=["float32", "int8"],
+        choices=list(quantize.VARIANTS),
         help="variant to build (repeatable; default: both)",
     )
     build.add_argument(
@@ -73,11 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from facemask import quantize
-
     try:
         results = quantize.build(
-            args.variant or ("float32", "int8"),
+            args.variant or tuple(quantize.VARIANTS),
             calibration_dir=args.calibration,
             force=args.force,
         )

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from facemask.quantize import VARIANTS
 from facemask.runtime import available_runtimes
+from facemask.runtime.base import PRECISIONS
 
 RUNTIME_SPECIFIC = {"precision": "tensorflow", "variant": "tflite", "interpreters": "tflite"}
 """Option -> the only runtime that takes it."""
@@ -34,7 +36,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=["float32", "bf16", "auto"],
+        choices=[*PRECISIONS, "auto"],
         default=None,
         help="tensorflow: float32 (default: the reference's numbers), bf16 (oneDNN mixed "
         "precision, about 3x faster on AMX CPUs, AP50 within 0.01) or auto (bf16 where the "
@@ -42,7 +44,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--variant",
-        choices=["upstream", "float32", "int8"],
+        choices=["upstream", *VARIANTS],
         default=None,
         help="tflite model: upstream (default), or float32 / int8 built by `facemask models build`",
     )

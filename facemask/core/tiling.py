@@ -9,6 +9,7 @@ detections of every window back into frame-normalised coordinates.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -126,6 +127,19 @@ class TileSpec:
         return TileSpec.auto(width, height, self.auto_min_face_px, self.overlap)
 
     @property
+    def decode_min_size(self) -> tuple[int, int] | None:
+        """Smallest decoded frame size that keeps every tile at least model-input size (a
+        reduced-scale JPEG decode must not go below it); None for automatic specs, whose
+        grid depends on the frame (decode those at full size)."""
+        if self.auto_min_face_px is not None:
+            return None
+        spans = (
+            self.cols - (self.cols - 1) * self.overlap,
+            self.rows - (self.rows - 1) * self.overlap,
+        )
+        return (math.ceil(INPUT_SIZE[0] * spans[0]), math.ceil(INPUT_SIZE[1] * spans[1]))
+
+    @property
     def windows_per_frame(self) -> int:
         """Model runs per frame (full frame included); automatic specs vary per frame."""
         return self.rows * self.cols + (1 if self.include_full else 0)
@@ -136,8 +150,10 @@ class TileSpec:
         return f"{self.rows}x{self.cols}:{self.overlap:g}"
 
 
+@functools.lru_cache(maxsize=256)
 def parse_tiles(text: str | None) -> TileSpec | None:
-    """:meth:`TileSpec.parse` that also takes None (no tiling)."""
+    """:meth:`TileSpec.parse` that also takes None (no tiling); cached, as the services look
+    a camera's spec up per frame (a :class:`TileSpec` is immutable)."""
     return None if text is None else TileSpec.parse(text)
 
 

@@ -87,7 +87,6 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     ready: float = 0.0
     decode_seconds: float = 0.0
-    tensor: np.ndarray | None = None
     width: int = 0
     height: int = 0
     windows: list[Window] = field(default_factory=list)
@@ -106,18 +105,10 @@ class _Item:
     tensor: np.ndarray | None
 
 
-def _decode_min_size(spec: TileSpec | None) -> tuple[int, int] | None:
-    """Smallest decoded size that keeps every tile of ``spec`` at least model-input size
-    (None: decode at full size, as for automatic specs)."""
-    if spec is None:
-        return INPUT_SIZE
-    if spec.auto_min_face_px is not None:
-        return None
-
-    def side(model: int, n: int) -> int:
-        return int(np.ceil(model * (n - (n - 1) * spec.overlap)))
-
-    return (side(INPUT_SIZE[0], spec.cols), side(INPUT_SIZE[1], spec.rows))
+def batch_limit(max_batch_size: int, runtime: object) -> int:
+    """The largest batch the batcher forms: ``max_batch_size``, capped by the runtime's own
+    ``max_batch_size`` when it has one."""
+    return min(max_batch_size, getattr(runtime, "max_batch_size", None) or max_batch_size)
 
 
 def _resolve(future: Future[JobResult], result: JobResult | BaseException) -> None:
@@ -156,9 +147,8 @@ class DynamicBatcher:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
-        runtime_max = getattr(detector.runtime, "max_batch_size", None)
         self.detector = detector
-        self.max_batch_size = min(max_batch_size, runtime_max or max_batch_size)
+        self.max_batch_size = batch_limit(max_batch_size, detector.runtime)
         self.max_queue_delay = max_queue_delay
         self.max_decode_wait = max_decode_wait
         self.max_queue_size = max_queue_size
@@ -216,10 +206,12 @@ class DynamicBatcher:
         if self._expired(job, start):  # do not spend decode time on a frame already stale
             return
         try:
-            min_size = _decode_min_size(job.tiles)
-            reduce = self.decode_reduce if min_size is not None else "full"
+            min_size = INPUT_SIZE if job.tiles is None else job.tiles.decode_min_size
             image = decode_image(
-                job.data, reduce=reduce, max_pixels=self.max_pixels, min_size=min_size or INPUT_SIZE
+                job.data,
+                reduce="full" if min_size is None else self.decode_reduce,
+                max_pixels=self.max_pixels,
+                min_size=min_size or INPUT_SIZE,
             )
             if job.declared_size and job.declared_size != (image.width, image.height):
                 raise ImageDecodeError(
@@ -228,15 +220,11 @@ class DynamicBatcher:
                     f"image is {image.width}x{image.height}",
                 )
             job.width, job.height = image.width, image.height
-            if job.tiles is None:
-                job.windows = [(0, 0, image.width, image.height)]
-                tensors = [preprocess(image.rgb)]
-            else:
-                job.windows = tile_windows(image.width, image.height, job.tiles)
-                tensors = [
-                    preprocess(crop(image.rgb, window, image.width, image.height))
-                    for window in job.windows
-                ]
+            job.windows = tile_windows(image.width, image.height, job.tiles)  # untiled: 1
+            tensors = [
+                preprocess(crop(image.rgb, window, image.width, image.height))
+                for window in job.windows
+            ]
         except ImageDecodeError as exc:
             _resolve(job.future, exc)
             return
@@ -358,16 +346,13 @@ class DynamicBatcher:
         assert job.started is not None
         queue_seconds = job.started - job.ready
         try:
-            if len(job.windows) == 1:
-                detections = job.window_detections[0] or []
-            else:
-                detections = map_detections(
-                    [d or [] for d in job.window_detections],
-                    job.windows,
-                    job.width,
-                    job.height,
-                    iou=job.iou,
-                )
+            detections = map_detections(  # one (full-frame) window: passed through as is
+                [d or [] for d in job.window_detections],
+                job.windows,
+                job.width,
+                job.height,
+                iou=job.iou,
+            )
         except Exception as exc:
             logger.exception("merging tiles failed")
             _resolve(job.future, exc)

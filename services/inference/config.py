@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from facemask.core.tiling import TileSpec, TileSpecError
+from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.settings import ServiceSettings
 
 
@@ -144,7 +144,7 @@ class InferenceSettings(ServiceSettings):
         spec = self.tiles.get(camera_id) if camera_id else None
         if spec is None:
             spec = self.tiles.get("*")
-        return None if spec is None else TileSpec.parse(spec)
+        return parse_tiles(spec)
 
     def runtime_options(self) -> dict[str, Any]:
         """Options of :func:`facemask.detector.create_detector` for the chosen runtime."""

@@ -122,7 +122,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             )
         conf, iou = self._thresholds(request, context)
         request_tiles: TileSpec | None = None
-        if request.HasField("tiles"):
+        has_tiles = request.HasField("tiles")
+        if has_tiles:
             try:
                 request_tiles = TileSpec.parse(request.tiles)
             except TileSpecError as exc:
@@ -157,11 +158,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 camera_id=image.camera_id,
                 source="grpc",
                 deadline=deadline,
-                tiles=(
-                    request_tiles
-                    if request.HasField("tiles")
-                    else self.settings.tiles_for(image.camera_id)
-                ),
+                tiles=request_tiles if has_tiles else self.settings.tiles_for(image.camera_id),
             )
             try:
                 futures.append(batcher.submit(job))

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from facemask.detector import Detector, create_detector
 from facemask.redisconn import connect
 from facemask.v1 import detector_pb2
-from services.inference.batcher import DynamicBatcher
+from services.inference.batcher import DynamicBatcher, batch_limit
 from services.inference.config import InferenceSettings
 from services.inference.consumer import StreamConsumer
 from services.inference.metrics import InferenceMetrics
@@ -36,7 +36,7 @@ def warmup_sizes(max_batch_size: int, runtime: Any) -> tuple[int, ...]:
     then the largest), since the first run of a new input shape builds its oneDNN kernels
     (15-100 ms) and would stall live frames. A runtime with its own batch limit (TFLite
     runs one image per invoke) needs only the sizes up to that limit."""
-    top = min(max_batch_size, getattr(runtime, "max_batch_size", None) or max_batch_size)
+    top = batch_limit(max_batch_size, runtime)
     return tuple(sorted(set(range(1, min(top, WARM_EVERY_SIZE_UP_TO) + 1)) | {top}))
 
 
