@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -330,3 +331,41 @@ class AlertEvent:
             track_id=_int(f, "track", 0, 2**63 - 1) if "track" in f else 0,
             message=f.get("message", b"").decode("utf-8", "replace"),
         )
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+
+def as_text(value: Any) -> str:
+    """A Redis reply value (bytes or not) as text; undecodable bytes are replaced."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def deadletter_record(
+    stream: str,
+    sid: str,
+    fields: Mapping[Any, Any],
+    reason: str,
+    detail: str,
+    *,
+    max_value_bytes: int,
+) -> dict[str, Any]:
+    """The dead-letter stream entry of an entry ``sid`` of ``stream`` that cannot be used:
+    ``reason`` (a bounded word), ``error`` (the detail, cut to 500 characters), where it came
+    from, its camera, the time, and its original fields as ``orig_<name>`` (each value cut
+    to ``<truncated>`` beyond ``max_value_bytes``; names over 64 characters left out)."""
+    record: dict[str, Any] = {
+        "reason": reason,
+        "error": detail[:500],
+        "stream": stream,
+        "sid": sid,
+        "camera": as_text(fields.get(b"camera", fields.get("camera", "")))[:128],
+        "t": repr(time.time()),
+    }
+    for key, value in fields.items():
+        name = as_text(key)
+        if name in record or len(name) > 64:
+            continue
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        record[f"orig_{name}"] = raw if len(raw) <= max_value_bytes else b"<truncated>"
+    return record

@@ -38,7 +38,7 @@ from typing import Any
 
 from facemask.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
 from facemask.streams import StreamLayout
-from facemask.wire import DetectionsEntry, WireError
+from facemask.wire import DetectionsEntry, WireError, as_text, deadletter_record
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine, NewAlert
 from services.alerts.metrics import AlertMetrics
@@ -57,10 +57,6 @@ class Item:
     stream: str
     sid: str
     fields: Mapping[Any, Any] | None
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _valid_sid(sid: str) -> bool:
@@ -102,8 +98,6 @@ class DetectionsConsumer:
         self.consumer = settings.consumer_name
         self.keys = layout.all_detections()
         self.offsets: dict[str, str] = {}
-        self.batches = 0
-        self.last_batch = 0.0
         self._cursors: dict[str, str] = {}
         self._groups_ready = False
         self._next_claim = 0.0
@@ -231,9 +225,9 @@ class DetectionsConsumer:
     def _items(reply: Sequence[Any]) -> list[Item]:
         out = []
         for stream, entries in reply:
-            key = _text(stream)
+            key = as_text(stream)
             for sid, fields in entries:
-                out.append(Item(key, _text(sid), fields))
+                out.append(Item(key, as_text(sid), fields))
         return out
 
     def _claim(self) -> list[Item]:
@@ -251,9 +245,9 @@ class DetectionsConsumer:
                     start_id=start,
                     count=self.settings.read_count,
                 )
-                start, entries = _text(reply[0]), reply[1]
+                start, entries = as_text(reply[0]), reply[1]
                 for sid, fields in entries:
-                    items.append(Item(key, _text(sid), fields))
+                    items.append(Item(key, as_text(sid), fields))
                 if start == "0-0" or not entries:
                     break
         if items:
@@ -317,8 +311,6 @@ class DetectionsConsumer:
             stored = self.store.commit_batch(records, self.sinks, states, offsets)
         self.offsets.update(offsets)
         self._ack(acks)
-        self.batches += 1
-        self.last_batch = time.time()
         # accounting, after the commit (a rolled-back batch is counted when redone)
         self.metrics.consumed.inc(consumed)
         if replayed:
@@ -404,21 +396,9 @@ class DetectionsConsumer:
     def _deadletter(self, items: Sequence[tuple[Item, str, str]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for item, reason, detail in items:
-            fields = item.fields or {}
-            record: dict[str, Any] = {
-                "reason": reason,
-                "error": detail[:500],
-                "stream": item.stream,
-                "sid": item.sid,
-                "camera": _text(fields.get(b"camera", fields.get("camera", "")))[:128],
-                "t": repr(time.time()),
-            }
-            for key, value in fields.items():
-                name = _text(key)
-                if name in record or len(name) > 64:
-                    continue
-                raw = value if isinstance(value, bytes) else str(value).encode()
-                record[f"orig_{name}"] = raw if len(raw) <= 1 << 16 else b"<truncated>"
+            record = deadletter_record(
+                item.stream, item.sid, item.fields or {}, reason, detail, max_value_bytes=1 << 16
+            )
             pipe.xadd(
                 self.layout.alerts_deadletter,
                 record,

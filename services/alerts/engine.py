@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from facemask.wire import DetectionsEntry, WireDetection
@@ -183,9 +183,10 @@ class AlertEngine:
     ) -> None:
         self.default_rule = default_rule
         self.overrides = dict(overrides or {})
-        base = tracker or TrackerConfig()
+        # built once: the rule is looked up per detections entry
+        self._rules = {cid: rule_for(cid, default_rule, self.overrides) for cid in self.overrides}
         self.compliance_window = compliance_window
-        self._tracker_base = base
+        self._tracker_base = tracker or TrackerConfig()
         self._lock = threading.RLock()
         self._cameras: dict[str, CameraState] = {}
         self._dirty: set[str] = set()
@@ -194,11 +195,10 @@ class AlertEngine:
 
     def rule(self, camera_id: str) -> Rule:
         """The rule of a camera (defaults plus its overrides)."""
-        return rule_for(camera_id, self.default_rule, self.overrides)
+        return self._rules.get(camera_id, self.default_rule)
 
     def _tracker_config(self, rule: Rule) -> TrackerConfig:
-        base = self._tracker_base
-        return TrackerConfig(base.min_iou, base.max_missed, base.max_gap, max(rule.n, 1))
+        return replace(self._tracker_base, history=rule.n)  # Rule ensures n >= 1
 
     def _camera(self, camera_id: str) -> CameraState:
         state = self._cameras.get(camera_id)

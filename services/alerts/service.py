@@ -28,7 +28,6 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from facemask.redisconn import CONNECTION_ERRORS, connect
-from facemask.streams import LayoutMismatchError
 from services.alerts.config import AlertSettings
 from services.alerts.consumer import DetectionsConsumer
 from services.alerts.engine import AlertEngine, CameraSummary
@@ -209,14 +208,12 @@ class AlertService:
         self.port = 0
         self.metrics_port = 0
         self.public_base_url = settings.public_base_url
-        self.fatal: BaseException | None = None
         self.stopped = threading.Event()
         self._server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
         self._last_retention = 0.0
         self._last_prune = 0.0
-        self._redis_ok = False
 
     # -- start / stop ----------------------------------------------------------------
 
@@ -224,7 +221,6 @@ class AlertService:
         """Start everything; raises :class:`LayoutMismatchError` on a layout conflict."""
         try:
             self.layout.check_meta(self.client)
-            self._redis_ok = True
         except CONNECTION_ERRORS as exc:
             logger.warning(
                 "redis unreachable at start; the consumer keeps retrying",
@@ -366,12 +362,9 @@ class AlertService:
     def redis_ok(self) -> bool:
         """Whether Redis answers PING now."""
         try:
-            self._redis_ok = bool(self.client.ping())
-        except CONNECTION_ERRORS:
-            self._redis_ok = False
-        except Exception:
-            self._redis_ok = False
-        return self._redis_ok
+            return bool(self.client.ping())
+        except Exception:  # connection errors and anything else: not ready
+            return False
 
     def readiness(self) -> dict[str, bool]:
         """The checks behind ``/readyz``."""
@@ -455,8 +448,3 @@ class AlertService:
             pruned = self.store.prune_alerts(now - self.settings.history_days * 86400)
             if pruned:
                 logger.info("old alerts pruned", extra={"alerts": len(pruned)})
-
-
-def fatal_error(exc: BaseException) -> bool:
-    """Errors that end the service with exit code 2 (configuration / layout)."""
-    return isinstance(exc, LayoutMismatchError)

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +334,7 @@ class AlertStore:
                 if cur.rowcount == 0:
                     continue
                 seq = int(cur.lastrowid or 0)
-                record = _with_seq(alert, seq)
+                record = replace(alert, seq=seq)
                 payload = json.dumps(record.to_json(), separators=(",", ":"))
                 for sink in sinks:
                     cur.execute(
@@ -438,11 +438,6 @@ class AlertStore:
         )
         return [_alert_from_row(r) for r in rows]
 
-    def last_seq(self) -> int:
-        """Highest alert seq (0 when empty)."""
-        row = self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM alerts").fetchone()
-        return int(row[0])
-
     def count_alerts(self, since: float | None = None) -> dict[str, int]:
         """Alerts per camera (since ``since``)."""
         sql = "SELECT camera_id, COUNT(*) FROM alerts"
@@ -540,12 +535,6 @@ class AlertStore:
             "SELECT sink, COUNT(*) FROM outbox WHERE status=? GROUP BY sink", (PENDING,)
         )
         return {r[0]: int(r[1]) for r in rows}
-
-
-def _with_seq(alert: AlertRecord, seq: int) -> AlertRecord:
-    values = {name: getattr(alert, name) for name in AlertRecord.__dataclass_fields__}
-    values["seq"] = seq
-    return AlertRecord(**values)
 
 
 def _delivery(row: Sequence[Any]) -> Delivery:

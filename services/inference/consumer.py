@@ -37,7 +37,14 @@ from typing import Any
 from facemask.core.preprocess import ImageDecodeError
 from facemask.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
 from facemask.streams import StreamLayout
-from facemask.wire import DetectionsEntry, FrameEntry, WireDetection, WireError
+from facemask.wire import (
+    DetectionsEntry,
+    FrameEntry,
+    WireDetection,
+    WireError,
+    as_text,
+    deadletter_record,
+)
 from services.inference.batcher import DynamicBatcher, Job, JobResult, QueueFullError
 from services.inference.config import InferenceSettings
 from services.inference.metrics import InferenceMetrics
@@ -70,12 +77,6 @@ class Outcome:
 
 def _sid(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
 
 
 class StreamConsumer:
@@ -277,21 +278,8 @@ class StreamConsumer:
     def _deadletter(
         self, stream: str, sid: str, fields: Mapping[Any, Any], reason: str, detail: str
     ) -> None:
-        camera = _as_text(fields.get(b"camera", fields.get("camera", "")))[:128]
-        record: dict[str, Any] = {
-            "reason": reason,
-            "error": detail[:500],
-            "stream": stream,
-            "sid": sid,
-            "camera": camera,
-            "t": repr(time.time()),
-        }
-        for key, value in fields.items():
-            name = _as_text(key)
-            if name in record or len(name) > 64:
-                continue
-            raw = value if isinstance(value, bytes) else str(value).encode()
-            record[f"orig_{name}"] = raw if len(raw) <= 1 << 20 else b"<truncated>"
+        record = deadletter_record(stream, sid, fields, reason, detail, max_value_bytes=1 << 20)
+        camera = record["camera"]
         self._outbox.put(Outcome(stream, sid, camera, record, deadletter_reason=reason))
 
     def _finished(
@@ -506,13 +494,13 @@ class StreamConsumer:
                     continue
                 raise
             for info in groups:
-                name = _as_text(info.get("name"))
+                name = as_text(info.get("name"))
                 if name != self.group:
                     continue
                 pending = int(info.get("pending") or 0)
                 lag = info.get("lag")
                 if lag is None:  # Redis < 7: count entries after the last delivered id
-                    last = _as_text(info.get("last-delivered-id", "0-0"))
+                    last = as_text(info.get("last-delivered-id", "0-0"))
                     lag = len(self.client.xrange(key, min=f"({last}", count=10_000))
                 readings[key] = (int(lag), pending)
                 self.metrics.stream_lag.labels(key, self.group).set(int(lag))
