@@ -20,7 +20,6 @@ Writes ``bench/results/inference.json`` and prints a table. ``--quick`` is a smo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ import cv2
 import numpy as np
 
 from bench.common import (
-    ROOT,
+    VIDEO,
     ServiceChild,
     default_threads,
     machine_info,
@@ -47,10 +46,6 @@ from facemask.localredis import RedisProcess, free_port
 from facemask.streams import StreamLayout
 from facemask.wire import DetectionsEntry, FrameEntry
 
-VIDEO = (
-    Path(os.environ.get("FACEMASK_SHARED_DIR", ROOT.parent / "shared"))
-    / "data/video/group4_masks.mp4"
-)
 LAYOUT = StreamLayout("facemask", 4)
 
 

@@ -36,15 +36,11 @@ import numpy as np
 
 from bench import common
 
-SHARED_DIR = Path(
-    os.environ.get("FACEMASK_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")
-)
-VIDEO = SHARED_DIR / "data" / "video" / "group4_masks.mp4"
+VIDEO = common.VIDEO
 SIZE = (1280, 720)
 SOURCE_FPS = 30
 RATES = (5, 15)
 QUALITIES = (60, 70, 80, 90)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- source clip --------------------------------------------------------------------------
@@ -183,7 +179,7 @@ def measure(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMASK_INGEST_")}
     proc = subprocess.run(
         cmd,
-        cwd=REPO_ROOT,
+        cwd=common.ROOT,
         env=env,
         capture_output=True,
         text=True,

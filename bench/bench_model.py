@@ -51,11 +51,8 @@ import numpy as np
 
 from bench import common
 
-SHARED_DIR = Path(
-    os.environ.get("FACEMASK_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")
-)
-VIDEO = SHARED_DIR / "data" / "video" / "group4_masks.mp4"
-DEV_IMAGES = SHARED_DIR / "data" / "facemask-dev" / "images"
+VIDEO = common.VIDEO
+DEV_IMAGES = common.SHARED_DIR / "data" / "facemask-dev" / "images"
 FRAME_SIZE = (1280, 720)
 JPEG_QUALITY = 90
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)

@@ -31,9 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bench.bench_inference import Service, make_frames, per_frame_loop
+from bench.bench_inference import Service, batch_mean, make_frames, per_frame_loop, percentile
 from bench.common import (
     RESULTS_DIR,
     ServiceChild,
@@ -54,9 +52,10 @@ DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 TARGETS = {"fraction_of_limit": 0.7, "p99_ms_at_80pct": 250.0}
 
 
-def pct(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile, None when empty."""
-    return float(np.percentile(np.asarray(values), q)) if values else None
+def ms(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile of ``values`` (seconds) in milliseconds, None when empty."""
+    value = percentile(values, q)
+    return None if math.isnan(value) else value * 1e3
 
 
 class ProcStat:
@@ -235,16 +234,7 @@ def run_load(
     latencies = [at - e.capture_ts for at, e in ok]
     times = [at for at, _ in ok]
     span = max(times) - min(times) if len(times) > 10 else seconds
-    count = after.get("facemask_inference_batch_size_count", 0) - before.get(
-        "facemask_inference_batch_size_count", 0
-    )
-    total = after.get("facemask_inference_batch_size_sum", 0) - before.get(
-        "facemask_inference_batch_size_sum", 0
-    )
-
-    def ms(value: float | None) -> float | None:
-        return None if value is None else value * 1e3
-
+    mean_batch = batch_mean(before, after)
     return RunResult(
         k=k,
         fps_per_camera=fps,
@@ -254,13 +244,13 @@ def run_load(
         ok=len(ok),
         skipped=skipped,
         lost=max(0, published - len(entries)),
-        p50_ms=ms(pct(latencies, 50)),
-        p95_ms=ms(pct(latencies, 95)),
-        p99_ms=ms(pct(latencies, 99)),
-        alert_p50_ms=ms(pct(alert_lags, 50)),
-        alert_p95_ms=ms(pct(alert_lags, 95)),
-        alert_p99_ms=ms(pct(alert_lags, 99)),
-        mean_batch=total / count if count else None,
+        p50_ms=ms(latencies, 50),
+        p95_ms=ms(latencies, 95),
+        p99_ms=ms(latencies, 99),
+        alert_p50_ms=ms(alert_lags, 50),
+        alert_p95_ms=ms(alert_lags, 95),
+        alert_p99_ms=ms(alert_lags, 99),
+        mean_batch=None if math.isnan(mean_batch) else mean_batch,
         services=services,
     )
 

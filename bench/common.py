@@ -291,6 +291,9 @@ def _json_default(value: object) -> object:
 # -- service children -------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("FACEMASK_SHARED_DIR", ROOT.parent / "shared"))
+"""The project's data and models beside the checkout (``../shared``)."""
+VIDEO = SHARED_DIR / "data" / "video" / "group4_masks.mp4"
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -21,8 +21,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TextIO
+
+from bench.common import ROOT
 
 
 class WorkerError(RuntimeError):
@@ -40,7 +41,7 @@ class WorkerClient:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.model_worker", spec],
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -4,31 +4,18 @@ process against a real Redis, well-formed JSON (structure, not speed)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.paths import REPO_ROOT
+from tests.bench import run_quick_bench
 
 
 @pytest.mark.slow
 @pytest.mark.model
 def test_quick_inference_bench_writes_the_results_json(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMASK_INF")}
     output = tmp_path / "inference.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_inference", "--quick", "--output", str(output)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    proc = run_quick_bench("bench_inference", "--output", str(output), drop_env=("FACEMASK_INF",))
     assert "frames/s" in proc.stdout and "summary:" in proc.stdout
     result = json.loads(output.read_text())
     assert result["quick"] is True and result["frame_size"] == [640, 480]

@@ -4,30 +4,19 @@ processes and writes well-formed JSON with plausible figures."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.paths import REPO_ROOT
+from tests.bench import run_quick_bench
 
 
 @pytest.mark.slow
 def test_quick_bench_writes_the_results_json(tmp_path: Path) -> None:
     output = tmp_path / "ingest.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMASK_INGEST_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_ingest", "--quick", "--output", str(output)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    proc = run_quick_bench(
+        "bench_ingest", "--output", str(output), drop_env=("FACEMASK_INGEST_",), timeout=180
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cpu ms/frame" in proc.stdout and "peak RSS MiB" in proc.stdout
     result = json.loads(output.read_text())
     assert result["benchmark"] == "ingest" and result["quick"] is True

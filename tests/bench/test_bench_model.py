@@ -6,14 +6,11 @@ Timings are not checked (they depend on the machine and its load); only the stru
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.paths import REPO_ROOT
+from tests.bench import run_quick_bench
 
 BATCHES = [1, 4, 8, 16, 32, 64]
 ROW_KEYS = {
@@ -40,17 +37,12 @@ def test_quick_bench_writes_the_results_json(shared_dir: Path, tmp_path: Path) -
     except modelstore.ModelStoreError as exc:
         pytest.skip(str(exc))
     output = tmp_path / "model.json"
-    env = {**os.environ, "FACEMASK_SHARED_DIR": str(shared_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_model", "--quick", "--output", str(output)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    proc = run_quick_bench(
+        "bench_model",
+        "--output",
+        str(output),
+        extra_env={"FACEMASK_SHARED_DIR": str(shared_dir), "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "images/s" in proc.stdout and "of compute limit" in proc.stdout
 
     result = json.loads(output.read_text())

@@ -4,14 +4,11 @@ processes, well-formed JSON and two PNG plots (structure, not speed)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.paths import REPO_ROOT
+from tests.bench import run_quick_bench
 
 pytest.importorskip("matplotlib")
 
@@ -19,17 +16,13 @@ pytest.importorskip("matplotlib")
 @pytest.mark.slow
 @pytest.mark.model
 def test_quick_pipeline_bench_writes_json_and_plots(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACEMASK_INF", "FACEMASK_AL"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_pipeline", "--quick", "--output-dir", str(tmp_path)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = run_quick_bench(
+        "bench_pipeline",
+        "--output-dir",
+        str(tmp_path),
+        drop_env=("FACEMASK_INF", "FACEMASK_AL"),
         timeout=180,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "largest K without skipped frames" in proc.stdout
     result = json.loads((tmp_path / "pipeline.json").read_text())
     assert result["quick"] is True and result["frame_size"] == [1280, 720]
