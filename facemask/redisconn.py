@@ -8,6 +8,8 @@ catch and retry, never a hang.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -55,3 +57,48 @@ def connect(
 def is_cluster(client: RedisClient) -> bool:
     """True for a cluster client."""
     return isinstance(client, RedisCluster)
+
+
+StreamReply = list[tuple[Any, list[tuple[Any, Any]]]]
+"""An XREADGROUP reply: ``[(stream, [(id, fields), ...]), ...]``."""
+
+
+def ensure_groups(client: RedisClient, keys: Sequence[str], group: str, start_id: str) -> None:
+    """Create the consumer group ``group`` on each stream (and the stream), starting at
+    ``start_id``; a group that exists already is left as it is."""
+    for key in keys:
+        try:
+            client.xgroup_create(key, group, id=start_id, mkstream=True)
+        except Exception as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+def read_new(
+    client: RedisClient,
+    group: str,
+    consumer: str,
+    keys: Sequence[str],
+    *,
+    count: int,
+    block: float,
+    wait: Callable[[float], object] = time.sleep,
+) -> StreamReply:
+    """New entries (``>``) of ``keys`` for ``consumer``, blocking up to ``block`` seconds.
+
+    A Redis Cluster cannot serve one XREADGROUP over keys in several slots: there each
+    stream is asked without blocking, and ``wait(block)`` runs when all were empty.
+    """
+    redis_client: Any = client  # redis-py's stubs do not type stream replies
+    if not is_cluster(client):
+        streams = dict.fromkeys(keys, ">")
+        reply: StreamReply = redis_client.xreadgroup(
+            group, consumer, streams, count=count, block=int(block * 1000)
+        )
+        return reply or []
+    out: StreamReply = []
+    for key in keys:
+        out.extend(redis_client.xreadgroup(group, consumer, {key: ">"}, count=count) or [])
+    if not out:
+        wait(block)
+    return out

@@ -36,7 +36,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from facemask.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
+from facemask.redisconn import (
+    CONNECTION_ERRORS,
+    RedisClient,
+    ensure_groups,
+    is_cluster,
+    read_new,
+)
 from facemask.streams import StreamLayout
 from facemask.wire import DetectionsEntry, WireError, as_text, deadletter_record
 from services.alerts.config import AlertSettings
@@ -165,14 +171,7 @@ class DetectionsConsumer:
             logger.exception("cannot reload the committed state")
 
     def _ensure_groups(self) -> None:
-        for key in self.keys:
-            try:
-                self.client.xgroup_create(
-                    key, self.group, id=self.settings.group_start, mkstream=True
-                )
-            except Exception as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        ensure_groups(self.client, self.keys, self.group, self.settings.group_start)
         self._groups_ready = True
 
     def _read(self) -> list[Item]:
@@ -202,23 +201,15 @@ class DetectionsConsumer:
                 else:
                     self._cursors[key] = ">"
             return items
-        block_ms = int(self.settings.read_block * 1000)
-        if is_cluster(self.client):
-            reply = []
-            for key in self.keys:
-                reply.extend(
-                    self.client.xreadgroup(self.group, self.consumer, {key: ">"}, count=count) or []
-                )
-            if not reply:
-                self._stop.wait(self.settings.read_block)
-        else:
-            streams = dict.fromkeys(self.keys, ">")
-            reply = (
-                self.client.xreadgroup(
-                    self.group, self.consumer, streams, count=count, block=block_ms
-                )
-                or []
-            )
+        reply = read_new(
+            self.client,
+            self.group,
+            self.consumer,
+            self.keys,
+            count=count,
+            block=self.settings.read_block,
+            wait=self._stop.wait,
+        )
         return self._items(reply)
 
     @staticmethod

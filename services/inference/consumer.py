@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from facemask.core.preprocess import ImageDecodeError
-from facemask.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
+from facemask.redisconn import (
+    CONNECTION_ERRORS,
+    RedisClient,
+    ensure_groups,
+    is_cluster,
+    read_new,
+)
 from facemask.streams import StreamLayout
 from facemask.wire import (
     DetectionsEntry,
@@ -170,12 +176,7 @@ class StreamConsumer:
     # -- reading ---------------------------------------------------------------------
 
     def _ensure_groups(self) -> None:
-        for key in self._keys:
-            try:
-                self.client.xgroup_create(key, self.group, id="0", mkstream=True)
-            except Exception as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        ensure_groups(self.client, self._keys, self.group, "0")
         self._groups_ready = True
 
     def _acquire(self, wanted: int) -> int:
@@ -193,25 +194,6 @@ class StreamConsumer:
             with contextlib.suppress(ValueError):
                 self._slots.release()
 
-    def _xreadgroup(self, count: int) -> list[tuple[Any, list[tuple[Any, Any]]]]:
-        block_ms = int(self.settings.read_block * 1000)
-        if not is_cluster(self.client):
-            streams = dict.fromkeys(self._keys, ">")
-            reply: list[tuple[Any, list[tuple[Any, Any]]]] = self.client.xreadgroup(
-                self.group, self.consumer, streams, count=count, block=block_ms
-            )
-            return reply or []
-        # A cluster cannot serve one XREADGROUP over keys in several slots: ask each
-        # partition without blocking, then wait a little when all were empty.
-        out: list[tuple[Any, list[tuple[Any, Any]]]] = []
-        for key in self._keys:
-            out.extend(
-                self.client.xreadgroup(self.group, self.consumer, {key: ">"}, count=count) or []
-            )
-        if not out:
-            time.sleep(self.settings.read_block)
-        return out
-
     def _read_loop(self) -> None:
         backoff = 0.1
         while self._reading.is_set():
@@ -221,7 +203,14 @@ class StreamConsumer:
             try:
                 if not self._groups_ready:
                     self._ensure_groups()
-                response = self._xreadgroup(slots)
+                response = read_new(
+                    self.client,
+                    self.group,
+                    self.consumer,
+                    self._keys,
+                    count=slots,
+                    block=self.settings.read_block,
+                )
                 backoff = 0.1
             except CONNECTION_ERRORS as exc:
                 self._release(slots)
