@@ -41,10 +41,10 @@ from bench.common import (
     print_table,
     write_results,
 )
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.core.preprocess import jpeg_size
-from facemask.localredis import RedisProcess, free_port
-from facemask.streams import StreamLayout
-from facemask.wire import DetectionsEntry, FrameEntry
+from facemask.dev.localredis import RedisProcess, free_port
 
 LAYOUT = StreamLayout("facemask", 4)
 
@@ -173,7 +173,7 @@ def grpc_sweep(
     service: Service, name: str, frames: list[bytes], clients: int, seconds: float
 ) -> LoadResult:
     """``clients`` closed-loop gRPC clients, one frame per request, for ``seconds``."""
-    from facemask.client import RemoteDetector
+    from facemask.infra.client import RemoteDetector
 
     detectors = [RemoteDetector(f"127.0.0.1:{service.port}", timeout=30) for _ in range(clients)]
     for d in detectors:

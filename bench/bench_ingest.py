@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds = args.seconds or (2.0 if args.quick else 20.0)
     warmup = args.warmup or (1.0 if args.quick else 3.0)
-    from facemask.localredis import RedisProcess
+    from facemask.dev.localredis import RedisProcess
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         folder = Path(tmp)

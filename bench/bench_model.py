@@ -143,8 +143,8 @@ def project_end_to_end(
 def accuracy(detector: Any, tiles: str | None = None, limit: int | None = None) -> dict[str, Any]:
     """Dev-set COCO figures of ``detector`` (``tiles``: a tiling spec or None; ``limit``: only
     the first images, for smoke runs); ``{}`` when the dev set is absent."""
-    from facemask import evaluation
     from facemask.core.tiling import TileSpec
+    from facemask.model import evaluation
 
     annotations = DEV_IMAGES.parent / "annotations.json"
     if not annotations.is_file():
@@ -214,8 +214,8 @@ def _other_runtimes(threads: int) -> dict[str, Any]:
     interpreter per thread (``interpreters``), and the ``float32`` / ``int8`` variants when
     ``facemask models build`` has made them. The first entry of a runtime is its default.
     """
-    from facemask.detector import create_detector
-    from facemask.runtime import available_runtimes
+    from facemask.model.detector import create_detector
+    from facemask.model.runtime import available_runtimes
 
     wanted: list[tuple[str, str, dict[str, Any]]] = []
     for name in available_runtimes():
@@ -246,7 +246,7 @@ def _workers(threads: int, frames: int, source: str) -> dict[str, Any]:
     """Configurations that need a process of their own (:mod:`bench.model_worker`):
     TensorFlow bf16, where the CPU computes bf16 natively (elsewhere it is emulated)."""
     from bench.model_worker import WorkerClient, WorkerError
-    from facemask.runtime.base import native_bf16
+    from facemask.model.runtime.base import native_bf16
 
     if not native_bf16():
         print("# tensorflow bf16: not measured (this CPU has no native bf16)")
@@ -395,9 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = list(os.getloadavg())
 
     from bench.upstream import UpstreamTF
-    from facemask import modelstore
     from facemask.core.preprocess import decode_image, preprocess_batch
-    from facemask.detector import create_detector
+    from facemask.model import store as modelstore
+    from facemask.model.detector import create_detector
 
     # The project's runtime sets TensorFlow's process-wide pools: create it first.
     detector = create_detector(

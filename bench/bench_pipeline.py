@@ -42,9 +42,9 @@ from bench.common import (
     scrape,
     write_results,
 )
-from facemask.localredis import RedisProcess, free_port
-from facemask.streams import StreamLayout
-from facemask.wire import DetectionsEntry, FrameEntry
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.dev.localredis import RedisProcess, free_port
 
 LAYOUT = StreamLayout("facemask", 4)
 FRAME_SIZE = (1280, 720)

@@ -64,7 +64,7 @@ def cpu_flags(
     ),
 ) -> list[str]:
     """Which of the ``wanted`` SIMD features the CPU reports."""
-    from facemask.runtime.base import cpu_flags as all_flags
+    from facemask.model.runtime.base import cpu_flags as all_flags
 
     flags = all_flags()
     return [f for f in wanted if f in flags]

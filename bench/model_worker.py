@@ -90,7 +90,7 @@ class WorkerClient:
 def _serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
     from bench import bench_model
     from facemask.core.preprocess import decode_image, preprocess_batch
-    from facemask.detector import create_detector
+    from facemask.model.detector import create_detector
 
     config = dict(spec["config"])
     runtime = config.pop("runtime", "tensorflow")

@@ -224,7 +224,7 @@ class UpstreamTF:
 
 def default_model_path() -> Path:
     """The cached frozen graph (``facemask models fetch``)."""
-    from facemask import modelstore
+    from facemask.model import store as modelstore
 
     return modelstore.artifact_path("face_mask_detection.pb")
 

@@ -43,7 +43,7 @@ def _default(field: Any) -> str:
 
 def config_table() -> str:
     """One table per service: variable, default, meaning."""
-    from facemask.settings import ServiceSettings
+    from facemask.infra.settings import ServiceSettings
 
     out = [
         "Shared settings (`REDIS_URL`, `STREAM_PREFIX`, `STREAM_PARTITIONS`, `LOG_LEVEL`,"

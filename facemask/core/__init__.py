@@ -1,6 +1,8 @@
-"""Pure numpy detector core: anchors, box decoding, NMS, image pre-processing.
+"""Layer 1, the pure numeric core: anchors, box decoding, NMS, tiling, image decode with
+limits and pre-processing, the detection type, drawing.
 
-Nothing here imports TensorFlow; an ingest node or a test can use it without the model.
+It imports nothing of the project above it and no TensorFlow; an ingest node or a test
+can use it without the model.
 """
 
 from __future__ import annotations

@@ -19,11 +19,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from facemask.lifecycle import module_main, stop_on_signals
-from facemask.log import setup_logging
-from facemask.settings import ConfigError, check_config_and_exit
+from facemask.infra.lifecycle import module_main, stop_on_signals
+from facemask.infra.log import setup_logging
+from facemask.infra.settings import ConfigError, check_config_and_exit
 
 logger = logging.getLogger("services.alerts")
+
+HELP = "run the alert service and dashboard"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         service="alerts",
     )
 
-    from facemask.streams import LayoutMismatchError
+    from facemask.contracts.streams import LayoutMismatchError
     from services.alerts.service import AlertService
 
     stop = stop_on_signals(logger)

@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
-from facemask.settings import ConfigError, ServiceSettings
-from facemask.wire import WireError, validate_camera_id
+from facemask.contracts.wire import WireError, validate_camera_id
+from facemask.infra.settings import ConfigError, ServiceSettings
 
 
 def _problem(message: str) -> PydanticCustomError:

@@ -36,15 +36,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from facemask.redisconn import (
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, WireError, as_text, deadletter_record
+from facemask.infra.redisconn import (
     CONNECTION_ERRORS,
     RedisClient,
     ensure_groups,
     is_cluster,
     read_new,
 )
-from facemask.streams import StreamLayout
-from facemask.wire import DetectionsEntry, WireError, as_text, deadletter_record
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine, NewAlert
 from services.alerts.metrics import AlertMetrics

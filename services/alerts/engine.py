@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from facemask.wire import DetectionsEntry, WireDetection
+from facemask.contracts.wire import DetectionsEntry, WireDetection
 from services.alerts.rules import Decision, Rule, best_score, complies, evaluate, rule_for
 from services.alerts.tracker import IouTracker, Observation, TrackerConfig
 

@@ -27,7 +27,8 @@ from typing import Any
 import uvicorn
 from prometheus_client import start_http_server
 
-from facemask.redisconn import CONNECTION_ERRORS, connect
+from facemask.contracts.registry import read_cameras
+from facemask.infra.redisconn import CONNECTION_ERRORS, connect
 from services.alerts.config import AlertSettings
 from services.alerts.consumer import DetectionsConsumer
 from services.alerts.engine import AlertEngine, CameraSummary
@@ -39,7 +40,6 @@ from services.alerts.sinks import Sink, SinkContext, build_sinks
 from services.alerts.snapshots import LatestFrames, SnapshotStore
 from services.alerts.store import AlertRecord, AlertStore
 from services.alerts.tracker import TrackerConfig
-from services.ingest.registry import read_cameras
 
 logger = logging.getLogger(__name__)
 

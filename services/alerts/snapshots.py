@@ -2,7 +2,7 @@
 
 A snapshot is the alert's frame, fetched from the partition's frame stream by id
 (``XRANGE sid sid``), with every face of its detections entry drawn by
-:func:`facemask.annotate.annotate` (green ``mask`` / red ``no_mask``, label and score).
+:func:`facemask.core.annotate.annotate` (green ``mask`` / red ``no_mask``, label and score).
 Files: ``<snapshot_dir>/<YYYY-MM-DD>/<alert id>.jpg`` plus a 320 px wide
 ``<alert id>.thumb.jpg`` for the dashboard's alert feed, written atomically (temporary
 file, then rename). Retention deletes files older than ``max_age`` seconds, then the oldest
@@ -30,10 +30,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facemask.annotate import annotate
+from facemask.contracts.wire import FrameEntry, WireDetection, WireError
+from facemask.core.annotate import annotate
 from facemask.core.types import LABELS, Detection
-from facemask.redisconn import RedisClient
-from facemask.wire import FrameEntry, WireDetection, WireError
+from facemask.infra.redisconn import RedisClient
 
 logger = logging.getLogger(__name__)
 

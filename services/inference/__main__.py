@@ -8,11 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from facemask.lifecycle import module_main, stop_on_signals
-from facemask.log import setup_logging
-from facemask.settings import ConfigError, check_config_and_exit
+from facemask.infra.lifecycle import module_main, stop_on_signals
+from facemask.infra.log import setup_logging
+from facemask.infra.settings import ConfigError, check_config_and_exit
 
 logger = logging.getLogger("services.inference")
+
+HELP = "run the gRPC inference service"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_level, fmt=settings.log_format, service="inference")
 
-    from facemask.modelstore import ModelStoreError
+    from facemask.model.store import ModelStoreError
     from services.inference.service import InferenceService
 
     stop = stop_on_signals(logger)

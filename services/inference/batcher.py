@@ -36,7 +36,7 @@ import numpy as np
 from facemask.core.preprocess import INPUT_SIZE, ImageDecodeError, decode_image, preprocess
 from facemask.core.tiling import TileSpec, Window, crop, map_detections, tile_windows
 from facemask.core.types import Detection
-from facemask.detector import Detector
+from facemask.model.detector import Detector
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
-from facemask.settings import ServiceSettings
+from facemask.infra.settings import ServiceSettings
 
 
 def _default_consumer() -> str:
@@ -121,7 +121,7 @@ class InferenceSettings(ServiceSettings):
     @field_validator("runtime")
     @classmethod
     def _known_runtime(cls, value: str) -> str:
-        from facemask.runtime import available_runtimes
+        from facemask.model.runtime import available_runtimes
 
         if value not in available_runtimes():
             raise ValueError(f"unknown runtime {value!r}; available: {available_runtimes()}")
@@ -147,7 +147,7 @@ class InferenceSettings(ServiceSettings):
         return parse_tiles(spec)
 
     def runtime_options(self) -> dict[str, Any]:
-        """Options of :func:`facemask.detector.create_detector` for the chosen runtime."""
+        """Options of :func:`facemask.model.detector.create_detector` for the chosen runtime."""
         options: dict[str, Any] = {"threads": self.threads} if self.threads else {}
         if self.runtime == "tensorflow":
             options["precision"] = self.precision

@@ -34,22 +34,22 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from facemask.core.preprocess import ImageDecodeError
-from facemask.redisconn import (
-    CONNECTION_ERRORS,
-    RedisClient,
-    ensure_groups,
-    is_cluster,
-    read_new,
-)
-from facemask.streams import StreamLayout
-from facemask.wire import (
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import (
     DetectionsEntry,
     FrameEntry,
     WireDetection,
     WireError,
     as_text,
     deadletter_record,
+)
+from facemask.core.preprocess import ImageDecodeError
+from facemask.infra.redisconn import (
+    CONNECTION_ERRORS,
+    RedisClient,
+    ensure_groups,
+    is_cluster,
+    read_new,
 )
 from services.inference.batcher import DynamicBatcher, Job, JobResult, QueueFullError
 from services.inference.config import InferenceSettings

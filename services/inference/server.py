@@ -17,11 +17,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from facemask.contracts.wire import WireError, validate_camera_id
 from facemask.core.preprocess import ImageDecodeError
 from facemask.core.tiling import TileSpec, TileSpecError
 from facemask.core.types import Detection
 from facemask.v1 import detector_pb2, detector_pb2_grpc
-from facemask.wire import WireError, validate_camera_id
 from services.inference.batcher import (
     DeadlineExpiredError,
     DynamicBatcher,

@@ -16,8 +16,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from facemask.detector import Detector, create_detector
-from facemask.redisconn import connect
+from facemask.infra.redisconn import connect
+from facemask.model.detector import Detector, create_detector
 from facemask.v1 import detector_pb2
 from services.inference.batcher import DynamicBatcher, batch_limit
 from services.inference.config import InferenceSettings
@@ -158,7 +158,7 @@ class InferenceService:
     @staticmethod
     def _check_layout(client: object, layout: object) -> None:
         """Fail fast on a partition-count mismatch; tolerate Redis being down at start."""
-        from facemask.redisconn import CONNECTION_ERRORS
+        from facemask.infra.redisconn import CONNECTION_ERRORS
 
         try:
             layout.check_meta(client)  # type: ignore[attr-defined]

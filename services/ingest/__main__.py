@@ -19,11 +19,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from facemask.lifecycle import module_main
-from facemask.log import setup_logging
-from facemask.settings import ConfigError, check_config_and_exit
+from facemask.infra.lifecycle import module_main
+from facemask.infra.log import setup_logging
+from facemask.infra.settings import ConfigError, check_config_and_exit
 
 logger = logging.getLogger(__name__)
+
+HELP = "run an ingest node (cameras to Redis Streams)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -25,9 +25,9 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from facemask.streams import StreamLayout
-from facemask.wire import MAX_FRAME_BYTES, FrameEntry
-from services.ingest.backoff import Backoff
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import MAX_FRAME_BYTES, FrameEntry
+from facemask.infra.backoff import Backoff
 from services.ingest.config import CameraConfig
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import OutgoingFrame, Publisher
@@ -146,7 +146,7 @@ class Camera:
             self._on_status(self)
 
     def registry_fields(self) -> dict[str, str]:
-        """The camera's registration (see :mod:`services.ingest.registry`)."""
+        """The camera's registration (see :mod:`facemask.contracts.registry`)."""
         cfg = self.config
         return {
             "id": cfg.id,

@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict, SettingsError
 
-from facemask.settings import ConfigError, ServiceSettings
-from facemask.wire import MAX_SIDE, WireError, validate_camera_id
+from facemask.contracts.wire import MAX_SIDE, WireError, validate_camera_id
+from facemask.infra.settings import ConfigError, ServiceSettings
 from services.ingest.sources import SourceSpec, parse_source
 
 DEFAULT_FPS = 5.0

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from facemask.redisconn import CONNECTION_ERRORS, RedisClient
-from facemask.streams import LayoutMismatchError
-from services.ingest.backoff import Backoff
+from facemask.contracts.streams import LayoutMismatchError
+from facemask.infra.backoff import Backoff
+from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
 from services.ingest.metrics import IngestMetrics
 
 logger = logging.getLogger(__name__)

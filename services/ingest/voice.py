@@ -30,10 +30,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from facemask.redisconn import CONNECTION_ERRORS, RedisClient
-from facemask.streams import StreamLayout
-from facemask.wire import AlertEvent, WireError
-from services.ingest.backoff import Backoff
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import AlertEvent, WireError
+from facemask.infra.backoff import Backoff
+from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
 from services.ingest.metrics import IngestMetrics
 
 logger = logging.getLogger(__name__)

@@ -24,14 +24,15 @@ from typing import Any, cast
 
 import cv2
 
-from facemask.redisconn import CONNECTION_ERRORS, RedisClient, connect
-from facemask.settings import ConfigError
-from facemask.streams import LayoutMismatchError
+from facemask.contracts.registry import last_frame_id
+from facemask.contracts.streams import LayoutMismatchError
+from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, connect
+from facemask.infra.settings import ConfigError
 from services.ingest.camera import Camera, SourceFactory, default_source_factory
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import Publisher
-from services.ingest.registry import CameraRegistry, last_frame_id
+from services.ingest.registry import CameraRegistry
 from services.ingest.voice import VoicePrompter, build_command, ensure_default_clip
 
 logger = logging.getLogger(__name__)

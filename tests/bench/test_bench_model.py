@@ -30,7 +30,7 @@ ROW_KEYS = {
 @pytest.mark.slow
 def test_quick_bench_writes_the_results_json(shared_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
-    from facemask import modelstore
+    from facemask.model import store as modelstore
 
     try:
         modelstore.artifact_path("face_mask_detection.pb")
@@ -100,7 +100,7 @@ def test_quick_bench_writes_the_results_json(shared_dir: Path, tmp_path: Path) -
     assert targets["cli_default_model_fraction_of_compute_limit"]["config"] == "tensorflow b32"
 
     # bf16 runs in a worker process where the CPU has native bf16; tiles cost model runs
-    from facemask.runtime.base import native_bf16
+    from facemask.model.runtime.base import native_bf16
 
     decoded = {row["config"] for row in by_section["decoded"]}
     assert "detector.detect tiles 2x2" in decoded

@@ -23,7 +23,7 @@ BOX_TOL = 1e-5
 @pytest.fixture(scope="module")
 def upstream_model() -> Iterator[upstream.UpstreamTF]:
     pytest.importorskip("tensorflow")
-    from facemask import modelstore
+    from facemask.model import store as modelstore
 
     try:
         path = modelstore.artifact_path("face_mask_detection.pb")

@@ -10,7 +10,7 @@ errors) against the oldest and the newest Kubernetes version we support; a docum
 kind has no schema is an error too (kubernetes-validate only warns, so a typo in ``kind``
 would pass). Custom resources (KEDA ``ScaledObject`` / ``TriggerAuthentication``) have no
 schema in kubernetes-validate: they get a structural check here, plus a consistency check
-against the real stream layout (``facemask.streams``). Then semantic checks: references
+against the real stream layout (``facemask.contracts.streams``). Then semantic checks: references
 resolve, selectors match, pods meet the restricted Pod Security Standard, one autoscaler
 per workload, every ``FACEMASK_*`` variable names a real setting.
 
@@ -85,7 +85,7 @@ ALERTS_METRICS_FROM_ISSUE = (
     ("facemask_alerts_outbox_depth", "gauge"),
 )
 
-# Environment variables read outside the settings classes (facemask/modelstore.py).
+# Environment variables read outside the settings classes (facemask/model/store.py).
 NON_SETTINGS_FACEMASK_ENV = frozenset(
     {"FACEMASK_MODEL_DIR", "FACEMASK_MODEL_MIRROR", "FACEMASK_MODEL_MANIFEST"}
 )
@@ -842,7 +842,7 @@ def settings_class(service: str) -> type | None:
         return IngestSettings
     if importlib.util.find_spec("services.alerts.config") is None:
         return None
-    from facemask.settings import ServiceSettings
+    from facemask.infra.settings import ServiceSettings
 
     module = importlib.import_module("services.alerts.config")
     for value in vars(module).values():
@@ -858,7 +858,7 @@ def settings_class(service: str) -> type | None:
 def env_name_problems(service: str, names: Iterable[str], where: str) -> list[str]:
     """``FACEMASK_*`` variables that no setting reads (a typo fails the service at start,
     or, without the service prefix, is silently ignored)."""
-    from facemask.settings import GLOBAL_PREFIX, ServiceSettings
+    from facemask.infra.settings import GLOBAL_PREFIX, ServiceSettings
 
     cls = settings_class(service)
     shared = {GLOBAL_PREFIX + f.upper() for f in ServiceSettings.SHARED_FIELDS}
@@ -885,7 +885,7 @@ def camera_spec_problems(spec: str, where: str) -> list[str]:
     The source is parsed without checking that a local path exists (it exists in the
     image, not here); ``$(VAR)`` placeholders Kubernetes expands are replaced first.
     """
-    from facemask.settings import ConfigError
+    from facemask.infra.settings import ConfigError
     from services.ingest.config import CameraConfig, parse_camera_spec
     from services.ingest.sources import parse_source
 
@@ -952,7 +952,7 @@ def _secret_value(docs: list[dict[str, Any]], container: dict[str, Any], name: s
 def keda_problems(docs: list[dict[str, Any]]) -> list[str]:
     """redis-streams triggers cover exactly the frame streams of the configured layout, for
     the inference consumer group, with both a lag and a pending-entries trigger."""
-    from facemask.streams import StreamLayout
+    from facemask.contracts.streams import StreamLayout
     from services.inference.config import InferenceSettings
 
     problems = []

@@ -166,7 +166,7 @@ def test_two_autoscalers_on_inference_are_reported() -> None:
 
 @needs_kubectl
 def test_keda_triggers_follow_the_stream_layout() -> None:
-    from facemask.streams import StreamLayout
+    from facemask.contracts.streams import StreamLayout
 
     docs = _docs("prod")
     assert checks.keda_problems(docs) == []

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from facemask.localredis import free_port
+from facemask.dev.localredis import free_port
 from tests.deploy import checks
 from tests.fixtures.pipeline import Pipeline, bounded_wait, slideshow_dir
 

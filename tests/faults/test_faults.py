@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import pytest
 
-from facemask.wire import DetectionsEntry, FrameEntry
+from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine
 from services.alerts.rules import Rule
@@ -298,7 +298,7 @@ class Cameras(threading.Thread):
         self._next = [0] * cameras
 
     def run(self) -> None:
-        from facemask.redisconn import connect
+        from facemask.infra.redisconn import connect
 
         client: Any = connect(self.pipe.redis_url)
         tick = time.monotonic()

@@ -17,11 +17,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facemask.localredis import RedisProcess
-from facemask.settings import ConfigError
-from facemask.streams import StreamLayout
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, FrameEntry, WireError
+from facemask.dev.localredis import RedisProcess
+from facemask.infra.settings import ConfigError
 from facemask.v1 import detector_pb2
-from facemask.wire import DetectionsEntry, FrameEntry, WireError
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService
 from services.ingest.config import IngestSettings

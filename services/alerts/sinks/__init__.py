@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from facemask.redisconn import RedisClient
-from facemask.streams import StreamLayout
+from facemask.contracts.streams import StreamLayout
+from facemask.infra.redisconn import RedisClient
 from services.alerts.config import AlertSettings
 
 BUILTIN_MODULES = (

@@ -1,6 +1,6 @@
 """Redis sink: alerts on the alerts stream (``StreamLayout.alerts``), exactly once.
 
-Each alert is ``XADD``-ed as :class:`facemask.wire.AlertEvent` fields (``MAXLEN ~``); the
+Each alert is ``XADD``-ed as :class:`facemask.contracts.wire.AlertEvent` fields (``MAXLEN ~``); the
 ingest nodes' voice prompt (:mod:`services.ingest.voice`) reads that stream. A Lua script
 adds the alert id to a sorted set ``{<alerts key>}:delivered`` (same hash slot as the
 stream) and ``XADD``-s only when the id was new, so a delivery retried after a crash or a
@@ -14,8 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from facemask.redisconn import CONNECTION_ERRORS, RedisClient
-from facemask.wire import AlertEvent
+from facemask.contracts.wire import AlertEvent
+from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
 from services.alerts.config import AlertSettings
 from services.alerts.sinks import Sink, SinkContext, SinkError, register_sink
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import redis
 
-from facemask.localredis import free_port
-from facemask.streams import StreamLayout
-from facemask.wire import DetectionsEntry, FrameEntry, WireDetection
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, FrameEntry, WireDetection
+from facemask.dev.localredis import free_port
 from services.alerts.config import AlertSettings
 from services.alerts.metrics import AlertMetrics
 from services.alerts.service import AlertService

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess
+from facemask.dev.localredis import RedisProcess
 from services.alerts.service import AlertService
 from tests.services.alerts.conftest import (
     PERSON_A,

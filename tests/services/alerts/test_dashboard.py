@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess
+from facemask.dev.localredis import RedisProcess
 from tests.services.alerts.conftest import (
     LAYOUT,
     PERSON_A,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess, free_port
-from facemask.wire import AlertEvent
+from facemask.contracts.wire import AlertEvent
+from facemask.dev.localredis import RedisProcess, free_port
 from services.alerts.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.fixtures.paths import REPO_ROOT
 from tests.services.alerts.conftest import (

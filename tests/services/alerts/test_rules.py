@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from facemask.wire import DetectionsEntry, WireDetection
+from facemask.contracts.wire import DetectionsEntry, WireDetection
 from services.alerts.engine import AlertEngine, alert_id_for
 from services.alerts.rules import Decision, Rule, counts, evaluate, rule_for, violates
 from services.alerts.tracker import Observation, Track

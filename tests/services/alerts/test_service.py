@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess
-from facemask.wire import AlertEvent
+from facemask.contracts.wire import AlertEvent
+from facemask.dev.localredis import RedisProcess
 from services.alerts.consumer import DetectionsConsumer
 from services.alerts.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from services.alerts.store import AlertStore

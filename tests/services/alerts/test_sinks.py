@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess
-from facemask.wire import AlertEvent
+from facemask.contracts.wire import AlertEvent
+from facemask.dev.localredis import RedisProcess
 from services.alerts.metrics import AlertMetrics
 from services.alerts.outbox import OutboxWorker, backoff_delay
 from services.alerts.sinks import (

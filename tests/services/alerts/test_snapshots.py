@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import redis
 
-from facemask.localredis import RedisProcess
-from facemask.wire import FrameEntry, WireDetection
+from facemask.contracts.wire import FrameEntry, WireDetection
+from facemask.dev.localredis import RedisProcess
 from services.alerts.snapshots import LatestFrames, SnapshotStore, fetch_frame, render
 from tests.services.alerts.conftest import LAYOUT
 

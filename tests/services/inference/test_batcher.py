@@ -16,7 +16,7 @@ import pytest
 
 from facemask.core.anchors import generate_anchors
 from facemask.core.preprocess import ImageDecodeError
-from facemask.detector import Detector
+from facemask.model.detector import Detector
 from services.inference.batcher import (
     DeadlineExpiredError,
     DynamicBatcher,

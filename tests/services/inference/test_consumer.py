@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess
-from facemask.streams import StreamLayout
-from facemask.wire import DetectionsEntry, FrameEntry
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.dev.localredis import RedisProcess
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService
 from tests.fixtures.inference import wait_for

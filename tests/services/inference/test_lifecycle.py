@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from facemask.runtime.base import native_bf16
+from facemask.model.runtime.base import native_bf16
 from facemask.v1 import detector_pb2, detector_pb2_grpc
 from tests.fixtures.inference import health_status, wait_for
 from tests.fixtures.paths import REPO_ROOT

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import redis
 
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.core.preprocess import decode_image
 from facemask.core.tiling import TileSpec
-from facemask.detector import Detector
-from facemask.localredis import RedisProcess
-from facemask.streams import StreamLayout
+from facemask.dev.localredis import RedisProcess
+from facemask.model.detector import Detector
 from facemask.v1 import detector_pb2
-from facemask.wire import DetectionsEntry, FrameEntry
 from services.inference.batcher import DynamicBatcher, Job
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import redis
 
-from facemask.streams import StreamLayout
-from facemask.wire import FrameEntry
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import FrameEntry
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
 from services.ingest.worker import IngestWorker

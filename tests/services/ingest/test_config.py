@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from facemask.settings import ConfigError
+from facemask.infra.settings import ConfigError
 from services.ingest.__main__ import configure, overrides_from_args, run
 from services.ingest.config import (
     DEFAULT_BUFFER_FRAMES,

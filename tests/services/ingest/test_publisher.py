@@ -7,10 +7,10 @@ import threading
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess
-from facemask.redisconn import connect
-from facemask.streams import LayoutMismatchError, StreamLayout
-from facemask.wire import FrameEntry
+from facemask.contracts.streams import LayoutMismatchError, StreamLayout
+from facemask.contracts.wire import FrameEntry
+from facemask.dev.localredis import RedisProcess
+from facemask.infra.redisconn import connect
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import OutgoingFrame, Publisher
 from tests.services.ingest.conftest import wait_until

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from facemask.localredis import free_port
-from services.ingest.backoff import Backoff
+from facemask.dev.localredis import free_port
+from facemask.infra.backoff import Backoff
 from services.ingest.sources import (
     FileSource,
     ImageDirSource,

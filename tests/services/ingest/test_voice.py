@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess
-from facemask.streams import StreamLayout
-from facemask.wire import AlertEvent
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import AlertEvent
+from facemask.dev.localredis import RedisProcess
 from services.ingest import voice
 from services.ingest.voice import build_command, ensure_default_clip, write_chime
 from tests.services.ingest.conftest import fast_settings, running, wait_until

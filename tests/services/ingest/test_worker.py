@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import redis
 
-from facemask.localredis import RedisProcess, free_port
-from facemask.streams import StreamLayout
+from facemask.contracts.registry import read_cameras
+from facemask.contracts.streams import StreamLayout
+from facemask.dev.localredis import RedisProcess, free_port
 from services.ingest.config import CameraConfig
-from services.ingest.registry import read_cameras
 from services.ingest.worker import IngestWorker
 from tests.fixtures.paths import REPO_ROOT
 from tests.services.ingest.conftest import (

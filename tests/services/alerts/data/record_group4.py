@@ -23,7 +23,7 @@ STEP = 5  # 25 fps -> 5 fps
 
 
 def main() -> None:
-    from facemask.detector import create_detector
+    from facemask.model.detector import create_detector
 
     detector = create_detector("tensorflow")
     capture = cv2.VideoCapture(str(VIDEO))

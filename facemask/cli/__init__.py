@@ -1,0 +1,81 @@
+"""The ``facemask`` command line (the top layer).
+
+Each sub-command lives in its own module exposing ``configure(parser)`` and ``run(args)``.
+Those modules import heavy libraries (TensorFlow, gRPC) inside ``run`` only, so
+``facemask ingest`` on a Raspberry Pi never loads TensorFlow.
+
+The library's own commands are listed here; the services add theirs through the
+``facemask.commands`` entry-point group (``pyproject.toml``), so the library never names,
+let alone imports, :mod:`services`, and a node without a service's extras simply lacks
+that command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from facemask import __version__
+from facemask.infra.log import setup_logging
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("facemask.cli.models", "fetch and verify the model artifacts"),
+    "detect": ("facemask.cli.detect", "detect masked / unmasked faces in images and videos"),
+    "eval": ("facemask.cli.evaluate", "COCO evaluation of the detector on an annotated set"),
+    "run": ("facemask.cli.run", "run the whole pipeline locally"),
+}
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+ENTRY_POINT_GROUP = "facemask.commands"
+
+
+def _commands() -> dict[str, tuple[str, str]]:
+    """The library's commands plus those the installed services register."""
+    found = dict(COMMANDS)
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, (entry.module, ""))
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(prog="facemask", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"facemask {__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in _commands().items():
+        if not _available(module_name):
+            continue
+        module = importlib.import_module(module_name)
+        text = help_text or getattr(module, "HELP", name)
+        child = sub.add_parser(name, help=text, description=text)
+        module.configure(child)
+        child.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``facemask`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

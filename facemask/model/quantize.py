@@ -1,0 +1,211 @@
+"""Build TFLite models (float32 and post-training int8) from the upstream frozen graph.
+
+The derived files live in the model cache (git-ignored), next to the upstream artifacts,
+and are built at setup by ``facemask models build``. A build is skipped when its
+``<file>.json`` stamp records the same key: the sha256 of the source graph, of the
+calibration images and of the converter version, plus the build options.
+
+The int8 model is quantized post-training (weights and activations int8, float32 input and
+outputs so every runtime feeds it the same tensors), calibrated on a representative set of
+frames: the images of ``../shared/data/facemask-dev`` when present, else the sample images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facemask.core.preprocess import INPUT_SIZE, decode_image, preprocess
+from facemask.model import store as modelstore
+
+logger = logging.getLogger(__name__)
+
+SOURCE_MODEL = "face_mask_detection.pb"
+INPUT_NAME = "data_1"
+OUTPUT_NAMES = ("loc_branch_concat_1/concat", "cls_branch_concat_1/concat")
+VARIANTS: dict[str, str] = {
+    "float32": "face_mask_detection.float32.tflite",
+    "int8": "face_mask_detection.int8.tflite",
+}
+"""Built variant -> file name in the model cache."""
+CALIBRATION_ENV = "FACEMASK_CALIBRATION_DIR"
+DEFAULT_CALIBRATION_LIMIT = 60
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+BUILD_FORMAT = 1  # bump when the conversion recipe changes
+
+
+class QuantizeError(RuntimeError):
+    """The model cannot be built (missing source graph, converter failure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """One built (or already up-to-date) variant."""
+
+    variant: str
+    path: Path
+    built: bool
+    seconds: float
+
+
+def variant_path(variant: str) -> Path:
+    """Path of a built variant in the model cache (it may not exist yet)."""
+    try:
+        return modelstore.cache_dir() / VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}") from None
+
+
+def default_calibration_dir() -> Path | None:
+    """The dev images (``$FACEMASK_CALIBRATION_DIR`` or ``../shared/data/facemask-dev/images``
+    beside the checkout), or None when absent."""
+    override = os.environ.get(CALIBRATION_ENV)
+    if override:
+        return Path(override)
+    candidate = modelstore.SOURCE_ROOT.parent / "shared" / "data" / "facemask-dev" / "images"
+    return candidate if candidate.is_dir() else None
+
+
+def calibration_images(directory: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Calibration image files, sorted: ``directory`` (default: the dev images), else the
+    cached sample images. At most ``limit`` (evenly spread over the sorted list)."""
+    directory = directory if directory is not None else default_calibration_dir()
+    files: list[Path] = []
+    if directory is not None and directory.is_dir():
+        files = sorted(p for p in directory.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        try:
+            files = sorted(modelstore.sample_images())
+        except modelstore.ModelStoreError as exc:
+            raise QuantizeError(f"no calibration images: {exc}") from exc
+    files = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
+    if limit is not None and len(files) > limit:
+        picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
+        files = [files[i] for i in sorted(set(picks.tolist()))]
+    if not files:
+        raise QuantizeError("no calibration images found")
+    return files
+
+
+def calibration_inputs(files: Sequence[Path]) -> Iterator[np.ndarray]:
+    """Model inputs ``[1, 260, 260, 3]`` of each calibration frame: the full frame as the
+    detector sees it, then its four quadrants (what tiled inference feeds the model)."""
+    for path in files:
+        rgb = decode_image(path.read_bytes(), reduce="full").rgb
+        yield preprocess(rgb)[None]
+        height, width = rgb.shape[:2]
+        half_w, half_h = max(1, width // 2), max(1, height // 2)
+        for y0 in (0, height - half_h):
+            for x0 in (0, width - half_w):
+                yield preprocess(rgb[y0 : y0 + half_h, x0 : x0 + half_w])[None]
+
+
+def _files_digest(files: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(modelstore.sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def _import_tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise QuantizeError("building TFLite models needs TensorFlow") from exc
+    return tf
+
+
+def convert(tf: Any, source: Path, variant: str, files: Sequence[Path]) -> bytes:
+    """Convert the frozen graph ``source`` to the TFLite ``variant`` (float32 or int8)."""
+    converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
+        str(source),
+        input_arrays=[INPUT_NAME],
+        output_arrays=list(OUTPUT_NAMES),
+        input_shapes={INPUT_NAME: [1, INPUT_SIZE[1], INPUT_SIZE[0], 3]},
+    )
+    if variant == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for tensor in calibration_inputs(files):
+                yield [tensor]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+    elif variant != "float32":
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    model: bytes = converter.convert()
+    return model
+
+
+def build(
+    variants: Sequence[str] = ("float32", "int8"),
+    *,
+    calibration_dir: Path | None = None,
+    calibration_limit: int = DEFAULT_CALIBRATION_LIMIT,
+    force: bool = False,
+) -> list[BuildResult]:
+    """Build each variant into the model cache unless its stamp is up to date.
+
+    Raises :class:`QuantizeError` when the source graph is not cached or conversion fails.
+    """
+    for variant in variants:
+        variant_path(variant)  # validates the name before any work
+    try:
+        source = modelstore.artifact_path(SOURCE_MODEL)
+    except modelstore.ModelStoreError as exc:
+        raise QuantizeError(str(exc)) from exc
+    source_sha = modelstore.sha256_file(source)
+    files = calibration_images(calibration_dir, calibration_limit)
+    calib_sha = _files_digest(files)
+    tf = _import_tensorflow()
+    results: list[BuildResult] = []
+    for variant in variants:
+        started = time.perf_counter()
+        target = variant_path(variant)
+        stamp_path = target.with_name(target.name + ".json")
+        key = {
+            "format": BUILD_FORMAT,
+            "variant": variant,
+            "source_sha256": source_sha,
+            "calibration_sha256": calib_sha if variant == "int8" else "",
+            "calibration_images": len(files) if variant == "int8" else 0,
+            "converter": f"tensorflow {tf.__version__}",
+        }
+        if not force and target.is_file() and stamp_path.is_file():
+            try:
+                stamp = json.loads(stamp_path.read_text())
+            except (OSError, ValueError):
+                stamp = {}
+            if stamp.get("key") == key and stamp.get("sha256") == modelstore.sha256_file(target):
+                logger.info("%s is up to date", target)
+                results.append(BuildResult(variant, target, False, 0.0))
+                continue
+        try:
+            model = convert(tf, source, variant, files)
+        except Exception as exc:
+            raise QuantizeError(f"converting {source.name} to {variant} failed: {exc}") from exc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(model)
+        tmp.replace(target)
+        stamp_path.write_text(
+            json.dumps({"key": key, "sha256": hashlib.sha256(model).hexdigest()}, indent=1)
+        )
+        seconds = time.perf_counter() - started
+        logger.info("built %s (%d bytes) in %.1f s", target, len(model), seconds)
+        results.append(BuildResult(variant, target, True, seconds))
+    return results
