@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.facemask.commands.test_detect import run_cli  # noqa: F401 (fixture)
+from tests.facemask.cli.test_detect import run_cli  # noqa: F401 (fixture)
 
 
 @pytest.mark.model
