@@ -36,7 +36,7 @@ from facemask.cli.runtime_args import (
 )
 from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
-from facemask.core.types import Detection
+from facemask.core.types import Detections
 from facemask.model.store import ModelStoreError
 
 logger = logging.getLogger(__name__)
@@ -62,11 +62,9 @@ class InputImage:
 
 
 class Backend(Protocol):
-    """Where detection runs: the local detector, or (later) a remote inference server."""
+    """Where detection runs: the local detector, or a remote inference service (``--server``)."""
 
-    def detect(
-        self, images: Sequence[InputImage], *, conf: float, iou: float
-    ) -> list[list[Detection]]:
+    def detect(self, images: Sequence[InputImage], *, conf: float, iou: float) -> list[Detections]:
         """Detections of each image, in order."""
         ...
 
@@ -89,11 +87,9 @@ class LocalBackend:
         self.batch_size = batch_size
         self.tiles = tiles
 
-    def detect(
-        self, images: Sequence[InputImage], *, conf: float, iou: float
-    ) -> list[list[Detection]]:
+    def detect(self, images: Sequence[InputImage], *, conf: float, iou: float) -> list[Detections]:
         """Batched local inference (tiled when the backend has a tile spec)."""
-        result: list[list[Detection]] = self.detector.detect(
+        result: list[Detections] = self.detector.detect(
             [image.rgb for image in images],
             conf=conf,
             iou=iou,
@@ -225,13 +221,11 @@ class RemoteBackend:
         self.batch_size = batch_size
         self.tiles = tiles
 
-    def detect(
-        self, images: Sequence[InputImage], *, conf: float, iou: float
-    ) -> list[list[Detection]]:
+    def detect(self, images: Sequence[InputImage], *, conf: float, iou: float) -> list[Detections]:
         """One request per chunk of ``batch_size`` images."""
         import grpc  # on demand: local runs need no gRPC
 
-        out: list[list[Detection]] = []
+        out: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             blobs = [
                 cv2.imencode(
@@ -274,7 +268,7 @@ def detect_images(
     conf: float,
     iou: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
-) -> Iterator[tuple[InputImage, list[Detection]]]:
+) -> Iterator[tuple[InputImage, Detections]]:
     """Run ``backend`` on ``images`` in chunks of ``batch_size``; yield results in order."""
     chunk: list[InputImage] = []
     for image in images:
@@ -286,14 +280,14 @@ def detect_images(
         yield from zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
 
 
-def result_json(image: InputImage, detections: Sequence[Detection]) -> dict[str, Any]:
+def result_json(image: InputImage, detections: Detections) -> dict[str, Any]:
     """The output object of one image or frame."""
     return {
         "source": image.source,
         "frame": image.frame,
         "width": image.width,
         "height": image.height,
-        "detections": [d.to_json(image.width, image.height) for d in detections],
+        "detections": detections.to_json(image.width, image.height),
     }
 
 
@@ -369,7 +363,7 @@ def _read_video(
 
 
 def _write_annotated(
-    directory: Path, image: InputImage, detections: Sequence[Detection], on_error: ErrorHandler
+    directory: Path, image: InputImage, detections: Detections, on_error: ErrorHandler
 ) -> None:
     from facemask.core.annotate import annotate
 

@@ -40,9 +40,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from facemask.core.types import LABEL_IDS, LABELS, Detections
+
 FORMAT_VERSION = 1
 ENCODINGS = ("jpeg", "png")
-LABELS = ("mask", "no_mask")
 MAX_CAMERA_ID_LEN = 128
 MAX_SIDE = 16384
 MAX_PIXELS = 64_000_000
@@ -187,19 +188,6 @@ class FrameEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class WireDetection:
-    """One face in a detections entry (pixel box of the original frame)."""
-
-    label: str
-    score: float
-    box: tuple[int, int, int, int]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {"label": self.label, "score": round(self.score, 6), "box": list(self.box)}
-
-
-@dataclass(frozen=True, slots=True)
 class DetectionsEntry:
     """The inference result of one frame (or the record that it was skipped)."""
 
@@ -213,7 +201,8 @@ class DetectionsEntry:
     model: str
     status: str = "ok"
     reason: str = ""
-    detections: tuple[WireDetection, ...] = field(default_factory=tuple)
+    detections: Detections = field(default_factory=Detections.empty)
+    """The faces, image-relative; on the wire as integer pixel boxes of ``width`` x ``height``."""
     runs: int = 1
 
     def to_fields(self) -> dict[str, str]:
@@ -230,7 +219,9 @@ class DetectionsEntry:
             "w": str(self.width),
             "h": str(self.height),
             "model": self.model,
-            "dets": json.dumps([d.to_json() for d in self.detections], separators=(",", ":")),
+            "dets": json.dumps(
+                self.detections.to_json(self.width, self.height, digits=6), separators=(",", ":")
+            ),
             "runs": str(self.runs),
         }
 
@@ -250,7 +241,7 @@ class DetectionsEntry:
             raise WireError("bad_detections", "field 'dets' is not JSON") from exc
         if not isinstance(raw, list):
             raise WireError("bad_detections", "field 'dets' is not a list")
-        dets = tuple(_parse_detection(d, width, height) for d in raw)
+        dets = parse_detections(raw, width, height)
         return cls(
             camera_id=camera,
             frame_id=_int(f, "frame", 0, 2**63 - 1),
@@ -267,26 +258,44 @@ class DetectionsEntry:
         )
 
 
-def _parse_detection(raw: Any, width: int, height: int) -> WireDetection:
-    if not isinstance(raw, dict):
-        raise WireError("bad_detections", "a detection is not an object")
-    label = raw.get("label")
-    if label not in LABELS:
-        raise WireError("bad_detections", f"label {str(label)[:16]!r}")
-    score = raw.get("score")
-    if not isinstance(score, int | float) or not 0.0 <= float(score) <= 1.0:
-        raise WireError("bad_detections", f"score {str(score)[:16]!r}")
-    box = raw.get("box")
-    if (
-        not isinstance(box, list)
-        or len(box) != 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-    ):
-        raise WireError("bad_detections", "box is not 4 integers")
-    x1, y1, x2, y2 = box
-    if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
-        raise WireError("bad_detections", f"box {box} outside the {width}x{height} frame")
-    return WireDetection(label, float(score), (x1, y1, x2, y2))
+def parse_detections(raw: Any, width: int, height: int) -> Detections:
+    """The ``dets`` list of a detections entry (parsed JSON) of a ``width`` x ``height``
+    frame; raises :class:`WireError` ``bad_detections``."""
+    if not isinstance(raw, list):
+        raise WireError("bad_detections", "field 'dets' is not a list")
+    boxes: list[list[int]] = []
+    scores: list[float] = []
+    labels: list[str] = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise WireError("bad_detections", "a detection is not an object")
+        label = item.get("label")
+        if label not in LABELS:
+            raise WireError("bad_detections", f"label {str(label)[:16]!r}")
+        score = item.get("score")
+        if (
+            not isinstance(score, int | float)
+            or isinstance(score, bool)
+            or not 0.0 <= float(score) <= 1.0
+        ):
+            raise WireError("bad_detections", f"score {str(score)[:16]!r}")
+        box = item.get("box")
+        if (
+            not isinstance(box, list)
+            or len(box) != 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+        ):
+            raise WireError("bad_detections", "box is not 4 integers")
+        x1, y1, x2, y2 = box
+        if not (0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height):
+            raise WireError("bad_detections", f"box {box} outside the {width}x{height} frame")
+        boxes.append(box)
+        scores.append(float(score))
+        labels.append(label)
+    if not boxes:
+        return Detections.empty()
+    ids = [LABEL_IDS[label] for label in labels]
+    return Detections.from_pixels(boxes, scores, ids, width, height)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,14 @@ from facemask.core.preprocess import (
     preprocess,
     preprocess_batch,
 )
-from facemask.core.types import LABELS, Detection
+from facemask.core.types import LABELS, Detections
 
 __all__ = [
     "INPUT_SIZE",
     "LABELS",
     "NUM_ANCHORS",
     "DecodedImage",
-    "Detection",
+    "Detections",
     "ImageDecodeError",
     "decode_boxes",
     "decode_image",

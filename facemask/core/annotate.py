@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import cv2
 import numpy as np
 
-from facemask.core.types import Detection
+from facemask.core.types import LABELS, Detections
 
 COLOURS_RGB: dict[str, tuple[int, int, int]] = {
     "mask": (0, 255, 0),
@@ -24,7 +22,7 @@ def colour(label: str, *, bgr: bool = False) -> tuple[int, int, int]:
 
 def annotate(
     image: np.ndarray,
-    detections: Iterable[Detection],
+    detections: Detections,
     *,
     bgr: bool = False,
     copy: bool = True,
@@ -41,11 +39,14 @@ def annotate(
     height, width = out.shape[:2]
     scale = max(0.4, min(width, height) / 800)
     thickness = max(2, round(2 * scale))
-    for det in detections:
-        x1, y1, x2, y2 = det.box_pixels(width, height)
-        col = colour(det.label, bgr=bgr)
+    boxes = detections.pixels(width, height).tolist()
+    for (x1, y1, x2, y2), score, class_id in zip(
+        boxes, detections.scores.tolist(), detections.class_ids.tolist(), strict=True
+    ):
+        label = LABELS[class_id]
+        col = colour(label, bgr=bgr)
         cv2.rectangle(out, (x1, y1), (x2, y2), col, thickness)
-        text = f"{det.label} {det.score:.2f}"
+        text = f"{label} {score:.2f}"
         (tw, th), baseline = cv2.getTextSize(text, _FONT, 0.6 * scale, max(1, thickness // 2))
         # Label on a filled strip above the box, or inside it at the top edge of the image.
         top = y1 - th - baseline - 2 if y1 - th - baseline - 2 >= 0 else y1

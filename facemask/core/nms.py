@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from facemask.core.boxes import decode_boxes
-from facemask.core.types import Detection
+from facemask.core.types import Detections
 
 _AREA_EPS = 1e-3  # upstream adds it to the width and height of each box's area
 
@@ -59,8 +59,8 @@ def postprocess(
     iou: float,
     *,
     max_detections: int | None = None,
-) -> list[Detection]:
-    """Detections of one image from its raw outputs ``[N, 4]`` and ``[N, 2]``.
+) -> Detections:
+    """Detections of one image from its raw outputs ``loc [A, 4]`` and ``cls [A, C]``.
 
     Score is the larger of the two sigmoid outputs, the class its index; only the boxes
     above ``conf`` are decoded (element-wise, so identical to decoding all), then NMS.
@@ -70,20 +70,8 @@ def postprocess(
     scores = raw_cls_i.max(axis=1)
     candidates = np.flatnonzero(scores > conf)
     if candidates.size == 0:
-        return []
+        return Detections.empty()
     boxes = decode_boxes(raw_loc_i[candidates], anchors[candidates])
     classes = raw_cls_i[candidates].argmax(axis=1)
     keep = nms(boxes, scores[candidates], conf, iou, max_detections)
-    return [
-        Detection(
-            class_id=int(classes[k]),
-            score=float(scores[candidates[k]]),
-            box_norm=(
-                float(boxes[k, 0]),
-                float(boxes[k, 1]),
-                float(boxes[k, 2]),
-                float(boxes[k, 3]),
-            ),
-        )
-        for k in keep
-    ]
+    return Detections(boxes[keep], scores[candidates[keep]], classes[keep])

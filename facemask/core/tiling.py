@@ -19,7 +19,7 @@ import numpy as np
 
 from facemask.core.nms import nms
 from facemask.core.preprocess import INPUT_SIZE
-from facemask.core.types import Detection
+from facemask.core.types import Detections
 
 Window = tuple[int, int, int, int]
 """A pixel window ``(x0, y0, x1, y1)`` of a frame (``x1``, ``y1`` exclusive)."""
@@ -203,24 +203,26 @@ def crop(rgb: np.ndarray, window: Window, width: int, height: int) -> np.ndarray
     return rgb[cy0:cy1, cx0:cx1]
 
 
-def _touches_inner_border(
-    box: tuple[float, float, float, float], window: Window, width: int, height: int
-) -> bool:
-    """True when a box (pixels of the frame) reaches a border of ``window`` that is not a
-    border of the frame: the tile cut the face, another window sees it whole."""
+def _touches_inner_border(px: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
+    """Boolean ``[N]``: which pixel boxes ``px [N, 4]`` (of the frame) reach a border of
+    ``window`` that is not a border of the frame: the tile cut the face, another window
+    sees it whole."""
     x0, y0, x1, y1 = window
-    bx1, by1, bx2, by2 = box
     m = BORDER_MARGIN_PX
-    return (
-        (x0 > 0 and bx1 <= x0 + m)
-        or (y0 > 0 and by1 <= y0 + m)
-        or (x1 < width and bx2 >= x1 - m)
-        or (y1 < height and by2 >= y1 - m)
-    )
+    touches = np.zeros(len(px), dtype=bool)
+    if x0 > 0:
+        touches |= px[:, 0] <= x0 + m
+    if y0 > 0:
+        touches |= px[:, 1] <= y0 + m
+    if x1 < width:
+        touches |= px[:, 2] >= x1 - m
+    if y1 < height:
+        touches |= px[:, 3] >= y1 - m
+    return touches
 
 
 def map_detections(
-    dets_per_window: Sequence[Sequence[Detection]],
+    dets_per_window: Sequence[Detections],
     windows: Sequence[Window],
     width: int,
     height: int,
@@ -228,7 +230,7 @@ def map_detections(
     iou: float,
     class_agnostic: bool = True,
     max_detections: int | None = None,
-) -> list[Detection]:
+) -> Detections:
     """Merge the detections of each window into frame-normalised detections.
 
     Each window's boxes (normalised to the window) are mapped to the frame; boxes of a tile
@@ -241,40 +243,31 @@ def map_detections(
     if len(dets_per_window) != len(windows):
         raise ValueError("one detection list is needed per window")
     if len(windows) == 1 and windows[0] == (0, 0, width, height):
-        return list(dets_per_window[0])
-    mapped: list[Detection] = []
+        return dets_per_window[0]
+    frame = np.array([width, height, width, height], dtype=np.float64)
+    mapped: list[Detections] = []
     for dets, window in zip(dets_per_window, windows, strict=True):
+        if window == (0, 0, width, height):
+            mapped.append(dets)
+            continue
         x0, y0, x1, y1 = window
-        full = window == (0, 0, width, height)
-        win_w, win_h = x1 - x0, y1 - y0
-        for det in dets:
-            if full:
-                mapped.append(det)
-                continue
-            nx1, ny1, nx2, ny2 = det.box_norm
-            px = (x0 + nx1 * win_w, y0 + ny1 * win_h, x0 + nx2 * win_w, y0 + ny2 * win_h)
-            if _touches_inner_border(px, window, width, height):
-                continue
-            mapped.append(
-                Detection(
-                    class_id=det.class_id,
-                    score=det.score,
-                    box_norm=(px[0] / width, px[1] / height, px[2] / width, px[3] / height),
-                )
-            )
-    if not mapped:
-        return []
-    boxes = np.array([d.box_norm for d in mapped], dtype=np.float64)
-    scores = np.array([d.score for d in mapped], dtype=np.float64)
+        origin = np.array([x0, y0, x0, y0], dtype=np.float64)
+        extent = np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0], dtype=np.float64)
+        px = origin + dets.xyxy * extent
+        inside = ~_touches_inner_border(px, window, width, height)
+        mapped.append(Detections(px[inside] / frame, dets.scores[inside], dets.class_ids[inside]))
+    union = Detections.concat(mapped)
+    if not len(union):
+        return union
+    boxes, scores = union.xyxy, union.scores
     if class_agnostic:
-        keep = nms(boxes, scores, -np.inf, iou, max_detections).tolist()
+        keep = nms(boxes, scores, -np.inf, iou, max_detections)
     else:
-        classes = np.array([d.class_id for d in mapped])
-        keep = []
-        for cls in np.unique(classes):
-            idx = np.flatnonzero(classes == cls)
-            keep.extend(idx[nms(boxes[idx], scores[idx], -np.inf, iou)].tolist())
-        keep.sort(key=lambda k: -scores[k])
-        if max_detections is not None:
-            keep = keep[:max_detections]
-    return [mapped[k] for k in keep]
+        classes = union.class_ids
+        parts = [
+            idx[nms(boxes[idx], scores[idx], -np.inf, iou)]
+            for idx in (np.flatnonzero(classes == cls) for cls in np.unique(classes))
+        ]
+        keep = np.concatenate(parts)
+        keep = keep[np.argsort(-scores[keep], kind="stable")][:max_detections]
+    return union[keep]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from facemask.core.types import Detection
+from facemask.contracts.proto import detections_from_proto
+from facemask.core.types import Detections
 from facemask.v1 import detector_pb2, detector_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -20,21 +21,10 @@ class RemoteResult:
 
     width: int
     height: int
-    detections: list[Detection]
-    boxes: list[tuple[int, int, int, int]]  # the server's pixel boxes (reference rounding)
+    detections: Detections
     batch_size: int
     queue_seconds: float
     compute_seconds: float
-
-
-def detection_from_proto(message: detector_pb2.Detection) -> Detection:
-    """The library's :class:`Detection` from its wire message (unclipped normalised box)."""
-    box = message.box_normalized
-    return Detection(
-        class_id=int(message.label) - 1,
-        score=float(message.score),
-        box_norm=(float(box.x1), float(box.y1), float(box.x2), float(box.y2)),
-    )
 
 
 class RemoteDetector:
@@ -96,8 +86,7 @@ class RemoteDetector:
             RemoteResult(
                 width=r.width,
                 height=r.height,
-                detections=[detection_from_proto(d) for d in r.detections],
-                boxes=[(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in r.detections],
+                detections=detections_from_proto(list(r.detections)),
                 batch_size=r.timings.batch_size,
                 queue_seconds=r.timings.queue_seconds,
                 compute_seconds=r.timings.compute_seconds,

@@ -17,7 +17,7 @@ from facemask.core.anchors import generate_anchors
 from facemask.core.nms import postprocess as postprocess_one
 from facemask.core.preprocess import preprocess_batch
 from facemask.core.tiling import TileSpec, crop, map_detections, tile_windows
-from facemask.core.types import Detection
+from facemask.core.types import Detections
 from facemask.model import store as modelstore
 from facemask.model.runtime import create_runtime
 from facemask.model.runtime.base import Runtime
@@ -91,7 +91,7 @@ class Detector:
         cls: np.ndarray,
         conf: float | None = None,
         iou: float | None = None,
-    ) -> list[Detection]:
+    ) -> Detections:
         """Detections of one image from its raw outputs ``loc [5972, 4]``, ``cls [5972, 2]``."""
         return postprocess_one(
             loc,
@@ -110,7 +110,7 @@ class Detector:
         batch_size: int = DEFAULT_BATCH_SIZE,
         tiles: TileSpec | None = None,
         sizes: Sequence[tuple[int, int]] | None = None,
-    ) -> list[list[Detection]]:
+    ) -> list[Detections]:
         """Detections of each RGB uint8 image (any sizes), in input order.
 
         Images are pre-processed and run in chunks of ``batch_size``; results do not
@@ -129,9 +129,9 @@ class Detector:
 
     def _run(
         self, images: Sequence[np.ndarray], conf: float | None, iou: float | None, batch_size: int
-    ) -> list[list[Detection]]:
+    ) -> list[Detections]:
         """Pre-process, infer and post-process ``images`` in chunks of ``batch_size``."""
-        results: list[list[Detection]] = []
+        results: list[Detections] = []
         for start in range(0, len(images), batch_size):
             loc, cls = self.infer(preprocess_batch(images[start : start + batch_size]))
             results.extend(self.postprocess(loc[i], cls[i], conf, iou) for i in range(len(loc)))
@@ -145,7 +145,7 @@ class Detector:
         iou: float | None,
         batch_size: int,
         sizes: Sequence[tuple[int, int]] | None,
-    ) -> list[list[Detection]]:
+    ) -> list[Detections]:
         """:meth:`detect` with tiles: every window of every image is one batch item."""
         if sizes is not None and len(sizes) != len(images):
             raise ValueError("one size is needed per image")
@@ -158,7 +158,7 @@ class Detector:
             crops.extend(crop(rgb, window, width, height) for window in windows)
         per_window = self._run(crops, conf, iou, batch_size)
         merge_iou = self.iou if iou is None else float(iou)
-        results: list[list[Detection]] = []
+        results: list[Detections] = []
         offset = 0
         for width, height, windows in plans:
             dets = per_window[offset : offset + len(windows)]

@@ -26,9 +26,9 @@ import numpy as np
 
 from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
 from facemask.core.tiling import TileSpec
+from facemask.core.types import Detections
 
 if TYPE_CHECKING:
-    from facemask.core.types import Detection
     from facemask.model.detector import Detector
 
 logger = logging.getLogger(__name__)
@@ -172,42 +172,42 @@ def category_id(class_id: int) -> int:
         raise ValueError(f"unknown detector class_id {class_id}") from None
 
 
-def coco_box(
-    detection: Detection, width: int, height: int, *, unrounded: bool = False
-) -> list[float]:
-    """COCO ``[x, y, w, h]`` in pixels of one detection on a ``width`` x ``height`` image.
+def coco_boxes(
+    detections: Detections, width: int, height: int, *, unrounded: bool = False
+) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` boxes ``[N, 4]`` (float64 pixels) on a ``width`` x ``height`` image.
 
-    Default: the integer box ``detect`` prints (``Detection.box_pixels``: truncated, clipped).
-    ``unrounded``: the float box ``box_norm * size`` clipped to ``[0, width] x [0, height]``.
+    Default: the integer boxes ``detect`` prints (:meth:`Detections.pixels`: truncated,
+    clipped). ``unrounded``: the float boxes ``xyxy * size`` clipped to the image.
     """
     if unrounded:
-        x1, y1, x2, y2 = detection.box_norm
-        fx1 = min(max(float(x1) * width, 0.0), float(width))
-        fy1 = min(max(float(y1) * height, 0.0), float(height))
-        fx2 = min(max(float(x2) * width, 0.0), float(width))
-        fy2 = min(max(float(y2) * height, 0.0), float(height))
-        return [fx1, fy1, max(fx2 - fx1, 0.0), max(fy2 - fy1, 0.0)]
-    ix1, iy1, ix2, iy2 = detection.box_pixels(width, height)
-    return [float(ix1), float(iy1), float(ix2 - ix1), float(iy2 - iy1)]
+        xyxy = detections.pixels_float(width, height)
+    else:
+        xyxy = detections.pixels(width, height).astype(np.float64)
+    wh = np.maximum(xyxy[:, 2:] - xyxy[:, :2], 0.0)
+    return np.concatenate([xyxy[:, :2], wh], axis=1)
 
 
 def to_coco_results(
     image_id: int,
-    detections: Sequence[Detection],
+    detections: Detections,
     width: int,
     height: int,
     *,
     unrounded: bool = False,
 ) -> list[dict[str, Any]]:
     """COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``) of one image."""
+    boxes = coco_boxes(detections, width, height, unrounded=unrounded).tolist()
     return [
         {
             "image_id": image_id,
-            "category_id": category_id(det.class_id),
-            "bbox": coco_box(det, width, height, unrounded=unrounded),
-            "score": float(det.score),
+            "category_id": category_id(class_id),
+            "bbox": box,
+            "score": score,
         }
-        for det in detections
+        for class_id, box, score in zip(
+            detections.class_ids.tolist(), boxes, detections.scores.tolist(), strict=True
+        )
     ]
 
 
@@ -304,7 +304,7 @@ class ImageDetections:
     image_id: int
     width: int
     height: int
-    detections: list[Detection]
+    detections: Detections
 
 
 def _chunks(items: Sequence[GroundTruthImage], size: int) -> Iterator[Sequence[GroundTruthImage]]:
@@ -366,7 +366,7 @@ def detect_images(
             sizes=[(d.width, d.height) for d in decoded],
         )
         for item, image, dets in zip(chunk, decoded, per_image, strict=True):
-            out.append(ImageDetections(item.image_id, image.width, image.height, list(dets)))
+            out.append(ImageDetections(item.image_id, image.width, image.height, dets))
         if progress is not None:
             progress(len(out), len(images))
     return out

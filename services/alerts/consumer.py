@@ -348,7 +348,7 @@ class DetectionsConsumer:
                 extra={"camera_id": alert.camera_id, "frame_sid": alert.frame_sid},
             )
         else:
-            image = render(frame, alert.detections, alert.width, alert.height)
+            image = render(frame, alert.detections)
             if image is None:
                 logger.warning("alert frame does not decode", extra={"frame_sid": alert.frame_sid})
             else:
@@ -375,7 +375,7 @@ class DetectionsConsumer:
             box=alert.box,
             width=alert.width,
             height=alert.height,
-            detections=[d.to_json() for d in alert.detections],
+            detections=alert.detections.to_json(alert.width, alert.height, digits=6),
             camera_name=name,
             place=place,
             message=f"Person without a mask at {where}",

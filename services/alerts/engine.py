@@ -22,9 +22,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from facemask.contracts.wire import DetectionsEntry, WireDetection
-from services.alerts.rules import Decision, Rule, best_score, complies, evaluate, rule_for
-from services.alerts.tracker import IouTracker, Observation, TrackerConfig
+from facemask.contracts.wire import DetectionsEntry
+from facemask.core.types import Detections
+from services.alerts.rules import (
+    Decision,
+    Rule,
+    best_score,
+    complies,
+    confidently_masked,
+    counting,
+    evaluate,
+    rule_for,
+)
+from services.alerts.tracker import IouTracker, TrackerConfig
 
 RECENT_FRAMES = 256
 FPS_WINDOW = 10.0
@@ -51,7 +61,7 @@ class NewAlert:
     box: tuple[int, int, int, int]
     width: int
     height: int
-    detections: tuple[WireDetection, ...]
+    detections: Detections
     rule: Rule
 
 
@@ -229,24 +239,21 @@ class AlertEngine:
                 "ts": entry.capture_ts,
                 "w": entry.width,
                 "h": entry.height,
-                "dets": [d.to_json() for d in entry.detections],
+                "dets": entry.detections.to_json(entry.width, entry.height, digits=6),
                 "status": entry.status,
             }
-            outcome = EntryOutcome(faces=[d.label for d in entry.detections])
+            outcome = EntryOutcome(faces=entry.detections.labels)
             if entry.status != "ok":
                 # Not run through the model: no evidence either way, tracks keep waiting.
                 return outcome
             rule = self.rule(entry.camera_id)
-            observations = [Observation(d.label, d.score, d.box) for d in entry.detections]
-            tracks = camera.tracker.update(observations, entry.capture_ts)
-            masked = total = 0
-            for obs in observations:
-                if obs.score >= rule.min_score and obs.size >= rule.min_face:
-                    total += 1
-                    masked += obs.label == "mask"
+            faces, size = entry.detections, (entry.width, entry.height)
+            tracks = camera.tracker.update(faces, entry.width, entry.height, entry.capture_ts)
+            masked = int(confidently_masked(faces, size, rule).sum())
+            total = masked + int(counting(faces, size, rule).sum())
             camera.count_faces(entry.capture_ts, masked, total, self.compliance_window)
             for track in tracks:
-                if track.alerted and complies(track.history, rule):
+                if track.alerted and complies(track, rule):
                     track.alerted = False  # masked again: the next violation alerts
                 decision = evaluate(track, rule, entry.capture_ts, camera.last_alert_ts)
                 if decision is Decision.COOLDOWN:

@@ -20,13 +20,18 @@ hold ``k`` unmasked ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
-from itertools import islice
 from typing import Any
 
-from services.alerts.tracker import Observation, Track
+import numpy as np
+
+from facemask.core.types import LABEL_IDS, Detections
+from services.alerts.tracker import Track
+
+MASK = LABEL_IDS["mask"]
+NO_MASK = LABEL_IDS["no_mask"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,38 +68,44 @@ class Decision(Enum):
     ALERT = "alert"
 
 
-def counts(obs: Observation, rule: Rule) -> bool:
-    """True when the face counts as unmasked for the rule."""
-    return obs.label == "no_mask" and obs.score >= rule.min_score and obs.size >= rule.min_face
-
-
-def unmasked_in_window(history: Iterable[Observation], rule: Rule) -> int:
-    """How many of the last ``n`` observations (newest last) count as unmasked."""
-    recent = list(history)[-rule.n :]
-    return sum(1 for obs in recent if counts(obs, rule))
-
-
-def violates(history: Iterable[Observation], rule: Rule) -> bool:
-    """At least ``k`` of the last ``n`` observations count as unmasked."""
-    return unmasked_in_window(history, rule) >= rule.k
-
-
-def complies(history: Iterable[Observation], rule: Rule) -> bool:
-    """At least ``k`` of the last ``n`` observations are confidently masked faces."""
-    recent = list(history)[-rule.n :]
-    masked = sum(
-        1
-        for obs in recent
-        if obs.label == "mask" and obs.score >= rule.min_score and obs.size >= rule.min_face
+def counting(faces: Detections, size: tuple[int, int], rule: Rule) -> np.ndarray:
+    """Boolean ``[N]``: which faces (of a ``size`` frame) count as unmasked for the rule."""
+    return (
+        (faces.class_ids == NO_MASK)
+        & (faces.scores >= rule.min_score)
+        & (faces.min_sides(*size) >= rule.min_face)
     )
-    return masked >= rule.k
+
+
+def confidently_masked(faces: Detections, size: tuple[int, int], rule: Rule) -> np.ndarray:
+    """Boolean ``[N]``: which faces are masked, above ``min_score`` and ``min_face``."""
+    return (
+        (faces.class_ids == MASK)
+        & (faces.scores >= rule.min_score)
+        & (faces.min_sides(*size) >= rule.min_face)
+    )
+
+
+def unmasked_in_window(track: Track, rule: Rule) -> int:
+    """How many of the track's last ``n`` faces count as unmasked."""
+    return int(counting(track.history[-rule.n :], track.size, rule).sum())
+
+
+def violates(track: Track, rule: Rule) -> bool:
+    """At least ``k`` of the last ``n`` faces count as unmasked."""
+    return unmasked_in_window(track, rule) >= rule.k
+
+
+def complies(track: Track, rule: Rule) -> bool:
+    """At least ``k`` of the last ``n`` faces are confidently masked."""
+    return int(confidently_masked(track.history[-rule.n :], track.size, rule).sum()) >= rule.k
 
 
 def evaluate(track: Track, rule: Rule, ts: float, last_alert_ts: float | None) -> Decision:
     """Whether ``track``, just observed at capture time ``ts``, raises an alert now."""
-    if not track.history or not counts(track.last, rule):
+    if not len(track.history) or not counting(track.last, track.size, rule)[0]:
         return Decision.NONE
-    if not violates(track.history, rule):
+    if not violates(track, rule):
         return Decision.NONE
     if track.alerted:
         return Decision.ALREADY
@@ -105,8 +116,9 @@ def evaluate(track: Track, rule: Rule, ts: float, last_alert_ts: float | None) -
 
 def best_score(track: Track, rule: Rule) -> float:
     """Highest unmasked score among the last ``n`` observations (the alert's score)."""
-    recent = list(islice(reversed(track.history), rule.n))
-    return max((o.score for o in recent if counts(o, rule)), default=0.0)
+    recent = track.history[-rule.n :]
+    scores = recent.scores[counting(recent, track.size, rule)]
+    return float(scores.max()) if scores.size else 0.0
 
 
 def rule_for(camera_id: str, default: Rule, overrides: Mapping[str, Mapping[str, Any]]) -> Rule:

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,35 +30,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from facemask.contracts.wire import FrameEntry, WireDetection, WireError
+from facemask.contracts.wire import FrameEntry, WireError, parse_detections
 from facemask.core.annotate import annotate
-from facemask.core.types import LABELS, Detection
+from facemask.core.types import Detections
 from facemask.infra.redisconn import RedisClient
 
 logger = logging.getLogger(__name__)
 
 THUMB_WIDTH = 320
-
-
-def to_detections(
-    dets: Iterable[WireDetection | Mapping[str, Any]], width: int, height: int
-) -> list[Detection]:
-    """Pixel-box detections of a ``width`` x ``height`` frame as normalised detections."""
-    out = []
-    for det in dets:
-        if isinstance(det, WireDetection):
-            label, score, box = det.label, det.score, det.box
-        else:
-            label, score, box = str(det["label"]), float(det["score"]), tuple(det["box"])
-        x1, y1, x2, y2 = box
-        out.append(
-            Detection(
-                LABELS.index(label),
-                float(score),
-                (x1 / width, y1 / height, x2 / width, y2 / height),
-            )
-        )
-    return out
 
 
 def fetch_frame(client: RedisClient, frames_stream: str, sid: str) -> FrameEntry | None:
@@ -88,17 +67,18 @@ def decode_bgr(frame: FrameEntry, max_side: int = 0) -> np.ndarray | None:
 
 def render(
     frame: FrameEntry,
-    dets: Sequence[WireDetection | Mapping[str, Any]],
-    width: int,
-    height: int,
+    detections: Detections,
     *,
     max_side: int = 0,
 ) -> np.ndarray | None:
-    """The frame with its detections drawn (BGR); None when the image does not decode."""
+    """The frame with its detections drawn (BGR); None when the image does not decode.
+
+    The boxes are image-relative, so they land right on a frame decoded at reduced scale.
+    """
     image = decode_bgr(frame, max_side)
     if image is None:
         return None
-    return annotate(image, to_detections(dets, width, height), bgr=True, copy=False)
+    return annotate(image, detections, bgr=True, copy=False)
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -250,7 +230,11 @@ class LatestFrames:
                 return None
             frame = fetch_frame(self.client, frames_stream, str(latest["frame_sid"]))
             image = (
-                render(frame, latest["dets"], latest["w"], latest["h"], max_side=self.max_side)
+                render(
+                    frame,
+                    parse_detections(latest["dets"], int(latest["w"]), int(latest["h"])),
+                    max_side=self.max_side,
+                )
                 if frame is not None
                 else None
             )

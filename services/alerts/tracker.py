@@ -1,117 +1,171 @@
 """A small IoU tracker: associates the faces of one camera across frames.
 
-Greedy association: every (track, detection) pair whose IoU reaches ``min_iou`` is a
-candidate; candidates are taken best IoU first, each track and each detection at most
-once. Unmatched detections start new tracks; a track that is not matched for more than
+Greedy association: every (track, detection) pair whose IoU (of integer pixel boxes, one
+vectorised ``[tracks, faces]`` matrix per frame) reaches ``min_iou`` is a candidate;
+candidates are taken best IoU first, each track and each detection at most once.
+Unmatched detections start new tracks; a track that is not matched for more than
 ``max_missed`` frames, or not seen for more than ``max_gap`` seconds, ends. The label is
 not used for association: a face whose label flickers between ``mask`` and ``no_mask``
 stays one track, which is what the K-of-N rule needs.
 
 The tracker is pure (no clock, no I/O): time comes from the frames' capture timestamps,
-so replaying the same entries gives the same tracks, and its whole state serialises to a
-small JSON-ready dict (:meth:`IouTracker.to_dict` / :meth:`IouTracker.from_dict`), which
-the alert service stores with every batch it commits.
+so replaying the same entries gives the same tracks. A track's recent faces are a
+:class:`~facemask.core.types.Detections` of its frame size. The whole state serialises to
+a small JSON-ready dict (each face ``[label, score, x1, y1, x2, y2]`` in pixels;
+:meth:`IouTracker.to_dict` / :meth:`IouTracker.from_dict`), which the alert service
+stores with every batch it commits.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from facemask.core.types import LABEL_IDS, LABELS, Detections
 
 Box = tuple[int, int, int, int]
 HISTORY_CAP = 1000
 
 
+def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
+    """IoU of every pair of pixel boxes: ``a [M, 4]`` x ``b [N, 4]`` -> float64 ``[M, N]``.
+
+    Boxes are ``(x1, y1, x2, y2)``; disjoint or degenerate pairs have IoU 0.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.maximum(0.0, ix2 - ix1) * np.maximum(0.0, iy2 - iy1)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=inter > 0)
+    return out
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two ``(x1, y1, x2, y2)`` pixel boxes (0 when disjoint)."""
-    ix1, iy1 = max(a[0], b[0]), max(a[1], b[1])
-    ix2, iy2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0, ix2 - ix1) * max(0, iy2 - iy1)
-    if inter == 0:
-        return 0.0
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    area_b = (b[2] - b[0]) * (b[3] - b[1])
-    return inter / float(area_a + area_b - inter)
+    return float(iou_matrix([a], [b])[0, 0])
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One face as the rules see it (label, score, pixel box)."""
+def greedy_match(overlaps: np.ndarray, min_iou: float) -> dict[int, int]:
+    """``{column: row}`` of a greedy assignment on an ``[rows, columns]`` IoU matrix.
 
-    label: str
-    score: float
-    box: Box
-
-    @property
-    def size(self) -> int:
-        """The smaller side of the box in pixels."""
-        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
-
-    def to_list(self) -> list[Any]:
-        """Compact JSON form ``[label, score, x1, y1, x2, y2]``."""
-        return [self.label, round(self.score, 4), *self.box]
-
-    @classmethod
-    def from_list(cls, raw: Sequence[Any]) -> Observation:
-        """Inverse of :meth:`to_list`."""
-        label, score, x1, y1, x2, y2 = raw
-        return cls(str(label), float(score), (int(x1), int(y1), int(x2), int(y2)))
+    Pairs reaching ``min_iou`` are taken best IoU first (ties: lower row, then lower
+    column), each row and each column at most once.
+    """
+    rows, cols = np.nonzero(overlaps >= min_iou)
+    order = np.lexsort((cols, rows, -overlaps[rows, cols]))
+    assigned: dict[int, int] = {}
+    used_rows: set[int] = set()
+    for row, col in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
+        if row in used_rows or col in assigned:
+            continue
+        used_rows.add(row)
+        assigned[col] = row
+    return assigned
 
 
 @dataclass(slots=True)
 class Track:
-    """One face followed across frames."""
+    """One face followed across frames; ``history`` holds its last faces (oldest first)
+    in a ``size`` (width, height) frame."""
 
     track_id: int
     box: Box
     first_ts: float
     last_ts: float
-    history: deque[Observation] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
+    size: tuple[int, int]
+    history: Detections = field(default_factory=Detections.empty)
+    history_len: int = HISTORY_CAP
     missed: int = 0
     hits: int = 0
     alerted: bool = False
 
     @property
-    def last(self) -> Observation:
-        """The latest observation."""
-        return self.history[-1]
+    def last(self) -> Detections:
+        """The latest face (one row)."""
+        return self.history[-1:]
 
-    def observe(self, obs: Observation, ts: float) -> None:
-        """Record a matched detection."""
-        self.history.append(obs)
-        self.box = obs.box
+    def observe(self, face: Detections, box: Box, size: tuple[int, int], ts: float) -> None:
+        """Record a matched face (one row) with its pixel box in a ``size`` frame."""
+        if size != self.size and len(self.history):
+            # The camera changed resolution: keep the history's pixels in the new frame.
+            old_w, old_h = self.size
+            self.history = Detections.from_pixels(
+                self.history.pixels(old_w, old_h),
+                self.history.scores,
+                self.history.class_ids,
+                *size,
+            )
+        self.size = size
+        self.history = Detections.concat([self.history, face])[-self.history_len :]
+        self.box = box
         self.last_ts = ts
         self.missed = 0
         self.hits += 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state."""
+        pixels = self.history.pixels(*self.size).tolist()
         return {
             "id": self.track_id,
             "box": list(self.box),
+            "size": list(self.size),
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
             "missed": self.missed,
             "hits": self.hits,
             "alerted": self.alerted,
-            "history": [o.to_list() for o in self.history],
+            "history": [
+                [LABELS[c], round(s, 4), *px]
+                for c, s, px in zip(
+                    self.history.class_ids.tolist(),
+                    self.history.scores.tolist(),
+                    pixels,
+                    strict=True,
+                )
+            ],
         }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], history_len: int) -> Track:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (also reads states stored before ``size`` existed)."""
         x1, y1, x2, y2 = raw["box"]
-        history: deque[Observation] = deque(
-            (Observation.from_list(o) for o in raw["history"]), maxlen=history_len
+        rows: Sequence[Sequence[Any]] = raw["history"][-history_len:] if history_len else []
+        boxes = [[int(v) for v in row[2:6]] for row in rows]
+        if "size" in raw:
+            width, height = (int(v) for v in raw["size"])
+        else:  # any frame that holds every box keeps the pixels exact
+            width = max([int(x2), 1, *(b[2] for b in boxes)])
+            height = max([int(y2), 1, *(b[3] for b in boxes)])
+        history = (
+            Detections.from_pixels(
+                boxes,
+                [float(row[1]) for row in rows],
+                [LABEL_IDS[str(row[0])] for row in rows],
+                width,
+                height,
+            )
+            if rows
+            else Detections.empty()
         )
         return cls(
             track_id=int(raw["id"]),
             box=(int(x1), int(y1), int(x2), int(y2)),
             first_ts=float(raw["first_ts"]),
             last_ts=float(raw["last_ts"]),
+            size=(width, height),
             history=history,
+            history_len=history_len,
             missed=int(raw["missed"]),
             hits=int(raw["hits"]),
             alerted=bool(raw["alerted"]),
@@ -136,50 +190,43 @@ class IouTracker:
         self.tracks: list[Track] = []
         self.next_id = 1
 
-    def update(self, observations: Sequence[Observation], ts: float) -> list[Track]:
-        """Associate one frame's faces; returns the track of each observation, in order."""
+    def update(self, faces: Detections, width: int, height: int, ts: float) -> list[Track]:
+        """Associate one ``width`` x ``height`` frame's faces; returns each face's track."""
         cfg = self.config
         # End tracks that were away too long before matching, so a new person standing
         # where someone stood minutes ago does not inherit their history.
         self.tracks = [t for t in self.tracks if ts - t.last_ts <= cfg.max_gap]
-        pairs = []
-        for ti, track in enumerate(self.tracks):
-            for oi, obs in enumerate(observations):
-                overlap = iou(track.box, obs.box)
-                if overlap >= cfg.min_iou:
-                    pairs.append((overlap, ti, oi))
-        pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
-        assigned: dict[int, Track] = {}
-        used_tracks: set[int] = set()
-        for _overlap, ti, oi in pairs:
-            if ti in used_tracks or oi in assigned:
-                continue
-            used_tracks.add(ti)
-            assigned[oi] = self.tracks[ti]
+        boxes = faces.pixels(width, height)
+        track_boxes = np.array([t.box for t in self.tracks], dtype=np.int64).reshape(-1, 4)
+        assigned = greedy_match(iou_matrix(track_boxes, boxes), cfg.min_iou)
+        matched = {self.tracks[row].track_id for row in assigned.values()}
+        by_face = {col: self.tracks[row] for col, row in assigned.items()}
         survivors: list[Track] = []
-        for ti, track in enumerate(self.tracks):
-            if ti not in used_tracks:
+        for track in self.tracks:
+            if track.track_id not in matched:
                 track.missed += 1
                 if track.missed > cfg.max_missed:
                     continue
             survivors.append(track)
         self.tracks = survivors
         out: list[Track] = []
-        for oi, obs in enumerate(observations):
-            found = assigned.get(oi)
+        for i, box in enumerate(boxes.tolist()):
+            pixel_box: Box = (box[0], box[1], box[2], box[3])
+            found = by_face.get(i)
             if found is None:
                 track = Track(
                     track_id=self.next_id,
-                    box=obs.box,
+                    box=pixel_box,
                     first_ts=ts,
                     last_ts=ts,
-                    history=deque(maxlen=cfg.history),
+                    size=(width, height),
+                    history_len=cfg.history,
                 )
                 self.next_id += 1
                 self.tracks.append(track)
             else:
                 track = found
-            track.observe(obs, ts)
+            track.observe(faces[i], pixel_box, (width, height), ts)
             out.append(track)
         return out
 

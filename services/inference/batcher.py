@@ -35,7 +35,7 @@ import numpy as np
 
 from facemask.core.preprocess import INPUT_SIZE, ImageDecodeError, decode_image, preprocess
 from facemask.core.tiling import TileSpec, Window, crop, map_detections, tile_windows
-from facemask.core.types import Detection
+from facemask.core.types import Detections
 from facemask.model.detector import Detector
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ShuttingDownError(RuntimeError):
 class JobResult:
     """What a job produced: detections of the original image, or why it was skipped."""
 
-    detections: list[Detection]
+    detections: Detections
     width: int
     height: int
     status: str = "ok"  # ok | skipped
@@ -90,7 +90,7 @@ class Job:
     width: int = 0
     height: int = 0
     windows: list[Window] = field(default_factory=list)
-    window_detections: list[list[Detection] | None] = field(default_factory=list)
+    window_detections: list[Detections | None] = field(default_factory=list)
     pending: int = 0
     started: float | None = None  # when its first item entered the model
     compute_seconds: float = 0.0
@@ -254,7 +254,7 @@ class DynamicBatcher:
                 _resolve(
                     job.future,
                     JobResult(
-                        [],
+                        Detections.empty(),
                         job.width,
                         job.height,
                         status="skipped",
@@ -347,7 +347,7 @@ class DynamicBatcher:
         queue_seconds = job.started - job.ready
         try:
             detections = map_detections(  # one (full-frame) window: passed through as is
-                [d or [] for d in job.window_detections],
+                [Detections.empty() if d is None else d for d in job.window_detections],
                 job.windows,
                 job.width,
                 job.height,

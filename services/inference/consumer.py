@@ -38,7 +38,6 @@ from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import (
     DetectionsEntry,
     FrameEntry,
-    WireDetection,
     WireError,
     as_text,
     deadletter_record,
@@ -293,10 +292,7 @@ class StreamConsumer:
             model=self.model_version,
             status=result.status,
             reason=result.reason,
-            detections=tuple(
-                WireDetection(d.label, d.score, d.box_pixels(frame.width, frame.height))
-                for d in result.detections
-            ),
+            detections=result.detections,
             runs=result.model_runs,
         )
         self._outbox.put(
@@ -399,8 +395,8 @@ class StreamConsumer:
         self.metrics.requests.labels("stream", "ok").inc()
         self.metrics.frames_processed.labels(camera).inc()
         self.metrics.model_runs.labels(camera).inc(result.model_runs)
-        for det in result.detections:
-            self.metrics.faces_detected.labels(camera, det.label).inc()
+        for label in result.detections.labels:
+            self.metrics.faces_detected.labels(camera, label).inc()
         if item.capture_ts is not None:
             self.metrics.frame_latency.observe(max(0.0, time.time() - item.capture_ts))
 

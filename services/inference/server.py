@@ -17,10 +17,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from facemask.contracts.proto import detections_to_proto
 from facemask.contracts.wire import WireError, validate_camera_id
 from facemask.core.preprocess import ImageDecodeError
 from facemask.core.tiling import TileSpec, TileSpecError
-from facemask.core.types import Detection
 from facemask.v1 import detector_pb2, detector_pb2_grpc
 from services.inference.batcher import (
     DeadlineExpiredError,
@@ -37,21 +37,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
 LIVENESS = "liveness"
-_LABELS = (detector_pb2.LABEL_MASK, detector_pb2.LABEL_NO_MASK)
 MAX_IMAGES_PER_REQUEST = 256
-
-
-def detection_to_proto(det: Detection, width: int, height: int) -> detector_pb2.Detection:
-    """Convert one detection of a ``width`` x ``height`` image to its message."""
-    x1, y1, x2, y2 = det.box_pixels(width, height)
-    nx1, ny1, nx2, ny2 = det.box_norm
-    return detector_pb2.Detection(
-        label=_LABELS[det.class_id],
-        label_name=det.label,
-        score=det.score,
-        box=detector_pb2.PixelBox(x1=x1, y1=y1, x2=x2, y2=y2),
-        box_normalized=detector_pb2.NormalizedBox(x1=nx1, y1=ny1, x2=nx2, y2=ny2),
-    )
 
 
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
@@ -193,10 +179,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             self.metrics.requests.labels("grpc", "ok").inc()
             results.append(
                 detector_pb2.ImageResult(
-                    detections=[
-                        detection_to_proto(d, result.width, result.height)
-                        for d in result.detections
-                    ],
+                    detections=detections_to_proto(result.detections, result.width, result.height),
                     width=result.width,
                     height=result.height,
                     camera_id=image.camera_id,

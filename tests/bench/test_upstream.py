@@ -152,10 +152,11 @@ def test_project_detector_agrees_with_the_upstream_oracle(
     for path, image, dets in zip(paths, images, ours, strict=True):
         theirs = upstream_model.detect_file(path, 0.05, 0.4)
         assert len(dets) == len(theirs), path
-        for d, t in zip(dets, theirs, strict=True):
-            assert d.class_id == t.class_id, path
-            assert d.score == pytest.approx(t.conf, abs=1e-5), path
-            np.testing.assert_allclose(d.box_norm, t.box_norm, atol=1e-5)
-            assert d.box_pixels(image.width, image.height) == t.box_xyxy, path
+        pixels = dets.pixels(image.width, image.height).tolist()
+        for i, t in enumerate(theirs):
+            assert dets.class_ids[i] == t.class_id, path
+            assert dets.scores[i] == pytest.approx(t.conf, abs=1e-5), path
+            np.testing.assert_allclose(dets.xyxy[i], t.box_norm, atol=1e-5)
+            assert tuple(pixels[i]) == tuple(t.box_xyxy), path
             compared += 1
     assert compared > 20

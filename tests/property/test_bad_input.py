@@ -145,8 +145,7 @@ def test_detections_parser_truncated_json_and_fields(data: st.DataObject) -> Non
     except WireError as exc:
         assert exc.reason
         return
-    for det in entry.detections:
-        x1, y1, x2, y2 = det.box
+    for x1, y1, x2, y2 in entry.detections.pixels(entry.width, entry.height).tolist():
         assert 0 <= x1 <= x2 <= entry.width and 0 <= y1 <= y2 <= entry.height
 
 

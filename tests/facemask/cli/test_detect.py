@@ -14,7 +14,7 @@ import pytest
 
 from facemask import cli
 from facemask.cli.detect import InputImage, detect_images, iter_inputs
-from facemask.core.types import LABELS, Detection
+from facemask.core.types import LABELS, Detections
 
 VIDEO = Path("data") / "video" / "group4_masks.mp4"
 
@@ -205,11 +205,10 @@ class _CountingBackend:
     def __init__(self) -> None:
         self.calls: list[int] = []
 
-    def detect(
-        self, images: Sequence[InputImage], *, conf: float, iou: float
-    ) -> list[list[Detection]]:
+    def detect(self, images: Sequence[InputImage], *, conf: float, iou: float) -> list[Detections]:
         self.calls.append(len(images))
-        return [[Detection(0, conf, (0, 0, 0.5, 0.5))] if i.frame else [] for i in images]
+        face = Detections(np.array([(0, 0, 0.5, 0.5)]), np.array([conf]), np.array([0]))
+        return [face if i.frame else Detections.empty() for i in images]
 
     def close(self) -> None:
         pass
@@ -222,7 +221,7 @@ def test_detect_images_batches_in_order() -> None:
     assert backend.calls == [3, 3, 1]
     assert [image.frame for image, _ in results] == list(range(7))
     assert [len(dets) for _, dets in results] == [0, 1, 1, 1, 1, 1, 1]
-    assert results[1][1][0].score == 0.7
+    assert results[1][1].scores[0] == 0.7
 
 
 def test_iter_inputs_expands_directories_sorted(tmp_path: Path) -> None:

@@ -98,12 +98,12 @@ def test_postprocess_one_class_and_argmax(anchors: np.ndarray) -> None:
     cls[10] = [0.2, 0.9]  # no_mask
     cls[5971] = [0.8, 0.1]  # mask
     dets = postprocess(loc, cls, anchors, 0.5, 0.4)
-    assert [(d.class_id, d.label) for d in dets] == [(1, "no_mask"), (0, "mask")]
-    assert dets[0].score == pytest.approx(0.9)
-    assert dets[0].box_norm == pytest.approx(tuple(anchors[10]))
-    assert dets[1].box_norm == pytest.approx(tuple(anchors[5971]))
-    assert all(isinstance(v, float) for v in dets[0].box_norm)
-    assert postprocess(loc, cls, anchors, 0.95, 0.4) == []
+    assert list(zip(dets.class_ids.tolist(), dets.labels)) == [(1, "no_mask"), (0, "mask")]
+    assert dets.scores[0] == pytest.approx(0.9)
+    assert dets.xyxy[0] == pytest.approx(anchors[10])
+    assert dets.xyxy[1] == pytest.approx(anchors[5971])
+    assert dets.xyxy.dtype == np.float64
+    assert len(postprocess(loc, cls, anchors, 0.95, 0.4)) == 0
 
 
 def test_postprocess_suppresses_across_classes(anchors: np.ndarray) -> None:
@@ -112,7 +112,7 @@ def test_postprocess_suppresses_across_classes(anchors: np.ndarray) -> None:
     cls[0] = [0.7, 0.0]  # mask, first anchor of the first cell
     cls[1] = [0.0, 0.8]  # no_mask, second anchor of the same cell: IoU 0.48
     dets = postprocess(loc, cls, anchors, 0.5, 0.4)
-    assert [d.label for d in dets] == ["no_mask"]
+    assert dets.labels == ["no_mask"]
     assert len(postprocess(loc, cls, anchors, 0.5, 0.6)) == 2
 
 
@@ -121,7 +121,8 @@ def test_postprocess_decodes_boxes(anchors: np.ndarray) -> None:
     loc[100] = [1.0, 0.0, 0.0, 0.0]  # shift by 0.1 anchor widths
     cls = np.zeros((5972, 2), np.float32)
     cls[100] = [0.9, 0.1]
-    (det,) = postprocess(loc, cls, anchors, 0.5, 0.4)
+    det = postprocess(loc, cls, anchors, 0.5, 0.4)
+    assert len(det) == 1
     width = anchors[100, 2] - anchors[100, 0]
-    assert det.box_norm[0] == pytest.approx(anchors[100, 0] + 0.1 * width)
-    assert det.box_norm[2] == pytest.approx(anchors[100, 2] + 0.1 * width)
+    assert det.xyxy[0, 0] == pytest.approx(anchors[100, 0] + 0.1 * width)
+    assert det.xyxy[0, 2] == pytest.approx(anchors[100, 2] + 0.1 * width)

@@ -15,7 +15,7 @@ from facemask.core.tiling import (
     parse_tiles,
     tile_windows,
 )
-from facemask.core.types import Detection
+from facemask.core.types import Detections
 
 
 def test_parse_forms() -> None:
@@ -81,42 +81,50 @@ def test_crop_maps_reduced_decodes() -> None:
     assert crop(full, (10, 20, 110, 220), 1280, 720).shape == (200, 100, 3)
 
 
-def _det(box: tuple[float, float, float, float], score: float = 0.9, cls: int = 0) -> Detection:
-    return Detection(class_id=cls, score=score, box_norm=box)
+def _det(box: tuple[float, float, float, float], score: float = 0.9, cls: int = 0) -> Detections:
+    return Detections(np.array([box]), np.array([score]), np.array([cls]))
+
+
+def _dets(*rows: Detections) -> Detections:
+    return Detections.concat(list(rows))
+
+
+NONE = Detections.empty()
 
 
 def test_single_full_window_is_passthrough() -> None:
-    dets = [_det((0.1, 0.1, 0.2, 0.2)), _det((0.12, 0.1, 0.21, 0.2), 0.8)]
+    dets = _dets(_det((0.1, 0.1, 0.2, 0.2)), _det((0.12, 0.1, 0.21, 0.2), 0.8))
     assert map_detections([dets], [(0, 0, 100, 100)], 100, 100, iou=0.4) == dets
 
 
 def test_tile_boxes_map_to_frame_coordinates() -> None:
     windows = [(0, 0, 200, 100), (100, 0, 200, 100)]
     tile_det = _det((0.25, 0.2, 0.5, 0.4))  # pixels 125..150 x 20..40 of the frame
-    (out,) = map_detections([[], [tile_det]], windows, 200, 100, iou=0.4)
-    assert out.box_norm == pytest.approx((0.625, 0.2, 0.75, 0.4))
-    assert out.score == tile_det.score and out.class_id == tile_det.class_id
+    out = map_detections([NONE, tile_det], windows, 200, 100, iou=0.4)
+    assert len(out) == 1
+    assert out.xyxy[0] == pytest.approx((0.625, 0.2, 0.75, 0.4))
+    assert out.scores[0] == tile_det.scores[0] and out.class_ids[0] == tile_det.class_ids[0]
 
 
 def test_inner_border_boxes_dropped_frame_border_kept() -> None:
     windows = [(0, 0, 100, 100), (40, 0, 100, 100)]  # the tile's left edge is inner
     cut = _det((0.0, 0.3, 0.2, 0.5))  # touches x=40 of the frame: cut by the tile
     at_frame_edge = _det((0.8, 0.0, 1.0, 0.2), 0.7)  # touches the frame's right/top border
-    out = map_detections([[], [cut, at_frame_edge]], windows, 100, 100, iou=0.4)
+    out = map_detections([NONE, _dets(cut, at_frame_edge)], windows, 100, 100, iou=0.4)
     assert len(out) == 1
-    assert out[0].box_norm == pytest.approx((0.88, 0.0, 1.0, 0.2))
+    assert out.xyxy[0] == pytest.approx((0.88, 0.0, 1.0, 0.2))
 
 
 def test_duplicates_merge_by_nms_keeping_best() -> None:
     windows = [(0, 0, 100, 100), (0, 0, 60, 60)]
     from_full = _det((0.2, 0.2, 0.4, 0.4), 0.6, cls=1)
     from_tile = _det((0.2 / 0.6, 0.2 / 0.6, 0.4 / 0.6, 0.4 / 0.6), 0.9, cls=0)
-    out = map_detections([[from_full], [from_tile]], windows, 100, 100, iou=0.4)
-    assert len(out) == 1 and out[0].score == 0.9 and out[0].class_id == 0
+    out = map_detections([from_full, from_tile], windows, 100, 100, iou=0.4)
+    assert len(out) == 1 and out.scores[0] == 0.9 and out.class_ids[0] == 0
     per_class = map_detections(
-        [[from_full], [from_tile]], windows, 100, 100, iou=0.4, class_agnostic=False
+        [from_full, from_tile], windows, 100, 100, iou=0.4, class_agnostic=False
     )
-    assert [d.score for d in per_class] == [0.9, 0.6]
+    assert per_class.scores.tolist() == [0.9, 0.6]
 
 
 def test_merge_matches_reference_nms_on_union() -> None:
@@ -127,19 +135,12 @@ def test_merge_matches_reference_nms_on_union() -> None:
         xy = rng.uniform(0, 0.8, size=(20, 2))
         wh = rng.uniform(0.05, 0.2, size=(20, 2))
         scores = rng.uniform(0.1, 1, size=20)
-        lists.append(
-            [
-                _det((float(a), float(b), float(a + c), float(b + d)), float(s))
-                for (a, b), (c, d), s in zip(xy, wh, scores, strict=True)
-            ]
-        )
-    union = lists[0] + lists[1]
-    boxes = np.array([d.box_norm for d in union])
-    scores = np.array([d.score for d in union])
-    expected = [union[k] for k in nms(boxes, scores, -1.0, 0.4)]
+        lists.append(Detections(np.concatenate([xy, xy + wh], axis=1), scores, np.zeros(20)))
+    union = Detections.concat(lists)
+    expected = union[nms(union.xyxy, union.scores, -1.0, 0.4)]
     assert map_detections(lists, windows, 100, 100, iou=0.4) == expected
 
 
 def test_length_mismatch_rejected() -> None:
     with pytest.raises(ValueError):
-        map_detections([[]], [(0, 0, 1, 1), (0, 0, 1, 1)], 1, 1, iou=0.4)
+        map_detections([NONE], [(0, 0, 1, 1), (0, 0, 1, 1)], 1, 1, iou=0.4)

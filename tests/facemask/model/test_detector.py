@@ -48,8 +48,8 @@ def test_detect_chunks_and_keeps_order() -> None:
     assert runtime.calls == [3, 3, 1]
     anchors = generate_anchors()
     for i, dets in enumerate(results):
-        assert [d.label for d in dets] == ["no_mask"]
-        assert dets[0].box_norm == pytest.approx(tuple(anchors[5000 + i]))
+        assert dets.labels == ["no_mask"]
+        assert dets.xyxy[0] == pytest.approx(anchors[5000 + i])
 
 
 def test_runtime_batch_limit_is_respected() -> None:
@@ -71,9 +71,10 @@ def test_per_call_thresholds_override_defaults() -> None:
 def test_postprocess_one_image() -> None:
     detector = Detector(_FakeRuntime())
     loc, cls = detector.infer(np.zeros((2, 260, 260, 3), np.float32))
-    (det,) = detector.postprocess(loc[0], cls[0])
-    assert det.score == pytest.approx(0.6)
-    assert detector.postprocess(loc[0], cls[0], conf=0.7) == []
+    det = detector.postprocess(loc[0], cls[0])
+    assert len(det) == 1
+    assert det.scores[0] == pytest.approx(0.6)
+    assert len(detector.postprocess(loc[0], cls[0], conf=0.7)) == 0
 
 
 def test_warmup_runs_each_batch_size() -> None:
@@ -143,11 +144,11 @@ def test_reference_detections_unclipped(
         expected = reference[key]["detections"]
         assert len(found) == len(expected), key
         height, width = rgb.shape[:2]
-        for det, ref in zip(found, expected, strict=True):
-            assert det.class_id == ref["class_id"]
-            assert det.score == pytest.approx(ref["conf"], abs=1e-3)
-            assert det.box_norm == pytest.approx(ref["box_norm_unclipped"], abs=1e-4)
-            box = det.box_pixels(width, height)
+        pixels = found.pixels(width, height).tolist()
+        for i, (box, ref) in enumerate(zip(pixels, expected, strict=True)):
+            assert found.class_ids[i] == ref["class_id"]
+            assert found.scores[i] == pytest.approx(ref["conf"], abs=1e-3)
+            assert found.xyxy[i] == pytest.approx(ref["box_norm_unclipped"], abs=1e-4)
             assert max(abs(a - b) for a, b in zip(box, ref["box_xyxy"], strict=True)) <= 1
 
 

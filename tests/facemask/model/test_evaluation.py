@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from facemask.cli import main
-from facemask.core.types import Detection
+from facemask.core.types import Detections
 from facemask.model import evaluation
 
 DEV_ANNOTATIONS = Path("data") / "facemask-dev" / "annotations.json"
@@ -51,31 +52,36 @@ def test_category_mapping() -> None:
         evaluation.category_id(2)
 
 
+def _det(class_id: int, score: float, box: tuple[float, float, float, float]) -> Detections:
+    return Detections(np.array([box]), np.array([score]), np.array([class_id]))
+
+
 def test_integer_box_is_the_printed_box_as_xywh() -> None:
     # 200x100 image: x1 = int(20.98) = 20, y1 = int(-3.0) -> 0 (clipped), x2 = int(101.8) = 101,
     # y2 = int(105.0) -> 100 (clipped)
-    det = Detection(class_id=0, score=0.9, box_norm=(0.1049, -0.03, 0.509, 1.05))
-    assert det.box_pixels(200, 100) == (20, 0, 101, 100)
-    assert evaluation.coco_box(det, 200, 100) == [20.0, 0.0, 81.0, 100.0]
+    det = _det(0, 0.9, (0.1049, -0.03, 0.509, 1.05))
+    assert det.pixels(200, 100).tolist() == [[20, 0, 101, 100]]
+    assert evaluation.coco_boxes(det, 200, 100).tolist() == [[20.0, 0.0, 81.0, 100.0]]
 
 
 def test_unrounded_box_keeps_fractions_and_clips_to_the_image() -> None:
-    det = Detection(class_id=1, score=0.5, box_norm=(0.1049, -0.03, 0.509, 1.05))
-    x, y, w, h = evaluation.coco_box(det, 200, 100, unrounded=True)
+    det = _det(1, 0.5, (0.1049, -0.03, 0.509, 1.05))
+    ((x, y, w, h),) = evaluation.coco_boxes(det, 200, 100, unrounded=True).tolist()
     assert x == pytest.approx(20.98)
     assert y == 0.0
     assert w == pytest.approx(101.8 - 20.98)
     assert h == 100.0
     # a box entirely outside the image collapses to zero size instead of going negative
-    outside = Detection(class_id=0, score=0.5, box_norm=(1.1, 0.2, 1.3, 0.4))
-    assert evaluation.coco_box(outside, 200, 100, unrounded=True) == [200.0, 20.0, 0.0, 20.0]
+    outside = _det(0, 0.5, (1.1, 0.2, 1.3, 0.4))
+    assert evaluation.coco_boxes(outside, 200, 100, unrounded=True).tolist() == [
+        [200.0, 20.0, 0.0, 20.0]
+    ]
 
 
 def test_to_coco_results() -> None:
-    dets = [
-        Detection(class_id=0, score=0.75, box_norm=(0.1, 0.2, 0.3, 0.4)),
-        Detection(class_id=1, score=0.25, box_norm=(0.5, 0.5, 0.9, 0.9)),
-    ]
+    dets = Detections.concat(
+        [_det(0, 0.75, (0.1, 0.2, 0.3, 0.4)), _det(1, 0.25, (0.5, 0.5, 0.9, 0.9))]
+    )
     results = evaluation.to_coco_results(7, dets, 100, 50)
     assert results == [
         {"image_id": 7, "category_id": 1, "bbox": [10.0, 10.0, 20.0, 10.0], "score": 0.75},

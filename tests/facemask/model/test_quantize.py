@@ -102,7 +102,7 @@ def test_tflite_variants_against_tensorflow(
         for i in range(len(images)):
             want = detector.postprocess(loc_tf[i], cls_tf[i])
             got = lite.postprocess(loc8[i], cls8[i])
-            assert [d.label for d in got] == [d.label for d in want]
+            assert got.labels == want.labels
     finally:
         f32.close()
         int8.close()

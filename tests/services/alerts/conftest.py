@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from facemask.contracts.streams import StreamLayout
-from facemask.contracts.wire import DetectionsEntry, FrameEntry, WireDetection
+from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.core.types import LABEL_IDS, Detections
 from facemask.dev.localredis import free_port
 from services.alerts.config import AlertSettings
 from services.alerts.metrics import AlertMetrics
@@ -246,7 +247,7 @@ class Feeder:
             width=self.width,
             height=self.height,
             model="test",
-            detections=tuple(WireDetection(label, score, box) for label, score, box in faces),
+            detections=faces_of(faces, self.width, self.height),
         )
         sid = self.publish(entry)
         self.frame_id += 1
@@ -350,3 +351,19 @@ def feed_clip(
         faces = [(d["label"], d["score"], tuple(d["box"])) for d in frame["dets"]]
         out.append(feed.frame(faces, data=data)[1])  # type: ignore[arg-type]
     return out
+
+
+Face = tuple[str, float, tuple[int, int, int, int]]
+
+
+def faces_of(faces: Sequence[Face], width: int, height: int) -> Detections:
+    """``(label, score, pixel box)`` rows as the :class:`Detections` of a frame."""
+    if not faces:
+        return Detections.empty()
+    return Detections.from_pixels(
+        [box for _, _, box in faces],
+        [score for _, score, _ in faces],
+        [LABEL_IDS[label] for label, _, _ in faces],
+        width,
+        height,
+    )

@@ -4,50 +4,79 @@ from __future__ import annotations
 
 import json
 
-from facemask.contracts.wire import DetectionsEntry, WireDetection
+import pytest
+
+from facemask.contracts.wire import DetectionsEntry
+from facemask.core.types import Detections
 from services.alerts.engine import AlertEngine, alert_id_for
-from services.alerts.rules import Decision, Rule, counts, evaluate, rule_for, violates
-from services.alerts.tracker import Observation, Track
+from services.alerts.rules import Decision, Rule, counting, evaluate, rule_for, violates
+from services.alerts.tracker import Track
+from tests.services.alerts.conftest import faces_of
 
 A = (100, 100, 160, 170)
 B = (300, 100, 360, 170)
 STREAM = "facemask:{p0}:detections"
+SIZE = (640, 480)
+Face = tuple[str, float, tuple[int, int, int, int]]
 
 
-def o(label: str, score: float = 0.9, box: tuple[int, int, int, int] = A) -> Observation:
-    return Observation(label, score, box)
+def o(label: str, score: float = 0.9, box: tuple[int, int, int, int] = A) -> Face:
+    return (label, score, box)
 
 
-def test_counts_needs_label_score_and_size() -> None:
+def faces(*rows: Face) -> Detections:
+    return faces_of(rows, *SIZE)
+
+
+def track_of(*rows: Face) -> Track:
+    track = Track(1, A, 0.0, 0.0, SIZE)
+    for ts, row in enumerate(rows):
+        track.observe(faces(row), row[2], SIZE, float(ts))
+    return track
+
+
+@pytest.mark.parametrize(
+    ("face", "counted"),
+    [
+        (o("no_mask", 0.6), True),
+        (o("no_mask", 0.59), False),
+        (o("mask", 0.99), False),
+        (o("no_mask", 0.9, (0, 0, 100, 23)), False),  # 23 px high: too small
+        (o("no_mask", 0.9, (0, 0, 24, 24)), True),
+    ],
+)
+def test_counts_needs_label_score_and_size(face: Face, counted: bool) -> None:
     rule = Rule(min_score=0.6, min_face=24)
-    assert counts(o("no_mask", 0.6), rule)
-    assert not counts(o("no_mask", 0.59), rule)
-    assert not counts(o("mask", 0.99), rule)
-    assert not counts(o("no_mask", 0.9, (0, 0, 100, 23)), rule)  # 23 px high: too small
-    assert counts(o("no_mask", 0.9, (0, 0, 24, 24)), rule)
+    assert counting(faces(face), SIZE, rule).tolist() == [counted]
+
+
+def test_counting_is_vectorised_over_faces() -> None:
+    rule = Rule(min_score=0.6, min_face=24)
+    rows = [o("no_mask", 0.6), o("mask", 0.99), o("no_mask", 0.9, (0, 0, 100, 23))]
+    assert counting(faces(*rows), SIZE, rule).tolist() == [True, False, False]
 
 
 def test_k_of_n_window() -> None:
     rule = Rule(k=3, n=5)
-    assert violates([o("no_mask")] * 3, rule)
-    assert not violates([o("no_mask"), o("mask"), o("no_mask"), o("mask"), o("mask")], rule)
+    assert violates(track_of(*[o("no_mask")] * 3), rule)
+    assert not violates(track_of(o("no_mask"), o("mask"), o("no_mask"), o("mask"), o("mask")), rule)
     # Only the last n observations count.
     old = [o("no_mask")] * 3 + [o("mask")] * 3
-    assert not violates(old, rule)
-    assert violates([*old, o("no_mask"), o("no_mask"), o("no_mask")], rule)
+    assert not violates(track_of(*old), rule)
+    assert violates(track_of(*old, o("no_mask"), o("no_mask"), o("no_mask")), rule)
 
 
 def test_evaluate_decisions() -> None:
     rule = Rule(k=2, n=3, cooldown=10.0)
-    track = Track(1, A, 0.0, 0.0)
-    track.observe(o("no_mask"), 0.0)
+    track = Track(1, A, 0.0, 0.0, SIZE)
+    track.observe(faces(o("no_mask")), A, SIZE, 0.0)
     assert evaluate(track, rule, 0.0, None) is Decision.NONE  # 1 of 3
-    track.observe(o("no_mask"), 0.2)
+    track.observe(faces(o("no_mask")), A, SIZE, 0.2)
     assert evaluate(track, rule, 0.2, last_alert_ts=-5.0) is Decision.COOLDOWN
     assert evaluate(track, rule, 0.2, last_alert_ts=-10.0) is Decision.ALERT
     track.alerted = True
     assert evaluate(track, rule, 0.4, None) is Decision.ALREADY
-    track.observe(o("mask"), 0.6)  # the current face does not count: nothing to say now
+    track.observe(faces(o("mask")), A, SIZE, 0.6)  # the current face does not count
     assert evaluate(track, rule, 0.6, None) is Decision.NONE
 
 
@@ -80,7 +109,7 @@ class Camera:
             width=640,
             height=480,
             model="m",
-            detections=tuple(WireDetection(*f) for f in faces),
+            detections=faces_of(faces, 640, 480),
         )
         self.frame += 1
         self.ts += 0.2

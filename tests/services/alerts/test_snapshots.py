@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import redis
 
-from facemask.contracts.wire import FrameEntry, WireDetection
+from facemask.contracts.wire import FrameEntry
 from facemask.dev.localredis import RedisProcess
 from services.alerts.snapshots import LatestFrames, SnapshotStore, fetch_frame, render
-from tests.services.alerts.conftest import LAYOUT
+from tests.services.alerts.conftest import LAYOUT, faces_of
 
 GREEN = np.array([0, 255, 0])  # BGR
 RED = np.array([0, 0, 255])
@@ -35,19 +35,18 @@ def colour_near(image: np.ndarray, x: int, y: int, colour: np.ndarray) -> bool:
 
 
 def test_render_draws_green_masks_and_red_bare_faces() -> None:
-    dets = [
-        WireDetection("mask", 0.9, (20, 60, 100, 160)),
-        WireDetection("no_mask", 0.8, (200, 60, 280, 160)),
-    ]
-    image = render(frame(grey_jpeg()), dets, 320, 240)
+    dets = faces_of(
+        [("mask", 0.9, (20, 60, 100, 160)), ("no_mask", 0.8, (200, 60, 280, 160))], 320, 240
+    )
+    image = render(frame(grey_jpeg()), dets)
     assert image is not None and image.shape == (240, 320, 3)
     assert colour_near(image, 20, 120, GREEN)  # left edge of the mask box
     assert colour_near(image, 200, 120, RED)  # left edge of the no-mask box
     assert colour_near(image, 60, 110, np.array([128, 128, 128]))  # inside: untouched
     # A frame decoded at another size still gets the boxes at the right place.
-    half = render(frame(grey_jpeg(160, 120)), dets, 320, 240)
+    half = render(frame(grey_jpeg(160, 120)), dets)
     assert half is not None and colour_near(half, 100, 60, RED)
-    assert render(frame(b"not a jpeg"), dets, 320, 240) is None
+    assert render(frame(b"not a jpeg"), dets) is None
 
 
 def test_save_and_retention(tmp_path: Path) -> None:

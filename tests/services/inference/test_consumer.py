@@ -118,7 +118,7 @@ def test_every_frame_of_every_camera_gets_one_entry(
     assert max(keys.values()) == 1
     for _, entry in entries:
         assert entry.status == "ok"
-        assert [d.label for d in entry.detections] == ["mask"]
+        assert entry.detections.labels == ["mask"]
         assert entry.model == svc.detector.model_version
         frame = redis_client.xrange(
             LAYOUT.frames_for(entry.camera_id), entry.frame_sid, entry.frame_sid

@@ -56,9 +56,9 @@ def test_tiled_job_runs_every_window_and_resolves_once() -> None:
     assert (tiled_result.width, tiled_result.height) == (400, 300)
     # Every window of the uniform image found the same box (anchor 0); tile boxes near
     # inner borders are dropped, the rest merge by NMS: what is left is frame-normalised.
-    assert tiled_result.detections
-    assert all(d.score == pytest.approx(100 / 255, abs=1e-4) for d in tiled_result.detections)
-    assert [d.score for d in plain_result.detections] == [pytest.approx(200 / 255, abs=1e-4)]
+    assert len(tiled_result.detections)
+    assert tiled_result.detections.scores == pytest.approx(100 / 255, abs=1e-4)
+    assert plain_result.detections.scores.tolist() == [pytest.approx(200 / 255, abs=1e-4)]
 
 
 def test_untiled_batcher_results_equal_detector() -> None:
@@ -74,7 +74,7 @@ def test_untiled_batcher_results_equal_detector() -> None:
         batcher.close()
     detector = Detector(runtime, conf=0.01, iou=0.5, model_name="fake", model_version="0")  # type: ignore[arg-type]
     assert result.detections == detector.detect([rgb])[0]
-    assert detector.detect([rgb], tiles=TileSpec(2, 2)) != []
+    assert len(detector.detect([rgb], tiles=TileSpec(2, 2))[0]) > 0
 
 
 # -- real model: settings, stream, gRPC ---------------------------------------------
@@ -175,7 +175,7 @@ def test_stream_tiles_one_camera_five_runs_per_frame(
     image = decode_image(data, reduce="full")
     plain = detector.detect([image.rgb])[0]
     street = next(e for e in got if e.camera_id == "street")
-    assert [d.label for d in street.detections] == [d.label for d in plain]
+    assert street.detections.labels == plain.labels
     lobby = next(e for e in got if e.camera_id == "lobby")
     assert len(lobby.detections) >= len(plain) > 0
 
@@ -214,12 +214,11 @@ def test_grpc_tiles_request_equals_local_tiled_detector(
     for image, result in zip(images, reply.results, strict=True):
         expected = detector.detect([image.rgb], tiles=TileSpec(2, 2))[0]
         assert result.timings.model_runs == 5
-        assert [d.label_name for d in result.detections] == [d.label for d in expected]
-        for got, want in zip(result.detections, expected, strict=True):
-            assert got.score == pytest.approx(want.score, abs=1e-5)
-            assert (got.box.x1, got.box.y1, got.box.x2, got.box.y2) == want.box_pixels(
-                image.width, image.height
-            )
+        assert [d.label_name for d in result.detections] == expected.labels
+        want_pixels = expected.pixels(image.width, image.height).tolist()
+        for got, score, box in zip(result.detections, expected.scores, want_pixels, strict=True):
+            assert got.score == pytest.approx(score, abs=1e-5)
+            assert [got.box.x1, got.box.y1, got.box.x2, got.box.y2] == box
     # The camera's setting applies when the request names no tiles; "off" overrides it.
     by_camera = stub.Detect(
         detector_pb2.DetectRequest(images=[detector_pb2.Image(data=blobs[0], camera_id="lobby")]),
@@ -235,7 +234,7 @@ def test_grpc_tiles_request_equals_local_tiled_detector(
     assert off.results[0].timings.model_runs == 1
     plain = detector.detect([images[0].rgb])[0]
     assert [d.score for d in off.results[0].detections] == pytest.approx(
-        [d.score for d in plain], abs=1e-5
+        plain.scores.tolist(), abs=1e-5
     )
 
 

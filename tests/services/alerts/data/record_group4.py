@@ -42,7 +42,7 @@ def main() -> None:
                 {
                     "index": index,
                     "t": round(index / fps, 3),
-                    "dets": [d.to_json(width, height) for d in dets],
+                    "dets": dets.to_json(width, height),
                 }
             )
         index += 1

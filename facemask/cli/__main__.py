@@ -1,0 +1,7 @@
+"""``python -m facemask.cli``: the ``facemask`` command line."""
+
+import sys
+
+from facemask.cli import main
+
+sys.exit(main())
