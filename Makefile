@@ -17,7 +17,7 @@ PY_SOURCES := facemask services tests bench scripts
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
 	@echo "make test    - set up, lint, and run the whole test suite"
-	@echo "make lint    - ruff check, ruff format --check, mypy, proto drift check"
+	@echo "make lint    - ruff, mypy, import layers (lint-imports), proto and docs drift checks"
 	@echo "make bench   - all benchmarks (tables on stdout, JSON under bench/results/)"
 
 setup:
@@ -33,6 +33,7 @@ lint: setup proto-check
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy facemask services bench
+	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_docs.py --check
 
 fmt: setup

@@ -4,8 +4,8 @@ Frames are spread over ``partitions`` streams; a camera always maps to the same
 partition (``crc32(camera_id) % partitions``), so its frames stay in order. Every key of
 one partition carries the same Redis Cluster hash tag (``{p3}``), so the frame stream,
 the detections stream and the dead-letter stream of a partition live in one slot: the
-inference service can publish a detection and ``XACK`` its frame in one ``MULTI``
-transaction (no duplicate detections, even across a crash), and the alert service can
+inference service can publish a detection and ``XACK`` its frame in one Lua script
+(atomic: no duplicate detections, even across a crash), and the alert service can
 fetch the frame of a detection by id from the same node. Partitions spread across the
 masters of a cluster; a single Redis holds them all. A new camera needs no set-up: its
 frames land in an existing partition that every inference replica already reads.

@@ -36,11 +36,11 @@ def model_version_of(path: Path) -> str:
     return modelstore.sha256_file(path)[:12]
 
 
-def _pinned_version() -> str:
+def _pinned_sha256() -> str:
     try:
-        return modelstore.find_artifact(PINNED_MODEL_FILE).sha256[:12]
+        return modelstore.find_artifact(PINNED_MODEL_FILE).sha256
     except modelstore.ModelStoreError:
-        return "unknown"
+        return ""
 
 
 class Detector:
@@ -60,12 +60,15 @@ class Detector:
         iou: float = DEFAULT_IOU,
         model_name: str = DEFAULT_MODEL_NAME,
         model_version: str | None = None,
+        model_sha256: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.conf = float(conf)
         self.iou = float(iou)
         self.model_name = model_name
-        self.model_version = model_version or _pinned_version()
+        self.model_sha256 = _pinned_sha256() if model_sha256 is None else model_sha256
+        """sha256 of the model file the runtime loaded (``GetModelInfo``)."""
+        self.model_version = model_version or self.model_sha256[:12] or "unknown"
         self.anchors = generate_anchors()
 
     @property
@@ -200,8 +203,9 @@ def create_detector(
     """
     rt = create_runtime(runtime, model_path=model_path, **runtime_options)
     loaded = getattr(rt, "model_path", None)
-    version = model_version_of(Path(loaded)) if loaded else None
-    detector = Detector(rt, conf=conf, iou=iou, model_version=version)
+    sha256 = modelstore.sha256_file(Path(loaded)) if loaded else None
+    version = sha256[:12] if sha256 else None
+    detector = Detector(rt, conf=conf, iou=iou, model_version=version, model_sha256=sha256)
     if version and detector.precision == "bf16":
         detector.model_version += "-bf16"  # the same file, other numbers: tell consumers apart
     return detector

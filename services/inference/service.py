@@ -130,7 +130,7 @@ class InferenceService:
             input_width=detector.runtime.input_size[0],
             input_height=detector.runtime.input_size[1],
             max_batch_size=self.batcher.max_batch_size,
-            sha256=getattr(detector, "model_sha256", ""),
+            sha256=detector.model_sha256,
             precision=detector.precision,
         )
         self.metrics.model_info.labels(

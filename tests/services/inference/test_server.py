@@ -267,6 +267,8 @@ def test_health_reflection_and_model_info(
     info = grpc_stub_factory(service.port).GetModelInfo(detector_pb2.GetModelInfoRequest())
     assert (info.input_width, info.input_height) == (260, 260)
     assert info.version
+    # the full sha256 of the loaded model file, of which the version is the prefix
+    assert len(info.sha256) == 64 and info.sha256.startswith(info.version.split("-")[0])
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = stub.ServerReflectionInfo(

@@ -1,0 +1,105 @@
+"""The settings base every service shares: prefixes, shared variables, unknown variables,
+clear errors, --check-config."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from facemask.infra.settings import ConfigError, ServiceSettings, check_config_and_exit
+
+
+class DemoSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEMASK_DEMO_", extra="forbid")
+
+    port: int = Field(50051, ge=1, le=65535, description="a port")
+    api_token: str = Field("", description="a secret")
+    tiles: dict[str, str] = Field(default_factory=dict, description="JSON")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("FACEMASK_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_and_layout() -> None:
+    settings = DemoSettings.load()
+    assert settings.port == 50051
+    assert (settings.layout.prefix, settings.layout.partitions) == ("facemask", 4)
+    assert DemoSettings.env_prefix() == "FACEMASK_DEMO_"
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "value"),
+    [
+        ({"FACEMASK_DEMO_PORT": "7000"}, "port", 7000),
+        ({"FACEMASK_REDIS_URL": "redis://r:1/0"}, "redis_url", "redis://r:1/0"),
+        # the service-specific variable wins over the shared one
+        (
+            {"FACEMASK_REDIS_URL": "redis://a:1/0", "FACEMASK_DEMO_REDIS_URL": "redis://b:1/0"},
+            "redis_url",
+            "redis://b:1/0",
+        ),
+        ({"FACEMASK_STREAM_PARTITIONS": "8"}, "stream_partitions", 8),
+        ({"FACEMASK_DEMO_TILES": '{"lobby": "2x2"}'}, "tiles", {"lobby": "2x2"}),
+    ],
+)
+def test_environment(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field: str, value: object
+) -> None:
+    for key, val in env.items():
+        monkeypatch.setenv(key, val)
+    assert getattr(DemoSettings.load(), field) == value
+
+
+def test_shared_only_fields_are_not_read_without_the_service_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FACEMASK_PORT", "1")  # `port` is not a shared setting
+    assert DemoSettings.load().port == 50051
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FACEMASK_DEMO_PROT": "1"}, "unknown setting(s) FACEMASK_DEMO_PROT"),
+        ({"FACEMASK_DEMO_PORT": "0"}, "FACEMASK_DEMO_PORT"),
+        ({"FACEMASK_DEMO_PORT": "http"}, "FACEMASK_DEMO_PORT"),
+        ({"FACEMASK_LOG_LEVEL": "verbose"}, "FACEMASK_DEMO_LOG_LEVEL"),
+        ({"FACEMASK_DEMO_TILES": "2x2"}, "invalid configuration"),
+    ],
+)
+def test_errors_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for key, val in env.items():
+        monkeypatch.setenv(key, val)
+    with pytest.raises(ConfigError) as caught:
+        DemoSettings.load()
+    assert message in str(caught.value)
+
+
+def test_describe_masks_secrets() -> None:
+    settings = DemoSettings.load(api_token="s3cret", redis_url="redis://:pw@host:6379/0")
+    text = settings.describe()
+    assert "s3cret" not in text and "pw" not in text
+    assert "FACEMASK_DEMO_API_TOKEN=***" in text
+    assert "FACEMASK_DEMO_REDIS_URL=redis://***@host:6379/0" in text
+
+
+def test_check_config_exit_codes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as ok:
+        check_config_and_exit(DemoSettings)
+    assert ok.value.code == 0 and "configuration OK" in capsys.readouterr().out
+    monkeypatch.setenv("FACEMASK_DEMO_PORT", "-3")
+    with pytest.raises(SystemExit) as bad:
+        check_config_and_exit(DemoSettings)
+    assert bad.value.code == 2
+    assert "configuration error: " in capsys.readouterr().err
