@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from facemask.core.types import LABELS
-from tests.fixtures.paths import REPO_ROOT
+from tests.fixtures.paths import REPO_ROOT, require
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -53,8 +53,7 @@ def test_bf16_detect_stays_close_to_the_reference(samples_dir: Path, reference_d
 
 
 def test_bf16_dev_set_ap50_within_001_of_float32(shared_dir: Path) -> None:
-    if not (shared_dir / DEV / "annotations.json").is_file():
-        pytest.skip("dev set not present")
+    require(shared_dir / DEV / "annotations.json", "dev set")
     result = _facemask(
         "eval",
         "--annotations",

@@ -25,7 +25,7 @@ from facemask.dev.localredis import free_port
 from services.alerts.config import AlertSettings
 from services.alerts.metrics import AlertMetrics
 from services.alerts.service import AlertService
-from tests.fixtures.paths import SHARED_DIR
+from tests.fixtures.paths import SHARED_DIR, require
 
 LAYOUT = StreamLayout()
 GROUP = "alerts"
@@ -332,8 +332,7 @@ def _clip_frames(step: int) -> list[bytes]:
 @pytest.fixture(scope="session")
 def recorded_clip() -> tuple[dict[str, Any], list[bytes]]:
     """The real detector's output on group4_masks.mp4 (5 fps) and the matching frames."""
-    if not VIDEO.is_file():
-        pytest.skip(f"{VIDEO} not present")
+    require(VIDEO)
     doc = json.loads(RECORDED.read_text())
     frames = _clip_frames(doc["step"])
     assert len(frames) == len(doc["frames"])

@@ -19,7 +19,7 @@ from facemask.contracts.wire import FrameEntry
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
 from services.ingest.worker import IngestWorker
-from tests.fixtures.paths import SHARED_DIR
+from tests.fixtures.paths import SHARED_DIR, require
 
 SAMPLES = SHARED_DIR / "data" / "samples"
 VIDEO = SHARED_DIR / "data" / "video"
@@ -105,7 +105,4 @@ def samples(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def group4_video() -> Path:
     """The shared 960x506 25 fps clip (skip when the shared data is absent)."""
-    path = VIDEO / "group4_masks.mp4"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    return path
+    return require(VIDEO / "group4_masks.mp4")
