@@ -19,7 +19,7 @@ from facemask.core.preprocess import preprocess_batch
 from facemask.core.tiling import TileSpec, crop, map_detections, tile_windows
 from facemask.core.types import Detections
 from facemask.model import store as modelstore
-from facemask.model.runtime import create_runtime
+from facemask.model.runtime import RuntimeConfig, parse_runtime_config
 from facemask.model.runtime.base import Runtime
 
 logger = logging.getLogger(__name__)
@@ -187,21 +187,30 @@ class Detector:
 
 
 def create_detector(
-    runtime: str = "tensorflow",
+    runtime: str | RuntimeConfig = "tensorflow",
     *,
     model_path: Path | None = None,
     conf: float = DEFAULT_CONF,
     iou: float = DEFAULT_IOU,
     **runtime_options: Any,
 ) -> Detector:
-    """A :class:`Detector` on the runtime ``runtime`` (``tensorflow``, ``tflite``, ...).
+    """A :class:`Detector` on a runtime: a validated :class:`RuntimeConfig`, or a runtime
+    name (``tensorflow``, ``tflite``, ...) with its options, validated here (``ValueError``
+    on an unknown or misplaced option, before anything loads).
 
-    ``model_path`` defaults to the runtime's cached artifact; ``runtime_options`` go to the
-    runtime (``intra_op_threads``, ``inter_op_threads``, ``num_threads``, ``precision``...).
-    The model version is the sha256 prefix of the file the runtime loaded (``-bf16`` added
-    when the runtime computes in bf16).
+    ``model_path`` defaults to the runtime's cached artifact. The model version is the
+    sha256 prefix of the file the runtime loaded (``-bf16`` added when the runtime
+    computes in bf16).
     """
-    rt = create_runtime(runtime, model_path=model_path, **runtime_options)
+    if isinstance(runtime, RuntimeConfig):
+        if runtime_options or model_path is not None:
+            raise TypeError("pass the options inside the RuntimeConfig, not beside it")
+        config = runtime
+    else:
+        config = parse_runtime_config(
+            {"type": runtime, "model_path": model_path, **runtime_options}
+        )
+    rt = config.create()
     loaded = getattr(rt, "model_path", None)
     sha256 = modelstore.sha256_file(Path(loaded)) if loaded else None
     version = sha256[:12] if sha256 else None

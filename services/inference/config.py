@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.infra.settings import ServiceSettings
+from facemask.model.runtime import RuntimeConfig, parse_runtime_config
 
 
 def _default_consumer() -> str:
@@ -146,6 +147,10 @@ class InferenceSettings(ServiceSettings):
             spec = self.tiles.get("*")
         return parse_tiles(spec)
 
+    def runtime_config(self) -> RuntimeConfig:
+        """The validated options of the chosen runtime (:mod:`facemask.model.runtime`)."""
+        return parse_runtime_config({"type": self.runtime, **self.runtime_options()})
+
     def runtime_options(self) -> dict[str, Any]:
         """Options of :func:`facemask.model.detector.create_detector` for the chosen runtime."""
         options: dict[str, Any] = {"threads": self.threads} if self.threads else {}
@@ -163,6 +168,10 @@ class InferenceSettings(ServiceSettings):
             raise ValueError("model_variant and interpreters apply to the tflite runtime only")
         if self.runtime != "tensorflow" and self.precision != "auto":
             raise ValueError("precision applies to the tensorflow runtime only")
+        try:
+            self.runtime_config()  # every runtime option valid before the model loads
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
         if self.max_inflight < self.max_batch_size:
             raise ValueError("max_inflight must be >= max_batch_size so batches can fill")
         if self.max_queue_size < self.max_batch_size:

@@ -73,12 +73,10 @@ class InferenceService:
 
     def _load_model(self) -> Detector:
         start = time.monotonic()
-        options: dict[str, Any] = self.settings.runtime_options()
         detector = create_detector(
-            self.settings.runtime,
+            self.settings.runtime_config(),
             conf=self.settings.confidence,
             iou=self.settings.iou,
-            **options,
         )
         logger.info(
             "model loaded",

@@ -1,58 +1,96 @@
-"""Inference runtimes behind one small registry.
+"""Inference runtimes as plugins: a config class plus its implementation.
 
-A runtime module registers a factory with :func:`register_runtime`; :func:`create_runtime`
-imports the module of a known runtime on first use, so TensorFlow is loaded only when the
-``tensorflow`` runtime is created, never by ``import facemask.model.runtime``.
+Each module of this package defines a :class:`~facemask.model.runtime.base.RuntimeConfig`
+subclass with ``type: Literal["<name>"]`` and typed options, whose ``create()`` builds the
+runtime. :func:`runtime_configs` discovers them (importing a runtime module does not
+import its framework: TensorFlow is loaded only when the ``tensorflow`` runtime is
+created), and options are validated against their discriminated union
+(:func:`parse_runtime_config`), so a wrong option fails before any model loads. A
+runtime defined elsewhere joins by subclassing ``RuntimeConfig`` in a module imported
+before use.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Callable
-from typing import Any, TypeVar
+import pkgutil
+from collections.abc import Mapping
+from typing import Annotated, Any, Union
 
-from facemask.model.runtime.base import Runtime
+from pydantic import Field, TypeAdapter, ValidationError
 
-__all__ = ["Runtime", "available_runtimes", "create_runtime", "register_runtime"]
+from facemask.model.runtime.base import Runtime, RuntimeConfig
 
-Factory = Callable[..., Runtime]
-F = TypeVar("F", bound=Factory)
+__all__ = [
+    "Runtime",
+    "RuntimeConfig",
+    "available_runtimes",
+    "create_runtime",
+    "parse_runtime_config",
+    "runtime_configs",
+]
 
-_FACTORIES: dict[str, Factory] = {}
-# Built-in runtimes: name -> module that registers it when imported.
-_BUILTIN_MODULES: dict[str, str] = {
-    "tensorflow": "facemask.model.runtime.tensorflow",
-    "tflite": "facemask.model.runtime.tflite",
-}
+
+@functools.cache
+def _import_builtin_modules() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
-def register_runtime(name: str) -> Callable[[F], F]:
-    """Class or function decorator registering a runtime factory under ``name``."""
+def _subclasses(cls: type[RuntimeConfig]) -> list[type[RuntimeConfig]]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_subclasses(sub))
+    return out
 
-    def decorator(factory: F) -> F:
-        _FACTORIES[name] = factory
-        return factory
 
-    return decorator
+def runtime_configs() -> dict[str, type[RuntimeConfig]]:
+    """Every runtime's config class by runtime name (built-in and defined elsewhere)."""
+    _import_builtin_modules()
+    found: dict[str, type[RuntimeConfig]] = {}
+    for cls in _subclasses(RuntimeConfig):
+        name = cls.model_fields["type"].default
+        if isinstance(name, str):
+            found[name] = cls
+    return found
 
 
 def available_runtimes() -> list[str]:
-    """Names :func:`create_runtime` accepts (built-in and registered), sorted."""
-    return sorted(set(_FACTORIES) | set(_BUILTIN_MODULES))
+    """Names :func:`create_runtime` accepts, sorted."""
+    return sorted(runtime_configs())
+
+
+def _adapter(configs: tuple[type[RuntimeConfig], ...]) -> TypeAdapter[Any]:
+    if len(configs) == 1:
+        return TypeAdapter(configs[0])
+    union = Union[configs]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
+    return TypeAdapter(Annotated[union, Field(discriminator="type")])
+
+
+def parse_runtime_config(options: Mapping[str, Any]) -> RuntimeConfig:
+    """Validate ``{"type": name, **options}``; ``ValueError`` naming the bad option."""
+    configs = runtime_configs()
+    name = options.get("type")
+    if name not in configs:
+        raise ValueError(f"unknown runtime {name!r}; available: {', '.join(sorted(configs))}")
+    try:
+        config: RuntimeConfig = _adapter(tuple(configs.values())).validate_python(dict(options))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'options'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValueError(f"invalid options for runtime {name!r}: {problems}") from None
+    return config
 
 
 def create_runtime(name: str, **options: Any) -> Runtime:
     """Create the runtime ``name`` with its options (``model_path``, threads, ...).
 
-    Raises ``ValueError`` for an unknown name and ``ImportError`` (with the package to
-    install) when the runtime's library is missing.
+    Raises ``ValueError`` for an unknown name or option and ``ImportError`` (with the
+    package to install) when the runtime's library is missing.
     """
-    if name not in _FACTORIES and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
-    try:
-        factory = _FACTORIES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown runtime {name!r}; available: {', '.join(available_runtimes())}"
-        ) from None
-    return factory(**options)
+    return parse_runtime_config({"type": name, **options}).create()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @runtime_checkable
@@ -31,6 +32,27 @@ class Runtime(Protocol):
     def close(self) -> None:
         """Release the model; the runtime is unusable afterwards."""
         ...
+
+
+class RuntimeConfig(BaseModel):
+    """The typed options of one runtime: the plugin contract (as Frigate's detectors).
+
+    A runtime module defines a subclass with ``type: Literal["<name>"]``, its own fields
+    and :meth:`create`; :mod:`facemask.model.runtime` discovers the subclasses and
+    validates options against their discriminated union, so a misspelt or misplaced
+    option is a clear error before any model is loaded.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    HELP: ClassVar[str] = ""
+
+    type: str
+    model_path: Path | None = Field(None, description="model file (default: the cached one)")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: usable CPUs)")
+
+    def create(self) -> Runtime:
+        """The runtime these options describe (imports its framework now)."""
+        raise NotImplementedError
 
 
 def check_batch(batch: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:

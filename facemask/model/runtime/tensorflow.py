@@ -10,13 +10,18 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from facemask.model import store as modelstore
-from facemask.model.runtime import register_runtime
-from facemask.model.runtime.base import check_batch, resolve_precision, usable_cpus
+from facemask.model.runtime.base import (
+    RuntimeConfig,
+    check_batch,
+    resolve_precision,
+    usable_cpus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +87,21 @@ def _configure_threads(tf: Any, intra: int, inter: int) -> None:
         )
 
 
-@register_runtime("tensorflow")
+class TensorFlowConfig(RuntimeConfig):
+    """Options of the ``tensorflow`` runtime (see :class:`TensorFlowRuntime`)."""
+
+    type: Literal["tensorflow"] = "tensorflow"
+    intra_op_threads: int | None = Field(None, ge=1, description="threads inside each op")
+    inter_op_threads: int | None = Field(None, ge=1, description="ops run in parallel")
+    fold_batch_norm: bool = Field(True, description="fold batch norms into convolutions")
+    jit_compile: bool = Field(False, description="XLA (slower for this model on CPU)")
+    precision: Literal["float32", "bf16", "auto"] = Field("float32", description="compute")
+
+    def create(self) -> TensorFlowRuntime:
+        """Load the frozen graph on TensorFlow."""
+        return TensorFlowRuntime(**self.model_dump(exclude={"type"}))
+
+
 class TensorFlowRuntime:
     """The frozen graph ``face_mask_detection.pb`` on TensorFlow (CPU, oneDNN).
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from facemask.model import store as modelstore
-from facemask.model.runtime import register_runtime
-from facemask.model.runtime.base import check_batch, usable_cpus
+from facemask.model.runtime.base import RuntimeConfig, check_batch, usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,19 @@ class _Interpreter:
         return loc, cls
 
 
-@register_runtime("tflite")
+class TFLiteConfig(RuntimeConfig):
+    """Options of the ``tflite`` runtime (see :class:`TFLiteRuntime`)."""
+
+    type: Literal["tflite"] = "tflite"
+    variant: Literal["upstream", "float32", "int8"] = Field("upstream", description="model")
+    interpreters: int = Field(1, ge=1, description="interpreters running a batch in parallel")
+    num_threads: int | None = Field(None, ge=1, description="threads of each interpreter")
+
+    def create(self) -> TFLiteRuntime:
+        """Load the ``.tflite`` model on LiteRT."""
+        return TFLiteRuntime(**self.model_dump(exclude={"type"}))
+
+
 class TFLiteRuntime:
     """A ``.tflite`` face-mask model on LiteRT's XNNPACK CPU delegate.
 

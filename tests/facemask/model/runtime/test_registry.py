@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Literal
 
 import numpy as np
 import pytest
 
-from facemask.model.runtime import available_runtimes, create_runtime, register_runtime
-from facemask.model.runtime.base import Runtime, check_batch, native_bf16, resolve_precision
+from facemask.model.runtime import (
+    available_runtimes,
+    create_runtime,
+    parse_runtime_config,
+    runtime_configs,
+)
+from facemask.model.runtime.base import (
+    Runtime,
+    RuntimeConfig,
+    check_batch,
+    native_bf16,
+    resolve_precision,
+)
+from facemask.model.runtime.tensorflow import TensorFlowConfig
+from facemask.model.runtime.tflite import TFLiteConfig
 
 
 class _Echo:
@@ -29,21 +43,48 @@ class _Echo:
         self.closed = True
 
 
-def test_builtin_runtimes_listed() -> None:
+class _EchoConfig(RuntimeConfig):
+    type: Literal["echo-test"] = "echo-test"
+    scale: float = 1.0
+
+    def create(self) -> _Echo:
+        return _Echo(model_path=self.model_path, scale=self.scale)
+
+
+def test_builtin_runtimes_discovered() -> None:
     assert {"tensorflow", "tflite"} <= set(available_runtimes())
+    assert runtime_configs()["tensorflow"] is TensorFlowConfig
+    assert runtime_configs()["tflite"] is TFLiteConfig
 
 
-def test_register_and_create() -> None:
-    register_runtime("echo-test")(_Echo)
+def test_a_plugin_is_a_config_class_and_its_runtime() -> None:
     runtime = create_runtime("echo-test", scale=2.0)
     assert isinstance(runtime, _Echo) and runtime.scale == 2.0
     assert isinstance(runtime, Runtime)  # satisfies the protocol
     assert "echo-test" in available_runtimes()
 
 
-def test_unknown_runtime() -> None:
-    with pytest.raises(ValueError, match=r"unknown runtime 'nope'.*tensorflow"):
-        create_runtime("nope")
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"type": "nope"}, r"unknown runtime 'nope'.*tensorflow"),
+        ({"type": "tensorflow", "variant": "int8"}, r"'tensorflow'.*variant: Extra inputs"),
+        ({"type": "tensorflow", "precision": "fp16"}, r"precision: Input should be"),
+        ({"type": "tflite", "interpreters": 0}, r"interpreters: Input should be greater"),
+        ({"type": "tflite", "threads": "many"}, r"threads: Input should be a valid integer"),
+    ],
+)
+def test_wrong_options_fail_before_any_model_loads(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_runtime_config(options)
+
+
+def test_options_are_typed() -> None:
+    config = parse_runtime_config({"type": "tflite", "variant": "int8", "threads": "2"})
+    assert isinstance(config, TFLiteConfig)
+    assert (config.variant, config.threads, config.interpreters) == ("int8", 2, 1)
 
 
 def test_check_batch() -> None:
