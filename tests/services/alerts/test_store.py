@@ -95,7 +95,7 @@ def test_outbox_rows(tmp_path: Path) -> None:
     store = AlertStore(tmp_path)
     store.commit_batch([record("b" * 32)], ["webhook"], {}, {}, now=100.0)
     (row,) = store.due("webhook", 100.0)
-    assert row.status == PENDING and row.payload["id"] == "b" * 32
+    assert row.status == PENDING and row.alert.alert_id == "b" * 32
     store.mark_retry(row.row_id, 110.0, "HTTP 503")
     assert store.due("webhook", 105.0) == []
     assert store.next_due("webhook") == 110.0
