@@ -151,6 +151,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 status, last_error, done_at)
             SELECT id, alert_id, sink, created, next_attempt, attempts, status, last_error,
                 done_at FROM outbox WHERE alert_id IN (SELECT id FROM alerts) ORDER BY id""",
+            # Row ids continue after the old table's, even if its last rows were dropped.
+            """UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence
+                WHERE name = 'outbox') WHERE name = 'outbox_v2'""",
+            """INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v2', seq
+                FROM sqlite_sequence WHERE name = 'outbox'
+                AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox_v2')""",
             "DROP TABLE outbox",
             "ALTER TABLE outbox_v2 RENAME TO outbox",
             "CREATE INDEX outbox_due ON outbox (sink, status, next_attempt)",
