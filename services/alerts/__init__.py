@@ -5,11 +5,15 @@ its own consumer group (``alerts``); :mod:`~services.alerts.engine` tracks faces
 camera (:mod:`~services.alerts.tracker`, a greedy IoU tracker) and applies the rule of
 :mod:`~services.alerts.rules` (a track ``no_mask`` in K of its last N frames, score >= s,
 face >= m px, one alert per track, per-camera cooldown); :mod:`~services.alerts.snapshots`
-draws the alert's frame; :mod:`~services.alerts.outbox` delivers to the sinks of
-:mod:`~services.alerts.sinks` (webhook, Slack, MQTT, the Redis alerts stream);
-:mod:`~services.alerts.api` serves the HTTP API, the server-sent events and the dashboard
-(``static/``); :mod:`~services.alerts.service` wires it all, :mod:`~services.alerts.__main__`
-is the command (``facemask serve-alerts`` / ``python -m services.alerts``).
+draws the alert's frame; :mod:`~services.alerts.outbox` delivers each stored
+:class:`~services.alerts.records.AlertRecord` to the sinks of :mod:`~services.alerts.sinks`
+(webhook, Slack, MQTT, the Redis alerts stream); :mod:`~services.alerts.cameras` joins the
+camera registry with the engine's statistics; the :mod:`~services.alerts.api` package
+serves the HTTP API, the server-sent events and the dashboard (``static/``), one router
+per domain, built by ``create_app`` from explicit collaborators;
+:mod:`~services.alerts.service` is the composition root that builds and runs it all, and
+:mod:`~services.alerts.__main__` is the command (``facemask serve-alerts`` /
+``python -m services.alerts``).
 
 Durability - SQLite, not Redis. The state lives in one SQLite database in WAL mode
 (``FACEMASK_ALERTS_STATE_DIR/alerts.sqlite3``, ``synchronous=FULL``), see

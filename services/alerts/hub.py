@@ -1,6 +1,7 @@
 """Fan-out of new alerts to the open server-sent event streams.
 
-The consumer thread publishes stored alerts; each SSE client owns an ``asyncio.Queue``
+The consumer thread publishes stored alerts (:class:`~services.alerts.records.AlertRecord`,
+rendered by the events route); each SSE client owns an ``asyncio.Queue``
 on the HTTP server's event loop, filled with ``call_soon_threadsafe``. A client that
 falls more than ``maxsize`` alerts behind is disconnected (``None`` in its queue); its
 browser reconnects with ``Last-Event-ID`` and the API replays the missed alerts from the
@@ -12,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-Event = Mapping[str, Any]
+from services.alerts.records import AlertRecord
+
+Event = AlertRecord
 
 
 @dataclass(eq=False)

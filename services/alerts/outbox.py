@@ -2,7 +2,8 @@
 
 The consumer writes one outbox row per (alert, sink) in the same transaction as the alert,
 so a delivery can only be lost with the database. One worker thread per sink takes the
-rows that are due, oldest first, and delivers them one by one:
+rows that are due, oldest first, each with its :class:`~services.alerts.records.AlertRecord`
+read from the alerts table, and delivers them one by one:
 
 - success: the row is ``delivered`` (outcome ``delivered``);
 - :class:`~services.alerts.sinks.PermanentSinkError`: ``failed`` for good (``rejected``);
@@ -54,6 +55,7 @@ class OutboxWorker:
         initial: float,
         cap: float,
         clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -64,7 +66,7 @@ class OutboxWorker:
         self.clock = clock
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._rng = random.Random()
+        self._rng = rng or random.Random()
         self._thread = threading.Thread(target=self._run, name=f"outbox-{sink.name}", daemon=True)
 
     @property
@@ -125,7 +127,7 @@ class OutboxWorker:
             self.store.mark_final(row.row_id, EXPIRED, row.last_error, now, attempt=False)
             return self._outcome(row, "expired", row.last_error or "ttl")
         try:
-            self.sink.deliver(row.payload)
+            self.sink.deliver(row.alert)
         except PermanentSinkError as exc:
             self.store.mark_final(row.row_id, FAILED, str(exc), self.clock(), attempt=True)
             return self._outcome(row, "rejected", str(exc))

@@ -1,4 +1,9 @@
-"""Assembly and lifecycle of the alert service.
+"""Assembly and lifecycle of the alert service: its composition root.
+
+:class:`AlertService` builds every collaborator explicitly - store, metrics, snapshots,
+engine, hub, camera directory and board, then (at start) the sinks with their outbox
+workers and the consumer - and hands the HTTP API exactly what it uses
+(:func:`services.alerts.api.create_app`); nothing else reaches into the service.
 
 Threads: the detections consumer, one outbox worker per enabled sink, a maintenance
 thread (compliance gauges and MQTT compliance states every ``maintenance_interval``,
@@ -20,25 +25,25 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from prometheus_client import start_http_server
 
-from facemask.contracts.registry import read_cameras
 from facemask.infra.redisconn import CONNECTION_ERRORS, connect
+from services.alerts.api import create_app
+from services.alerts.cameras import CameraBoard, CameraDirectory
 from services.alerts.config import AlertSettings
 from services.alerts.consumer import DetectionsConsumer
-from services.alerts.engine import AlertEngine, CameraSummary
+from services.alerts.engine import AlertEngine
 from services.alerts.hub import AlertHub
 from services.alerts.metrics import AlertMetrics
 from services.alerts.outbox import OutboxWorker
+from services.alerts.records import AlertRecord
 from services.alerts.rules import Rule
 from services.alerts.sinks import Sink, SinkContext, build_sinks
 from services.alerts.snapshots import LatestFrames, SnapshotStore
-from services.alerts.store import AlertRecord, AlertStore
+from services.alerts.store import AlertStore
 from services.alerts.tracker import TrackerConfig
 
 logger = logging.getLogger(__name__)
@@ -53,113 +58,6 @@ class _DropColorMessage(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.__dict__.pop("color_message", None)
         return True
-
-
-class CameraDirectory:
-    """The ingest nodes' camera registry, cached briefly (many browsers, few reads).
-
-    A camera's hash expires when its node stops heart-beating; the last fields seen
-    (name, location, ...) are kept in the database so an offline camera keeps its name.
-    """
-
-    STATIC_FIELDS = ("id", "name", "location", "fps", "resolution", "node", "source_kind")
-
-    def __init__(self, service: AlertService, ttl: float = 1.0) -> None:
-        self.service = service
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._all: tuple[float, list[dict[str, str]]] = (0.0, [])
-        self._known: dict[str, dict[str, str]] = service.store.camera_info()
-        self._last_seen: dict[str, str] = {}
-
-    def all(self) -> list[dict[str, str]]:
-        """Every registered camera (``online`` "1" / "0"); the last list while Redis is
-        unreachable."""
-        with self._lock:
-            stamp, cameras = self._all
-            if time.monotonic() - stamp < self.ttl:
-                return cameras
-            try:
-                cameras = read_cameras(self.service.client, self.service.layout)
-            except CONNECTION_ERRORS:
-                return cameras
-            changed = {}
-            merged = []
-            for camera in cameras:
-                camera_id = camera["id"]
-                if camera.get("online") == "1":
-                    self._last_seen[camera_id] = camera.get("last_seen", "")
-                    static = {k: camera[k] for k in self.STATIC_FIELDS if camera.get(k)}
-                    if self._known.get(camera_id) != static:
-                        self._known[camera_id] = static
-                        changed[camera_id] = static
-                    merged.append(camera)
-                else:
-                    seen = self._last_seen.get(camera_id)
-                    extra = {"last_seen": seen} if seen else {}
-                    merged.append({**self._known.get(camera_id, {}), **extra, **camera})
-            if changed:
-                try:
-                    self.service.store.save_camera_info(changed)
-                except Exception:
-                    logger.exception("cannot store camera names")
-            self._all = (time.monotonic(), merged)
-            return merged
-
-    def info(self, camera_id: str) -> Mapping[str, str]:
-        """Registry fields of one camera ({} when unknown)."""
-        for camera in self.all():
-            if camera.get("id") == camera_id:
-                return camera
-        return self._known.get(camera_id, {})
-
-
-def camera_status(
-    camera_id: str,
-    registry: Mapping[str, str] | None,
-    summary: CameraSummary | None,
-    *,
-    now: float,
-    online_window: float,
-) -> dict[str, Any]:
-    """One camera as the API shows it: registry facts plus the engine's statistics."""
-    reg = dict(registry or {})
-    last_frame = summary.last_ts if summary else 0.0
-    if reg.get("online") == "1":
-        status = reg.get("status") or "up"
-    elif reg:
-        status = "offline"
-    else:
-        status = "up" if summary and now - summary.last_ts <= online_window else "offline"
-    try:
-        registry_seen = float(reg.get("last_seen", 0) or 0)
-    except ValueError:
-        registry_seen = 0.0
-    last_seen = max(registry_seen, last_frame) or None
-    compliance = summary.compliance if summary else None
-    try:
-        configured_fps = float(reg["fps"]) if reg.get("fps") else None
-    except ValueError:
-        configured_fps = None
-    return {
-        "id": camera_id,
-        "name": reg.get("name") or camera_id,
-        "location": reg.get("location", ""),
-        "status": status,
-        "online": status == "up",
-        "last_seen": last_seen,
-        "last_frame_ts": last_frame or None,
-        "fps": round(summary.fps, 2) if summary else 0.0,
-        "configured_fps": configured_fps,
-        "resolution": reg.get("resolution", ""),
-        "node": reg.get("node", ""),
-        "last_error": reg.get("last_error", ""),
-        "compliance": None if compliance is None else round(compliance, 4),
-        "masked": summary.masked if summary else 0,
-        "faces": summary.faces if summary else 0,
-        "tracks": summary.tracks if summary else 0,
-        "last_alert_ts": summary.last_alert_ts if summary else None,
-    }
 
 
 class AlertService:
@@ -201,7 +99,15 @@ class AlertService:
             compliance_window=settings.compliance_window,
         )
         self.hub = AlertHub()
-        self.directory = CameraDirectory(self)
+        self.directory = CameraDirectory(self.client, self.layout, self.store)
+        self.board = CameraBoard(
+            self.directory,
+            self.engine,
+            self.store,
+            self.latest_frames,
+            self.layout,
+            online_window=settings.online_window,
+        )
         self.sinks: list[Sink] = []
         self.workers: list[OutboxWorker] = []
         self.consumer: DetectionsConsumer | None = None
@@ -290,12 +196,19 @@ class AlertService:
         return sock
 
     def _start_http(self, sock: socket.socket) -> None:
-        from services.alerts.api import create_app
-
+        app = create_app(
+            self.settings,
+            store=self.store,
+            snapshots=self.snapshots,
+            cameras=self.board,
+            hub=self.hub,
+            registry=self.metrics.registry,
+            readiness=self.readiness,
+        )
         for name in ("uvicorn", "uvicorn.error"):
             logging.getLogger(name).addFilter(_DropColorMessage())
         config = uvicorn.Config(
-            create_app(self),
+            app,
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -346,16 +259,7 @@ class AlertService:
         for worker in self.workers:
             worker.wake()
         for alert in alerts:
-            self.hub.publish(self.alert_json(alert))
-
-    @staticmethod
-    def alert_json(alert: AlertRecord) -> dict[str, Any]:
-        """An alert as the API and the live feed show it (with its picture URLs)."""
-        doc = alert.to_json()
-        base = f"/api/alerts/{alert.alert_id}"
-        doc["snapshot_url"] = f"{base}/snapshot.jpg" if alert.snapshot else None
-        doc["thumbnail_url"] = f"{base}/thumbnail.jpg" if alert.thumbnail else None
-        return doc
+            self.hub.publish(alert)
 
     # -- status ----------------------------------------------------------------------
 
@@ -374,33 +278,6 @@ class AlertService:
             "http": bool(self._server and self._server.started),
         }
 
-    def cameras(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Every camera known to the registry or seen in the detections."""
-        now = time.time() if now is None else now
-        registry = {c["id"]: c for c in self.directory.all()}
-        summaries = self.engine.summaries(now)
-        recent = self.store.count_alerts(since=now - 86400)
-        out = []
-        for camera_id in sorted(set(registry) | set(summaries)):
-            doc = camera_status(
-                camera_id,
-                registry.get(camera_id),
-                summaries.get(camera_id),
-                now=now,
-                online_window=self.settings.online_window,
-            )
-            doc["window_s"] = self.settings.compliance_window
-            doc["alerts_24h"] = recent.get(camera_id, 0)
-            doc["rule"] = self.engine.rule(camera_id).to_dict()
-            out.append(doc)
-        return out
-
-    def frames_stream_of(self, latest: Mapping[str, Any] | None) -> str | None:
-        """The frame stream of a latest-entry record."""
-        if not latest:
-            return None
-        return self.layout.frames(self.layout.partition_of_key(str(latest["stream"])))
-
     # -- maintenance -----------------------------------------------------------------
 
     def _maintain(self) -> None:
@@ -413,8 +290,7 @@ class AlertService:
     def maintain_once(self, now: float | None = None) -> None:
         """Update gauges and compliance states; run retention when due."""
         now = time.time() if now is None else now
-        cameras = self.cameras(now)
-        for cam in cameras:
+        for cam in self.board.cameras(now):
             if cam["compliance"] is None:
                 with contextlib.suppress(KeyError):
                     self.metrics.compliance.remove(cam["id"])

@@ -11,12 +11,18 @@ trip, readable with the ``sqlite3`` shell. Tables::
     camera_state  serialised engine state per camera (tracker, cooldown, recent frames)
     offsets       last detections entry id processed per stream
     camera_info   last registry fields seen per camera (names of offline cameras)
-    meta          schema version
+    meta          the schema version for builds that predate ``PRAGMA user_version``
+
+Schema: ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied. Opening a
+database applies the missing ones in order, in one transaction (a database of a newer
+build is refused), so a database of any earlier release opens and is brought up to date.
 
 The consumer commits a batch with :meth:`AlertStore.commit_batch` and only then
 acknowledges the entries; an entry whose id is at or below the stored offset of its
-stream was already processed and is acknowledged without being processed again. Each
-thread gets its own connection; writers serialise on SQLite's lock (``busy_timeout``).
+stream was already processed and is acknowledged without being processed again. An
+outbox row refers to its alert; the outbox workers read the alert from ``alerts`` (one
+record from the consumer to every sink). Each thread gets its own connection; writers
+serialise on SQLite's lock (``busy_timeout``). Rows are read by column name.
 """
 
 from __future__ import annotations
@@ -32,67 +38,141 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from services.alerts.records import AlertRecord
+
+__all__ = [
+    "DELIVERED",
+    "EXPIRED",
+    "FAILED",
+    "MIGRATIONS",
+    "PENDING",
+    "SCHEMA_VERSION",
+    "AlertRecord",
+    "AlertStore",
+    "CursorError",
+    "Delivery",
+    "Migration",
+    "SchemaError",
+    "decode_cursor",
+    "encode_cursor",
+    "parse_sid",
+]
+
 DB_NAME = "alerts.sqlite3"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS alerts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    camera_id TEXT NOT NULL,
-    ts REAL NOT NULL,
-    created REAL NOT NULL,
-    kind TEXT NOT NULL,
-    frame_id INTEGER NOT NULL,
-    frame_sid TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    track_id INTEGER NOT NULL,
-    score REAL NOT NULL,
-    box TEXT NOT NULL,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    detections TEXT NOT NULL,
-    camera_name TEXT NOT NULL DEFAULT '',
-    place TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL DEFAULT '',
-    snapshot TEXT,
-    thumbnail TEXT,
-    rule TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts, seq);
-CREATE INDEX IF NOT EXISTS alerts_camera_ts ON alerts (camera_id, ts, seq);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    alert_id TEXT NOT NULL,
-    sink TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created REAL NOT NULL,
-    next_attempt REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL DEFAULT 'pending',
-    last_error TEXT NOT NULL DEFAULT '',
-    done_at REAL,
-    UNIQUE (alert_id, sink)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sink, status, next_attempt);
-CREATE TABLE IF NOT EXISTS camera_state (
-    camera_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS offsets (stream TEXT PRIMARY KEY, last_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS camera_info (
-    camera_id TEXT PRIMARY KEY,
-    info TEXT NOT NULL,
-    updated REAL NOT NULL
-);
-"""
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: ``statements`` take a database from ``version - 1`` to
+    ``version``."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "the tables of the first release (its databases have them, with user_version 0)",
+        (
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS alerts (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                camera_id TEXT NOT NULL,
+                ts REAL NOT NULL,
+                created REAL NOT NULL,
+                kind TEXT NOT NULL,
+                frame_id INTEGER NOT NULL,
+                frame_sid TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                track_id INTEGER NOT NULL,
+                score REAL NOT NULL,
+                box TEXT NOT NULL,
+                width INTEGER NOT NULL,
+                height INTEGER NOT NULL,
+                detections TEXT NOT NULL,
+                camera_name TEXT NOT NULL DEFAULT '',
+                place TEXT NOT NULL DEFAULT '',
+                message TEXT NOT NULL DEFAULT '',
+                snapshot TEXT,
+                thumbnail TEXT,
+                rule TEXT NOT NULL DEFAULT '{}'
+            )""",
+            "CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts, seq)",
+            "CREATE INDEX IF NOT EXISTS alerts_camera_ts ON alerts (camera_id, ts, seq)",
+            """CREATE TABLE IF NOT EXISTS outbox (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                alert_id TEXT NOT NULL,
+                sink TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created REAL NOT NULL,
+                next_attempt REAL NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                status TEXT NOT NULL DEFAULT 'pending',
+                last_error TEXT NOT NULL DEFAULT '',
+                done_at REAL,
+                UNIQUE (alert_id, sink)
+            )""",
+            "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sink, status, next_attempt)",
+            """CREATE TABLE IF NOT EXISTS camera_state (
+                camera_id TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                updated REAL NOT NULL
+            )""",
+            "CREATE TABLE IF NOT EXISTS offsets (stream TEXT PRIMARY KEY, last_id TEXT NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS camera_info (
+                camera_id TEXT PRIMARY KEY,
+                info TEXT NOT NULL,
+                updated REAL NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "outbox rows refer to their alert instead of carrying a copy of it (payload "
+        "column dropped; rows of alerts no longer in the history are dropped)",
+        (
+            # The table is rebuilt (SQLite's documented way to drop a column, any version).
+            """CREATE TABLE outbox_v2 (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                alert_id TEXT NOT NULL,
+                sink TEXT NOT NULL,
+                created REAL NOT NULL,
+                next_attempt REAL NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                status TEXT NOT NULL DEFAULT 'pending',
+                last_error TEXT NOT NULL DEFAULT '',
+                done_at REAL,
+                UNIQUE (alert_id, sink)
+            )""",
+            """INSERT INTO outbox_v2 (id, alert_id, sink, created, next_attempt, attempts,
+                status, last_error, done_at)
+            SELECT id, alert_id, sink, created, next_attempt, attempts, status, last_error,
+                done_at FROM outbox WHERE alert_id IN (SELECT id FROM alerts) ORDER BY id""",
+            # Row ids continue after the old table's, even if its last rows were dropped.
+            """UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence
+                WHERE name = 'outbox') WHERE name = 'outbox_v2'""",
+            """INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v2', seq
+                FROM sqlite_sequence WHERE name = 'outbox'
+                AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox_v2')""",
+            "DROP TABLE outbox",
+            "ALTER TABLE outbox_v2 RENAME TO outbox",
+            "CREATE INDEX outbox_due ON outbox (sink, status, next_attempt)",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
 EXPIRED = "expired"
+
+
+class SchemaError(RuntimeError):
+    """The database was written by a newer build (its schema is unknown here)."""
 
 
 class CursorError(ValueError):
@@ -106,103 +186,108 @@ def parse_sid(sid: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
-class AlertRecord:
-    """One stored alert."""
-
-    alert_id: str
-    camera_id: str
-    ts: float
-    created: float
-    kind: str
-    frame_id: int
-    frame_sid: str
-    stream: str
-    track_id: int
-    score: float
-    box: tuple[int, int, int, int]
-    width: int
-    height: int
-    detections: list[dict[str, Any]]
-    camera_name: str = ""
-    place: str = ""
-    message: str = ""
-    snapshot: str | None = None
-    thumbnail: str | None = None
-    rule: dict[str, Any] | None = None
-    seq: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """The alert as the API and the sinks show it (no file paths)."""
-        return {
-            "id": self.alert_id,
-            "seq": self.seq,
-            "camera_id": self.camera_id,
-            "camera_name": self.camera_name or self.camera_id,
-            "place": self.place,
-            "ts": self.ts,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.ts))
-            + f".{int((self.ts % 1) * 1000):03d}Z",
-            "kind": self.kind,
-            "message": self.message,
-            "frame_id": self.frame_id,
-            "frame_sid": self.frame_sid,
-            "track_id": self.track_id,
-            "score": round(self.score, 4),
-            "box": list(self.box),
-            "width": self.width,
-            "height": self.height,
-            "detections": self.detections,
-            "has_snapshot": self.snapshot is not None,
-            "rule": self.rule or {},
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class Delivery:
-    """One outbox row."""
+    """One outbox row and the alert it delivers."""
 
     row_id: int
-    alert_id: str
     sink: str
-    payload: dict[str, Any]
     created: float
     next_attempt: float
     attempts: int
     status: str
     last_error: str
     done_at: float | None
+    alert: AlertRecord
+
+    @property
+    def alert_id(self) -> str:
+        """The id of the alert delivered."""
+        return self.alert.alert_id
 
 
 _ALERT_COLUMNS = (
-    "seq, id, camera_id, ts, created, kind, frame_id, frame_sid, stream, track_id, score, box,"
-    " width, height, detections, camera_name, place, message, snapshot, thumbnail, rule"
+    "a.seq, a.id, a.camera_id, a.ts, a.created, a.kind, a.frame_id, a.frame_sid, a.stream,"
+    " a.track_id, a.score, a.box, a.width, a.height, a.detections, a.camera_name, a.place,"
+    " a.message, a.snapshot, a.thumbnail, a.rule"
+)
+_INSERT_ALERT = (
+    "INSERT OR IGNORE INTO alerts (id, camera_id, ts, created, kind, frame_id, frame_sid,"
+    " stream, track_id, score, box, width, height, detections, camera_name, place, message,"
+    " snapshot, thumbnail, rule) VALUES (:id, :camera_id, :ts, :created, :kind, :frame_id,"
+    " :frame_sid, :stream, :track_id, :score, :box, :width, :height, :detections,"
+    " :camera_name, :place, :message, :snapshot, :thumbnail, :rule)"
+)
+# An outbox row with its alert; outbox columns renamed where alerts has the same name.
+_DELIVERY_SELECT = (
+    "SELECT o.id AS row_id, o.sink, o.created AS queued, o.next_attempt, o.attempts,"
+    f" o.status, o.last_error, o.done_at, {_ALERT_COLUMNS}"
+    " FROM outbox o JOIN alerts a ON a.id = o.alert_id"
 )
 
 
-def _alert_from_row(row: Sequence[Any]) -> AlertRecord:
-    box = json.loads(row[11])
+def _alert_row(alert: AlertRecord) -> dict[str, Any]:
+    return {
+        "id": alert.alert_id,
+        "camera_id": alert.camera_id,
+        "ts": alert.ts,
+        "created": alert.created,
+        "kind": alert.kind,
+        "frame_id": alert.frame_id,
+        "frame_sid": alert.frame_sid,
+        "stream": alert.stream,
+        "track_id": alert.track_id,
+        "score": alert.score,
+        "box": json.dumps(list(alert.box)),
+        "width": alert.width,
+        "height": alert.height,
+        "detections": json.dumps(alert.detections, separators=(",", ":")),
+        "camera_name": alert.camera_name,
+        "place": alert.place,
+        "message": alert.message,
+        "snapshot": alert.snapshot,
+        "thumbnail": alert.thumbnail,
+        "rule": json.dumps(alert.rule),
+    }
+
+
+def _alert_from_row(row: sqlite3.Row) -> AlertRecord:
+    box = json.loads(row["box"])
     return AlertRecord(
-        seq=int(row[0]),
-        alert_id=row[1],
-        camera_id=row[2],
-        ts=float(row[3]),
-        created=float(row[4]),
-        kind=row[5],
-        frame_id=int(row[6]),
-        frame_sid=row[7],
-        stream=row[8],
-        track_id=int(row[9]),
-        score=float(row[10]),
+        seq=int(row["seq"]),
+        alert_id=row["id"],
+        camera_id=row["camera_id"],
+        ts=float(row["ts"]),
+        created=float(row["created"]),
+        kind=row["kind"],
+        frame_id=int(row["frame_id"]),
+        frame_sid=row["frame_sid"],
+        stream=row["stream"],
+        track_id=int(row["track_id"]),
+        score=float(row["score"]),
         box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
-        width=int(row[12]),
-        height=int(row[13]),
-        detections=json.loads(row[14]),
-        camera_name=row[15],
-        place=row[16],
-        message=row[17],
-        snapshot=row[18],
-        thumbnail=row[19],
-        rule=json.loads(row[20]),
+        width=int(row["width"]),
+        height=int(row["height"]),
+        detections=json.loads(row["detections"]),
+        camera_name=row["camera_name"],
+        place=row["place"],
+        message=row["message"],
+        snapshot=row["snapshot"],
+        thumbnail=row["thumbnail"],
+        rule=json.loads(row["rule"]),
+    )
+
+
+def _delivery_from_row(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        row_id=int(row["row_id"]),
+        sink=row["sink"],
+        created=float(row["queued"]),
+        next_attempt=float(row["next_attempt"]),
+        attempts=int(row["attempts"]),
+        status=row["status"],
+        last_error=row["last_error"],
+        done_at=row["done_at"],
+        alert=_alert_from_row(row),
     )
 
 
@@ -231,15 +316,7 @@ class AlertStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._conn_lock = threading.Lock()
-        conn = self._conn()
-        conn.executescript(SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has schema {row[0]}, newer than this build ({SCHEMA_VERSION})"
-            )
+        self.migrated_from = self._migrate(self._conn())
 
     # -- connections -----------------------------------------------------------------
 
@@ -249,6 +326,7 @@ class AlertStore:
             conn = sqlite3.connect(
                 self.path, timeout=30.0, isolation_level=None, check_same_thread=False
             )
+            conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
@@ -257,6 +335,37 @@ class AlertStore:
             with self._conn_lock:
                 self._connections.append(conn)
         return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        """Apply the missing migrations in one transaction; returns the version found."""
+        conn.execute("BEGIN IMMEDIATE")  # another process opening it waits here
+        try:
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if found > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"{self.path} has schema {found}, newer than this build ({SCHEMA_VERSION})"
+                )
+            for migration in MIGRATIONS:
+                if migration.version <= found:
+                    continue
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {migration.version:d}")
+            if found < SCHEMA_VERSION:
+                # Builds before user_version read this row and refuse a newer database.
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return found
+
+    def schema_version(self) -> int:
+        """``PRAGMA user_version`` of the database."""
+        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -285,8 +394,10 @@ class AlertStore:
     def load_state(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Every camera's stored engine state and every stream's last processed id."""
         conn = self._conn()
-        cameras = [json.loads(r[0]) for r in conn.execute("SELECT state FROM camera_state")]
-        offsets = dict(conn.execute("SELECT stream, last_id FROM offsets").fetchall())
+        cameras = [json.loads(r["state"]) for r in conn.execute("SELECT state FROM camera_state")]
+        offsets = {
+            r["stream"]: r["last_id"] for r in conn.execute("SELECT stream, last_id FROM offsets")
+        }
         return cameras, offsets
 
     def commit_batch(
@@ -305,44 +416,16 @@ class AlertStore:
         stored: list[AlertRecord] = []
         with self.transaction() as cur:
             for alert in alerts:
-                cur.execute(
-                    f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS}) VALUES "
-                    "(NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        alert.alert_id,
-                        alert.camera_id,
-                        alert.ts,
-                        alert.created,
-                        alert.kind,
-                        alert.frame_id,
-                        alert.frame_sid,
-                        alert.stream,
-                        alert.track_id,
-                        alert.score,
-                        json.dumps(list(alert.box)),
-                        alert.width,
-                        alert.height,
-                        json.dumps(alert.detections, separators=(",", ":")),
-                        alert.camera_name,
-                        alert.place,
-                        alert.message,
-                        alert.snapshot,
-                        alert.thumbnail,
-                        json.dumps(alert.rule or {}),
-                    ),
-                )
+                cur.execute(_INSERT_ALERT, _alert_row(alert))
                 if cur.rowcount == 0:
                     continue
-                seq = int(cur.lastrowid or 0)
-                record = replace(alert, seq=seq)
-                payload = json.dumps(record.to_json(), separators=(",", ":"))
+                stored.append(replace(alert, seq=int(cur.lastrowid or 0)))
                 for sink in sinks:
                     cur.execute(
-                        "INSERT OR IGNORE INTO outbox (alert_id, sink, payload, created,"
-                        " next_attempt) VALUES (?, ?, ?, ?, ?)",
-                        (alert.alert_id, sink, payload, now, now),
+                        "INSERT OR IGNORE INTO outbox (alert_id, sink, created, next_attempt)"
+                        " VALUES (?, ?, ?, ?)",
+                        (alert.alert_id, sink, now, now),
                     )
-                stored.append(record)
             for camera_id, state in camera_states.items():
                 cur.execute(
                     "INSERT INTO camera_state (camera_id, state, updated) VALUES (?, ?, ?)"
@@ -376,7 +459,7 @@ class AlertStore:
     def camera_info(self) -> dict[str, dict[str, str]]:
         """Last registry fields seen of every camera."""
         rows = self._conn().execute("SELECT camera_id, info FROM camera_info")
-        return {r[0]: json.loads(r[1]) for r in rows}
+        return {r["camera_id"]: json.loads(r["info"]) for r in rows}
 
     # -- alerts ----------------------------------------------------------------------
 
@@ -384,7 +467,7 @@ class AlertStore:
         """One alert by id."""
         row = (
             self._conn()
-            .execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id=?", (alert_id,))
+            .execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a WHERE a.id=?", (alert_id,))
             .fetchone()
         )
         return _alert_from_row(row) if row else None
@@ -402,22 +485,22 @@ class AlertStore:
         where: list[str] = []
         args: list[Any] = []
         if camera_id is not None:
-            where.append("camera_id = ?")
+            where.append("a.camera_id = ?")
             args.append(camera_id)
         if since is not None:
-            where.append("ts >= ?")
+            where.append("a.ts >= ?")
             args.append(since)
         if until is not None:
-            where.append("ts < ?")
+            where.append("a.ts < ?")
             args.append(until)
         if cursor:
             ts, seq = decode_cursor(cursor)
-            where.append("(ts < ? OR (ts = ? AND seq < ?))")
+            where.append("(a.ts < ? OR (a.ts = ? AND a.seq < ?))")
             args.extend([ts, ts, seq])
-        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts"
+        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts a"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts DESC, seq DESC LIMIT ?"
+        sql += " ORDER BY a.ts DESC, a.seq DESC LIMIT ?"
         args.append(limit + 1)
         rows = self._conn().execute(sql, args).fetchall()
         alerts = [_alert_from_row(r) for r in rows[:limit]]
@@ -431,7 +514,7 @@ class AlertStore:
         rows = (
             self._conn()
             .execute(
-                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {_ALERT_COLUMNS} FROM alerts a WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
                 (seq, limit),
             )
             .fetchall()
@@ -440,25 +523,23 @@ class AlertStore:
 
     def count_alerts(self, since: float | None = None) -> dict[str, int]:
         """Alerts per camera (since ``since``)."""
-        sql = "SELECT camera_id, COUNT(*) FROM alerts"
+        sql = "SELECT camera_id, COUNT(*) AS alerts FROM alerts"
         args: list[Any] = []
         if since is not None:
             sql += " WHERE ts >= ?"
             args.append(since)
         sql += " GROUP BY camera_id"
-        return {r[0]: int(r[1]) for r in self._conn().execute(sql, args)}
+        return {r["camera_id"]: int(r["alerts"]) for r in self._conn().execute(sql, args)}
 
     def prune_alerts(self, before: float) -> list[AlertRecord]:
-        """Delete alerts captured before ``before`` and their delivery rows."""
+        """Delete alerts captured before ``before`` and their delivery rows (a delivery
+        still pending then is given up with its alert)."""
         with self.transaction() as cur:
             rows = cur.execute(
-                f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE ts < ?", (before,)
+                f"SELECT {_ALERT_COLUMNS} FROM alerts a WHERE a.ts < ?", (before,)
             ).fetchall()
             cur.execute("DELETE FROM alerts WHERE ts < ?", (before,))
-            cur.execute(
-                "DELETE FROM outbox WHERE status != ? AND alert_id NOT IN (SELECT id FROM alerts)",
-                (PENDING,),
-            )
+            cur.execute("DELETE FROM outbox WHERE alert_id NOT IN (SELECT id FROM alerts)")
         return [_alert_from_row(r) for r in rows]
 
     # -- outbox ----------------------------------------------------------------------
@@ -468,25 +549,25 @@ class AlertStore:
         rows = (
             self._conn()
             .execute(
-                "SELECT id, alert_id, sink, payload, created, next_attempt, attempts, status,"
-                " last_error, done_at FROM outbox WHERE sink=? AND status=? AND next_attempt<=?"
-                " ORDER BY id LIMIT ?",
+                f"{_DELIVERY_SELECT} WHERE o.sink=? AND o.status=? AND o.next_attempt<=?"
+                " ORDER BY o.id LIMIT ?",
                 (sink, PENDING, now, limit),
             )
             .fetchall()
         )
-        return [_delivery(r) for r in rows]
+        return [_delivery_from_row(r) for r in rows]
 
     def next_due(self, sink: str) -> float | None:
         """When the next pending delivery of ``sink`` is due (None: nothing pending)."""
         row = (
             self._conn()
             .execute(
-                "SELECT MIN(next_attempt) FROM outbox WHERE sink=? AND status=?", (sink, PENDING)
+                "SELECT MIN(next_attempt) AS due FROM outbox WHERE sink=? AND status=?",
+                (sink, PENDING),
             )
             .fetchone()
         )
-        return float(row[0]) if row and row[0] is not None else None
+        return float(row["due"]) if row and row["due"] is not None else None
 
     def mark_delivered(self, row_id: int, now: float) -> None:
         """A delivery succeeded."""
@@ -520,33 +601,14 @@ class AlertStore:
         """Every delivery row of an alert."""
         rows = (
             self._conn()
-            .execute(
-                "SELECT id, alert_id, sink, payload, created, next_attempt, attempts, status,"
-                " last_error, done_at FROM outbox WHERE alert_id=? ORDER BY sink",
-                (alert_id,),
-            )
+            .execute(f"{_DELIVERY_SELECT} WHERE o.alert_id=? ORDER BY o.sink", (alert_id,))
             .fetchall()
         )
-        return [_delivery(r) for r in rows]
+        return [_delivery_from_row(r) for r in rows]
 
     def outbox_depth(self) -> dict[str, int]:
         """Pending deliveries per sink."""
         rows = self._conn().execute(
-            "SELECT sink, COUNT(*) FROM outbox WHERE status=? GROUP BY sink", (PENDING,)
+            "SELECT sink, COUNT(*) AS pending FROM outbox WHERE status=? GROUP BY sink", (PENDING,)
         )
-        return {r[0]: int(r[1]) for r in rows}
-
-
-def _delivery(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        row_id=int(row[0]),
-        alert_id=row[1],
-        sink=row[2],
-        payload=json.loads(row[3]),
-        created=float(row[4]),
-        next_attempt=float(row[5]),
-        attempts=int(row[6]),
-        status=row[7],
-        last_error=row[8],
-        done_at=row[9],
-    )
+        return {r["sink"]: int(r["pending"]) for r in rows}

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from facemask.contracts.streams import StreamLayout
 from facemask.infra.redisconn import RedisClient
 from services.alerts.config import AlertSettings
+from services.alerts.records import AlertRecord
 
 BUILTIN_MODULES = (
     "services.alerts.sinks.webhook",
@@ -64,8 +65,8 @@ class Sink(ABC):
         """Connect (called once before the first delivery)."""
 
     @abstractmethod
-    def deliver(self, alert: Mapping[str, Any]) -> None:
-        """Deliver one alert (the JSON of :meth:`AlertRecord.to_json` plus links)."""
+    def deliver(self, alert: AlertRecord) -> None:
+        """Deliver one stored alert."""
 
     def publish_compliance(self, camera_id: str, state: Mapping[str, Any]) -> None:  # noqa: B027
         """Publish a camera's compliance state (sinks that keep state override this)."""
@@ -113,13 +114,12 @@ def build_sinks(settings: AlertSettings, context: SinkContext) -> list[Sink]:
     return out
 
 
-def alert_links(alert: Mapping[str, Any], base_url: str) -> dict[str, str | None]:
+def alert_links(alert: AlertRecord, base_url: str) -> dict[str, str | None]:
     """Absolute URLs of an alert's snapshot and of the dashboard."""
     base = base_url.rstrip("/")
-    snapshot = (
-        f"{base}/api/alerts/{alert['id']}/snapshot.jpg" if alert.get("has_snapshot") else None
-    )
-    return {"snapshot_url": snapshot, "dashboard_url": f"{base}/#alert-{alert['id']}"}
+    alert_id = alert.alert_id
+    snapshot = f"{base}/api/alerts/{alert_id}/snapshot.jpg" if alert.has_snapshot else None
+    return {"snapshot_url": snapshot, "dashboard_url": f"{base}/#alert-{alert_id}"}
 
 
 def topic_part(camera_id: str) -> str:

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from services.alerts.config import AlertSettings
+from services.alerts.records import AlertRecord
 from services.alerts.sinks import (
     Sink,
     SinkContext,
@@ -141,10 +142,10 @@ class MqttSink(Sink):
         if not info.is_published():
             raise SinkError(f"no PUBACK within {self.timeout}s")
 
-    def deliver(self, alert: Mapping[str, Any]) -> None:
-        doc = {"event": "alert", **dict(alert), **alert_links(alert, self.base_url)}
+    def deliver(self, alert: AlertRecord) -> None:
+        doc = {"event": "alert", **alert.to_json(), **alert_links(alert, self.base_url)}
         payload = json.dumps(doc, separators=(",", ":")).encode()
-        self._publish(self.alert_topic(str(alert["camera_id"])), payload, retain=False)
+        self._publish(self.alert_topic(alert.camera_id), payload, retain=False)
 
     def publish_compliance(self, camera_id: str, state: Mapping[str, Any]) -> None:
         payload = json.dumps(dict(state), separators=(",", ":"), sort_keys=True).encode()

@@ -1,7 +1,8 @@
 """Redis sink: alerts on the alerts stream (``StreamLayout.alerts``), exactly once.
 
-Each alert is ``XADD``-ed as :class:`facemask.contracts.wire.AlertEvent` fields (``MAXLEN ~``); the
-ingest nodes' voice prompt (:mod:`services.ingest.voice`) reads that stream. A Lua script
+Each alert is ``XADD``-ed as :class:`facemask.contracts.wire.AlertEvent` fields
+(:meth:`~services.alerts.records.AlertRecord.to_event`, ``MAXLEN ~``); the ingest nodes'
+voice prompt (:mod:`services.ingest.voice`) reads that stream. A Lua script
 adds the alert id to a sorted set ``{<alerts key>}:delivered`` (same hash slot as the
 stream) and ``XADD``-s only when the id was new, so a delivery retried after a crash or a
 lost reply never puts the same alert on the stream twice. Ids older than a week (or the
@@ -11,12 +12,11 @@ outbox TTL, if longer) are dropped from the set.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from facemask.contracts.wire import AlertEvent
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
 from services.alerts.config import AlertSettings
+from services.alerts.records import AlertRecord
 from services.alerts.sinks import Sink, SinkContext, SinkError, register_sink
 
 # KEYS[1] stream, KEYS[2] delivered set; ARGV[1] alert id, ARGV[2] now, ARGV[3] keep (s),
@@ -29,20 +29,6 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
 return added
 """
-
-
-def event_of(alert: Mapping[str, Any]) -> AlertEvent:
-    """The wire event of a stored alert."""
-    return AlertEvent(
-        alert_id=str(alert["id"]),
-        camera_id=str(alert["camera_id"]),
-        ts=float(alert["ts"]),
-        frame_id=int(alert["frame_id"]),
-        kind=str(alert.get("kind", "no_mask")),
-        score=float(alert.get("score", 0.0)),
-        track_id=int(alert.get("track_id", 0)),
-        message=str(alert.get("message", "")),
-    )
 
 
 @register_sink("redis")
@@ -68,9 +54,9 @@ class RedisStreamSink(Sink):
             keep=max(7 * 86400.0, settings.outbox_ttl),
         )
 
-    def deliver(self, alert: Mapping[str, Any]) -> None:
-        args: list[Any] = [alert["id"], repr(time.time()), repr(self.keep), self.maxlen]
-        for key, value in event_of(alert).to_fields().items():
+    def deliver(self, alert: AlertRecord) -> None:
+        args: list[Any] = [alert.alert_id, repr(time.time()), repr(self.keep), self.maxlen]
+        for key, value in alert.to_event().to_fields().items():
             args.extend((key, value))
         try:
             self._script(keys=[self.stream, self.delivered_key], args=args)

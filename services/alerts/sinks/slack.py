@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from services.alerts.config import AlertSettings
+from services.alerts.records import AlertRecord
 from services.alerts.sinks import Sink, SinkContext, alert_links, register_sink
 from services.alerts.sinks.webhook import http_client, post_json
 
@@ -22,9 +22,10 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def slack_message(alert: Mapping[str, Any], base_url: str) -> dict[str, Any]:
+def slack_message(record: AlertRecord, base_url: str) -> dict[str, Any]:
     """The Slack payload (``text`` fallback plus ``blocks``) of an alert."""
-    links = alert_links(alert, base_url)
+    links = alert_links(record, base_url)
+    alert = record.to_json()
     camera = _escape(str(alert.get("camera_name") or alert["camera_id"]))
     place = _escape(str(alert.get("place") or ""))
     ts = float(alert["ts"])
@@ -86,7 +87,7 @@ class SlackSink(Sink):
             base_url=context.public_base_url,
         )
 
-    def deliver(self, alert: Mapping[str, Any]) -> None:
+    def deliver(self, alert: AlertRecord) -> None:
         body = json.dumps(slack_message(alert, self.base_url)).encode()
         post_json(self.client, self.url, body, {"Content-Type": "application/json"})
 

@@ -36,6 +36,7 @@ import httpx
 
 from facemask import __version__
 from services.alerts.config import AlertSettings
+from services.alerts.records import AlertRecord
 from services.alerts.sinks import (
     PermanentSinkError,
     Sink,
@@ -142,19 +143,19 @@ class WebhookSink(Sink):
             base_url=context.public_base_url,
         )
 
-    def body(self, alert: Mapping[str, Any]) -> bytes:
+    def body(self, alert: AlertRecord) -> bytes:
         """The request body of an alert."""
-        doc: dict[str, Any] = {"event": "alert", "alert": dict(alert)}
+        doc: dict[str, Any] = {"event": "alert", "alert": alert.to_json()}
         doc.update(alert_links(alert, self.base_url))
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
-    def deliver(self, alert: Mapping[str, Any]) -> None:
+    def deliver(self, alert: AlertRecord) -> None:
         body = self.body(alert)
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
             EVENT_HEADER: "alert",
-            DELIVERY_HEADER: str(alert["id"]),
+            DELIVERY_HEADER: alert.alert_id,
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(self.secret, timestamp, body),
         }

@@ -90,7 +90,7 @@ def test_dashboard_shows_cameras_and_live_alerts(
     register_camera(redis_client, "reception", name="Reception", location="Lobby desk")
     register_camera(redis_client, "garage", name="Garage", location="Level -1")
     with running(settings) as service:
-        wait_until(lambda: len(service.cameras()) == 3, 5, "registry read")
+        wait_until(lambda: len(service.board.cameras()) == 3, 5, "registry read")
         redis_client.delete(LAYOUT.camera("garage"))  # its node stopped heart-beating
         feed_clip(redis_client, "entrance", recorded_clip, time.time() - 17)
         live = LiveCamera(redis_client, "reception", sample_jpeg)

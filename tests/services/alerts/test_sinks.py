@@ -1,20 +1,18 @@
-"""Sinks against real receivers (local HTTP server, redis-server, mosquitto) and the outbox."""
+"""Sinks against real receivers (local HTTP server, redis-server, mosquitto)."""
 
 from __future__ import annotations
 
 import json
-import random
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from facemask.contracts.wire import AlertEvent
 from facemask.dev.localredis import RedisProcess
-from services.alerts.metrics import AlertMetrics
-from services.alerts.outbox import OutboxWorker, backoff_delay
+from services.alerts.records import AlertRecord
 from services.alerts.sinks import (
     SINKS,
     PermanentSinkError,
@@ -35,7 +33,6 @@ from services.alerts.sinks.webhook import (
     sign,
     verify_signature,
 )
-from services.alerts.store import DELIVERED, EXPIRED, FAILED, AlertStore
 from tests.fixtures.mqtt import MosquittoProcess, MqttRecorder
 from tests.services.alerts.conftest import LAYOUT, HookServer, fast_settings, wait_until
 from tests.services.alerts.test_store import record
@@ -43,10 +40,13 @@ from tests.services.alerts.test_store import record
 SECRET = "s3cret-key"
 
 
-def alert_doc(alert_id: str = "a" * 32, camera: str = "lobby") -> dict[str, Any]:
-    doc = record(alert_id, camera, time.time()).to_json()
-    doc.update(camera_name="Lobby", place="Main hall", message="Person without a mask at Lobby")
-    return doc
+def alert_doc(alert_id: str = "a" * 32, camera: str = "lobby") -> AlertRecord:
+    return replace(
+        record(alert_id, camera, time.time()),
+        camera_name="Lobby",
+        place="Main hall",
+        message="Person without a mask at Lobby",
+    )
 
 
 def test_registry_knows_the_builtin_sinks(tmp_path: Path) -> None:
@@ -87,11 +87,11 @@ def test_webhook_posts_signed_json(hooks: HookServer) -> None:
     assert verify_signature(
         SECRET, req.headers[TIMESTAMP_HEADER], req.body, req.headers[SIGNATURE_HEADER]
     )
-    assert req.headers[DELIVERY_HEADER] == alert["id"]
+    assert req.headers[DELIVERY_HEADER] == alert.alert_id
     assert req.headers["Content-Type"] == "application/json"
     doc = req.json()
     assert doc["event"] == "alert" and doc["alert"]["camera_id"] == "lobby"
-    assert doc["dashboard_url"] == f"http://dash:8080/#alert-{alert['id']}"
+    assert doc["dashboard_url"] == f"http://dash:8080/#alert-{alert.alert_id}"
     assert doc["snapshot_url"] is None  # the record has no snapshot
 
     hooks.status = 503
@@ -108,13 +108,12 @@ def test_webhook_posts_signed_json(hooks: HookServer) -> None:
 
 
 def test_slack_message_names_camera_place_time_and_snapshot(hooks: HookServer) -> None:
-    alert = alert_doc()
-    alert["has_snapshot"] = True
+    alert = replace(alert_doc(), snapshot="x.jpg")
     message = slack_message(alert, "https://dash.example")
     text = json.dumps(message)
-    link = f"https://dash.example/api/alerts/{alert['id']}/snapshot.jpg"
+    link = f"https://dash.example/api/alerts/{alert.alert_id}/snapshot.jpg"
     assert link in message["text"]
-    assert "Lobby" in text and "Main hall" in text and f"<!date^{int(alert['ts'])}^" in text
+    assert "Lobby" in text and "Main hall" in text and f"<!date^{int(alert.ts)}^" in text
     assert f"<{link}|View snapshot>" in text
     sink = SlackSink(hooks.url + "/slack", timeout=2.0, base_url="https://dash.example")
     sink.deliver(alert)
@@ -178,83 +177,3 @@ def test_mqtt_sink_publishes_alerts_and_retained_compliance(
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-class FlakySink:
-    """A sink that fails a set number of times, then succeeds (test double of a receiver)."""
-
-    name = "flaky"
-
-    def __init__(self, failures: int, error: Exception | None = None) -> None:
-        self.failures = failures
-        self.error = error or SinkError("HTTP 503")
-        self.delivered: list[str] = []
-        self.attempts = 0
-
-    def deliver(self, alert: dict[str, Any]) -> None:
-        self.attempts += 1
-        if self.attempts <= self.failures:
-            raise self.error
-        self.delivered.append(alert["id"])
-
-
-def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
-    rng = random.Random(1)
-    delays = [backoff_delay(n, 1.0, 30.0, rng) for n in range(1, 10)]
-    for n, delay in enumerate(delays, start=1):
-        base = min(30.0, 2.0 ** (n - 1))
-        assert base / 2 <= delay <= base
-    assert len({round(backoff_delay(3, 1.0, 30.0, rng), 6) for _ in range(20)}) > 10
-
-
-def test_outbox_worker_retries_until_delivered(tmp_path: Path) -> None:
-    store = AlertStore(tmp_path)
-    store.commit_batch([record("a" * 32)], ["flaky"], {}, {})
-    sink = FlakySink(failures=3)
-    metrics = AlertMetrics()
-    worker = OutboxWorker(store, sink, metrics, ttl=60, initial=0.05, cap=0.2)  # type: ignore[arg-type]
-    worker.start()
-    try:
-        wait_until(lambda: sink.delivered, 5, "delivery after retries")
-    finally:
-        worker.stop()
-    assert sink.delivered == ["a" * 32] and sink.attempts == 4
-    (row,) = store.deliveries("a" * 32)
-    assert row.status == DELIVERED and row.attempts == 4
-    value = metrics.registry.get_sample_value
-    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "retry"}) == 3
-    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "delivered"}) == 1
-
-
-def test_outbox_worker_rejects_and_expires(tmp_path: Path) -> None:
-    store = AlertStore(tmp_path)
-    metrics = AlertMetrics()
-    store.commit_batch([record("a" * 32)], ["flaky"], {}, {})
-    rejecting = FlakySink(failures=100, error=PermanentSinkError("HTTP 400"))
-    worker = OutboxWorker(store, rejecting, metrics, ttl=60, initial=0.05, cap=0.2)  # type: ignore[arg-type]
-    assert worker.run_once()
-    assert store.deliveries("a" * 32)[0].status == FAILED and rejecting.attempts == 1
-    assert not worker.run_once()  # not retried
-
-    clock = [1000.0]
-    store.commit_batch([record("b" * 32)], ["flaky"], {}, {}, now=1000.0)
-    failing = FlakySink(failures=100)
-    worker = OutboxWorker(
-        store,
-        failing,
-        metrics,
-        ttl=30,
-        initial=1.0,
-        cap=4.0,
-        clock=lambda: clock[0],  # type: ignore[arg-type]
-    )
-    while clock[0] < 1040:
-        worker.run_once()
-        clock[0] += 0.5
-    (row,) = store.deliveries("b" * 32)
-    assert row.status == EXPIRED
-    # Exponential backoff: far fewer attempts than the 60 half-second ticks.
-    assert 4 <= failing.attempts <= 12
-    value = metrics.registry.get_sample_value
-    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "expired"}) == 1
-    assert value("facemask_sink_deliveries_total", {"sink": "flaky", "outcome": "rejected"}) == 1

@@ -1,0 +1,141 @@
+"""Alert routes: the history (filters, pages), one alert with its deliveries, pictures."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+
+from services.alerts.api.deps import Snapshots, Store
+from services.alerts.api.models import AlertDetail, AlertOut, AlertPage, problems
+from services.alerts.records import AlertRecord
+from services.alerts.snapshots import SnapshotStore
+from services.alerts.store import AlertStore, CursorError
+
+ALERT_ID = r"^[0-9a-f]{32}$"
+MAX_LIMIT = 500
+
+router = APIRouter(tags=["alerts"])
+
+AlertId = Annotated[str, PathParam(pattern=ALERT_ID)]
+
+
+def parse_time(name: str, raw: str | None) -> float | None:
+    """ISO-8601 or unix seconds -> unix seconds; HTTP 400 with a clear message otherwise."""
+    if raw is None or raw == "":
+        return None
+    text = raw.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise HTTPException(
+                400,
+                f"{name}: expected an ISO-8601 time (e.g. 2024-05-01T12:00:00Z) or unix "
+                f"seconds, got {raw[:64]!r}",
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    if not math.isfinite(value) or value < 0:
+        raise HTTPException(400, f"{name}: unix seconds must be a finite number >= 0")
+    return value
+
+
+@router.get("/api/alerts", summary="Alert history, newest first", responses=problems(400, 422))
+def alerts(
+    store: Store,
+    camera_id: Annotated[
+        str | None, Query(min_length=1, max_length=128, description="only this camera")
+    ] = None,
+    since: Annotated[
+        str | None, Query(description="from this time (ISO-8601 or unix seconds)")
+    ] = None,
+    until: Annotated[
+        str | None, Query(description="before this time (ISO-8601 or unix seconds)")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="next_cursor of the previous page")
+    ] = None,
+) -> AlertPage:
+    t0, t1 = parse_time("since", since), parse_time("until", until)
+    if t0 is not None and t1 is not None and t0 > t1:
+        raise HTTPException(400, "since must not be after until")
+    try:
+        records, next_cursor = store.list_alerts(
+            camera_id=camera_id, since=t0, until=t1, limit=limit, cursor=cursor
+        )
+    except CursorError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return AlertPage(
+        alerts=[AlertOut.of(r) for r in records], next_cursor=next_cursor, count=len(records)
+    )
+
+
+def _alert(store: AlertStore, alert_id: str) -> AlertRecord:
+    record = store.get_alert(alert_id)
+    if record is None:
+        raise HTTPException(404, f"alert {alert_id!r} not found")
+    return record
+
+
+@router.get(
+    "/api/alerts/{alert_id}",
+    summary="One alert and its deliveries",
+    responses=problems(404, 422),
+)
+def alert(store: Store, alert_id: AlertId) -> AlertDetail:
+    record = _alert(store, alert_id)
+    return AlertDetail.with_deliveries(record, store.deliveries(alert_id))
+
+
+def _picture(
+    store: AlertStore, snapshots: SnapshotStore, alert_id: str, thumbnail: bool
+) -> FileResponse:
+    record = _alert(store, alert_id)
+    relative = record.thumbnail if thumbnail else record.snapshot
+    if relative is None:
+        raise HTTPException(
+            404,
+            f"alert {alert_id!r} has no snapshot: its frame had left the frame stream "
+            "before the alert was processed",
+        )
+    path = snapshots.path(relative)
+    if path is None:
+        raise HTTPException(404, f"the snapshot of alert {alert_id!r} was deleted (retention)")
+    return FileResponse(
+        path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
+    )
+
+
+JPEG_RESPONSES = {
+    200: {"content": {"image/jpeg": {}}, "description": "JPEG"},
+    **problems(404, 422),
+}
+
+
+@router.get(
+    "/api/alerts/{alert_id}/snapshot.jpg",
+    summary="The alert's annotated frame",
+    response_class=FileResponse,
+    responses=JPEG_RESPONSES,
+)
+def snapshot(store: Store, snapshots: Snapshots, alert_id: AlertId) -> FileResponse:
+    return _picture(store, snapshots, alert_id, False)
+
+
+@router.get(
+    "/api/alerts/{alert_id}/thumbnail.jpg",
+    summary="The alert's annotated frame, 320 px wide",
+    response_class=FileResponse,
+    responses=JPEG_RESPONSES,
+)
+def thumbnail(store: Store, snapshots: Snapshots, alert_id: AlertId) -> FileResponse:
+    return _picture(store, snapshots, alert_id, True)

@@ -1,0 +1,106 @@
+"""The live feed: server-sent events, one ``alert`` event per new alert.
+
+The stream starts with ``retry: 2000``; with a resume point (``Last-Event-ID`` or
+``?last_event_id``) it first replays the stored alerts after it, then says ``: connected``
+and passes on what the :class:`~services.alerts.hub.AlertHub` publishes, with a
+``: ping`` comment every ``sse_heartbeat`` seconds. Each event's id is the alert's ``seq``
+and its data the alert as ``/api/alerts`` shows it (:class:`~services.alerts.api.models.
+AlertOut`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from services.alerts.api.deps import Hub, Settings, Store
+from services.alerts.api.models import AlertOut, problems
+from services.alerts.hub import AlertHub
+from services.alerts.records import AlertRecord
+from services.alerts.store import AlertStore
+
+REPLAY_PAGE = 200
+
+router = APIRouter(tags=["alerts"])
+
+
+def sse_event(record: AlertRecord) -> str:
+    """One ``alert`` event."""
+    data = json.dumps(AlertOut.of(record).model_dump(mode="json"), separators=(",", ":"))
+    return f"id: {record.seq}\nevent: alert\ndata: {data}\n\n"
+
+
+async def event_stream(
+    hub: AlertHub, store: AlertStore, resume: int | None, heartbeat: float
+) -> AsyncIterator[str]:
+    """The event stream of one client (see the module docstring)."""
+    sub = hub.subscribe()
+    try:
+        yield "retry: 2000\n\n"
+        # Without a resume point the stream starts now: pass on whatever arrives. With one,
+        # replay from the database first and skip queued events the replay already sent.
+        seen = resume or 0
+        if resume is not None:
+            while True:
+                missed = await run_in_threadpool(store.alerts_after, seen, REPLAY_PAGE)
+                for record in missed:
+                    yield sse_event(record)
+                    seen = record.seq
+                if len(missed) < REPLAY_PAGE:
+                    break
+        yield ": connected\n\n"
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat)
+            except TimeoutError:
+                yield ": ping\n\n"
+                continue
+            if event is None:
+                return
+            if event.seq <= seen:
+                continue
+            seen = event.seq
+            yield sse_event(event)
+    finally:
+        hub.unsubscribe(sub)
+
+
+@router.get(
+    "/api/events",
+    summary="Server-sent events: one 'alert' event per new alert",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/AlertOut"}}},
+            "description": "id: the alert's seq, event: alert, data: the alert (AlertOut)",
+        },
+        **problems(400, 422),
+    },
+)
+async def events(
+    request: Request,
+    hub: Hub,
+    store: Store,
+    settings: Settings,
+    last_event_id: Annotated[
+        int | None, Query(ge=0, description="resume after this alert seq")
+    ] = None,
+) -> StreamingResponse:
+    header = request.headers.get("last-event-id")
+    resume = last_event_id
+    if header:
+        try:
+            resume = int(header)
+        except ValueError:
+            raise HTTPException(400, "Last-Event-ID must be an alert seq (integer)") from None
+    return StreamingResponse(
+        event_stream(hub, store, resume, settings.sse_heartbeat),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

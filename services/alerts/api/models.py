@@ -1,0 +1,221 @@
+"""Response models of the HTTP API: the OpenAPI schema of every JSON answer.
+
+The live feed (``/api/events``) sends the same :class:`AlertOut` documents as the alert
+history, so the dashboard renders both with one function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from services.alerts.records import AlertRecord
+from services.alerts.store import Delivery
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class ValidationProblem(BaseModel):
+    """One invalid parameter."""
+
+    loc: list[str | int] = Field(description="where: e.g. ['query', 'limit']")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """Any 4xx / 5xx answer: ``detail`` for programs, ``message`` for people."""
+
+    detail: str | list[ValidationProblem]
+    message: str
+
+
+PROBLEM_DESCRIPTIONS = {
+    400: "Bad parameter (time, cursor, Last-Event-ID)",
+    401: "Missing or invalid token",
+    404: "Not found",
+    422: "Invalid parameter",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route or router that answers these error codes."""
+    return {code: {"model": Problem, "description": PROBLEM_DESCRIPTIONS[code]} for code in codes}
+
+
+# -- health ------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessChecks(BaseModel):
+    """The checks behind readiness."""
+
+    redis: bool = Field(description="Redis answers PING")
+    consumer: bool = Field(description="the detections consumer runs and has its groups")
+    http: bool = Field(description="the HTTP server started")
+
+
+class Readiness(BaseModel):
+    """Readiness (HTTP 200 when ready, 503 otherwise)."""
+
+    ready: bool
+    checks: ReadinessChecks
+
+
+# -- alerts ------------------------------------------------------------------------------
+
+
+class RuleOut(BaseModel):
+    """Thresholds of the alert rule."""
+
+    k: int = Field(description="no_mask frames needed among the last n")
+    n: int = Field(description="window of a track's last n frames")
+    min_score: float = Field(description="no_mask score that counts")
+    min_face: int = Field(description="smaller face side (px) that counts")
+    cooldown: float = Field(description="seconds between alerts of the camera")
+
+
+class DetectionOut(BaseModel):
+    """One face of the alert's frame."""
+
+    label: Literal["mask", "no_mask"]
+    score: float
+    box: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the frame")
+
+
+class AlertOut(BaseModel):
+    """One alert (also the data of each ``alert`` server-sent event)."""
+
+    id: str = Field(description="32 hex digits, the same on every sink")
+    seq: int = Field(description="storage order; the SSE event id")
+    camera_id: str
+    camera_name: str
+    place: str
+    ts: float = Field(description="capture time of the frame (unix seconds)")
+    time: str = Field(description="ts as ISO-8601 UTC")
+    kind: str
+    message: str
+    frame_id: int
+    frame_sid: str
+    track_id: int
+    score: float
+    box: list[int] = Field(description="[x1, y1, x2, y2] of the unmasked face")
+    width: int
+    height: int
+    detections: list[DetectionOut]
+    has_snapshot: bool
+    rule: RuleOut | dict[str, Any] = Field(description="the camera's rule when it alerted")
+    snapshot_url: str | None = Field(description="the annotated frame (None: no snapshot)")
+    thumbnail_url: str | None
+
+    @staticmethod
+    def fields_of(record: AlertRecord) -> dict[str, Any]:
+        """The alert's fields: :meth:`AlertRecord.to_json` plus the picture URLs."""
+        base = f"/api/alerts/{record.alert_id}"
+        return {
+            **record.to_json(),
+            "snapshot_url": f"{base}/snapshot.jpg" if record.snapshot else None,
+            "thumbnail_url": f"{base}/thumbnail.jpg" if record.thumbnail else None,
+        }
+
+    @classmethod
+    def of(cls, record: AlertRecord) -> AlertOut:
+        """The API's view of a stored alert."""
+        return cls(**cls.fields_of(record))
+
+
+class AlertPage(BaseModel):
+    """A page of the alert history, newest first."""
+
+    alerts: list[AlertOut]
+    next_cursor: str | None = Field(description="pass as cursor for the next page")
+    count: int
+
+
+class DeliveryOut(BaseModel):
+    """The delivery of an alert to one sink."""
+
+    sink: str
+    status: Literal["pending", "delivered", "failed", "expired"]
+    attempts: int
+    last_error: str
+    next_attempt: float | None = Field(description="when it is tried again (pending only)")
+    done_at: float | None
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> DeliveryOut:
+        """The API's view of an outbox row."""
+        return cls.model_validate(
+            {
+                "sink": delivery.sink,
+                "status": delivery.status,
+                "attempts": delivery.attempts,
+                "last_error": delivery.last_error,
+                "next_attempt": delivery.next_attempt if delivery.status == "pending" else None,
+                "done_at": delivery.done_at,
+            }
+        )
+
+
+class AlertDetail(AlertOut):
+    """One alert and its deliveries."""
+
+    deliveries: list[DeliveryOut]
+
+    @classmethod
+    def with_deliveries(cls, record: AlertRecord, deliveries: list[Delivery]) -> AlertDetail:
+        """An alert with its outbox rows."""
+        return cls(**AlertOut.fields_of(record), deliveries=[DeliveryOut.of(d) for d in deliveries])
+
+
+# -- cameras -----------------------------------------------------------------------------
+
+
+class CameraOut(BaseModel):
+    """One camera: registry facts plus the engine's statistics."""
+
+    id: str
+    name: str
+    location: str
+    status: str = Field(description="the node's status (up, reconnecting, ...) or offline")
+    online: bool
+    last_seen: float | None
+    last_frame_ts: float | None
+    fps: float = Field(description="detections entries per second, measured")
+    configured_fps: float | None
+    resolution: str
+    node: str
+    last_error: str
+    compliance: float | None = Field(description="masked / all faces over window_s")
+    masked: int
+    faces: int
+    tracks: int
+    last_alert_ts: float | None
+    window_s: float
+    alerts_24h: int
+    rule: RuleOut
+
+
+class CameraList(BaseModel):
+    """Every camera known to the registry or seen in the detections."""
+
+    cameras: list[CameraOut]
+    now: float = Field(description="the server's time of the statistics")
+
+
+# -- dashboard ---------------------------------------------------------------------------
+
+
+class DashboardConfig(BaseModel):
+    """Settings the dashboard needs."""
+
+    version: str
+    compliance_window_s: float
+    latest_interval_s: float = Field(description="how often to reload the latest pictures")
+    auth: bool = Field(description="whether the API needs a token")
