@@ -1,0 +1,7 @@
+"""``python -m facemask.cli ...``: the same as the ``facemask`` console script."""
+
+import sys
+
+from facemask.cli import main
+
+sys.exit(main())
