@@ -315,8 +315,8 @@ class Child:
     def kill(self) -> None:
         """SIGKILL the process group now and reap it (a crash: a ``restart`` child is
         started again by the watcher)."""
-        if self.proc is None:
-            return
+        if self.proc is None or self.proc.returncode is not None:
+            return  # never started, or already reaped (its group may be someone else's now)
         self.supervisor.signal_group(self, signal.SIGKILL)
         self.proc.wait()
         self.join_output()
@@ -575,6 +575,8 @@ class Supervisor:
         proc = child.proc
         if proc is None:
             return None
+        if child.stopped and proc.returncode is not None:
+            return int(proc.returncode)  # stopped before
         child.stopped = True
         child.restart_due = None
         grace = child.spec.grace if grace is None else grace
