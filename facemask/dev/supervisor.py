@@ -618,14 +618,13 @@ def python_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def child_env(
-    base: Mapping[str, str] | None = None, *, drop_prefix: str | Sequence[str] = (), **extra: str
+def inherited_env(
+    extra: Mapping[str, str] | None = None, *, drop_prefix: str | Sequence[str] = ()
 ) -> dict[str, str]:
-    """``base`` (default: this process's environment) without the variables starting with
-    ``drop_prefix``, plus ``extra``."""
+    """This process's environment without the variables starting with ``drop_prefix`` (so
+    a developer's settings do not leak into a child), plus ``extra``."""
     wanted = (drop_prefix,) if isinstance(drop_prefix, str) else tuple(drop_prefix)
     prefixes = tuple(p for p in wanted if p)
-    source = os.environ if base is None else base
-    env = {k: v for k, v in source.items() if not (prefixes and k.startswith(prefixes))}
-    env.update(extra)
+    env = {k: v for k, v in os.environ.items() if not (prefixes and k.startswith(prefixes))}
+    env.update(extra or {})
     return env

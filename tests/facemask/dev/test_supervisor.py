@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,8 +27,8 @@ from facemask.dev.supervisor import (
     LogLineProbe,
     Supervisor,
     TcpProbe,
-    child_env,
     describe_exit,
+    inherited_env,
 )
 from facemask.dev.waiting import WaitTimeoutError
 
@@ -100,13 +101,14 @@ def script(tmp_path: Path) -> Path:
     return path
 
 
-def spec(script: Path, name: str, mode: str, **kwargs: object) -> ChildSpec:
-    env = kwargs.pop("env", None)
+def spec(
+    script: Path, name: str, mode: str, env: dict[str, str] | None = None, **kwargs: Any
+) -> ChildSpec:
     return ChildSpec(
         name,
         [sys.executable, str(script), mode],
-        env=child_env(PYTHONUNBUFFERED="1", **(env or {})),  # type: ignore[arg-type]
-        **kwargs,  # type: ignore[arg-type]
+        env=inherited_env({"PYTHONUNBUFFERED": "1", **(env or {})}),
+        **kwargs,
     )
 
 

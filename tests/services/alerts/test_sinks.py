@@ -13,6 +13,7 @@ import redis
 
 from facemask.contracts.wire import AlertEvent
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.alerts.metrics import AlertMetrics
 from services.alerts.outbox import OutboxWorker, backoff_delay
 from services.alerts.sinks import (
@@ -37,7 +38,7 @@ from services.alerts.sinks.webhook import (
 )
 from services.alerts.store import DELIVERED, EXPIRED, FAILED, AlertStore
 from tests.fixtures.mqtt import MosquittoProcess, MqttRecorder
-from tests.services.alerts.conftest import LAYOUT, HookServer, fast_settings, wait_until
+from tests.services.alerts.conftest import LAYOUT, HookServer, fast_settings
 from tests.services.alerts.test_store import record
 
 SECRET = "s3cret-key"
