@@ -59,9 +59,7 @@ def test_a_server_that_cannot_start_is_reported(binary: str, tmp_path: Path) -> 
         server.start()
 
 
-def test_a_shared_supervisor_stops_it_with_its_other_children(
-    binary: str, tmp_path: Path
-) -> None:
+def test_a_shared_supervisor_stops_it_with_its_other_children(binary: str, tmp_path: Path) -> None:
     supervisor = Supervisor()
     server = RedisProcess(tmp_path / "redis", binary=binary, supervisor=supervisor).start()
     assert supervisor.children == [server.child]
