@@ -52,6 +52,20 @@ RESTART_RESET_AFTER_S = 60.0
 TAIL_LINES = 400
 
 
+def _ended(proc: subprocess.Popen[Any]) -> bool:
+    """True once ``proc`` has exited, without reaping it (while it is a zombie its pid,
+    hence its process group id, cannot be reused, so the group can still be signalled)."""
+    if proc.returncode is not None:
+        return True
+    if not hasattr(os, "waitid"):  # not on every platform: reap
+        return proc.poll() is not None
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped by someone else
+        proc.poll()
+        return True
+
+
 def describe_exit(code: int | None) -> str:
     """``exit status 3``, ``signal SIGKILL`` or ``still running``."""
     if code is None:
@@ -580,11 +594,11 @@ class Supervisor:
         child.stopped = True
         child.restart_due = None
         grace = child.spec.grace if grace is None else grace
-        if proc.poll() is None:
+        if not _ended(proc):
             self.signal_group(child, signal.SIGTERM)
             try:
                 wait_until(
-                    lambda: proc.poll() is not None,
+                    lambda: _ended(proc),
                     grace,
                     f"{child.name} to stop",
                     self.poll_interval,
@@ -594,7 +608,8 @@ class Supervisor:
             except WaitTimeoutError:
                 self.say(self.name, f"{child.name} did not stop in {grace:g}s; killing it")
                 child.killed = True
-        self.signal_group(child, signal.SIGKILL)  # the child, or what it left in its group
+        if proc.returncode is None:  # not reaped yet: its process group is still its own
+            self.signal_group(child, signal.SIGKILL)  # the child, or what it left behind
         code = proc.wait()
         with contextlib.suppress(OSError):
             if proc.stdin is not None:
