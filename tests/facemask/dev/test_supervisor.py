@@ -7,6 +7,7 @@ so nothing here asserts a wall-clock duration.
 from __future__ import annotations
 
 import io
+import re
 import signal
 import sys
 import threading
@@ -30,7 +31,7 @@ from facemask.dev.supervisor import (
     describe_exit,
     inherited_env,
 )
-from facemask.dev.waiting import WaitTimeoutError
+from facemask.dev.waiting import WaitTimeoutError, wait_until
 
 CHILD = """
 import http.server, os, signal, sys, time
@@ -54,6 +55,14 @@ def on_term(signum, frame):
     os._exit(0)
 
 signal.signal(signal.SIGTERM, on_term)
+if mode == "parent":  # leaves a grandchild behind when it exits
+    import subprocess
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('grandchild ignores SIGTERM', flush=True); time.sleep(600)"
+    )
+    grandchild = subprocess.Popen([sys.executable, "-c", code])
+    print(f"grandchild {grandchild.pid}", flush=True)
 if mode == "serve":
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -223,6 +232,31 @@ def test_stop_all_stops_in_reverse_start_order(script: Path, tmp_path: Path) -> 
     assert [c.returncode for c in children] == [0, 0, 0]
     assert not any(c.alive() for c in children)
     assert sup.stopping.is_set()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_stopping_a_child_also_kills_what_it_left_in_its_process_group(script: Path) -> None:
+    with Supervisor() as sup:
+        child = sup.start(
+            spec(script, "parent", "parent", ready=LogLineProbe("grandchild ignores SIGTERM"))
+        )
+        child.wait_ready(timeout=60)
+        found = re.search(r"^grandchild (\d+)$", child.log_tail(), re.MULTILINE)
+        assert found is not None
+        grandchild = int(found.group(1))
+        assert not _gone(grandchild)
+        assert child.stop() == 0  # the child itself exits cleanly on SIGTERM ...
+        assert not child.killed
+    # ... and what it left behind in its process group, deaf to SIGTERM, gets SIGKILL
+    wait_until(lambda: _gone(grandchild), 30, "the grandchild to be killed")
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_the_grace(script: Path) -> None:
