@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from facemask.dev.supervisor import (
+    CallableProbe,
+    ChildExitedError,
+    ChildSpec,
+    Supervisor,
+    inherited_env,
+    python_argv,
+)
+from facemask.dev.waiting import WaitTimeoutError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_GFLOP_PER_IMAGE = 1.52  # measured: one 260x260 image through the SSD (models/README)
@@ -328,15 +336,23 @@ class ServiceChild:
         self.module = module
         self.metrics_port = metrics_port
         self.ready_metric = ready_metric
-        full = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix)}
-        full.update(env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            cwd=ROOT,
-            env=full,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.child = Supervisor(name="bench").start(
+            ChildSpec(
+                module,
+                python_argv(module),
+                env=inherited_env(env, drop_prefix=drop_prefix),
+                cwd=ROOT,
+                ready=CallableProbe(
+                    lambda: self.scrape().get(ready_metric) == 1.0, f"{ready_metric} = 1"
+                ),
+            )
         )
+
+    @property
+    def proc(self) -> subprocess.Popen[Any]:
+        """The child process."""
+        assert self.child.proc is not None
+        return self.child.proc
 
     def scrape(self) -> dict[str, float]:
         """The service's metrics (:func:`scrape`)."""
@@ -344,23 +360,13 @@ class ServiceChild:
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until the ready metric reads 1; raises ``RuntimeError`` on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited during start-up")
-            try:
-                if self.scrape().get(self.ready_metric) == 1.0:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.module} did not become ready")
+        try:
+            self.child.wait_ready(timeout)
+        except ChildExitedError:
+            raise RuntimeError(f"{self.module} exited during start-up") from None
+        except WaitTimeoutError:
+            raise RuntimeError(f"{self.module} did not become ready") from None
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (the service drains), then wait; kill after ``timeout``."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        self.child.stop(grace=timeout)

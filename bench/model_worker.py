@@ -23,7 +23,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
+from bench import model_workloads as workloads
 from bench.common import ROOT
+from facemask.dev.supervisor import ChildSpec, Supervisor, python_argv
 
 
 class WorkerError(RuntimeError):
@@ -31,21 +33,24 @@ class WorkerError(RuntimeError):
 
 
 class WorkerClient:
-    """The parent's handle on one worker process."""
+    """The parent's handle on one worker process (a supervised child talking over its
+    stdin / stdout; its stderr goes to ours, prefixed ``worker``)."""
 
     def __init__(self, config: dict[str, Any], frames: int, source: str, threads: int) -> None:
         self.config = config
         spec = json.dumps(
             {"config": config, "frames": frames, "source": source, "threads": threads}
         )
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.model_worker", spec],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
+        self.child = Supervisor(sys.stderr, name="bench").start(
+            ChildSpec(
+                "worker",
+                python_argv("bench.model_worker", spec),
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                cwd=ROOT,
+                pipes=True,
+                echo=True,
+                grace=5.0,
+            )
         )
         hello = self._read()
         if not hello.get("ready"):
@@ -53,18 +58,16 @@ class WorkerClient:
         self.precision = str(hello.get("precision", ""))
 
     def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        line = self.child.stdout.readline()
         if not line:
-            raise WorkerError(f"worker {self.config} exited (code {self.proc.poll()})")
+            raise WorkerError(f"worker {self.config} exited (code {self.child.poll()})")
         reply: dict[str, Any] = json.loads(line)
         return reply
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         """Run one workload in the child; returns its reply."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
-        self.proc.stdin.flush()
+        self.child.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.child.stdin.flush()
         reply = self._read()
         if not reply.get("ok"):
             raise WorkerError(f"worker {self.config} {op}: {reply.get('error')}")
@@ -72,43 +75,39 @@ class WorkerClient:
 
     def workload(self, op: str, **args: Any) -> Callable[[], object]:
         """A callable for :func:`bench.common.run_interleaved`; it returns what the workload
-        returned in the child (as :func:`bench.bench_model.run_workload` does in-process)."""
+        returned in the child (as :func:`bench.model_workloads.run_workload` does
+        in-process)."""
         return lambda: self.call(op, **args).get("result")
 
     def close(self) -> None:
-        """Stop the child."""
-        if self.proc.poll() is None:
+        """Stop the child: ask it to quit, give it 10 s, then SIGTERM / SIGKILL."""
+        if self.child.alive():
             with contextlib.suppress(WorkerError, OSError, ValueError):
                 self.call("quit")
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.child.wait(10)
+        self.child.stop()
 
 
 def _serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
-    from bench import bench_model
     from facemask.core.preprocess import decode_image, preprocess_batch
     from facemask.model.detector import create_detector
 
     config = dict(spec["config"])
     runtime = config.pop("runtime", "tensorflow")
-    options = {**bench_model.THREAD_OPTIONS[runtime](int(spec["threads"])), **config}
-    detector = create_detector(
-        runtime=runtime, conf=bench_model.CONF, iou=bench_model.IOU, **options
-    )
-    frames, _ = bench_model.make_frames(int(spec["frames"]), str(spec["source"]))
+    options = {**workloads.THREAD_OPTIONS[runtime](int(spec["threads"])), **config}
+    detector = create_detector(runtime=runtime, conf=workloads.CONF, iou=workloads.IOU, **options)
+    frames, _ = workloads.make_frames(int(spec["frames"]), str(spec["source"]))
     rgb_frames = [decode_image(data, reduce="full").rgb for data in frames]
     tensors = preprocess_batch(rgb_frames)
-    detector.warmup((1, bench_model.DEFAULT_BATCH))
+    detector.warmup((1, workloads.DEFAULT_BATCH))
 
     def reply(message: dict[str, Any]) -> None:
         stdout.write(json.dumps(message) + "\n")
         stdout.flush()
 
     reply({"ready": True, "precision": detector.precision})
-    with ThreadPoolExecutor(bench_model.DECODE_WORKERS, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(workloads.DECODE_WORKERS, thread_name_prefix="decode") as pool:
         for line in stdin:
             request = json.loads(line)
             op = request.get("op")
@@ -116,7 +115,7 @@ def _serve(spec: dict[str, Any], stdin: TextIO, stdout: TextIO) -> None:
                 if op == "quit":
                     reply({"ok": True})
                     return
-                result = bench_model.run_workload(
+                result = workloads.run_workload(
                     detector, op, request, frames=frames, rgb=rgb_frames, tensors=tensors, pool=pool
                 )
                 reply({"ok": True, "result": result})

@@ -6,27 +6,23 @@ as its own child process with its own log prefix; optionally a local Prometheus.
 the dashboard, API and metrics URLs. Ctrl-C / SIGTERM stops everything, newest first,
 and leaves no process behind (each child runs in its own process group, which is killed
 if it does not exit in time). A service that dies is restarted with a capped backoff.
+The process handling is :mod:`facemask.dev.supervisor`'s; this module says what to start.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from facemask.dev.localredis import RedisProcess, free_port
+from facemask.dev.supervisor import ChildSpec, HttpProbe, Probe, Supervisor, python_argv
+from facemask.dev.waiting import WaitTimeoutError, wait_until
 from facemask.infra.lifecycle import stop_on_signals
 from facemask.model import store as modelstore
 from facemask.model.detector import PINNED_MODEL_FILE
@@ -67,98 +63,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="stop after this many seconds (0: run until Ctrl-C)",
     )
-
-
-@dataclass
-class Child:
-    """One supervised child process."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    restart: bool = True
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-    pumps: list[threading.Thread] = field(default_factory=list)
-
-
-class Supervisor:
-    """Starts children with prefixed output, restarts crashed ones, stops them all."""
-
-    def __init__(self, out: IO[str]) -> None:
-        self.out = out
-        self.children: list[Child] = []
-        self.stopping = threading.Event()
-        self._lock = threading.Lock()
-
-    def say(self, prefix: str, line: str) -> None:
-        """Write one prefixed line."""
-        with self._lock:
-            self.out.write(f"{prefix:<10} | {line}\n")
-            self.out.flush()
-
-    def _pump(self, child: Child, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            self.say(child.name, raw.decode("utf-8", "replace").rstrip())
-        stream.close()
-
-    def start(self, child: Child) -> Child:
-        """Start (or restart) ``child`` in its own process group."""
-        child.proc = subprocess.Popen(
-            child.argv,
-            env=child.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        child.started_at = time.monotonic()
-        assert child.proc.stdout is not None
-        pump = threading.Thread(target=self._pump, args=(child, child.proc.stdout), daemon=True)
-        pump.start()
-        child.pumps.append(pump)
-        if child not in self.children:
-            self.children.append(child)
-        return child
-
-    def watch(self) -> None:
-        """Restart children that died (backoff 1, 2, 4 .. 30 s); returns when stopping."""
-        while not self.stopping.wait(0.5):
-            for child in self.children:
-                proc = child.proc
-                if proc is None or proc.poll() is None or not child.restart:
-                    continue
-                if time.monotonic() - child.started_at > 60:
-                    child.restarts = 0
-                delay = min(30.0, 2.0**child.restarts)
-                self.say(
-                    "run", f"{child.name} exited with {proc.returncode}; restart in {delay:g}s"
-                )
-                if self.stopping.wait(delay):
-                    return
-                child.restarts += 1
-                self.start(child)
-
-    def stop_all(self) -> None:
-        """SIGTERM every child (newest first); SIGKILL the process group of laggards."""
-        self.stopping.set()
-        for child in reversed(self.children):
-            proc = child.proc
-            if proc is None or proc.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.say("run", f"{child.name} did not stop in {STOP_TIMEOUT_S:g}s; killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # anything it left behind in its group
-            proc.wait()
-        for child in self.children:
-            for pump in child.pumps:
-                pump.join(2.0)
 
 
 def _port(host: str, wanted: int) -> int:
@@ -208,28 +112,23 @@ def prometheus_config(targets: dict[str, list[str]], path: Path) -> Path:
     return path
 
 
-def _wait_http(url: str, timeout: float, stop: threading.Event) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stop.is_set():
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
+def _service(
+    name: str, argv: list[str], env: dict[str, str], ready: Probe | None = None
+) -> ChildSpec:
+    """A supervised child of ``facemask run``: output prefixed on stdout, restarted when
+    it dies, SIGKILLed when it does not stop within ``STOP_TIMEOUT_S``."""
+    return ChildSpec(
+        name, argv, env=env, ready=ready, echo=True, restart=True, grace=STOP_TIMEOUT_S
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Start the pipeline and supervise it until a signal (or ``--duration``)."""
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    out = sys.stdout
-    supervisor = Supervisor(out)
+    supervisor = Supervisor(sys.stdout, name="run")
     stop = stop_on_signals(logger)
 
-    redis: RedisProcess | None = None
     try:
         sources = args.source or [str(default_source(state))]
         modelstore.artifact_path(PINNED_MODEL_FILE, verify=False)
@@ -240,10 +139,9 @@ def run(args: argparse.Namespace) -> int:
         if args.redis_url:
             redis_url = args.redis_url
         else:
-            redis = RedisProcess(state / "redis", appendonly=True).start()
+            redis = RedisProcess(state / "redis", appendonly=True, supervisor=supervisor).start()
             redis_url = redis.url
             supervisor.say("redis", f"redis-server {redis.binary} on port {redis.port}")
-        python = sys.executable
         base_env = {
             **os.environ,
             "FACEMASK_REDIS_URL": redis_url,
@@ -262,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
             "ingest": [],
         }
         supervisor.start(
-            Child(
+            _service(
                 "inference",
-                [python, "-m", "services.inference"],
+                python_argv("services.inference"),
                 {
                     **base_env,
                     "FACEMASK_INFERENCE_HOST": host,
@@ -274,10 +172,10 @@ def run(args: argparse.Namespace) -> int:
                 },
             )
         )
-        supervisor.start(
-            Child(
+        alerts = supervisor.start(
+            _service(
                 "alerts",
-                [python, "-m", "services.alerts"],
+                python_argv("services.alerts"),
                 {
                     **base_env,
                     "FACEMASK_ALERTS_HOST": host,
@@ -285,23 +183,22 @@ def run(args: argparse.Namespace) -> int:
                     "FACEMASK_ALERTS_STATE_DIR": str(state / "alerts"),
                     "FACEMASK_ALERTS_PUBLIC_BASE_URL": f"http://{host}:{http_port}",
                 },
+                ready=HttpProbe(f"http://{host}:{http_port}/healthz"),
             )
         )
         for index, source in enumerate(sources):
             metrics_port = free_port(host)
             scrape["ingest"].append(f"{host}:{metrics_port}")
             supervisor.start(
-                Child(
+                _service(
                     f"ingest-{index + 1}",
-                    [
-                        python,
-                        "-m",
+                    python_argv(
                         "services.ingest",
                         "--camera",
                         _camera_spec(index, source, args.fps),
                         "--metrics-port",
                         str(metrics_port),
-                    ],
+                    ),
                     {**base_env, "FACEMASK_INGEST_METRICS_HOST": host},
                 )
             )
@@ -313,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                 prom_port = free_port(host)
                 config = prometheus_config(scrape, state / "prometheus.yml")
                 supervisor.start(
-                    Child(
+                    _service(
                         "prometheus",
                         [
                             binary,
@@ -325,31 +222,39 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
                 supervisor.say("run", f"prometheus: http://{host}:{prom_port}/")
-        watcher = threading.Thread(target=supervisor.watch, daemon=True)
-        watcher.start()
-        if _wait_http(f"http://{host}:{http_port}/healthz", 120, stop):
-            with supervisor._lock:
-                out.write(f"dashboard: http://{host}:{http_port}/\n")
-                out.write(
+        supervisor.watch_in_background()
+        # The dashboard answers: print the URLs (a crash meanwhile is the watcher's business).
+        healthz = alerts.spec.ready
+        assert healthz is not None
+        try:
+            wait_until(
+                lambda: stop.is_set() or healthz.check(alerts),
+                120,
+                "the dashboard",
+                0.5,
+                sleep=stop.wait,
+            )
+        except WaitTimeoutError:
+            pass
+        else:
+            if not stop.is_set():
+                supervisor.write(
+                    f"dashboard: http://{host}:{http_port}/\n"
                     f"api:       http://{host}:{http_port}/api/cameras (schema: /openapi.json)\n"
-                )
-                out.write(
                     f"metrics:   http://{host}:{inference_metrics}/metrics (inference), "
                     f"http://{host}:{http_port}/metrics (alerts), "
                     + ", ".join(f"http://{t}/metrics" for t in scrape["ingest"])
                     + " (ingest)\n"
+                    f"grpc:      {host}:{grpc_port}\n"
+                    "press Ctrl-C to stop\n"
                 )
-                out.write(f"grpc:      {host}:{grpc_port}\n")
-                out.write("press Ctrl-C to stop\n")
-                out.flush()
         deadline = time.monotonic() + args.duration if args.duration > 0 else None
         while not stop.wait(0.5):
             if deadline is not None and time.monotonic() > deadline:
                 break
     finally:
         supervisor.say("run", "stopping")
-        supervisor.stop_all()
-        if redis is not None:
-            redis.stop()
+        supervisor.stop_all()  # newest first: redis, started first, stops last
+        stop.restore()
         supervisor.say("run", "stopped")
     return 0

@@ -11,8 +11,11 @@ import logging
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+from typing import Any
+
+from facemask.dev.supervisor import CallableProbe, Child, ChildExitedError, ChildSpec, Supervisor
+from facemask.dev.waiting import WaitTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class RedisProcess:
-    """A redis-server child on a loopback port, data in ``workdir``."""
+    """A redis-server child on a loopback port, data in ``workdir``, output in
+    ``workdir/redis.log``; started by ``supervisor`` (by default one of its own), so that
+    ``facemask run`` stops it with its other children (last, since it starts first)."""
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class RedisProcess:
         appendonly: bool = False,
         extra_args: list[str] | None = None,
         binary: str | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
@@ -57,45 +63,68 @@ class RedisProcess:
         self.appendonly = appendonly
         self.extra_args = extra_args or []
         self.binary = binary or find_redis_server()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.supervisor = supervisor or Supervisor(name="redis")
+        self.child: Child | None = None
 
     @property
     def url(self) -> str:
         """``redis://host:port/0``."""
         return f"redis://{self.host}:{self.port}/0"
 
+    @property
+    def proc(self) -> subprocess.Popen[Any] | None:
+        """The server process while started (None before the first start, after stop)."""
+        if self.child is None or self.child.stopped:
+            return None
+        return self.child.proc
+
+    def spec(self, timeout: float = 10.0) -> ChildSpec:
+        """The server as a supervised child: ready when it answers PING."""
+        return ChildSpec(
+            "redis",
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--protected-mode",
+                "no",
+                *self.extra_args,
+            ],
+            ready=CallableProbe(self.ping, f"redis-server to answer PING on port {self.port}"),
+            ready_timeout=timeout,
+            ready_interval=0.05,
+            log_path=self.workdir / "redis.log",
+            grace=10.0,
+        )
+
     def start(self, timeout: float = 10.0) -> RedisProcess:
-        """Start the server and wait until it accepts connections."""
+        """Start the server (again: same port and data) and wait until it answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--dir",
-            str(self.workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--protected-mode",
-            "no",
-            *self.extra_args,
-        ]
-        log = (self.workdir / "redis.log").open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see log")
-            if self.ping():
-                logger.info("redis-server ready", extra={"port": self.port})
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
+        spec = self.spec(timeout)
+        if self.child is None:
+            self.child = self.supervisor.start(spec)
+        else:
+            self.child.spec = spec
+            self.child.start()
+        try:
+            self.child.wait_ready()
+        except ChildExitedError as exc:
+            raise RuntimeError(f"redis-server exited with {exc.returncode}; see log") from None
+        except WaitTimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"redis-server did not answer on port {self.port} in {timeout}s"
+            ) from None
+        logger.info("redis-server ready", extra={"port": self.port})
+        return self
 
     def ping(self) -> bool:
         """True when the server answers PING."""
@@ -107,17 +136,9 @@ class RedisProcess:
             return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        """Terminate the server (SIGTERM, then SIGKILL after ``timeout``)."""
+        if self.child is not None and not self.child.stopped:
+            self.child.stop(grace=timeout)
 
     def __enter__(self) -> RedisProcess:
         return self.start()

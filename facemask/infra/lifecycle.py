@@ -8,18 +8,55 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
-def stop_on_signals(logger: logging.Logger) -> threading.Event:
-    """An event set by SIGTERM or SIGINT (logged), for a graceful stop."""
-    stop = threading.Event()
+class StopEvent(threading.Event):
+    """Set by SIGTERM / SIGINT (see :func:`stop_on_signals`); ``restore()`` (or leaving a
+    ``with`` block) puts the previous handlers back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous: dict[int, _Handler] = {}
+
+    def restore(self) -> None:
+        """Reinstall the handlers that were there before."""
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            if handler is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(signum, handler)
+
+    def __enter__(self) -> StopEvent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def stop_on_signals(
+    logger: logging.Logger,
+    on_stop: Callable[[], None] | None = None,
+    signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT),
+) -> StopEvent:
+    """The one signal handling of the project's processes (the services, ``facemask run``):
+    an event set by SIGTERM or SIGINT (logged), for a graceful stop; ``on_stop`` is called
+    too. Handlers can only be installed in the main thread: elsewhere (a service driven by
+    a test) nothing is installed and the event is only set by whoever holds it."""
+    stop = StopEvent()
+    if threading.current_thread() is not threading.main_thread():
+        return stop
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal received", extra={"signal": signal.Signals(signum).name})
         stop.set()
+        if on_stop is not None:
+            on_stop()
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    for signum in signals:
+        stop._previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, _on_signal)
     return stop
 
 

@@ -15,17 +15,15 @@ TensorFlow or gRPC.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
-from types import FrameType
-from typing import Any, cast
+from collections.abc import Mapping
 
 import cv2
 
 from facemask.contracts.registry import last_frame_id
 from facemask.contracts.streams import LayoutMismatchError
+from facemask.infra.lifecycle import stop_on_signals
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, connect
 from facemask.infra.settings import ConfigError
 from services.ingest.camera import Camera, SourceFactory, default_source_factory
@@ -236,8 +234,7 @@ class IngestWorker:
 
     def run(self) -> int:
         """Run until SIGTERM / SIGINT (or every camera ended); the process exit code."""
-        previous = _install_signal_handlers(self.request_stop)
-        try:
+        with stop_on_signals(logger, on_stop=self.request_stop):
             try:
                 self.start()
             except (LayoutMismatchError, ConfigError) as exc:
@@ -246,8 +243,6 @@ class IngestWorker:
             if self._started:
                 self.wait()
             return self.shutdown()
-        finally:
-            _restore_signal_handlers(previous)
 
     # -- callbacks ---------------------------------------------------------------------
     def _on_fatal(self, exc: BaseException) -> None:
@@ -269,25 +264,3 @@ class IngestWorker:
             fields["frames_published"] = str(self.publisher.published.get(camera.id, 0))
             out[camera.id] = fields
         return out
-
-
-_Handler = Callable[[int, FrameType | None], Any] | int | None
-
-
-def _install_signal_handlers(stop: Callable[[], None]) -> dict[int, _Handler]:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
-        stop()
-
-    previous: dict[int, _Handler] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, handler)
-    return previous
-
-
-def _restore_signal_handlers(previous: dict[int, _Handler]) -> None:
-    for sig, old in previous.items():
-        signal.signal(sig, cast(Any, old))

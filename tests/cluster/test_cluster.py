@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from facemask.dev.waiting import wait_until
 from tests.fixtures.cluster import RedisCluster
-from tests.fixtures.pipeline import Pipeline, bounded_wait, http_json, slideshow_dir, total
+from tests.fixtures.pipeline import Pipeline, http_json, slideshow_dir, total
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 CAMERAS = {
@@ -54,7 +55,7 @@ def test_pipeline_on_a_three_master_cluster_processes_every_frame(
         per_camera = Counter(e.camera_id for _s, e in pipe.detections())
         return all(per_camera[c] >= 10 for c in CAMERAS)
 
-    bounded_wait(enough, 60, "10 frames of every camera processed", 0.5)
+    wait_until(enough, 60, "10 frames of every camera processed", 0.5)
     for node in nodes:
         assert node.terminate() == 0, node.log_tail()
     pipe.wait_drained(60)

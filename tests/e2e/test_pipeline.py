@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
+from facemask.dev.supervisor import http_ok
+from facemask.dev.waiting import wait_until
 from services.alerts.sinks.webhook import verify_signature
 from tests.fixtures.mqtt import MosquittoProcess, MqttRecorder
 from tests.fixtures.pipeline import (
     VIDEO,
     Child,
     Pipeline,
-    bounded_wait,
     http_json,
-    http_ok,
     slideshow_dir,
     total,
 )
@@ -103,13 +103,13 @@ def test_four_cameras_end_to_end(
             done = [e for _s, e in pipe.detections() if e.camera_id == VIDEO_CAMERA]
             return len(done) >= VIDEO_FRAMES_PER_LOOP
 
-        bounded_wait(video_played, 90, "one loop of the video through the pipeline", 0.5)
+        wait_until(video_played, 90, "one loop of the video through the pipeline", 0.5)
 
         def video_alerts() -> list[dict[str, Any]]:
             found = http_json(f"{api}/api/alerts?camera_id={VIDEO_CAMERA}")["alerts"]
             return [a for a in found if a["has_snapshot"]]
 
-        raised = bounded_wait(video_alerts, 20, "an alert with a snapshot for the video")
+        raised = wait_until(video_alerts, 20, "an alert with a snapshot for the video")
         for alert in raised:
             with urllib.request.urlopen(f"{api}/api/alerts/{alert['id']}/snapshot.jpg") as r:
                 assert r.headers["Content-Type"] == "image/jpeg"
@@ -190,7 +190,7 @@ def test_four_cameras_end_to_end(
                 alerts.metrics(), "facemask_sink_deliveries_total", outcome="delivered"
             ) >= 2 * len(ids)
 
-        bounded_wait(delivered, 20, "webhook and MQTT deliveries of every alert")
+        wait_until(delivered, 20, "webhook and MQTT deliveries of every alert")
         requests = hooks.received("/hook")
         for request in requests:
             headers = {k.lower(): v for k, v in request.headers.items()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -22,8 +21,10 @@ import pytest
 import yaml
 
 from facemask.dev.localredis import free_port
+from facemask.dev.supervisor import ChildSpec, Supervisor
+from facemask.dev.waiting import wait_until
 from tests.deploy import checks
-from tests.fixtures.pipeline import Pipeline, bounded_wait, slideshow_dir
+from tests.fixtures.pipeline import Pipeline, slideshow_dir
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -87,16 +88,18 @@ def test_prometheus_scrapes_every_service(
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
-    log = (tmp_path / "prometheus.log").open("wb")
-    prom = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    prom = Supervisor().start(
+        ChildSpec(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            log_path=tmp_path / "prometheus.log",
+            grace=20,
+        )
     )
     try:
 
@@ -107,14 +110,14 @@ def test_prometheus_scrapes_every_service(
                 return 0.0
             return float(rows[0]["value"][1]) if rows else 0.0
 
-        bounded_wait(lambda: processed() > 0, 90, "Prometheus sees processed frames", 1.0)
-        bounded_wait(
+        wait_until(lambda: processed() > 0, 90, "Prometheus sees processed frames", 1.0)
+        wait_until(
             lambda: _query(port, 'facemask_ingest_frames_published_total{camera_id="lobby"}'),
             30,
             "ingest metrics in Prometheus",
             1.0,
         )
-        bounded_wait(
+        wait_until(
             lambda: _query(port, 'facemask_faces_seen_total{camera_id="lobby"}'),
             30,
             "alert metrics in Prometheus",
@@ -144,6 +147,4 @@ def test_prometheus_scrapes_every_service(
         )
         assert not problems, "\n".join(problems)
     finally:
-        prom.terminate()
-        prom.wait(20)
-        log.close()
+        prom.stop()

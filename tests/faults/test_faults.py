@@ -16,6 +16,7 @@ import cv2
 import pytest
 
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.dev.waiting import wait_until
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine
 from services.alerts.rules import Rule
@@ -24,7 +25,6 @@ from tests.fixtures.pipeline import (
     VIDEO,
     Child,
     Pipeline,
-    bounded_wait,
     http_json,
     rss_mib,
     slideshow_dir,
@@ -64,7 +64,7 @@ def wait_more_answers(pipe: Pipeline, more: int, timeout: float, children: list[
         return answered_count(pipe) >= start + more
 
     try:
-        bounded_wait(grown, timeout, f"{more} more frames processed", 0.3)
+        wait_until(grown, timeout, f"{more} more frames processed", 0.3)
     except BaseException:
         for child in children:
             if child.alive():
@@ -140,7 +140,7 @@ def test_two_replicas_one_killed_the_other_takes_over_its_pending_frames(
     assert stranded > 0, "replica A never held a pending frame"
     a.kill()
     b_before = total(b.metrics(), "facemask_inference_reclaimed_total")
-    bounded_wait(
+    wait_until(
         lambda: pending_of(pipe, "inference-a") == 0, 30, "B to take over A's pending frames"
     )
     wait_more_answers(pipe, 10, 40, [b, alerts, *nodes])
@@ -170,7 +170,7 @@ def test_redis_restart_with_aof_every_service_recovers(pipeline: Pipeline, tmp_p
     pipe.redis.start()
     # Nobody is restarted: the services must reconnect on their own.
     wait_more_answers(pipe, 20, 60, [inference, alerts, *nodes])
-    bounded_wait(
+    wait_until(
         lambda: total(alerts.metrics(), "facemask_alerts_ready") == 1, 30, "alerts ready again"
     )
     after = {sid: e.frame_sid for sid, e in pipe.detections()}
@@ -231,7 +231,7 @@ def test_alert_service_killed_and_restarted_loses_and_duplicates_no_alert(
         pipe.wait_ready(inference)
         pipe.wait_ready(alerts)
         video = pipe.start_ingest("ingest-video", f"id=door,source={VIDEO},fps=5,loop=false")
-        bounded_wait(lambda: total(alerts.metrics(), "facemask_alerts_total") >= 1, 40, "alert")
+        wait_until(lambda: total(alerts.metrics(), "facemask_alerts_total") >= 1, 40, "alert")
         alerts.kill()  # mid-video, with a batch possibly half done
         time.sleep(1.0)
         alerts.start()
@@ -246,7 +246,7 @@ def test_alert_service_killed_and_restarted_loses_and_duplicates_no_alert(
         assert len(expected) >= 2, "the video should raise several alerts with a 3 s cooldown"
         assert sorted(ids) == sorted(expected)
         assert all(a["has_snapshot"] for a in stored)
-        bounded_wait(
+        wait_until(
             lambda: (
                 len({r.headers.get("X-Facemask-Delivery") for r in hooks.received()})
                 >= len(expected)

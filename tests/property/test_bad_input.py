@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry, WireError
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from facemask.infra.settings import ConfigError
 from facemask.v1 import detector_pb2
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService
 from services.ingest.config import IngestSettings
-from tests.fixtures.inference import wait_for
 
 LAYOUT = StreamLayout()
 FIELD_NAMES = ["v", "camera", "frame", "ts", "enc", "w", "h", "data", "node"]
@@ -327,7 +327,7 @@ def test_stream_bad_entries_are_dead_lettered_and_good_ones_still_processed(
                 ]
                 return dead, dets
 
-            wait_for(
+            wait_until(
                 lambda: len(results()[0]) == len(bad) and results()[1], 60, "all entries handled"
             )
             dead, dets = results()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import queue
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,9 +18,13 @@ import redis
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry
 from facemask.dev.localredis import free_port
+from facemask.dev.supervisor import ChildSpec, LogLineProbe, Supervisor
+from facemask.dev.waiting import WaitTimeoutError, wait_until
 from tests.fixtures.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+REDIS_LINE = re.compile(r"redis-server .* on port (\d+)")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -61,73 +63,68 @@ def test_make_run_pipeline_end_to_end(tmp_path: Path) -> None:
         for k, v in os.environ.items()
         if not k.startswith("FACEMASK_") or k == "FACEMASK_MODEL_MIRROR"
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "facemask.cli",
-            "run",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--dashboard-port",
-            str(free_port()),
-            "--grpc-port",
-            str(free_port()),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    printed = LogLineProbe(r"^dashboard: http://")
+    supervisor = Supervisor()
+    run = supervisor.start(
+        ChildSpec(
+            "facemask-run",
+            [
+                sys.executable,
+                "-m",
+                "facemask.cli",
+                "run",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--dashboard-port",
+                str(free_port()),
+                "--grpc-port",
+                str(free_port()),
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            ready=printed,
+            ready_timeout=180,
+            ready_interval=1.0,
+            log_path=tmp_path / "run.log",
+            grace=90,
+        )
     )
-    lines: queue.Queue[str] = queue.Queue()
-    log: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-            log.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    dashboard = redis_port = None
     deadline = time.monotonic() + 180
+
+    def log() -> str:
+        return run.log_tail(1_000_000)
+
     try:
-        while dashboard is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                assert proc.poll() is None, "".join(log)
-                continue
-            if match := re.search(r"redis-server .* on port (\d+)", line):
-                redis_port = int(match.group(1))
-            if line.startswith("dashboard: http://"):
-                dashboard = line.split(": ", 1)[1].strip()
-        assert dashboard and redis_port, "".join(log)
+        run.wait_ready()  # the dashboard line; ChildExitedError (with the output) if it dies
+        redis_port = match.group(1) if (match := re.search(REDIS_LINE, log())) else None
+        dashboard = printed.line.split(": ", 1)[1].strip() if printed.line else None
+        assert dashboard and redis_port, log()
         page = urllib.request.urlopen(dashboard, timeout=10).read().decode()
         assert "<html" in page.lower()
-        client = redis.Redis(port=redis_port)
+        client = redis.Redis(port=int(redis_port))
         layout = StreamLayout()
         entries: list[DetectionsEntry] = []
-        while time.monotonic() < deadline and not any(e.detections for e in entries):
-            time.sleep(1)
-            entries = [
+
+        def detected() -> bool:
+            entries[:] = [
                 DetectionsEntry.from_fields(fields)
                 for key in layout.all_detections()
                 for _, fields in client.xrange(key)
             ]
-        assert any(e.status == "ok" and e.detections for e in entries), "".join(log)
+            return any(e.detections for e in entries)
+
+        with contextlib.suppress(WaitTimeoutError):
+            wait_until(detected, max(0.0, deadline - time.monotonic()), "detections", 1.0)
+        assert any(e.status == "ok" and e.detections for e in entries), log()
         cameras = json.loads(urllib.request.urlopen(dashboard + "api/cameras", timeout=10).read())
         assert cameras, "the dashboard API lists the sample camera"
         client.close()
-        family = _descendants(proc.pid)
+        family = _descendants(run.pid)
         assert len(family) >= 4, "redis, inference, alerts and ingest run as child processes"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(90) == 0, "".join(log)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(90) == 0, log()
         time.sleep(0.5)
         leftovers = [pid for pid in family if _alive(pid)]
         assert not leftovers, f"processes left behind: {leftovers}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        supervisor.stop_all()

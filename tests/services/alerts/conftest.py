@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,18 +32,6 @@ GROUP = "alerts"
 SAMPLE = SHARED_DIR / "data" / "samples" / "demo2.jpg"
 VIDEO = SHARED_DIR / "data" / "video" / "group4_masks.mp4"
 RECORDED = Path(__file__).with_name("data") / "group4_detections.json"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str = "condition") -> Any:
-    """Poll ``condition`` until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def fast_settings(redis_url: str, state_dir: Path, **overrides: Any) -> AlertSettings:

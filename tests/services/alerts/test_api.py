@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.alerts.service import AlertService
 from tests.services.alerts.conftest import (
     PERSON_A,
@@ -25,7 +26,6 @@ from tests.services.alerts.conftest import (
     masked,
     register_camera,
     running,
-    wait_until,
 )
 
 TOKEN = "t0ken-for-tests"

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from tests.services.alerts.conftest import (
     LAYOUT,
     PERSON_A,
@@ -25,7 +26,6 @@ from tests.services.alerts.conftest import (
     masked,
     register_camera,
     running,
-    wait_until,
 )
 from tests.services.alerts.test_service import feed_clip
 

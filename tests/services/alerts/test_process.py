@@ -17,6 +17,15 @@ import redis
 
 from facemask.contracts.wire import AlertEvent
 from facemask.dev.localredis import RedisProcess, free_port
+from facemask.dev.supervisor import (
+    ChildExitedError,
+    ChildSpec,
+    HttpProbe,
+    Supervisor,
+    inherited_env,
+    python_argv,
+)
+from facemask.dev.waiting import wait_until
 from services.alerts.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from tests.fixtures.paths import REPO_ROOT
 from tests.services.alerts.conftest import (
@@ -28,7 +37,6 @@ from tests.services.alerts.conftest import (
     bare,
     drained,
     masked,
-    wait_until,
 )
 
 SECRET = "restart-secret"
@@ -36,44 +44,45 @@ OUTAGE_S = 30.0
 
 
 class AlertProcess:
-    """The service as a child process, logging JSON to a file."""
+    """The service as a supervised child process, logging JSON to a file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = int(env["FACEMASK_ALERTS_PORT"])
-        full = {k: v for k, v in os.environ.items() if not k.startswith("FACEMASK_")}
-        full.update({"PYTHONUNBUFFERED": "1", "FACEMASK_LOG_FORMAT": "json", **env})
         self.log = log
-        self._out = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.alerts"],
-            cwd=REPO_ROOT,
-            env=full,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
+        self.child = Supervisor().start(
+            ChildSpec(
+                "alerts",
+                python_argv("services.alerts"),
+                env=inherited_env(
+                    {"PYTHONUNBUFFERED": "1", "FACEMASK_LOG_FORMAT": "json", **env},
+                    drop_prefix="FACEMASK_",
+                ),
+                cwd=REPO_ROOT,
+                log_path=log,
+                ready=HttpProbe(f"http://127.0.0.1:{self.port}/readyz", timeout=5.0),
+                ready_interval=0.05,
+            )
         )
+
+    @property
+    def proc(self) -> subprocess.Popen[Any]:
+        assert self.child.proc is not None
+        return self.child.proc
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5.0, **kwargs)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"service exited early:\n{self.log.read_text()[-3000:]}")
-            try:
-                return self.get("/readyz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, timeout, "alert service ready")
+        try:
+            self.child.wait_ready(timeout)
+        except ChildExitedError:
+            pytest.fail(f"service exited early:\n{self.child.log_tail()}")
 
     def alerts(self) -> list[dict[str, Any]]:
         return list(self.get("/api/alerts", params={"limit": 500}).json()["alerts"])
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._out.close()
+        self.child.kill()
 
 
 def webhook_row(service: AlertProcess, alert_id: str) -> dict[str, Any]:

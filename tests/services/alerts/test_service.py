@@ -18,6 +18,7 @@ import redis
 
 from facemask.contracts.wire import AlertEvent
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.alerts.consumer import DetectionsConsumer
 from services.alerts.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from services.alerts.store import AlertStore
@@ -37,7 +38,6 @@ from tests.services.alerts.conftest import (
     metric,
     register_camera,
     running,
-    wait_until,
 )
 
 SECRET = "webhook-secret"

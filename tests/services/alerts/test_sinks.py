@@ -12,6 +12,7 @@ import redis
 
 from facemask.contracts.wire import AlertEvent
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.alerts.records import AlertRecord
 from services.alerts.sinks import (
     SINKS,
@@ -34,7 +35,7 @@ from services.alerts.sinks.webhook import (
     verify_signature,
 )
 from tests.fixtures.mqtt import MosquittoProcess, MqttRecorder
-from tests.services.alerts.conftest import LAYOUT, HookServer, fast_settings, wait_until
+from tests.services.alerts.conftest import LAYOUT, HookServer, fast_settings
 from tests.services.alerts.test_store import record
 
 SECRET = "s3cret-key"

@@ -15,9 +15,9 @@ import redis
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService
-from tests.fixtures.inference import wait_for
 
 pytestmark = pytest.mark.model
 
@@ -110,7 +110,7 @@ def test_every_frame_of_every_camera_gets_one_entry(
     _push(redis_client, cameras[:3], 12, jpeg)
     svc = service_factory(redis_server.url)
     _push(redis_client, cameras[3:], 12, jpeg)  # new cameras while running: no restart
-    wait_for(lambda: len(_detections(redis_client)) >= 60, 60, "60 detections entries")
+    wait_until(lambda: len(_detections(redis_client)) >= 60, 60, "60 detections entries")
     time.sleep(0.5)
     entries = _detections(redis_client)
     keys = Counter((e.camera_id, e.frame_id) for _, e in entries)
@@ -153,8 +153,8 @@ def test_bad_entries_go_to_dead_letter_and_service_continues(
     for fields in bad.values():
         redis_client.xadd(key, fields)  # type: ignore[arg-type]
     redis_client.xadd(key, good)  # type: ignore[arg-type]
-    wait_for(lambda: len(_deadletters(redis_client)) >= len(bad), 30, "dead letters")
-    wait_for(lambda: len(_detections(redis_client)) >= 1, 30, "the good frame")
+    wait_until(lambda: len(_deadletters(redis_client)) >= len(bad), 30, "dead letters")
+    wait_until(lambda: len(_detections(redis_client)) >= 1, 30, "the good frame")
     reasons = sorted(f[b"reason"].decode() for f in _deadletters(redis_client))
     assert reasons == sorted(bad)
     for f in _deadletters(redis_client):
@@ -174,7 +174,7 @@ def test_old_frames_are_skipped_visibly(
 ) -> None:
     _push(redis_client, ["late"], 5, jpeg, ts=time.time() - 120)
     svc = service_factory(redis_server.url, max_frame_age=2.0)
-    wait_for(lambda: len(_detections(redis_client)) >= 5, 30, "skip entries")
+    wait_until(lambda: len(_detections(redis_client)) >= 5, 30, "skip entries")
     entries = [e for _, e in _detections(redis_client)]
     assert {(e.status, e.reason) for e in entries} == {("skipped", "too_old")}
     assert sorted(e.frame_id for e in entries) == list(range(5))
@@ -206,14 +206,14 @@ def test_sigkill_mid_stream_loses_no_frame(
     doomed.wait_serving()
     cameras = ["k1", "k2", "k3", "k4"]
     _push(redis_client, cameras, 60, jpeg)
-    wait_for(lambda: len(_detections(redis_client)) >= 20, 60, "first detections")
+    wait_until(lambda: len(_detections(redis_client)) >= 20, 60, "first detections")
     doomed.signal(signal.SIGKILL)
     doomed.wait()
     done_before = len(_detections(redis_client))
     assert done_before < 240, "the consumer finished before it was killed; push more frames"
     assert _pending(redis_client) > 0, "the killed consumer should leave frames pending"
     survivor = service_factory(redis_server.url, claim_idle=1.0, claim_interval=0.3)
-    wait_for(lambda: len(_detections(redis_client)) >= 240, 120, "all 240 frames")
+    wait_until(lambda: len(_detections(redis_client)) >= 240, 120, "all 240 frames")
     time.sleep(1.0)
     keys = Counter((e.camera_id, e.frame_id) for _, e in _detections(redis_client))
     assert set(keys) == {(c, i) for c in cameras for i in range(60)}
@@ -235,7 +235,7 @@ def test_sigterm_drains_and_acks_everything_processed(
     )
     proc.wait_serving()
     _push(redis_client, ["t1", "t2"], 150, jpeg)
-    wait_for(lambda: len(_detections(redis_client)) >= 20, 60, "first detections")
+    wait_until(lambda: len(_detections(redis_client)) >= 20, 60, "first detections")
     proc.signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     entries = _detections(redis_client)

@@ -14,9 +14,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from facemask.dev.waiting import wait_until
 from facemask.model.runtime.base import native_bf16
 from facemask.v1 import detector_pb2, detector_pb2_grpc
-from tests.fixtures.inference import health_status, wait_for
+from tests.fixtures.inference import health_status
 from tests.fixtures.paths import REPO_ROOT
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -85,7 +86,7 @@ def test_not_serving_until_warm_then_sigterm_exits_cleanly(
         assert proc.proc.poll() is None, proc.log_path.read_text()[-3000:]
         return status == SERVING
 
-    wait_for(observed_serving, 120, "SERVING", interval=0.05)
+    wait_until(observed_serving, 120, "SERVING", interval=0.05)
     assert seen[0] == NOT_SERVING, "health must say NOT_SERVING while the model loads"
     assert health_status(proc.port, "liveness") == SERVING
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics").read()

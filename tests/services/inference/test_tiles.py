@@ -17,12 +17,12 @@ from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.core.preprocess import decode_image
 from facemask.core.tiling import TileSpec
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from facemask.model.detector import Detector
 from facemask.v1 import detector_pb2
 from services.inference.batcher import DynamicBatcher, Job
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService
-from tests.fixtures.inference import wait_for
 from tests.services.inference.test_batcher import BrightnessRuntime, _jpeg
 
 LAYOUT = StreamLayout("facemask", 4)
@@ -147,8 +147,8 @@ def test_stream_tiles_one_camera_five_runs_per_frame(
             out.extend(DetectionsEntry.from_fields(f) for _, f in redis_client.xrange(key))
         return out
 
-    wait_for(lambda: len(entries()) >= 2 * frames, 60, "detections of both cameras")
-    wait_for(
+    wait_until(lambda: len(entries()) >= 2 * frames, 60, "detections of both cameras")
+    wait_until(
         lambda: (
             svc.registry.get_sample_value(
                 "facemask_frames_processed_total", {"camera_id": "street"}

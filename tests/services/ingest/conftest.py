@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,18 +52,6 @@ def running(settings: IngestSettings) -> Iterator[IngestWorker]:
         yield worker
     finally:
         assert worker.shutdown() == 0
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def frames_of(client: redis.Redis, layout: StreamLayout, camera_id: str) -> list[FrameEntry]:

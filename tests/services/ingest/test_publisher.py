@@ -10,10 +10,10 @@ import redis
 from facemask.contracts.streams import LayoutMismatchError, StreamLayout
 from facemask.contracts.wire import FrameEntry
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from facemask.infra.redisconn import connect
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import OutgoingFrame, Publisher
-from tests.services.ingest.conftest import wait_until
 
 LAYOUT = StreamLayout()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 
 from facemask.dev.localredis import free_port
+from facemask.dev.supervisor import ChildSpec, Supervisor
+from facemask.dev.waiting import wait_until
 from facemask.infra.backoff import Backoff
 from services.ingest.sources import (
     FileSource,
@@ -170,29 +171,35 @@ def test_unreachable_url_fails_fast() -> None:
 
 
 @pytest.mark.slow
-def test_live_stream_is_capped_by_grab_and_ends_with_an_error(group4_video: Path) -> None:
+def test_live_stream_is_capped_by_grab_and_ends_with_an_error(
+    group4_video: Path, tmp_path: Path
+) -> None:
     """A real network stream: ffmpeg serves the clip over TCP in real time (25 fps)."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         pytest.skip("ffmpeg not installed")
     port = free_port()
-    server = subprocess.Popen(
-        [
-            *(ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-i", str(group4_video)),
-            *("-t", "3", "-c", "copy", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"),
-        ],
-        stdin=subprocess.DEVNULL,
+    server = Supervisor().start(
+        ChildSpec(
+            "ffmpeg",
+            [
+                *(ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-i", str(group4_video)),
+                *("-t", "3", "-c", "copy", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"),
+            ],
+            log_path=tmp_path / "ffmpeg.log",
+        )
     )
     try:
         source = LiveSource(parse_source(f"tcp://127.0.0.1:{port}"), 5)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def opened() -> bool:
             try:
                 source.open()
-                break
             except SourceError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+                return False
+            return True
+
+        wait_until(opened, 10, "the ffmpeg stream to open", 0.2)
         stamps: list[float] = []
         skipped = 0
         with pytest.raises(SourceError, match="delivered no frame"):
@@ -204,7 +211,6 @@ def test_live_stream_is_capped_by_grab_and_ends_with_an_error(group4_video: Path
         source.close()
     finally:
         server.kill()
-        server.wait()
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     assert 4.5 <= rate <= 5.5, rate
     assert skipped >= 3 * len(stamps)  # ~4 of 5 frames grabbed and dropped at the source

@@ -16,9 +16,10 @@ import redis
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import AlertEvent
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.ingest import voice
 from services.ingest.voice import build_command, ensure_default_clip, write_chime
-from tests.services.ingest.conftest import fast_settings, running, wait_until
+from tests.services.ingest.conftest import fast_settings, running
 
 LAYOUT = StreamLayout()
 

