@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from facemask.contracts.wire import DetectionsEntry, WireDetection
+from facemask.contracts.wire import DetectionsEntry
 from services.alerts.engine import AlertEngine, NewAlert, alert_id_for
 from services.alerts.rules import Rule
+from tests.services.alerts.conftest import faces_of
 
 T0 = 1_700_000_000.0
 STREAM = "facemask:{p0}:detections"
@@ -48,7 +49,7 @@ def entry(
         height=330,
         model="test",
         status=status,
-        detections=tuple(WireDetection(label, score, box) for label, score, box in faces),
+        detections=faces_of(faces, 464, 330),
     )
 
 

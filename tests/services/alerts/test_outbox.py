@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from facemask.dev.waiting import wait_until
 from services.alerts.metrics import AlertMetrics
 from services.alerts.outbox import OutboxWorker, backoff_delay
 from services.alerts.records import AlertRecord
 from services.alerts.sinks import PermanentSinkError, SinkError
 from services.alerts.store import DELIVERED, EXPIRED, FAILED, PENDING, AlertStore
-from tests.services.alerts.conftest import wait_until
 from tests.services.alerts.test_store import record
 
 T0 = 1000.0

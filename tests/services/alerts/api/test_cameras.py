@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from facemask.contracts.wire import DetectionsEntry, WireDetection
+from facemask.contracts.wire import DetectionsEntry
 from services.alerts.api.models import CameraOut
 from tests.services.alerts.api.conftest import NOW, Api
+from tests.services.alerts.conftest import faces_of
 
 
 def detections(camera: str, frame: int, label: str = "mask") -> DetectionsEntry:
@@ -17,7 +18,7 @@ def detections(camera: str, frame: int, label: str = "mask") -> DetectionsEntry:
         width=464,
         height=330,
         model="test",
-        detections=(WireDetection(label, 0.9, (40, 40, 110, 120)),),
+        detections=faces_of([(label, 0.9, (40, 40, 110, 120))], 464, 330),
     )
 
 
