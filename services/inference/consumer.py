@@ -183,7 +183,11 @@ class StreamConsumer:
     def _take(self, batch: list[Delivery]) -> None:
         """Take ownership of delivered entries (each holds one in-flight slot)."""
         for delivery in batch:
-            self._handle(delivery)
+            try:
+                self._handle(delivery)
+            except Exception:  # a bug, not a bad frame: leave it pending, free its slot
+                logger.exception("frame left pending", extra={"sid": delivery.sid})
+                self.streams.done(1)
 
     def _handle(self, delivery: Delivery) -> None:
         stream, sid, fields = delivery.stream, delivery.sid, delivery.fields
