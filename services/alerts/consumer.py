@@ -1,16 +1,18 @@
 """Detections consumer: reads every partition's detections stream, commits, then acks.
 
-One thread. The consumer group (``alerts`` by default) is the alert service's own, so it
-is independent of any other reader of the detections streams. Each loop:
+One thread, the reader of a :class:`~facemask.infra.consumer.StreamGroupConsumer`. The
+consumer group (``alerts`` by default) is the alert service's own, so it is independent
+of any other reader of the detections streams. Each loop:
 
 1. read a batch: first this consumer's pending entries (``XREADGROUP`` id ``0``: read
    before a crash or restart and never acknowledged), then new ones (``>``); every
    ``claim_interval`` seconds, entries idle for ``claim_idle`` seconds in other consumers
    of the group are taken over (``XAUTOCLAIM``);
 2. entries at or below the stream's committed offset were processed before a restart:
-   they are only acknowledged. Malformed entries go to ``layout.alerts_deadletter`` with
-   a reason (counted). Duplicates of a frame already seen are dropped. The rest feed the
-   :class:`~services.alerts.engine.AlertEngine`;
+   they are only acknowledged. Malformed entries, and entries already delivered
+   ``MAX_DELIVERIES`` times (their batch kept failing), go to ``layout.alerts_deadletter``
+   with a reason (counted). Duplicates of a frame already seen are dropped. The rest feed
+   the :class:`~services.alerts.engine.AlertEngine`;
 3. each new alert gets its snapshot (frame fetched by id from the partition's frame
    stream, boxes drawn) and the camera's name and place from the registry;
 4. ONE SQLite transaction stores the alerts, their outbox rows, the touched cameras'
@@ -18,9 +20,9 @@ is independent of any other reader of the detections streams. Each loop:
 5. only then ``XACK``; then the outbox workers and the live feed are notified.
 
 Any failure before the commit (Redis gone, disk full) rolls the engine back to the
-committed state and reads the pending entries again, so a batch is processed exactly
-once in effect: a crash anywhere neither loses nor duplicates an alert (alert ids are
-deterministic, and storing an id twice is a no-op).
+committed state and reads the pending entries again (after a back-off), so a batch is
+processed exactly once in effect: a crash anywhere neither loses nor duplicates an alert
+(alert ids are deterministic, and storing an id twice is a no-op).
 
 Ordering relies on a single active alert service per consumer group (tracking needs all
 frames of a camera in one process, and the state lives in its local database).
@@ -29,22 +31,15 @@ frames of a camera in one process, and the state lives in its local database).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from facemask.contracts.streams import StreamLayout
-from facemask.contracts.wire import DetectionsEntry, WireError, as_text, deadletter_record
-from facemask.infra.redisconn import (
-    CONNECTION_ERRORS,
-    RedisClient,
-    ensure_groups,
-    is_cluster,
-    read_new,
-)
+from facemask.contracts.wire import DetectionsEntry, WireError
+from facemask.infra.consumer import Delivery, GroupOptions, StreamGroupConsumer
+from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine, NewAlert
 from services.alerts.metrics import AlertMetrics
@@ -55,14 +50,9 @@ logger = logging.getLogger(__name__)
 
 CameraInfo = Callable[[str], Mapping[str, str]]
 
-
-@dataclass(slots=True)
-class Item:
-    """One delivered stream entry."""
-
-    stream: str
-    sid: str
-    fields: Mapping[Any, Any] | None
+MAX_DELIVERIES = 10
+"""Deliveries of an entry (its batch failed, was rolled back and read again) before it is
+dead-lettered instead of retried once more."""
 
 
 def _valid_sid(sid: str) -> bool:
@@ -100,160 +90,67 @@ class DetectionsConsumer:
         self.sinks = list(sinks)
         self.camera_info = camera_info
         self.on_alerts = on_alerts
-        self.group = settings.consumer_group
-        self.consumer = settings.consumer_name
-        self.keys = layout.all_detections()
         self.offsets: dict[str, str] = {}
-        self._cursors: dict[str, str] = {}
-        self._groups_ready = False
-        self._next_claim = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="detections", daemon=True)
+        self.streams = StreamGroupConsumer(
+            client,
+            layout.all_detections(),
+            GroupOptions(
+                group=settings.consumer_group,
+                consumer=settings.consumer_name,
+                start_id=settings.group_start,
+                read_count=settings.read_count,
+                read_block=settings.read_block,
+                claim_idle=settings.claim_idle,
+                claim_interval=settings.claim_interval,
+                max_deliveries=MAX_DELIVERIES,
+            ),
+            self.process,
+            name="detections",
+            on_error=self._failed,
+            on_reclaimed=metrics.reclaimed.inc,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Restore the committed state and start the consumer thread."""
         self.restore()
-        self._thread.start()
+        self.streams.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Finish the batch in progress (commit and ack), then stop."""
-        self._stop.set()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self.streams.stop(timeout)
 
     def running(self) -> bool:
         """Whether the thread is alive and has its consumer groups."""
-        return self._thread.is_alive() and self._groups_ready
+        return self.streams.running
 
     def restore(self) -> None:
         """Load the engine state and offsets from the store; read pending entries next."""
         cameras, offsets = self.store.load_state()
         self.engine.restore(cameras)
         self.offsets = dict(offsets)
-        self._cursors = dict.fromkeys(self.keys, "0")
+        self.streams.rewind()
 
-    # -- the loop --------------------------------------------------------------------
-
-    def _run(self) -> None:
-        backoff = 0.1
-        while not self._stop.is_set():
-            try:
-                if not self._groups_ready:
-                    self._ensure_groups()
-                items = self._claim() if time.monotonic() >= self._next_claim else []
-                if not items:
-                    items = self._read()
-                if items:
-                    self.process(items)
-                backoff = 0.1
-            except CONNECTION_ERRORS as exc:
-                self.metrics.redis_errors.inc()
-                logger.warning("redis unavailable; retrying", extra={"error": str(exc)})
-                self._rollback()
-                self._groups_ready = False
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception as exc:
-                if "NOGROUP" in str(exc):  # the stream or group was deleted: create again
-                    self._groups_ready = False
-                self.metrics.batch_failures.inc()
-                logger.exception("batch failed; state rolled back, entries will be read again")
-                self._rollback()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    def _rollback(self) -> None:
+    def _failed(self, exc: BaseException) -> None:
+        """A batch failed (its entries will be read again): count it, roll back."""
+        if isinstance(exc, CONNECTION_ERRORS):
+            self.metrics.redis_errors.inc()
+        else:
+            self.metrics.batch_failures.inc()
         try:
             self.restore()
         except Exception:
             logger.exception("cannot reload the committed state")
 
-    def _ensure_groups(self) -> None:
-        ensure_groups(self.client, self.keys, self.group, self.settings.group_start)
-        self._groups_ready = True
-
-    def _read(self) -> list[Item]:
-        pending = {k: c for k, c in self._cursors.items() if c != ">"}
-        count = self.settings.read_count
-        if pending:
-            reply: list[Any] = []
-            if is_cluster(self.client):
-                for key, cursor in pending.items():
-                    reply.extend(
-                        self.client.xreadgroup(
-                            self.group, self.consumer, {key: cursor}, count=count
-                        )
-                        or []
-                    )
-            else:
-                reply = (
-                    self.client.xreadgroup(self.group, self.consumer, pending, count=count) or []
-                )
-            items = self._items(reply)
-            got = {item.stream for item in items}
-            for key in pending:
-                if key in got:
-                    self._cursors[key] = max(
-                        (i.sid for i in items if i.stream == key), key=parse_sid
-                    )
-                else:
-                    self._cursors[key] = ">"
-            return items
-        reply = read_new(
-            self.client,
-            self.group,
-            self.consumer,
-            self.keys,
-            count=count,
-            block=self.settings.read_block,
-            wait=self._stop.wait,
-        )
-        return self._items(reply)
-
-    @staticmethod
-    def _items(reply: Sequence[Any]) -> list[Item]:
-        out = []
-        for stream, entries in reply:
-            key = as_text(stream)
-            for sid, fields in entries:
-                out.append(Item(key, as_text(sid), fields))
-        return out
-
-    def _claim(self) -> list[Item]:
-        self._next_claim = time.monotonic() + self.settings.claim_interval
-        idle_ms = int(self.settings.claim_idle * 1000)
-        items: list[Item] = []
-        for key in self.keys:
-            start = "0-0"
-            while len(items) < self.settings.read_count:
-                reply = self.client.xautoclaim(
-                    key,
-                    self.group,
-                    self.consumer,
-                    idle_ms,
-                    start_id=start,
-                    count=self.settings.read_count,
-                )
-                start, entries = as_text(reply[0]), reply[1]
-                for sid, fields in entries:
-                    items.append(Item(key, as_text(sid), fields))
-                if start == "0-0" or not entries:
-                    break
-        if items:
-            self.metrics.reclaimed.inc(len(items))
-            logger.info("pending entries taken over", extra={"entries": len(items)})
-        return items
-
     # -- one batch -------------------------------------------------------------------
 
-    def process(self, items: Sequence[Item]) -> list[AlertRecord]:
+    def process(self, items: Sequence[Delivery]) -> list[AlertRecord]:
         """Process, commit and acknowledge one batch; returns the alerts stored."""
         acks: dict[str, list[str]] = defaultdict(list)
         offsets: dict[str, str] = {}
         new_alerts: list[NewAlert] = []
-        deadletters: list[tuple[Item, str, str]] = []
+        deadletters: list[tuple[Delivery, str, str]] = []
         faces: Counter[tuple[str, str]] = Counter()
         suppressed: Counter[str] = Counter()
         replayed = duplicates = consumed = 0
@@ -269,6 +166,9 @@ class DetectionsConsumer:
                 offsets[item.stream] = item.sid
             consumed += 1
             if item.fields is None:  # deleted from the stream while pending
+                continue
+            if item.rejected is not None:
+                deadletters.append((item, *item.rejected))
                 continue
             try:
                 entry = DetectionsEntry.from_fields(item.fields)
@@ -384,32 +284,15 @@ class DetectionsConsumer:
             rule=alert.rule.to_dict(),
         )
 
-    def _deadletter(self, items: Sequence[tuple[Item, str, str]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+    def _deadletter(self, items: Sequence[tuple[Delivery, str, str]]) -> None:
+        self.streams.deadletter(
+            items, stream=self.layout.alerts_deadletter, maxlen=self.settings.deadletter_maxlen
+        )
         for item, reason, detail in items:
-            record = deadletter_record(
-                item.stream, item.sid, item.fields or {}, reason, detail, max_value_bytes=1 << 16
-            )
-            pipe.xadd(
-                self.layout.alerts_deadletter,
-                record,
-                maxlen=self.settings.deadletter_maxlen,
-                approximate=True,
-            )
             logger.warning(
-                "malformed detections entry dead-lettered",
+                "detections entry dead-lettered",
                 extra={"stream": item.stream, "sid": item.sid, "reason": reason, "error": detail},
             )
-        pipe.execute()
 
     def _ack(self, acks: Mapping[str, list[str]]) -> None:
-        if not acks:
-            return
-        if is_cluster(self.client):
-            for stream, sids in acks.items():
-                self.client.xack(stream, self.group, *sids)
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for stream, sids in acks.items():
-            pipe.xack(stream, self.group, *sids)
-        pipe.execute()
+        self.streams.ack(acks)

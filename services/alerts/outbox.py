@@ -8,9 +8,9 @@ read from the alerts table, and delivers them one by one:
 - success: the row is ``delivered`` (outcome ``delivered``);
 - :class:`~services.alerts.sinks.PermanentSinkError`: ``failed`` for good (``rejected``);
 - any other error: the row is retried after ``initial * 2**attempts`` seconds, capped at
-  ``cap``, with "equal jitter" (half fixed, half random) so many rows - or many services -
-  that failed together do not retry in lock-step; a ``Retry-After`` is honoured
-  (outcome ``retry``);
+  ``cap``, with "equal jitter" (half fixed, half random; a
+  :class:`~facemask.infra.backoff.Backoff`) so many rows - or many services - that failed
+  together do not retry in lock-step; a ``Retry-After`` is honoured (outcome ``retry``);
 - still undelivered ``ttl`` seconds after the alert: ``expired`` (outcome ``expired``).
 
 Deliveries survive restarts (rows are re-read from SQLite), and a failing sink only
@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 
+from facemask.infra.backoff import Backoff
+from facemask.infra.worker import Worker
 from services.alerts.metrics import AlertMetrics
 from services.alerts.sinks import PermanentSinkError, Sink, SinkError
 from services.alerts.store import EXPIRED, FAILED, AlertStore, Delivery
@@ -38,8 +39,7 @@ def backoff_delay(
     attempts: int, initial: float, cap: float, rng: random.Random | None = None
 ) -> float:
     """Delay before the next try after ``attempts`` failed ones (>= 1), with jitter."""
-    base = min(cap, initial * 2.0 ** max(0, min(attempts - 1, 64)))
-    return base / 2 + (rng or random).uniform(0, base / 2)
+    return Backoff(initial, cap, jitter=0.5, spread="below", rng=rng).delay(attempts)
 
 
 class OutboxWorker:
@@ -64,10 +64,8 @@ class OutboxWorker:
         self.initial = initial
         self.cap = cap
         self.clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._rng = rng or random.Random()
-        self._thread = threading.Thread(target=self._run, name=f"outbox-{sink.name}", daemon=True)
+        self._backoff = Backoff(initial, cap, jitter=0.5, spread="below", rng=rng)
+        self.worker = Worker(f"outbox-{sink.name}", self._run)
 
     @property
     def name(self) -> str:
@@ -76,25 +74,22 @@ class OutboxWorker:
 
     def start(self) -> None:
         """Start delivering."""
-        self._thread.start()
+        self.worker.start()
 
     def wake(self) -> None:
         """New rows were committed: look at once."""
-        self._wake.set()
+        self.worker.wake()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the delivery in progress (bounded by the sink's own timeout)."""
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout)
+        self.worker.stop(timeout)
 
     def alive(self) -> bool:
         """Whether the thread runs."""
-        return self._thread.is_alive()
+        return self.worker.alive
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
+    def _run(self, worker: Worker) -> None:
+        while not worker.stopping:
             try:
                 worked = self.run_once()
             except Exception:
@@ -109,13 +104,13 @@ class OutboxWorker:
                 due = None
             if due is not None:
                 wait = min(IDLE_POLL, max(0.0, due - self.clock()))
-            self._wake.wait(wait)
+            worker.wait(wait)
 
     def run_once(self) -> bool:
         """Deliver the rows due now; True when any row was handled."""
         rows = self.store.due(self.name, self.clock(), limit=20)
         for row in rows:
-            if self._stop.is_set():
+            if self.worker.stopping:
                 break
             self.deliver(row)
         return bool(rows)
@@ -132,7 +127,7 @@ class OutboxWorker:
             self.store.mark_final(row.row_id, FAILED, str(exc), self.clock(), attempt=True)
             return self._outcome(row, "rejected", str(exc))
         except Exception as exc:
-            delay = backoff_delay(row.attempts + 1, self.initial, self.cap, self._rng)
+            delay = self._backoff.delay(row.attempts + 1)
             after = exc.retry_after if isinstance(exc, SinkError) else None
             if after is not None:
                 delay = max(delay, after)

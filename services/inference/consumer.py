@@ -2,19 +2,19 @@
 
 Threads:
 
-- **reader**: ``XREADGROUP`` over every partition's frame stream (consumer group
-  ``inference``, so replicas share the load), parses each entry and submits it to the
-  batcher. At most ``max_inflight`` frames are read and unpublished at once, so a backlog
-  stays in Redis, not in memory.
+- **reader** (:class:`~facemask.infra.consumer.StreamGroupConsumer`, consumer group
+  ``inference``, so replicas share the load): reads every partition's frame stream,
+  parses each entry and submits it to the batcher. Every ``claim_interval`` it takes over
+  entries idle longer than ``claim_idle`` in dead consumers (``XAUTOCLAIM``); entries
+  already delivered ``max_deliveries`` times go to the dead-letter stream instead. At
+  most ``max_inflight`` frames are read and unpublished at once, so a backlog stays in
+  Redis, not in memory.
 - **publisher**: takes finished frames and, per frame, runs one Lua script that checks
   this consumer still owns the entry, ``XADD``s the detections entry (``MAXLEN ~``) and
   ``XACK``s the frame, atomically. The frame, detections and dead-letter streams of a
   partition share a hash tag, so this works on a Redis Cluster too. A crash before the
   script leaves the frame pending (another consumer reclaims it); a crash after it leaves
   nothing to redo: no frame is lost and no detections entry is duplicated.
-- **reclaimer**: every ``claim_interval`` moves entries idle longer than ``claim_idle``
-  from dead consumers to this one (``XAUTOCLAIM``); entries already delivered
-  ``max_deliveries`` times go to the dead-letter stream instead.
 - **lag monitor**: reads ``XINFO GROUPS`` into the lag / pending gauges.
 
 Frames older than ``max_frame_age`` when they reach a batch are not run: their entry says
@@ -24,32 +24,28 @@ vanishes and the service catches up to real time after an overload.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import (
     DetectionsEntry,
     FrameEntry,
     WireError,
-    as_text,
     deadletter_record,
 )
 from facemask.core.preprocess import ImageDecodeError
-from facemask.infra.redisconn import (
-    CONNECTION_ERRORS,
-    RedisClient,
-    ensure_groups,
-    is_cluster,
-    read_new,
-)
+from facemask.infra.backoff import Backoff
+from facemask.infra.consumer import Delivery, GroupOptions, StreamGroupConsumer
+from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
+from facemask.infra.worker import Worker
 from services.inference.batcher import DynamicBatcher, Job, JobResult, QueueFullError
 from services.inference.config import InferenceSettings
 from services.inference.metrics import InferenceMetrics
@@ -66,6 +62,10 @@ redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
+PUBLISH_BATCH = 256
+GIVE_UP_RETRIES = 6
+"""Failed publish attempts after which a stopping publisher leaves its frames pending."""
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -78,10 +78,6 @@ class Outcome:
     deadletter_reason: str = ""
     result: JobResult | None = None
     capture_ts: float | None = None
-
-
-def _sid(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 class StreamConsumer:
@@ -104,44 +100,47 @@ class StreamConsumer:
         self.model_version = model_version
         self.group = settings.consumer_group
         self.consumer = settings.consumer_name
-        self._keys = layout.all_frames()
-        self._slots = threading.BoundedSemaphore(settings.max_inflight)
+        self.streams = StreamGroupConsumer(
+            client,
+            layout.all_frames(),
+            GroupOptions(
+                group=settings.consumer_group,
+                consumer=settings.consumer_name,
+                start_id="0",
+                read_count=settings.read_count,
+                read_block=settings.read_block,
+                claim_idle=settings.claim_idle,
+                claim_interval=settings.claim_interval,
+                max_deliveries=settings.max_deliveries,
+                # Its own pending frames come back through XAUTOCLAIM after claim_idle.
+                read_pending=False,
+                max_inflight=settings.max_inflight,
+            ),
+            self._take,
+            name="stream-reader",
+            on_error=self._read_failed,
+            on_reclaimed=metrics.reclaimed.inc,
+        )
         self._outbox: queue.Queue[Outcome] = queue.Queue()
-        self._reading = threading.Event()
-        self._publishing = threading.Event()
-        self._inflight = 0
-        self._inflight_lock = threading.Lock()
         self._script = client.register_script(PUBLISH_AND_ACK)
-        self._threads: list[threading.Thread] = []
-        self._groups_ready = False
+        self._publisher = Worker("stream-publisher", self._publish_loop)
+        self._lag = Worker.every("stream-lag", settings.lag_interval, self._lag_tick)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the reader, publisher, reclaimer and lag monitor threads."""
-        self._reading.set()
-        self._publishing.set()
-        for name, target in (
-            ("stream-reader", self._read_loop),
-            ("stream-publisher", self._publish_loop),
-            ("stream-reclaimer", self._reclaim_loop),
-            ("stream-lag", self._lag_loop),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        """Start the reader, publisher and lag monitor threads."""
+        self.streams.start()
+        self._publisher.start()
+        self._lag.start()
 
     def stop_reading(self, timeout: float = 5.0) -> None:
         """Take no new frames (first step of a graceful stop).
 
-        Waits for the reader and reclaimer to hand what they already took to the batcher,
-        so a frame is either submitted (and will be published) or was never read.
+        Waits for the reader to hand what it already took to the batcher, so a frame is
+        either submitted (and will be published) or was never read.
         """
-        self._reading.clear()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            if thread.name in ("stream-reader", "stream-reclaimer"):
-                thread.join(max(0.0, deadline - time.monotonic()))
+        self.streams.stop(timeout)
 
     def stop(self, timeout: float) -> bool:
         """Stop reading, publish everything already processed, stop all threads.
@@ -153,9 +152,10 @@ class StreamConsumer:
         while self.inflight and time.monotonic() < deadline:
             time.sleep(0.02)
         drained = self.inflight == 0
-        self._publishing.clear()
-        for thread in self._threads:
-            thread.join(max(0.1, deadline - time.monotonic()))
+        for worker in (self._publisher, self._lag):
+            worker.request_stop()
+        for worker in (self._publisher, self._lag):
+            worker.join(max(0.1, deadline - time.monotonic()))
         if not drained:
             logger.warning(
                 "stopped with frames unpublished; they stay pending for another consumer",
@@ -166,69 +166,34 @@ class StreamConsumer:
     @property
     def inflight(self) -> int:
         """Frames read and not yet published."""
-        return self._inflight
+        return self.streams.inflight
 
-    def _add_inflight(self, delta: int) -> None:
-        with self._inflight_lock:
-            self._inflight += delta
+    @property
+    def failed(self) -> bool:
+        """True when one of the threads died of an exception (it is logged)."""
+        return any(w.failed for w in (self.streams.worker, self._publisher, self._lag))
 
     # -- reading ---------------------------------------------------------------------
 
-    def _ensure_groups(self) -> None:
-        ensure_groups(self.client, self._keys, self.group, "0")
-        self._groups_ready = True
+    def _read_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, CONNECTION_ERRORS):
+            self.metrics.redis_errors.inc()
 
-    def _acquire(self, wanted: int) -> int:
-        """Take up to ``wanted`` in-flight slots (at least one; waits for it)."""
-        got = 0
-        while got == 0 and self._reading.is_set():
-            if self._slots.acquire(timeout=0.1):
-                got = 1
-        while got and got < wanted and self._slots.acquire(blocking=False):
-            got += 1
-        return got
-
-    def _release(self, count: int) -> None:
-        for _ in range(count):
-            with contextlib.suppress(ValueError):
-                self._slots.release()
-
-    def _read_loop(self) -> None:
-        backoff = 0.1
-        while self._reading.is_set():
-            slots = self._acquire(self.settings.read_count)
-            if not slots:
-                break
+    def _take(self, batch: list[Delivery]) -> None:
+        """Take ownership of delivered entries (each holds one in-flight slot)."""
+        for delivery in batch:
             try:
-                if not self._groups_ready:
-                    self._ensure_groups()
-                response = read_new(
-                    self.client,
-                    self.group,
-                    self.consumer,
-                    self._keys,
-                    count=slots,
-                    block=self.settings.read_block,
-                )
-                backoff = 0.1
-            except CONNECTION_ERRORS as exc:
-                self._release(slots)
-                self._groups_ready = False
-                self.metrics.redis_errors.inc()
-                logger.warning("redis unavailable; retrying", extra={"error": str(exc)})
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            used = 0
-            for stream, entries in response:
-                for sid, fields in entries:
-                    used += 1
-                    self._handle(_sid(stream), _sid(sid), fields)
-            self._release(slots - used)
+                self._handle(delivery)
+            except Exception:  # a bug, not a bad frame: leave it pending, free its slot
+                logger.exception("frame left pending", extra={"sid": delivery.sid})
+                self.streams.done(1)
 
-    def _handle(self, stream: str, sid: str, fields: Mapping[Any, Any] | None) -> None:
-        """Take ownership of one delivered entry (one in-flight slot is held for it)."""
-        self._add_inflight(1)
+    def _handle(self, delivery: Delivery) -> None:
+        stream, sid, fields = delivery.stream, delivery.sid, delivery.fields
+        if delivery.rejected is not None:
+            reason, detail = delivery.rejected
+            self._deadletter(stream, sid, fields or {}, reason, detail)
+            return
         if fields is None:  # trimmed while pending: nothing left to run
             self._outbox.put(
                 Outcome(stream, sid, "", {"reason": "trimmed"}, deadletter_reason="trimmed")
@@ -258,8 +223,7 @@ class StreamConsumer:
                 time.sleep(0.005)  # gRPC traffic filled the queue: wait, do not drop
             except Exception as exc:  # shutting down: leave it pending for a peer
                 logger.info("frame left pending", extra={"sid": sid, "error": str(exc)})
-                self._add_inflight(-1)
-                self._release(1)
+                self.streams.done(1)
                 return
         future.add_done_callback(lambda f: self._finished(stream, sid, frame, f))
 
@@ -308,14 +272,14 @@ class StreamConsumer:
 
     # -- publishing ------------------------------------------------------------------
 
-    def _publish_loop(self) -> None:
-        while self._publishing.is_set() or not self._outbox.empty():
+    def _publish_loop(self, worker: Worker) -> None:
+        while not worker.stopping or not self._outbox.empty():
             try:
                 first = self._outbox.get(timeout=0.1)
             except queue.Empty:
                 continue
             batch = [first]
-            while len(batch) < 256:
+            while len(batch) < PUBLISH_BATCH:
                 try:
                     batch.append(self._outbox.get_nowait())
                 except queue.Empty:
@@ -335,7 +299,7 @@ class StreamConsumer:
         return [target, item.stream], args
 
     def _publish(self, batch: Sequence[Outcome]) -> None:
-        backoff = 0.05
+        backoff = Backoff(0.05, 5.0)
         cluster = is_cluster(self.client)
         replies: list[Any] = []
         while True:
@@ -345,17 +309,23 @@ class StreamConsumer:
                     # the partition's master); a retry resumes after the frames already done.
                     while len(replies) < len(batch):
                         keys, args = self._script_call(batch[len(replies)])
-                        replies.append(self._script(keys=keys, args=args))
+                        try:
+                            replies.append(self._script(keys=keys, args=args))
+                        except redis.ResponseError as exc:
+                            replies.append(exc)
                     break
                 pipe = self.client.pipeline(transaction=False)
                 for item in batch:
                     keys, args = self._script_call(item)
                     self._script(keys=keys, args=args, client=pipe)
-                replies = pipe.execute()
+                replies = pipe.execute(raise_on_error=False)
+                for reply in replies:
+                    if isinstance(reply, CONNECTION_ERRORS):
+                        raise reply
                 break
             except CONNECTION_ERRORS as exc:
                 self.metrics.redis_errors.inc()
-                if not self._publishing.is_set() and backoff > 2.0:
+                if self._publisher.stopping and backoff.attempts >= GIVE_UP_RETRIES:
                     logger.error(
                         "giving up publishing; frames stay pending for another consumer",
                         extra={"frames": len(batch) - len(replies), "error": str(exc)},
@@ -363,15 +333,16 @@ class StreamConsumer:
                     replies += [None] * (len(batch) - len(replies))
                     break
                 logger.warning("publish failed; retrying", extra={"error": str(exc)})
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                time.sleep(backoff.next())
         for item, reply in zip(batch, replies, strict=True):
             self._account(item, reply)
-            self._add_inflight(-1)
-            self._release(1)
+        self.streams.done(len(batch))
 
     def _account(self, item: Outcome, reply: Any) -> None:
         if reply is None:
+            return
+        if isinstance(reply, Exception):  # NOGROUP (group deleted): the entry is gone
+            logger.error("frame not published", extra={"sid": item.sid, "error": str(reply)})
             return
         if int(reply) == 0:
             self.metrics.duplicates.inc()
@@ -400,94 +371,18 @@ class StreamConsumer:
         if item.capture_ts is not None:
             self.metrics.frame_latency.observe(max(0.0, time.time() - item.capture_ts))
 
-    # -- reclaiming ------------------------------------------------------------------
-
-    def _reclaim_loop(self) -> None:
-        while self._reading.is_set():
-            deadline = time.monotonic() + self.settings.claim_interval
-            while self._reading.is_set() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not self._reading.is_set() or not self._groups_ready:
-                continue
-            try:
-                for key in self._keys:
-                    self._reclaim(key)
-            except CONNECTION_ERRORS as exc:
-                self.metrics.redis_errors.inc()
-                logger.warning("reclaim sweep failed", extra={"error": str(exc)})
-            except Exception:
-                logger.exception("reclaim sweep failed")
-
-    def _reclaim(self, key: str) -> None:
-        idle_ms = int(self.settings.claim_idle * 1000)
-        pending = self.client.xpending_range(
-            key, self.group, min="-", max="+", count=100, idle=idle_ms
-        )
-        for entry in pending:
-            if entry["times_delivered"] >= self.settings.max_deliveries:
-                claimed = self.client.xclaim(
-                    key, self.group, self.consumer, idle_ms, [entry["message_id"]]
-                )
-                for sid, fields in claimed:
-                    if self._acquire(1):
-                        self._add_inflight(1)
-                        self._deadletter(
-                            key,
-                            _sid(sid),
-                            fields or {},
-                            "max_deliveries",
-                            f"delivered {entry['times_delivered']} times without a result",
-                        )
-        start = "0-0"
-        while self._reading.is_set():
-            slots = self._acquire(self.settings.read_count)
-            if not slots:
-                return
-            reply = self.client.xautoclaim(
-                key, self.group, self.consumer, idle_ms, start_id=start, count=slots
-            )
-            start, entries = _sid(reply[0]), reply[1]
-            for sid, fields in entries:
-                self.metrics.reclaimed.inc()
-                self._handle(key, _sid(sid), fields)
-            self._release(slots - len(entries))
-            if start == "0-0" or not entries:
-                return
-
     # -- lag -------------------------------------------------------------------------
 
-    def _lag_loop(self) -> None:
-        while self._publishing.is_set():
-            try:
-                self.measure_lag()
-            except CONNECTION_ERRORS:
-                self.metrics.redis_errors.inc()
-            except Exception:
-                logger.exception("lag reading failed")
-            deadline = time.monotonic() + self.settings.lag_interval
-            while self._publishing.is_set() and time.monotonic() < deadline:
-                time.sleep(0.05)
+    def _lag_tick(self) -> None:
+        try:
+            self.measure_lag()
+        except CONNECTION_ERRORS:
+            self.metrics.redis_errors.inc()
 
     def measure_lag(self) -> dict[str, tuple[int, int]]:
         """Read (lag, pending) of this group on every frame stream into the gauges."""
-        readings = {}
-        for key in self._keys:
-            try:
-                groups = self.client.xinfo_groups(key)
-            except Exception as exc:
-                if "no such key" in str(exc).lower():
-                    continue
-                raise
-            for info in groups:
-                name = as_text(info.get("name"))
-                if name != self.group:
-                    continue
-                pending = int(info.get("pending") or 0)
-                lag = info.get("lag")
-                if lag is None:  # Redis < 7: count entries after the last delivered id
-                    last = as_text(info.get("last-delivered-id", "0-0"))
-                    lag = len(self.client.xrange(key, min=f"({last}", count=10_000))
-                readings[key] = (int(lag), pending)
-                self.metrics.stream_lag.labels(key, self.group).set(int(lag))
-                self.metrics.stream_pending.labels(key, self.group).set(pending)
+        readings = self.streams.lag()
+        for key, (lag, pending) in readings.items():
+            self.metrics.stream_lag.labels(key, self.group).set(lag)
+            self.metrics.stream_pending.labels(key, self.group).set(pending)
         return readings

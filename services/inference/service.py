@@ -14,8 +14,9 @@ import threading
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from facemask.infra.metrics import MetricsServer, serve_metrics
 from facemask.infra.redisconn import connect
 from facemask.model.detector import Detector, create_detector
 from facemask.v1 import detector_pb2
@@ -55,7 +56,7 @@ class InferenceService:
         self.metrics_port = 0
         self.ready = threading.Event()
         self.stopped = threading.Event()
-        self._metrics_server: object | None = None
+        self._metrics_server: MetricsServer | None = None
 
     @property
     def port(self) -> int:
@@ -65,10 +66,7 @@ class InferenceService:
     def _start_metrics(self) -> None:
         port = self.settings.metrics_port
         if port:
-            server, _ = start_http_server(
-                port, addr=self.settings.metrics_host, registry=self.registry
-            )
-            self._metrics_server = server
+            self._metrics_server = serve_metrics(self.registry, port, self.settings.metrics_host)
             self.metrics_port = port
 
     def _load_model(self) -> Detector:
@@ -182,7 +180,7 @@ class InferenceService:
         if self.batcher is not None:
             self.batcher.close(timeout=1.0)
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()  # type: ignore[attr-defined]
+            self._metrics_server.close()
         self.stopped.set()
         logger.info("inference service stopped", extra={"clean": clean})
         return clean

@@ -18,7 +18,6 @@ frames dropped before Redis leave gaps: ids increase, they are not contiguous.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ import numpy as np
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import MAX_FRAME_BYTES, FrameEntry
 from facemask.infra.backoff import Backoff
+from facemask.infra.worker import Worker
 from services.ingest.config import CameraConfig
 from services.ingest.metrics import IngestMetrics
 from services.ingest.publisher import OutgoingFrame, Publisher
@@ -105,8 +105,8 @@ class Camera:
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._source_factory = source_factory
         self._on_status = on_status
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"camera-{config.id}", daemon=True)
+        self._worker = Worker(f"camera-{config.id}", self._run)
+        self._stop = self._worker.stop_event
         self._fps_count = 0
         self._fps_since = time.monotonic()
         metrics.add_camera(config.id)
@@ -114,21 +114,26 @@ class Camera:
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         """Start capturing."""
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
         """Ask the capture loop to stop (returns at once)."""
-        self._stop.set()
+        self._worker.request_stop()
 
     def join(self, timeout: float) -> bool:
         """Wait for the thread; True when it has ended."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._worker.join(timeout)
 
     @property
     def finished(self) -> bool:
-        """True once the thread has ended (stopped, or a non-looping file ended)."""
-        return self._thread.ident is not None and not self._thread.is_alive()
+        """True once the thread has ended (stopped, a non-looping file ended, or it died:
+        see ``failed``)."""
+        return self._worker.started and not self._worker.alive
+
+    @property
+    def failed(self) -> bool:
+        """True when the capture loop died of an unexpected exception (it is logged)."""
+        return self._worker.failed
 
     # -- state -------------------------------------------------------------------------
     def _set_status(self, status: str, error: str = "") -> None:
@@ -168,7 +173,7 @@ class Camera:
         }
 
     # -- capture loop ------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, _worker: Worker) -> None:
         log = {"camera_id": self.id, "source": self.spec.redacted}
         while not self._stop.is_set():
             source = self._source_factory(self.config)

@@ -17,9 +17,9 @@ ring buffer overflowed while Redis was unreachable, oldest frame first), ``encod
 
 from __future__ import annotations
 
-from wsgiref.simple_server import WSGIServer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from facemask.infra.metrics import MetricsServer, serve_metrics
 
 DROP_REASONS = ("rate_cap", "buffer_full", "encode_error", "too_large", "redis_error", "shutdown")
 ENCODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
@@ -106,7 +106,7 @@ class IngestMetrics:
             ["camera_id", "outcome"],
             registry=r,
         )
-        self._server: WSGIServer | None = None
+        self._server: MetricsServer | None = None
 
     def add_camera(self, camera_id: str) -> None:
         """Create the camera's series at zero so dashboards see them before any event."""
@@ -126,13 +126,11 @@ class IngestMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Expose the metrics over HTTP; returns the bound port (``port`` 0: any free)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
+        self._server = serve_metrics(self.registry, port, host)
+        return self._server.port
 
     def close(self) -> None:
         """Stop the HTTP server, if any."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None

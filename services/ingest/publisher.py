@@ -26,6 +26,7 @@ from typing import Any
 from facemask.contracts.streams import LayoutMismatchError
 from facemask.infra.backoff import Backoff
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
+from facemask.infra.worker import Worker
 from services.ingest.metrics import IngestMetrics
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,13 @@ class Publisher:
         self._buf: deque[OutgoingFrame] = deque()
         self._inflight = 0
         self._cond = threading.Condition()
-        self._wake = threading.Event()  # interrupts a backoff wait (stop requested)
         self._draining = False  # stop accepting waits: send what is left, then exit
         self._abort = False  # deadline passed: exit now
         self._connected = False
         self._ever_connected = False
         self._outage_drops = 0
         self._outage_logged = False
-        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._worker = Worker("publisher", self._run)  # a stop interrupts a backoff wait
         self.last_published: dict[str, int] = {}  # camera id -> last frame id in Redis
         self.published: dict[str, int] = {}  # camera id -> frames published
         metrics.buffer_capacity.set(capacity)
@@ -108,7 +108,7 @@ class Publisher:
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         """Start the publishing thread."""
-        self._thread.start()
+        self._worker.start()
 
     def close(self, timeout: float) -> int:
         """Send what is buffered within ``timeout`` seconds, then stop.
@@ -120,15 +120,13 @@ class Publisher:
         with self._cond:
             self._draining = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._worker.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
             self._abort = True
-            self._wake.set()
+            self._worker.request_stop()
             self._cond.notify_all()
-        if self._thread.is_alive():
-            # A send in progress finishes or fails within the client's socket timeout.
-            self._thread.join(10.0)
+        # A send in progress finishes or fails within the client's socket timeout.
+        self._worker.join(10.0)
         with self._cond:
             left = len(self._buf)
             while self._buf:
@@ -240,13 +238,13 @@ class Publisher:
             self.last_published[frame.camera_id] = frame.frame_id
             self.published[frame.camera_id] = self.published.get(frame.camera_id, 0) + 1
 
-    def _run(self) -> None:
+    def _run(self, _worker: Worker) -> None:
         while not self._abort:
             if self._draining and self.pending() == 0:
                 break
             if not self._connected and not self._connect():
                 if not self._abort:
-                    self._wake.wait(self._backoff.next())
+                    self._worker.wait(self._backoff.next())
                 continue
             batch = self._take()
             if batch is None:
@@ -262,6 +260,6 @@ class Publisher:
                 for frame in batch:
                     self._drop(frame, "redis_error")
                 self._done()
-                self._wake.wait(self._backoff.next())
+                self._worker.wait(self._backoff.next())
                 continue
             self._done()

@@ -6,7 +6,6 @@ The hash format is the contract in :mod:`facemask.contracts.registry`.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 from facemask import __version__
 from facemask.contracts.streams import StreamLayout
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
+from facemask.infra.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +40,19 @@ class CameraRegistry:
         self.interval = interval
         self.ttl = ttl
         self.writes = 0
-        self._poke = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="registry", daemon=True)
+        self.worker = Worker("registry", self._run)
 
     def start(self) -> None:
         """Start heart-beating (the first write happens at once)."""
-        self._thread.start()
+        self.worker.start()
 
     def poke(self) -> None:
         """Write soon (a camera's status changed)."""
-        self._poke.set()
+        self.worker.wake()
 
     def stop(self, *, final: bool = True) -> None:
         """Stop the thread; with ``final``, write the cameras' last state once more."""
-        self._stop.set()
-        self._poke.set()
-        self._thread.join(5.0)
+        self.worker.stop(5.0)
         if final:
             self.write()
 
@@ -86,10 +82,9 @@ class CameraRegistry:
         self.writes += 1
         return True
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._poke.clear()
+    def _run(self, worker: Worker) -> None:
+        while not worker.stopping:
             self.write()
             # A status change wakes the thread early; at most one write per 0.1 s.
-            self._poke.wait(self.interval)
-            self._stop.wait(0.1)
+            worker.wait(self.interval)
+            worker.stop_event.wait(0.1)

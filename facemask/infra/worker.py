@@ -1,0 +1,143 @@
+"""Background workers: one daemon thread running a loop, stopped cleanly.
+
+A :class:`Worker` runs ``target(worker)`` in its own thread. The target loops until
+``worker.stopping``; it sleeps with :meth:`Worker.wait` (returns early on a stop or a
+:meth:`Worker.wake`) so a stop never waits out a long sleep. :meth:`Worker.stop` asks it
+to stop and joins it with a timeout. A target that raises is logged with its traceback
+and kept in :attr:`Worker.error`: ``alive`` turns false and ``failed`` true, so a health
+check sees the death instead of a thread that silently vanished.
+
+:meth:`Worker.every` is the periodic form (heartbeats, gauges): a failing tick is logged
+and counted, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """One background thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        target: Callable[[Worker], object],
+        *,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.name = name
+        self._target = target
+        self._log = log or logger
+        self.stop_event = threading.Event()
+        self._wake = threading.Event()
+        self.error: BaseException | None = None
+        """What ended the loop, when it raised."""
+        self.errors = 0
+        """Failed ticks (periodic workers)."""
+        self.last_error: BaseException | None = None
+        """The last failed tick's exception (periodic workers)."""
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    @classmethod
+    def every(
+        cls,
+        name: str,
+        interval: float,
+        tick: Callable[[], object],
+        *,
+        immediate: bool = True,
+        log: logging.Logger | None = None,
+    ) -> Worker:
+        """A worker calling ``tick()`` every ``interval`` seconds (first at once when
+        ``immediate``); :meth:`wake` runs the next tick early. A tick that raises is logged
+        and counted in :attr:`errors`; the next tick runs as planned."""
+        worker_log = log or logger
+
+        def loop(worker: Worker) -> None:
+            if not immediate and worker.wait(interval):
+                return
+            while not worker.stopping:
+                try:
+                    tick()
+                except Exception as exc:
+                    worker.errors += 1
+                    worker.last_error = exc
+                    worker_log.exception("periodic task failed", extra={"worker": name})
+                if worker.wait(interval):
+                    return
+
+        return cls(name, loop, log=log)
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        """Start the thread (once); returns the worker."""
+        self._thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop (returns at once); a :meth:`wait` in progress returns."""
+        self.stop_event.set()
+        self._wake.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the thread to end; True when it has ended
+        (or never started)."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """:meth:`request_stop`, then :meth:`join`; True when the thread has ended."""
+        self.request_stop()
+        ended = self.join(timeout)
+        if not ended:
+            self._log.warning("worker did not stop in time", extra={"worker": self.name})
+        return ended
+
+    def wake(self) -> None:
+        """End the :meth:`wait` in progress (or the next one) early."""
+        self._wake.set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, less after a :meth:`wake` or a stop request; True when
+        the worker is stopping."""
+        if self.stop_event.is_set():
+            return True
+        if self._wake.wait(max(0.0, seconds)):
+            self._wake.clear()
+        return self.stop_event.is_set()
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self.stop_event.is_set()
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` ran."""
+        return self._thread.ident is not None
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        """True when the loop ended with an exception (see :attr:`error`)."""
+        return self.error is not None
+
+    def _main(self) -> None:
+        try:
+            self._target(self)
+        except BaseException as exc:
+            self.error = exc
+            self._log.exception("worker died", extra={"worker": self.name})

@@ -1,0 +1,132 @@
+"""The inference stream consumer's use of the shared consumer-group machinery, without a
+model: a frame delivered too often is dead-lettered through the publish-and-ack script, and
+the reader survives its consumer group being deleted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.dev.localredis import RedisProcess
+from facemask.infra.redisconn import connect
+from services.inference.batcher import Job, JobResult
+from services.inference.config import InferenceSettings
+from services.inference.consumer import StreamConsumer
+from services.inference.metrics import InferenceMetrics
+
+LAYOUT = StreamLayout("facemask", 2)
+GROUP = "inference"
+
+
+class FakeBatcher:
+    """Answers every job at once with an empty result."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def submit(self, job: Job) -> Future[JobResult]:
+        self.jobs.append(job)
+        future: Future[JobResult] = Future()
+        future.set_result(JobResult([], 8, 8, model_runs=1))
+        return future
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture()
+def consumer(redis_server: RedisProcess) -> Iterator[tuple[StreamConsumer, FakeBatcher]]:
+    settings = InferenceSettings(
+        redis_url=redis_server.url,
+        stream_partitions=LAYOUT.partitions,
+        metrics_port=0,
+        port=0,
+        max_batch_size=4,
+        max_frame_age=600.0,
+        claim_idle=0.1,
+        claim_interval=0.1,
+        max_deliveries=5,
+        consumer_name="survivor",
+    )
+    batcher = FakeBatcher()
+    client = connect(redis_server.url)
+    metrics = InferenceMetrics(CollectorRegistry())
+    stream_consumer = StreamConsumer(client, LAYOUT, batcher, metrics, settings, "test")  # type: ignore[arg-type]
+    yield stream_consumer, batcher
+    stream_consumer.stop(5.0)
+    client.close()
+
+
+def push(client: redis.Redis, frame_id: int, camera: str = "cam") -> str:
+    entry = FrameEntry(camera, frame_id, time.time(), "jpeg", 8, 8, b"\xff\xd8 not decoded")
+    return client.xadd(LAYOUT.frames_for(camera), entry.to_fields()).decode()  # type: ignore[arg-type]
+
+
+def detections(client: redis.Redis) -> list[DetectionsEntry]:
+    return [
+        DetectionsEntry.from_fields(fields)
+        for key in LAYOUT.all_detections()
+        for _sid, fields in client.xrange(key)
+    ]
+
+
+def metric(stream_consumer: StreamConsumer, name: str, labels: dict[str, str]) -> float:
+    return stream_consumer.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_a_frame_delivered_max_deliveries_times_is_dead_lettered(
+    redis_client: redis.Redis, consumer: tuple[StreamConsumer, FakeBatcher]
+) -> None:
+    stream_consumer, batcher = consumer
+    key = LAYOUT.frames_for("cam")
+    for k in LAYOUT.all_frames():
+        redis_client.xgroup_create(k, GROUP, id="0", mkstream=True)
+    sid = push(redis_client, 1)
+    redis_client.xreadgroup(GROUP, "crashed", {key: ">"})
+    # Four more consumers crashed on it: five deliveries, none finished.
+    redis_client.xclaim(key, GROUP, "crashed", 0, [sid], retrycount=5)
+    stream_consumer.start()
+    deadletter = LAYOUT.deadletter(LAYOUT.partition_of("cam"))
+    wait_for(lambda: redis_client.xlen(deadletter) == 1, 10, "the dead letter")
+    ((_id, fields),) = redis_client.xrange(deadletter)
+    assert fields[b"reason"] == b"max_deliveries" and fields[b"sid"].decode() == sid
+    assert fields[b"error"] == b"delivered 5 times without a result"
+    assert fields[b"camera"] == b"cam" and fields[b"stream"].decode() == key
+    wait_for(lambda: redis_client.xpending(key, GROUP)["pending"] == 0, 5, "the ack")
+    assert batcher.jobs == [] and detections(redis_client) == []
+    labels = {"reason": "max_deliveries"}
+    assert metric(stream_consumer, "facemask_inference_deadletter_total", labels) == 1
+    # A frame below the limit is run as usual.
+    push(redis_client, 2)
+    wait_for(lambda: len(detections(redis_client)) == 1, 10, "the next frame's entry")
+    assert [e.frame_id for e in detections(redis_client)] == [2]
+
+
+def test_the_reader_creates_the_group_again_after_it_was_deleted(
+    redis_client: redis.Redis, consumer: tuple[StreamConsumer, FakeBatcher]
+) -> None:
+    stream_consumer, _batcher = consumer
+    stream_consumer.start()
+    push(redis_client, 1)
+    wait_for(lambda: len(detections(redis_client)) == 1, 10, "the first entry")
+    for key in LAYOUT.all_frames():
+        redis_client.xgroup_destroy(key, GROUP)
+    push(redis_client, 2)
+    wait_for(
+        lambda: 2 in {e.frame_id for e in detections(redis_client)}, 10, "the entry after NOGROUP"
+    )
+    assert stream_consumer.streams.groups_ready and not stream_consumer.failed
+    wait_for(lambda: stream_consumer.inflight == 0, 5, "every frame published")
