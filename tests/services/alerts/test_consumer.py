@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.alerts.engine import AlertEngine
 from tests.services.alerts.conftest import (
     LAYOUT,
@@ -21,7 +22,6 @@ from tests.services.alerts.conftest import (
     masked,
     metric,
     running,
-    wait_until,
 )
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from typing import Any
 
 import pytest
 import redis
@@ -15,7 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.core.types import Detections
 from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from facemask.infra.redisconn import connect
 from services.inference.batcher import Job, JobResult
 from services.inference.config import InferenceSettings
@@ -35,16 +36,8 @@ class FakeBatcher:
     def submit(self, job: Job) -> Future[JobResult]:
         self.jobs.append(job)
         future: Future[JobResult] = Future()
-        future.set_result(JobResult([], 8, 8, model_runs=1))
+        future.set_result(JobResult(Detections.empty(), 8, 8, model_runs=1))
         return future
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture()
@@ -100,18 +93,18 @@ def test_a_frame_delivered_max_deliveries_times_is_dead_lettered(
     redis_client.xclaim(key, GROUP, "crashed", 0, [sid], retrycount=5)
     stream_consumer.start()
     deadletter = LAYOUT.deadletter(LAYOUT.partition_of("cam"))
-    wait_for(lambda: redis_client.xlen(deadletter) == 1, 10, "the dead letter")
+    wait_until(lambda: redis_client.xlen(deadletter) == 1, 10, "the dead letter")
     ((_id, fields),) = redis_client.xrange(deadletter)
     assert fields[b"reason"] == b"max_deliveries" and fields[b"sid"].decode() == sid
     assert fields[b"error"] == b"delivered 5 times without a result"
     assert fields[b"camera"] == b"cam" and fields[b"stream"].decode() == key
-    wait_for(lambda: redis_client.xpending(key, GROUP)["pending"] == 0, 5, "the ack")
+    wait_until(lambda: redis_client.xpending(key, GROUP)["pending"] == 0, 5, "the ack")
     assert batcher.jobs == [] and detections(redis_client) == []
     labels = {"reason": "max_deliveries"}
     assert metric(stream_consumer, "facemask_inference_deadletter_total", labels) == 1
     # A frame below the limit is run as usual.
     push(redis_client, 2)
-    wait_for(lambda: len(detections(redis_client)) == 1, 10, "the next frame's entry")
+    wait_until(lambda: len(detections(redis_client)) == 1, 10, "the next frame's entry")
     assert [e.frame_id for e in detections(redis_client)] == [2]
 
 
@@ -121,12 +114,12 @@ def test_the_reader_creates_the_group_again_after_it_was_deleted(
     stream_consumer, _batcher = consumer
     stream_consumer.start()
     push(redis_client, 1)
-    wait_for(lambda: len(detections(redis_client)) == 1, 10, "the first entry")
+    wait_until(lambda: len(detections(redis_client)) == 1, 10, "the first entry")
     for key in LAYOUT.all_frames():
         redis_client.xgroup_destroy(key, GROUP)
     push(redis_client, 2)
-    wait_for(
+    wait_until(
         lambda: 2 in {e.frame_id for e in detections(redis_client)}, 10, "the entry after NOGROUP"
     )
     assert stream_consumer.streams.groups_ready and not stream_consumer.failed
-    wait_for(lambda: stream_consumer.inflight == 0, 5, "every frame published")
+    wait_until(lambda: stream_consumer.inflight == 0, 5, "every frame published")
