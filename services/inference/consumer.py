@@ -17,7 +17,8 @@ Threads:
   nothing to redo: no frame is lost and no detections entry is duplicated.
 - **lag monitor**: reads ``XINFO GROUPS`` into the lag / pending gauges.
 
-Frames older than ``max_frame_age`` when they reach a batch are not run: their entry says
+Frames older than ``max_frame_age`` when read (then not even decoded) or when they reach a
+batch are not run: their entry says
 ``status=skipped reason=too_old`` (and they are acknowledged), so no frame silently
 vanishes and the service catches up to real time after an overload.
 """
@@ -42,6 +43,7 @@ from facemask.contracts.wire import (
     deadletter_record,
 )
 from facemask.core.preprocess import ImageDecodeError
+from facemask.core.types import Detections
 from facemask.infra.backoff import Backoff
 from facemask.infra.consumer import Delivery, GroupOptions, StreamGroupConsumer
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
@@ -203,6 +205,21 @@ class StreamConsumer:
             frame = FrameEntry.from_fields(fields, max_bytes=self.settings.max_message_bytes)
         except WireError as exc:
             self._deadletter(stream, sid, fields, exc.reason, exc.detail)
+            return
+        if time.time() - frame.capture_ts > self.settings.max_frame_age:
+            # Already too old to run: skip it here, before any decode, so a backlog after
+            # an overload is worked off at the speed of Redis, not of the decode pool.
+            skipped: Future[JobResult] = Future()
+            skipped.set_result(
+                JobResult(
+                    Detections.empty(),
+                    frame.width,
+                    frame.height,
+                    status="skipped",
+                    reason="too_old",
+                )
+            )
+            self._finished(stream, sid, frame, skipped)
             return
         job = Job(
             data=frame.data,

@@ -123,3 +123,19 @@ def test_the_reader_creates_the_group_again_after_it_was_deleted(
     )
     assert stream_consumer.streams.groups_ready and not stream_consumer.failed
     wait_until(lambda: stream_consumer.inflight == 0, 5, "every frame published")
+
+
+def test_a_frame_already_too_old_when_read_is_skipped_without_decoding(
+    redis_client: redis.Redis, consumer: tuple[StreamConsumer, FakeBatcher]
+) -> None:
+    stream_consumer, batcher = consumer
+    old = FrameEntry("cam", 1, time.time() - 601.0, "jpeg", 8, 8, b"\xff\xd8 not decoded")
+    redis_client.xadd(LAYOUT.frames_for("cam"), old.to_fields())  # type: ignore[arg-type]
+    push(redis_client, 2)  # fresh: run as usual
+    stream_consumer.start()
+    wait_until(lambda: len(detections(redis_client)) == 2, 10, "both entries")
+    by_frame = {e.frame_id: e for e in detections(redis_client)}
+    assert (by_frame[1].status, by_frame[1].reason) == ("skipped", "too_old")
+    assert by_frame[2].status == "ok"
+    assert [job.capture_ts for job in batcher.jobs] == [pytest.approx(time.time(), abs=60)]
+    wait_until(lambda: stream_consumer.inflight == 0, 5, "every frame published")
