@@ -40,13 +40,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from facemask.core.preprocess import MAX_PIXELS
 from facemask.core.types import LABEL_IDS, LABELS, Detections
 
 FORMAT_VERSION = 1
 ENCODINGS = ("jpeg", "png")
 MAX_CAMERA_ID_LEN = 128
 MAX_SIDE = 16384
-MAX_PIXELS = 64_000_000
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 
 Fields = Mapping[bytes, bytes] | Mapping[str, Any]

@@ -16,7 +16,10 @@ import numpy as np
 INPUT_SIZE: tuple[int, int] = (260, 260)
 """Model input (width, height)."""
 
-DEFAULT_MAX_PIXELS = 64_000_000
+MAX_PIXELS = 64_000_000
+"""The one pixel limit of every image the project decodes (stream frames, gRPC images,
+snapshots, CLI inputs); a service may configure a lower one, never a higher one."""
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 DECODE_MODES = ("full", "auto")
 
 _JPEG_SOI = b"\xff\xd8"
@@ -53,7 +56,8 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    """An RGB uint8 ``[h, w, 3]`` image and the size of the *original* image.
+    """An RGB uint8 ``[h, w, 3]`` image (BGR when decoded with ``bgr=True``) and the size
+    of the *original* image.
 
     With reduced-scale JPEG decoding ``rgb`` is smaller than ``width`` x ``height``; the
     detections are normalised, so they map onto the original size unchanged.
@@ -120,18 +124,24 @@ def decode_image(
     data: bytes,
     *,
     reduce: str = "auto",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     min_size: tuple[int, int] = INPUT_SIZE,
+    expect_size: tuple[int, int] | None = None,
+    bgr: bool = False,
 ) -> DecodedImage:
-    """Decode JPEG or PNG bytes to RGB uint8.
+    """Decode JPEG or PNG bytes to RGB uint8 (BGR, OpenCV's order, with ``bgr``): the one image
+    decode of the project, with its limits.
 
     The size declared in the header is checked against ``max_pixels`` before anything is
-    decoded (decompression bombs). ``reduce="full"`` decodes at full size (as
-    ``cv2.imread``); ``"auto"`` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale, the
-    largest factor whose result is still at least ``min_size`` (default 260x260: the
-    detector resizes to 260x260 anyway; this is several times cheaper for HD frames; tiled
-    inference asks for more so that each tile keeps its resolution). PNG is always decoded
-    at full size. Raises :class:`ImageDecodeError`.
+    decoded (decompression bombs), and against ``expect_size`` (the ``(width, height)`` its
+    sender declared, e.g. a frame entry's ``w``/``h``; either orientation) before anything
+    is decoded too; the decoded size must then equal it (``size_mismatch``).
+    ``reduce="full"`` decodes at full size (as ``cv2.imread``); ``"auto"`` lets libjpeg
+    decode a JPEG at 1/2, 1/4 or 1/8 scale, the largest factor whose result is still at
+    least ``min_size`` (default 260x260: the detector resizes to 260x260 anyway; this is
+    several times cheaper for HD frames; tiled inference asks for more so that each tile
+    keeps its resolution). PNG is always decoded at full size. Raises
+    :class:`ImageDecodeError`.
     """
     if reduce not in DECODE_MODES:
         raise ValueError(f"reduce must be one of {DECODE_MODES}, not {reduce!r}")
@@ -151,23 +161,34 @@ def decode_image(
         raise ImageDecodeError(
             "too_large", f"{width}x{height} image exceeds the {max_pixels} pixel limit"
         )
+    if expect_size is not None and expect_size not in (declared, (height, width)):
+        raise ImageDecodeError(
+            "size_mismatch",
+            f"declared {expect_size[0]}x{expect_size[1]}, image header says {width}x{height}",
+        )
     factor = _reduce_factor(width, height, min_size) if kind == "jpeg" and reduce == "auto" else 1
     flag = _REDUCED_FLAGS[factor] if factor > 1 else cv2.IMREAD_COLOR
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     except cv2.error as exc:
         raise ImageDecodeError("corrupt_image", f"OpenCV cannot decode it: {exc}") from exc
-    if bgr is None or bgr.size == 0:
+    if decoded is None or decoded.size == 0:
         raise ImageDecodeError("corrupt_image", f"OpenCV cannot decode this {kind.upper()}")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    out_h, out_w = rgb.shape[:2]
+    pixels = decoded if bgr else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    out_h, out_w = pixels.shape[:2]
     if factor == 1:
         # The decoded size is authoritative (EXIF orientation may have swapped the sides).
-        return DecodedImage(rgb=rgb, width=out_w, height=out_h)
-    expected = (-(-width // factor), -(-height // factor))  # libjpeg rounds up
-    if (out_h, out_w) == expected and (out_w, out_h) != expected:
-        width, height = height, width  # turned by its EXIF orientation
-    return DecodedImage(rgb=rgb, width=width, height=height)
+        width, height = out_w, out_h
+    else:
+        expected = (-(-width // factor), -(-height // factor))  # libjpeg rounds up
+        if (out_h, out_w) == expected and (out_w, out_h) != expected:
+            width, height = height, width  # turned by its EXIF orientation
+    if expect_size is not None and expect_size != (width, height):
+        raise ImageDecodeError(
+            "size_mismatch",
+            f"declared {expect_size[0]}x{expect_size[1]}, image is {width}x{height}",
+        )
+    return DecodedImage(rgb=pixels, width=width, height=height)
 
 
 def preprocess(rgb: np.ndarray, size: tuple[int, int] = INPUT_SIZE) -> np.ndarray:

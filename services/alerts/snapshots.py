@@ -32,6 +32,7 @@ import numpy as np
 
 from facemask.contracts.wire import FrameEntry, WireError, parse_detections
 from facemask.core.annotate import annotate
+from facemask.core.preprocess import ImageDecodeError, decode_image
 from facemask.core.types import Detections
 from facemask.infra.redisconn import RedisClient
 
@@ -53,9 +54,28 @@ def fetch_frame(client: RedisClient, frames_stream: str, sid: str) -> FrameEntry
 
 
 def decode_bgr(frame: FrameEntry, max_side: int = 0) -> np.ndarray | None:
-    """The frame's pixels (BGR), scaled down so the longer side is at most ``max_side``."""
-    image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
+    """The frame's pixels (BGR), scaled down so the longer side is at most ``max_side``;
+    None when it does not decode (or breaks the pixel limit).
+
+    Decoded by the one :func:`~facemask.core.preprocess.decode_image`: its pixel limit is
+    checked on the header first, and a large JPEG is decoded at a reduced scale that still
+    covers ``max_side``.
+    """
+    reduce, min_size = "full", (1, 1)
+    longest = max(frame.width, frame.height)
+    if max_side and longest > max_side:
+        reduce = "auto"
+        min_size = (
+            max(1, -(-frame.width * max_side // longest)),
+            max(1, -(-frame.height * max_side // longest)),
+        )
+    try:
+        image = decode_image(frame.data, reduce=reduce, min_size=min_size, bgr=True).rgb
+    except ImageDecodeError as exc:
+        logger.warning(
+            "frame does not decode",
+            extra={"camera_id": frame.camera_id, "frame_id": frame.frame_id, "reason": exc.reason},
+        )
         return None
     height, width = image.shape[:2]
     if max_side and max(height, width) > max_side:

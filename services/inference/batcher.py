@@ -212,13 +212,8 @@ class DynamicBatcher:
                 reduce="full" if min_size is None else self.decode_reduce,
                 max_pixels=self.max_pixels,
                 min_size=min_size or INPUT_SIZE,
+                expect_size=job.declared_size,
             )
-            if job.declared_size and job.declared_size != (image.width, image.height):
-                raise ImageDecodeError(
-                    "size_mismatch",
-                    f"declared {job.declared_size[0]}x{job.declared_size[1]}, "
-                    f"image is {image.width}x{image.height}",
-                )
             job.width, job.height = image.width, image.height
             job.windows = tile_windows(image.width, image.height, job.tiles)  # untiled: 1
             tensors = [

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from facemask.core.preprocess import MAX_PIXELS
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.infra.settings import ServiceSettings
 from facemask.model.runtime import RuntimeConfig, parse_runtime_config
@@ -34,7 +35,10 @@ class InferenceSettings(ServiceSettings):
         description="largest gRPC message accepted (requests beyond get RESOURCE_EXHAUSTED)",
     )
     max_image_pixels: int = Field(
-        40_000_000, ge=1, description="largest decoded image (width*height) accepted"
+        40_000_000,
+        ge=1,
+        le=MAX_PIXELS,
+        description="largest image (width*height) decoded; at most the project-wide limit",
     )
     metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port (0: none)")
 

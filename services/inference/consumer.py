@@ -18,8 +18,8 @@ Threads:
 - **lag monitor**: reads ``XINFO GROUPS`` into the lag / pending gauges.
 
 Frames older than ``max_frame_age`` when read (then not even decoded) or when they reach a
-batch are not run: their entry says
-``status=skipped reason=too_old`` (and they are acknowledged), so no frame silently
+batch are not run: their entry says ``status=skipped reason=too_old`` (and they are
+acknowledged), so no frame silently
 vanishes and the service catches up to real time after an overload.
 """
 

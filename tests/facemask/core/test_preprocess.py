@@ -182,6 +182,37 @@ def test_max_pixels_limit() -> None:
         decode_image(data, max_pixels=9_999)
 
 
+@pytest.mark.parametrize(
+    ("expect", "ok"),
+    [((400, 300), True), ((300, 400), False), ((640, 480), False), (None, True)],
+)
+def test_declared_size_must_match(expect: tuple[int, int] | None, ok: bool) -> None:
+    data = _encode(_noise(300, 400))
+    if ok:
+        assert decode_image(data, expect_size=expect).width == 400
+        return
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data, expect_size=expect)
+    assert info.value.reason == "size_mismatch"
+
+
+def test_declared_size_is_checked_on_the_header_before_decoding() -> None:
+    # Only a header follows: size_mismatch (not corrupt_image) proves the check comes first.
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(_jpeg_header(16000, 16000) + bytes(64), expect_size=(640, 480))
+    assert info.value.reason in ("too_large", "size_mismatch")
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(_jpeg_header(800, 600) + bytes(64), expect_size=(640, 480))
+    assert info.value.reason == "size_mismatch"
+
+
+def test_bgr_output() -> None:
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red
+    out = decode_image(_encode(rgb, ".png"), bgr=True)
+    np.testing.assert_array_equal(out.rgb[0, 0], [0, 0, 255])
+
+
 def test_unknown_reduce_mode() -> None:
     with pytest.raises(ValueError, match="reduce"):
         decode_image(_encode(_noise(10, 10)), reduce="half")
