@@ -43,11 +43,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from facemask.dev.waiting import Clock, Sleep, WaitTimeoutError, wait_until
+from facemask.infra.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
 PREFIX_WIDTH = 10
 RESTART_MAX_DELAY_S = 30.0
+RESTART_BACKOFF = Backoff(1.0, RESTART_MAX_DELAY_S, jitter=0.0)
+"""1, 2, 4 .. 30 s: exact (one supervisor, nothing to spread)."""
 RESTART_RESET_AFTER_S = 60.0
 TAIL_LINES = 400
 
@@ -550,7 +553,7 @@ class Supervisor:
                         continue
                     if now - child.started_at > RESTART_RESET_AFTER_S:
                         child.restarts = 0
-                    delay = min(RESTART_MAX_DELAY_S, 2.0**child.restarts)
+                    delay = RESTART_BACKOFF.delay(child.restarts + 1)
                     self.say(
                         self.name,
                         f"{child.name} exited with {code}; restart in {delay:g}s",

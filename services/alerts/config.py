@@ -92,6 +92,9 @@ class AlertSettings(ServiceSettings):
         60.0, gt=0.0, description="seconds a pending entry of another consumer may idle"
     )
     claim_interval: float = Field(10.0, gt=0.0, description="seconds between reclaim sweeps")
+    max_deliveries: int = Field(
+        10, ge=1, le=1000, description="deliveries of an entry before it is dead-lettered"
+    )
     alerts_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the alerts stream")
     deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the dead letters")
 

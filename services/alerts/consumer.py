@@ -10,7 +10,7 @@ of any other reader of the detections streams. Each loop:
    of the group are taken over (``XAUTOCLAIM``);
 2. entries at or below the stream's committed offset were processed before a restart:
    they are only acknowledged. Malformed entries, and entries already delivered
-   ``MAX_DELIVERIES`` times (their batch kept failing), go to ``layout.alerts_deadletter``
+   ``max_deliveries`` times (their batch kept failing), go to ``layout.alerts_deadletter``
    with a reason (counted). Duplicates of a frame already seen are dropped. The rest feed
    the :class:`~services.alerts.engine.AlertEngine`;
 3. each new alert gets its snapshot (frame fetched by id from the partition's frame
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 CameraInfo = Callable[[str], Mapping[str, str]]
 
-MAX_DELIVERIES = 10
 """Deliveries of an entry (its batch failed, was rolled back and read again) before it is
 dead-lettered instead of retried once more."""
 
@@ -102,7 +101,7 @@ class DetectionsConsumer:
                 read_block=settings.read_block,
                 claim_idle=settings.claim_idle,
                 claim_interval=settings.claim_interval,
-                max_deliveries=MAX_DELIVERIES,
+                max_deliveries=settings.max_deliveries,
             ),
             self.process,
             name="detections",

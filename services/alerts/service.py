@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import uvicorn
-from prometheus_client import start_http_server
 
+from facemask.infra.metrics import MetricsServer, serve_metrics
 from facemask.infra.redisconn import CONNECTION_ERRORS, connect
 from services.alerts.api import create_app
 from services.alerts.cameras import CameraBoard, CameraDirectory
@@ -113,6 +113,7 @@ class AlertService:
         self.consumer: DetectionsConsumer | None = None
         self.port = 0
         self.metrics_port = 0
+        self._metrics_server: MetricsServer | None = None
         self.public_base_url = settings.public_base_url
         self.stopped = threading.Event()
         self._server: uvicorn.Server | None = None
@@ -168,12 +169,10 @@ class AlertService:
         self.consumer.start()
         self._start_http(sock)
         if self.settings.metrics_port:
-            start_http_server(
-                self.settings.metrics_port,
-                addr=self.settings.metrics_host,
-                registry=self.metrics.registry,
+            self._metrics_server = serve_metrics(
+                self.metrics.registry, self.settings.metrics_port, self.settings.metrics_host
             )
-            self.metrics_port = self.settings.metrics_port
+            self.metrics_port = self._metrics_server.port
         self._maintenance.start()
         logger.info(
             "alert service started",
@@ -248,6 +247,8 @@ class AlertService:
             except Exception:
                 logger.exception("closing sink failed", extra={"sink": sink.name})
         self._maintenance.join(2.0)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         self.store.close()
         self.client.close()
         logger.info("alert service stopped", extra={"clean": clean})

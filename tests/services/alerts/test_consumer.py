@@ -1,5 +1,5 @@
 """The detections consumer bounds redeliveries: a batch that keeps failing is rolled back
-and read again at most MAX_DELIVERIES times, then dead-lettered with a reason, and the
+and read again at most ``max_deliveries`` times, then dead-lettered with a reason, and the
 entries after it are processed."""
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ def test_a_batch_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("services.alerts.consumer.MAX_DELIVERIES", 2)
     real_process = AlertEngine.process
 
     def poisoned(self: AlertEngine, stream: str, sid: str, entry: Any) -> Any:
@@ -41,7 +40,9 @@ def test_a_batch_that_keeps_failing_is_dead_lettered_after_max_deliveries(
         return real_process(self, stream, sid, entry)
 
     monkeypatch.setattr(AlertEngine, "process", poisoned)
-    settings = fast_settings(redis_server.url, tmp_path / "state")
+    settings = fast_settings(redis_server.url, tmp_path / "state").model_copy(
+        update={"max_deliveries": 2}
+    )
     with running(settings) as service:
         wait_until(lambda: service.consumer and service.consumer.running(), 5, "consumer")
         poison_sid, _entry = Feeder(redis_client, "poison", sample_jpeg).frame([masked(PERSON_A)])
