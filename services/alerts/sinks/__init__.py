@@ -1,7 +1,10 @@
-"""Alert sinks: a small registry of delivery targets, each enabled and configured on its own.
+"""Alert sinks as plugins: a config class plus its implementation, as Frigate's detectors.
 
-A sink class registers itself with ``@register_sink("name")`` and builds itself from the
-settings with :meth:`Sink.from_settings` (returning None when it is not configured). Every
+Each module of this package defines a :class:`SinkConfig` subclass with
+``type: Literal["<name>"]`` and typed options, :meth:`SinkConfig.from_settings` (its options
+from the service settings, None when the sink is not enabled) and :meth:`SinkConfig.create`
+(the :class:`Sink`). :func:`sink_configs` discovers them; a sink defined elsewhere joins by
+subclassing ``SinkConfig`` in a module imported before the service starts. Every
 alert gets one outbox row per enabled sink, and one :class:`~services.alerts.outbox.
 OutboxWorker` thread per sink delivers them, so a slow or failing sink delays only itself.
 
@@ -17,22 +20,21 @@ Built-in sinks: ``webhook`` (signed JSON POST), ``slack`` (incoming webhook), ``
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 from facemask.contracts.streams import StreamLayout
 from facemask.infra.redisconn import RedisClient
 from services.alerts.config import AlertSettings
 from services.alerts.records import AlertRecord
 
-BUILTIN_MODULES = (
-    "services.alerts.sinks.webhook",
-    "services.alerts.sinks.slack",
-    "services.alerts.sinks.mqtt",
-    "services.alerts.sinks.redisstream",
-)
+ORDER = ("webhook", "slack", "mqtt", "redis")
+"""Built-in sinks in the order their outbox rows are made; others follow by name."""
 
 
 class SinkError(Exception):
@@ -74,43 +76,57 @@ class Sink(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+
+class SinkConfig(BaseModel):
+    """The typed options of one sink (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+
     @classmethod
-    @abstractmethod
-    def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:
-        """The configured sink, or None when the settings do not enable it."""
+    def from_settings(cls, settings: AlertSettings) -> SinkConfig | None:
+        """This sink's options from the service settings; None when it is not enabled."""
+        raise NotImplementedError
+
+    def create(self, context: SinkContext) -> Sink:
+        """The sink these options describe."""
+        raise NotImplementedError
 
 
-SINKS: dict[str, type[Sink]] = {}
-S = TypeVar("S", bound=type[Sink])
+def _subclasses(cls: type[SinkConfig]) -> list[type[SinkConfig]]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_subclasses(sub))
+    return out
 
 
-def register_sink(name: str) -> Callable[[S], S]:
-    """Class decorator: make a sink available under ``name``."""
+def sink_configs() -> dict[str, type[SinkConfig]]:
+    """Every sink's config class by sink name (built-in first, in :data:`ORDER`)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    found = {
+        name: cls
+        for cls in _subclasses(SinkConfig)
+        if isinstance(name := cls.model_fields["type"].default, str)
+    }
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 
-    def decorate(cls: S) -> S:
-        if name in SINKS and SINKS[name] is not cls:
-            raise ValueError(f"sink {name!r} registered twice")
-        cls.name = name
-        SINKS[name] = cls
-        return cls
 
-    return decorate
-
-
-def load_builtin_sinks() -> dict[str, type[Sink]]:
-    """Import the built-in sink modules (they register themselves)."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    return dict(SINKS)
+def load_builtin_sinks() -> dict[str, type[SinkConfig]]:
+    """The sinks available (importing the built-in ones)."""
+    return sink_configs()
 
 
 def build_sinks(settings: AlertSettings, context: SinkContext) -> list[Sink]:
-    """Every sink the settings enable, in registry order."""
+    """Every sink the settings enable, in :func:`sink_configs` order."""
     out = []
-    for cls in load_builtin_sinks().values():
-        sink = cls.from_settings(settings, context)
-        if sink is not None:
-            out.append(sink)
+    for cls in sink_configs().values():
+        config = cls.from_settings(settings)
+        if config is not None:
+            out.append(config.create(context))
     return out
 
 

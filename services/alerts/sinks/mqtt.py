@@ -22,28 +22,30 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from pydantic import Field
 
 from services.alerts.config import AlertSettings
 from services.alerts.records import AlertRecord
 from services.alerts.sinks import (
     Sink,
+    SinkConfig,
     SinkContext,
     SinkError,
     alert_links,
-    register_sink,
     topic_part,
 )
 
 logger = logging.getLogger(__name__)
 
 
-@register_sink("mqtt")
 class MqttSink(Sink):
     """Alerts and compliance over MQTT."""
+
+    name: ClassVar[str] = "mqtt"
 
     def __init__(
         self,
@@ -93,18 +95,6 @@ class MqttSink(Sink):
     def compliance_topic(self, camera_id: str) -> str:
         """Retained topic of a camera's compliance state."""
         return f"{self.prefix}/{topic_part(camera_id)}/compliance"
-
-    @classmethod
-    def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:
-        if not settings.mqtt_url:
-            return None
-        return cls(
-            settings.mqtt_url,
-            prefix=settings.mqtt_topic_prefix,
-            client_id=settings.mqtt_client,
-            timeout=settings.mqtt_timeout,
-            base_url=context.public_base_url,
-        )
 
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, keepalive=30)
@@ -164,3 +154,33 @@ class MqttSink(Sink):
                 info.wait_for_publish(1.0)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class MqttConfig(SinkConfig):
+    """Options of the ``mqtt`` sink."""
+
+    type: Literal["mqtt"] = "mqtt"
+    url: str = Field(min_length=1, description="mqtt[s]://[user:pass@]host[:port]")
+    prefix: str = Field(min_length=1, description="topic root")
+    client_id: str = Field(description="MQTT client id")
+    timeout: float = Field(gt=0.0, description="seconds to get PUBACK")
+
+    @classmethod
+    def from_settings(cls, settings: AlertSettings) -> MqttConfig | None:
+        if not settings.mqtt_url:
+            return None
+        return cls(
+            url=settings.mqtt_url,
+            prefix=settings.mqtt_topic_prefix,
+            client_id=settings.mqtt_client,
+            timeout=settings.mqtt_timeout,
+        )
+
+    def create(self, context: SinkContext) -> MqttSink:
+        return MqttSink(
+            self.url,
+            prefix=self.prefix,
+            client_id=self.client_id,
+            timeout=self.timeout,
+            base_url=context.public_base_url,
+        )

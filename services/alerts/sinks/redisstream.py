@@ -12,12 +12,14 @@ outbox TTL, if longer) are dropped from the set.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
 from services.alerts.config import AlertSettings
 from services.alerts.records import AlertRecord
-from services.alerts.sinks import Sink, SinkContext, SinkError, register_sink
+from services.alerts.sinks import Sink, SinkConfig, SinkContext, SinkError
 
 # KEYS[1] stream, KEYS[2] delivered set; ARGV[1] alert id, ARGV[2] now, ARGV[3] keep (s),
 # ARGV[4] maxlen, ARGV[5..] fields.
@@ -31,9 +33,10 @@ return added
 """
 
 
-@register_sink("redis")
 class RedisStreamSink(Sink):
     """``XADD`` to the alerts stream, deduplicated by alert id."""
+
+    name: ClassVar[str] = "redis"
 
     def __init__(self, client: RedisClient, stream: str, *, maxlen: int, keep: float) -> None:
         self.client = client
@@ -43,17 +46,6 @@ class RedisStreamSink(Sink):
         self.keep = keep
         self._script = client.register_script(XADD_ONCE)
 
-    @classmethod
-    def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:
-        if not settings.redis_sink:
-            return None
-        return cls(
-            context.client,
-            context.layout.alerts,
-            maxlen=settings.alerts_maxlen,
-            keep=max(7 * 86400.0, settings.outbox_ttl),
-        )
-
     def deliver(self, alert: AlertRecord) -> None:
         args: list[Any] = [alert.alert_id, repr(time.time()), repr(self.keep), self.maxlen]
         for key, value in alert.to_event().to_fields().items():
@@ -62,3 +54,22 @@ class RedisStreamSink(Sink):
             self._script(keys=[self.stream, self.delivered_key], args=args)
         except CONNECTION_ERRORS as exc:
             raise SinkError(f"redis unreachable: {exc}") from exc
+
+
+class RedisStreamConfig(SinkConfig):
+    """Options of the ``redis`` sink."""
+
+    type: Literal["redis"] = "redis"
+    maxlen: int = Field(ge=1, description="MAXLEN ~ of the alerts stream")
+    keep: float = Field(gt=0.0, description="seconds an alert id is remembered (dedup)")
+
+    @classmethod
+    def from_settings(cls, settings: AlertSettings) -> RedisStreamConfig | None:
+        if not settings.redis_sink:
+            return None
+        return cls(maxlen=settings.alerts_maxlen, keep=max(7 * 86400.0, settings.outbox_ttl))
+
+    def create(self, context: SinkContext) -> RedisStreamSink:
+        return RedisStreamSink(
+            context.client, context.layout.alerts, maxlen=self.maxlen, keep=self.keep
+        )

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from services.alerts.config import AlertSettings
 from services.alerts.records import AlertRecord
-from services.alerts.sinks import Sink, SinkContext, alert_links, register_sink
+from services.alerts.sinks import Sink, SinkConfig, SinkContext, alert_links
 from services.alerts.sinks.webhook import http_client, post_json
 
 
@@ -68,24 +70,15 @@ def slack_message(record: AlertRecord, base_url: str) -> dict[str, Any]:
     }
 
 
-@register_sink("slack")
 class SlackSink(Sink):
     """Slack incoming-webhook messages."""
+
+    name: ClassVar[str] = "slack"
 
     def __init__(self, url: str, *, timeout: float, base_url: str) -> None:
         self.url = url
         self.base_url = base_url
         self.client = http_client(timeout)
-
-    @classmethod
-    def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:
-        if not settings.slack_webhook_url:
-            return None
-        return cls(
-            settings.slack_webhook_url,
-            timeout=settings.slack_timeout,
-            base_url=context.public_base_url,
-        )
 
     def deliver(self, alert: AlertRecord) -> None:
         body = json.dumps(slack_message(alert, self.base_url)).encode()
@@ -93,3 +86,20 @@ class SlackSink(Sink):
 
     def close(self) -> None:
         self.client.close()
+
+
+class SlackConfig(SinkConfig):
+    """Options of the ``slack`` sink."""
+
+    type: Literal["slack"] = "slack"
+    url: str = Field(min_length=1, description="Slack incoming webhook")
+    timeout: float = Field(gt=0.0, description="seconds per request")
+
+    @classmethod
+    def from_settings(cls, settings: AlertSettings) -> SlackConfig | None:
+        if not settings.slack_webhook_url:
+            return None
+        return cls(url=settings.slack_webhook_url, timeout=settings.slack_timeout)
+
+    def create(self, context: SinkContext) -> SlackSink:
+        return SlackSink(self.url, timeout=self.timeout, base_url=context.public_base_url)

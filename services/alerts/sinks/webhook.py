@@ -30,9 +30,10 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import httpx
+from pydantic import Field
 
 from facemask import __version__
 from services.alerts.config import AlertSettings
@@ -40,10 +41,10 @@ from services.alerts.records import AlertRecord
 from services.alerts.sinks import (
     PermanentSinkError,
     Sink,
+    SinkConfig,
     SinkContext,
     SinkError,
     alert_links,
-    register_sink,
 )
 
 SIGNATURE_HEADER = "X-Facemask-Signature"
@@ -122,26 +123,16 @@ def post_json(client: httpx.Client, url: str, body: bytes, headers: Mapping[str,
     check_response(response)
 
 
-@register_sink("webhook")
 class WebhookSink(Sink):
     """Signed JSON POST of each alert."""
+
+    name: ClassVar[str] = "webhook"
 
     def __init__(self, url: str, secret: str, *, timeout: float, base_url: str) -> None:
         self.url = url
         self.secret = secret
         self.base_url = base_url
         self.client = http_client(timeout)
-
-    @classmethod
-    def from_settings(cls, settings: AlertSettings, context: SinkContext) -> Sink | None:
-        if not settings.webhook_url:
-            return None
-        return cls(
-            settings.webhook_url,
-            settings.webhook_secret,
-            timeout=settings.webhook_timeout,
-            base_url=context.public_base_url,
-        )
 
     def body(self, alert: AlertRecord) -> bytes:
         """The request body of an alert."""
@@ -163,3 +154,27 @@ class WebhookSink(Sink):
 
     def close(self) -> None:
         self.client.close()
+
+
+class WebhookConfig(SinkConfig):
+    """Options of the ``webhook`` sink."""
+
+    type: Literal["webhook"] = "webhook"
+    url: str = Field(min_length=1, description="endpoint")
+    secret: str = Field(description="HMAC-SHA256 key of the signature header")
+    timeout: float = Field(gt=0.0, description="seconds per request")
+
+    @classmethod
+    def from_settings(cls, settings: AlertSettings) -> WebhookConfig | None:
+        if not settings.webhook_url:
+            return None
+        return cls(
+            url=settings.webhook_url,
+            secret=settings.webhook_secret,
+            timeout=settings.webhook_timeout,
+        )
+
+    def create(self, context: SinkContext) -> WebhookSink:
+        return WebhookSink(
+            self.url, self.secret, timeout=self.timeout, base_url=context.public_base_url
+        )

@@ -15,12 +15,12 @@ from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
 from services.alerts.records import AlertRecord
 from services.alerts.sinks import (
-    SINKS,
     PermanentSinkError,
     SinkContext,
     SinkError,
     build_sinks,
     load_builtin_sinks,
+    sink_configs,
     topic_part,
 )
 from services.alerts.sinks.mqtt import MqttSink
@@ -30,6 +30,7 @@ from services.alerts.sinks.webhook import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    WebhookConfig,
     WebhookSink,
     sign,
     verify_signature,
@@ -62,9 +63,26 @@ def test_registry_knows_the_builtin_sinks(tmp_path: Path) -> None:
         webhook_secret=SECRET,
         slack_webhook_url="http://127.0.0.1:9/y",
     )
-    names = [s.name for s in build_sinks(settings, context)]
-    assert sorted(names) == ["redis", "slack", "webhook"]
-    assert SINKS["webhook"] is WebhookSink
+    sinks = build_sinks(settings, context)
+    assert [s.name for s in sinks] == ["webhook", "slack", "redis"]  # outbox row order
+    assert isinstance(sinks[0], WebhookSink)
+    assert sink_configs()["webhook"] is WebhookConfig
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "message"),
+    [
+        ("webhook", {"url": "", "secret": "s", "timeout": 1.0}, "url"),
+        ("webhook", {"url": "http://x", "secret": "s", "timeout": 0}, "timeout"),
+        ("mqtt", {"url": "mqtt://x", "prefix": "", "client_id": "c", "timeout": 1.0}, "prefix"),
+        ("redis", {"maxlen": 10, "keep": 1.0, "colour": "red"}, "colour"),
+    ],
+)
+def test_sink_options_are_typed_and_checked(
+    config: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        sink_configs()[config](**options)
 
 
 def test_signature_verifies_and_detects_tampering() -> None:
