@@ -29,9 +29,10 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -141,15 +142,35 @@ class Captured:
     ts: float
 
 
-class FrameSource(ABC):
-    """Common state: the target rate and the count of frames dropped by the cap."""
+def _wait(stop: threading.Event, seconds: float) -> bool:
+    return stop.wait(seconds)
 
-    def __init__(self, spec: SourceSpec, fps: float) -> None:
+
+class FrameSource(ABC):
+    """Common state: the target rate and the count of frames dropped by the cap.
+
+    Time is injected: ``clock`` (monotonic seconds: pacing), ``wall`` (unix seconds: the
+    capture time stamped on frames) and ``wait(stop, seconds)`` (True when ``stop`` was
+    set meanwhile), so tests drive pacing with a fake clock instead of sleeping.
+    """
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        fps: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        wait: Callable[[threading.Event, float], bool] = _wait,
+    ) -> None:
         if fps <= 0:
             raise ValueError("fps must be > 0")
         self.spec = spec
         self.fps = fps
         self.period = 1.0 / fps
+        self.clock = clock
+        self.wall = wall
+        self.wait = wait
         self._skipped = 0
 
     @abstractmethod
@@ -189,8 +210,8 @@ def _video_capture(spec: SourceSpec) -> cv2.VideoCapture:
 class LiveSource(FrameSource):
     """A capture device or a network stream: grab everything, retrieve what the cap keeps."""
 
-    def __init__(self, spec: SourceSpec, fps: float) -> None:
-        super().__init__(spec, fps)
+    def __init__(self, spec: SourceSpec, fps: float, **timing: Any) -> None:
+        super().__init__(spec, fps, **timing)
         self._cap: cv2.VideoCapture | None = None
         self._next_due = 0.0
 
@@ -210,8 +231,8 @@ class LiveSource(FrameSource):
         while not stop.is_set():
             if not cap.grab():
                 raise SourceError(f"{self.spec.kind} {self.spec.redacted} delivered no frame")
-            ts = time.time()
-            now = time.monotonic()
+            ts = self.wall()
+            now = self.clock()
             if now + _EPS < self._next_due:
                 self._skipped += 1
                 continue
@@ -233,9 +254,15 @@ class FileSource(FrameSource):
     """A video file: keep frames by video time, release them in real time, optionally loop."""
 
     def __init__(
-        self, spec: SourceSpec, fps: float, *, loop: bool = False, realtime: bool = True
+        self,
+        spec: SourceSpec,
+        fps: float,
+        *,
+        loop: bool = False,
+        realtime: bool = True,
+        **timing: Any,
     ) -> None:
-        super().__init__(spec, fps)
+        super().__init__(spec, fps, **timing)
         self.loop = loop
         self.realtime = realtime
         self.source_fps = FALLBACK_FILE_FPS
@@ -263,7 +290,7 @@ class FileSource(FrameSource):
         self._open_capture()
         self._offset = 0.0
         self._next_due = 0.0
-        self._wall_base = time.monotonic()
+        self._wall_base = self.clock()
         self.passes = 0
 
     def _restart(self) -> None:
@@ -296,13 +323,13 @@ class FileSource(FrameSource):
             if not ok or image is None:
                 raise SourceError(f"cannot decode frame {self._index - 1} of {self.spec.target}")
             if self.realtime:
-                delay = self._wall_base + t_video - time.monotonic()
+                delay = self._wall_base + t_video - self.clock()
                 if delay > 0:
-                    if stop.wait(delay):
+                    if self.wait(stop, delay):
                         return None
                 elif delay < -MAX_LAG_S:
                     self._wall_base -= delay  # far behind (slow CPU, suspend): re-base
-            return Captured(image, time.time())
+            return Captured(image, self.wall())
         return None
 
     def close(self) -> None:
@@ -319,9 +346,15 @@ class ImageDirSource(FrameSource):
     """
 
     def __init__(
-        self, spec: SourceSpec, fps: float, *, loop: bool = True, realtime: bool = True
+        self,
+        spec: SourceSpec,
+        fps: float,
+        *,
+        loop: bool = True,
+        realtime: bool = True,
+        **timing: Any,
     ) -> None:
-        super().__init__(spec, fps)
+        super().__init__(spec, fps, **timing)
         self.loop = loop
         self.realtime = realtime
         self.passes = 0
@@ -349,7 +382,7 @@ class ImageDirSource(FrameSource):
     def open(self) -> None:
         self._files = self._list()
         self._pos = 0
-        self._next_due = time.monotonic()
+        self._next_due = self.clock()
         self._opened = True
         self.passes = 0
 
@@ -375,16 +408,16 @@ class ImageDirSource(FrameSource):
         if not self._opened:
             raise SourceError("source not open")
         if self.realtime:
-            delay = self._next_due - time.monotonic()
-            if delay > 0 and stop.wait(delay):
+            delay = self._next_due - self.clock()
+            if delay > 0 and self.wait(stop, delay):
                 return None
         if stop.is_set():
             return None
         image = self._next_image()
-        now = time.monotonic()
+        now = self.clock()
         due = self._next_due + self.period
         self._next_due = due if due > now - MAX_LAG_S else now + self.period
-        return Captured(image, time.time())
+        return Captured(image, self.wall())
 
     def close(self) -> None:
         self._opened = False

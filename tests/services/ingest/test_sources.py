@@ -85,28 +85,51 @@ def test_file_cap_keeps_every_kth_frame_by_video_time(tmp_path: Path) -> None:
         source.close()
 
 
+class FakeTime:
+    """Monotonic and wall clocks that only move when a source waits."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+        self.stop_during_wait = False
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        self.waits.append(seconds)
+        if self.stop_during_wait:
+            stop.set()
+            return True
+        self.now += seconds
+        return stop.is_set()
+
+    def timing(self) -> dict[str, object]:
+        return {"clock": self.clock, "wall": self.wall, "wait": self.wait}
+
+
 def test_file_plays_in_real_time(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip.mp4", 25)
-    source = FileSource(parse_source(str(clip)), 5)
+    fake = FakeTime()
+    source = FileSource(parse_source(str(clip)), 5, **fake.timing())
     source.open()
-    started = time.monotonic()
+    started = fake.now
     stamps = [c.ts for c in (source.read(NEVER) for _ in range(5)) if c is not None]
-    elapsed = time.monotonic() - started
     source.close()
     assert len(stamps) == 5
-    # Kept frames are video times 0, 0.2, ..., 0.8 s, released at those wall times.
-    assert 0.7 <= elapsed <= 1.1
-    gaps = np.diff(stamps)
-    assert np.all(gaps > 0.15) and np.all(gaps < 0.3)
-    # A stop request interrupts the wait at once.
-    stop = threading.Event()
-    source = FileSource(parse_source(str(clip)), 0.5, loop=True)
+    # Kept frames are video times 0, 0.2, ..., 0.8 s, released at those (fake) times.
+    assert fake.now - started == pytest.approx(0.8)
+    assert np.diff(stamps) == pytest.approx([0.2] * 4)
+    # A stop request interrupts the wait: the read returns nothing.
+    source = FileSource(parse_source(str(clip)), 0.5, loop=True, **fake.timing())
     source.open()
-    assert source.read(stop) is not None
-    threading.Timer(0.1, stop.set).start()
-    started = time.monotonic()
-    assert source.read(stop) is None
-    assert time.monotonic() - started < 1.0
+    assert source.read(threading.Event()) is not None
+    fake.stop_during_wait = True
+    assert source.read(threading.Event()) is None
+    assert fake.waits[-1] == pytest.approx(2.0)  # it was waiting for the next frame
     source.close()
 
 
@@ -155,11 +178,12 @@ def test_slideshow_loops_rereads_directory_and_fails_when_empty(
 
 
 def test_slideshow_pace_and_single_pass(samples: Path) -> None:
-    source = ImageDirSource(parse_source(str(samples)), 10, loop=False)
+    fake = FakeTime()
+    source = ImageDirSource(parse_source(str(samples)), 10, loop=False, **fake.timing())
     source.open()
-    started = time.monotonic()
     assert len(read_all(source)) == 2
-    assert 0.08 <= time.monotonic() - started < 0.5  # second image 0.1 s after the first
+    # the second image 0.1 s after the first (then the end is found at the next slot)
+    assert fake.waits == [pytest.approx(0.1), pytest.approx(0.1)]
 
 
 def test_unreachable_url_fails_fast() -> None:
