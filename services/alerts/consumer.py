@@ -274,7 +274,7 @@ class DetectionsConsumer:
             box=alert.box,
             width=alert.width,
             height=alert.height,
-            detections=alert.detections.to_json(alert.width, alert.height, digits=6),
+            detections=alert.detections,
             camera_name=name,
             place=place,
             message=f"Person without a mask at {where}",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from facemask.contracts.wire import AlertEvent
+from facemask.core.types import Detections
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,8 @@ class AlertRecord:
     box: tuple[int, int, int, int]
     width: int
     height: int
-    detections: list[dict[str, Any]]
+    detections: Detections
+    """Every face of the alert's frame (``width`` x ``height``)."""
     camera_name: str = ""
     place: str = ""
     message: str = ""
@@ -71,7 +73,7 @@ class AlertRecord:
             "box": list(self.box),
             "width": self.width,
             "height": self.height,
-            "detections": self.detections,
+            "detections": self.detections.to_json(self.width, self.height, digits=6),
             "has_snapshot": self.has_snapshot,
             "rule": self.rule,
         }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -38,7 +39,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from facemask.contracts.wire import WireError, parse_detections
+from facemask.core.types import Detections
 from services.alerts.records import AlertRecord
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DELIVERED",
@@ -240,7 +245,9 @@ def _alert_row(alert: AlertRecord) -> dict[str, Any]:
         "box": json.dumps(list(alert.box)),
         "width": alert.width,
         "height": alert.height,
-        "detections": json.dumps(alert.detections, separators=(",", ":")),
+        "detections": json.dumps(
+            alert.detections.to_json(alert.width, alert.height, digits=6), separators=(",", ":")
+        ),
         "camera_name": alert.camera_name,
         "place": alert.place,
         "message": alert.message,
@@ -248,6 +255,19 @@ def _alert_row(alert: AlertRecord) -> dict[str, Any]:
         "thumbnail": alert.thumbnail,
         "rule": json.dumps(alert.rule),
     }
+
+
+def _detections_from_row(row: sqlite3.Row) -> Detections:
+    """The alert's faces, stored in the detections entry's wire form."""
+    try:
+        return parse_detections(
+            json.loads(row["detections"]), int(row["width"]), int(row["height"])
+        )
+    except (ValueError, WireError) as exc:  # a row written by hand, or damaged: keep the alert
+        logger.warning(
+            "stored detections unreadable", extra={"alert_id": row["id"], "error": str(exc)}
+        )
+        return Detections.empty()
 
 
 def _alert_from_row(row: sqlite3.Row) -> AlertRecord:
@@ -267,7 +287,7 @@ def _alert_from_row(row: sqlite3.Row) -> AlertRecord:
         box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])),
         width=int(row["width"]),
         height=int(row["height"]),
-        detections=json.loads(row["detections"]),
+        detections=_detections_from_row(row),
         camera_name=row["camera_name"],
         place=row["place"],
         message=row["message"],

@@ -28,6 +28,7 @@ from services.alerts.store import (
     encode_cursor,
     parse_sid,
 )
+from tests.services.alerts.conftest import faces_of
 
 
 def record(alert_id: str, camera: str = "lobby", ts: float = 1000.0) -> AlertRecord:
@@ -45,7 +46,7 @@ def record(alert_id: str, camera: str = "lobby", ts: float = 1000.0) -> AlertRec
         box=(1, 2, 30, 40),
         width=640,
         height=480,
-        detections=[{"label": "no_mask", "score": 0.9, "box": [1, 2, 30, 40]}],
+        detections=faces_of([("no_mask", 0.9, (1, 2, 30, 40))], 640, 480),
     )
 
 
@@ -236,7 +237,7 @@ def release_1_database(directory: Path) -> list[AlertRecord]:
                 json.dumps(list(a.box)),
                 a.width,
                 a.height,
-                json.dumps(a.detections, separators=(",", ":")),
+                json.dumps(a.to_json()["detections"], separators=(",", ":")),
                 a.camera_name,
                 a.place,
                 a.message,
