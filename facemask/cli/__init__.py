@@ -70,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``facemask`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    try:
+        setup_logging(args.log_level)
+    except ValueError as exc:
+        parser.exit(2, f"facemask: error: {exc}\n")
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:

@@ -44,25 +44,61 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message key=value ...``: the human format, structured fields kept."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = [
+            f"{key}={value!r}"
+            if isinstance(value, str) and (" " in value or not value)
+            else f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        ]
+        if not fields:
+            return text
+        first, newline, rest = text.partition("\n")  # keep a traceback below the fields
+        return f"{first} {' '.join(fields)}{newline}{rest}"
+
+
+def check_level(level: str | int) -> str | int:
+    """``level`` if it is a logging level (name in any case, or number); else a
+    ``ValueError`` that names the valid ones."""
+    if isinstance(level, int) or str(level).upper() in LEVELS:
+        return level if isinstance(level, int) else str(level).upper()
+    raise ValueError(
+        f"invalid log level {level!r} (FACEMASK_LOG_LEVEL or --log-level): "
+        f"expected one of {', '.join(LEVELS)}"
+    )
+
+
 def setup_logging(
     level: str | int | None = None, *, fmt: str | None = None, service: str | None = None
 ) -> None:
     """Configure the root logger once (idempotent: replaces earlier handlers).
 
-    ``level`` defaults to ``FACEMASK_LOG_LEVEL`` (INFO); ``fmt`` to ``FACEMASK_LOG_FORMAT``
-    (``json`` for services, ``text`` for the CLI when unset).
+    ``level`` defaults to ``FACEMASK_LOG_LEVEL`` (INFO; ``ValueError`` when it is no level);
+    ``fmt`` to ``FACEMASK_LOG_FORMAT`` (``json`` for services, ``text`` for the CLI when
+    unset). Both formats carry the structured ``extra`` fields.
     """
-    level = level or os.environ.get("FACEMASK_LOG_LEVEL", "INFO")
+    level = check_level(level or os.environ.get("FACEMASK_LOG_LEVEL", "INFO"))
     fmt = (fmt or os.environ.get("FACEMASK_LOG_FORMAT") or ("json" if service else "text")).lower()
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level if isinstance(level, int) else level.upper())
+    root.setLevel(level)
     for noisy in ("urllib3", "httpx", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import sys
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -27,6 +28,7 @@ from pydantic_settings import (
 from facemask.contracts.streams import StreamLayout
 
 GLOBAL_PREFIX = "FACEMASK_"
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
 
 
 class ConfigError(ValueError):
@@ -65,6 +67,19 @@ class ServiceSettings(BaseSettings):
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port (0: none)")
     metrics_host: str = Field("0.0.0.0", description="address the metrics server binds")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                f"{value.rsplit('@', maxsplit=1)[-1][:80]!r} is not a Redis URL: expected "
+                + ", ".join(f"{s}://" for s in REDIS_SCHEMES)
+            )
+        if scheme != "unix" and not urlsplit(value.replace("+cluster", "", 1)).hostname:
+            raise ValueError("the Redis URL names no host")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -103,3 +103,26 @@ def test_check_config_exit_codes(
         check_config_and_exit(DemoSettings)
     assert bad.value.code == 2
     assert "configuration error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("redis://127.0.0.1:6379/0", True),
+        ("rediss://:secret@redis.example:6380/1", True),
+        ("unix:///run/redis.sock", True),
+        ("redis+cluster://10.0.0.1:7000", True),
+        ("http://x", False),
+        ("127.0.0.1:6379", False),
+        ("redis://", False),
+    ],
+)
+def test_redis_url_is_checked_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, url: str, ok: bool
+) -> None:
+    monkeypatch.setenv("FACEMASK_REDIS_URL", url)
+    if ok:
+        assert DemoSettings.load().redis_url == url
+        return
+    with pytest.raises(ConfigError, match="FACEMASK_DEMO_REDIS_URL"):
+        DemoSettings.load()
