@@ -68,6 +68,21 @@ class JobResult:
     batch_size: int = 0
     model_runs: int = 0
 
+    @classmethod
+    def too_old(
+        cls, width: int, height: int, *, queue_seconds: float = 0.0, decode_seconds: float = 0.0
+    ) -> JobResult:
+        """The result of a frame not run because it is older than its ``max_age``."""
+        return cls(
+            Detections.empty(),
+            width,
+            height,
+            status="skipped",
+            reason="too_old",
+            queue_seconds=queue_seconds,
+            decode_seconds=decode_seconds,
+        )
+
 
 @dataclass(slots=True)
 class Job:
@@ -248,12 +263,9 @@ class DynamicBatcher:
             if age > job.max_age:
                 _resolve(
                     job.future,
-                    JobResult(
-                        Detections.empty(),
+                    JobResult.too_old(
                         job.width,
                         job.height,
-                        status="skipped",
-                        reason="too_old",
                         queue_seconds=now - job.submitted,
                         decode_seconds=job.decode_seconds,
                     ),

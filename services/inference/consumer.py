@@ -43,7 +43,6 @@ from facemask.contracts.wire import (
     deadletter_record,
 )
 from facemask.core.preprocess import ImageDecodeError
-from facemask.core.types import Detections
 from facemask.infra.backoff import Backoff
 from facemask.infra.consumer import Delivery, GroupOptions, StreamGroupConsumer
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
@@ -210,15 +209,7 @@ class StreamConsumer:
             # Already too old to run: skip it here, before any decode, so a backlog after
             # an overload is worked off at the speed of Redis, not of the decode pool.
             skipped: Future[JobResult] = Future()
-            skipped.set_result(
-                JobResult(
-                    Detections.empty(),
-                    frame.width,
-                    frame.height,
-                    status="skipped",
-                    reason="too_old",
-                )
-            )
+            skipped.set_result(JobResult.too_old(frame.width, frame.height))
             self._finished(stream, sid, frame, skipped)
             return
         job = Job(

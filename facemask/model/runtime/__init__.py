@@ -12,14 +12,12 @@ before use.
 
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
 from collections.abc import Mapping
 from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from facemask.core.plugins import discover
 from facemask.model.runtime.base import Runtime, RuntimeConfig
 
 __all__ = [
@@ -32,30 +30,9 @@ __all__ = [
 ]
 
 
-@functools.cache
-def _import_builtin_modules() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-def _subclasses(cls: type[RuntimeConfig]) -> list[type[RuntimeConfig]]:
-    out = []
-    for sub in cls.__subclasses__():
-        out.append(sub)
-        out.extend(_subclasses(sub))
-    return out
-
-
 def runtime_configs() -> dict[str, type[RuntimeConfig]]:
     """Every runtime's config class by runtime name (built-in and defined elsewhere)."""
-    _import_builtin_modules()
-    found: dict[str, type[RuntimeConfig]] = {}
-    for cls in _subclasses(RuntimeConfig):
-        name = cls.model_fields["type"].default
-        if isinstance(name, str):
-            found[name] = cls
-    return found
+    return discover(RuntimeConfig, __name__)
 
 
 def available_runtimes() -> list[str]:

@@ -19,8 +19,6 @@ Built-in sinks: ``webhook`` (signed JSON POST), ``slack`` (incoming webhook), ``
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from facemask.contracts.streams import StreamLayout
+from facemask.core.plugins import discover
 from facemask.infra.redisconn import RedisClient
 from services.alerts.config import AlertSettings
 from services.alerts.records import AlertRecord
@@ -94,23 +93,9 @@ class SinkConfig(BaseModel):
         raise NotImplementedError
 
 
-def _subclasses(cls: type[SinkConfig]) -> list[type[SinkConfig]]:
-    out = []
-    for sub in cls.__subclasses__():
-        out.append(sub)
-        out.extend(_subclasses(sub))
-    return out
-
-
 def sink_configs() -> dict[str, type[SinkConfig]]:
     """Every sink's config class by sink name (built-in first, in :data:`ORDER`)."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    found = {
-        name: cls
-        for cls in _subclasses(SinkConfig)
-        if isinstance(name := cls.model_fields["type"].default, str)
-    }
+    found = discover(SinkConfig, __name__)
     rank = {name: i for i, name in enumerate(ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 
