@@ -40,7 +40,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -63,6 +63,18 @@ PENDING_SCAN = 100
 """Pending entries looked at per stream and sweep for the bounded-redeliveries check."""
 
 
+class GroupSettings(Protocol):
+    """The consumer-group settings every stream-consuming service has."""
+
+    consumer_group: str
+    consumer_name: str
+    read_count: int
+    read_block: float
+    claim_idle: float
+    claim_interval: float
+    max_deliveries: int
+
+
 @dataclass(frozen=True, slots=True)
 class GroupOptions:
     """How a :class:`StreamGroupConsumer` reads (see the module docstring)."""
@@ -81,6 +93,21 @@ class GroupOptions:
     max_inflight: int | None = None
     """Entries read and not yet :meth:`StreamGroupConsumer.done`; None: no limit (the
     handler finishes its batch before it returns)."""
+
+    @classmethod
+    def from_settings(cls, settings: GroupSettings, **overrides: Any) -> GroupOptions:
+        """The options a service's settings name (the same field names in every service),
+        with ``overrides`` (``start_id``, ``read_pending``, ``max_inflight``)."""
+        return cls(
+            group=settings.consumer_group,
+            consumer=settings.consumer_name,
+            read_count=settings.read_count,
+            read_block=settings.read_block,
+            claim_idle=settings.claim_idle,
+            claim_interval=settings.claim_interval,
+            max_deliveries=settings.max_deliveries,
+            **overrides,
+        )
 
     def __post_init__(self) -> None:
         if self.read_count < 1 or self.max_deliveries < 1:

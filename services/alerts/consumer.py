@@ -93,16 +93,7 @@ class DetectionsConsumer:
         self.streams = StreamGroupConsumer(
             client,
             layout.all_detections(),
-            GroupOptions(
-                group=settings.consumer_group,
-                consumer=settings.consumer_name,
-                start_id=settings.group_start,
-                read_count=settings.read_count,
-                read_block=settings.read_block,
-                claim_idle=settings.claim_idle,
-                claim_interval=settings.claim_interval,
-                max_deliveries=settings.max_deliveries,
-            ),
+            GroupOptions.from_settings(settings, start_id=settings.group_start),
             self.process,
             name="detections",
             on_error=self._failed,

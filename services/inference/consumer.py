@@ -104,15 +104,9 @@ class StreamConsumer:
         self.streams = StreamGroupConsumer(
             client,
             layout.all_frames(),
-            GroupOptions(
-                group=settings.consumer_group,
-                consumer=settings.consumer_name,
+            GroupOptions.from_settings(
+                settings,
                 start_id="0",
-                read_count=settings.read_count,
-                read_block=settings.read_block,
-                claim_idle=settings.claim_idle,
-                claim_interval=settings.claim_interval,
-                max_deliveries=settings.max_deliveries,
                 # Its own pending frames come back through XAUTOCLAIM after claim_idle.
                 read_pending=False,
                 max_inflight=settings.max_inflight,

@@ -427,3 +427,29 @@ def test_a_poisoned_redis_reply_does_not_kill_the_thread(client: Any, make: Make
     while handler.sids != sids and time.monotonic() < deadline:
         time.sleep(0.01)
     assert handler.sids == sids and group.worker.alive and not group.worker.failed
+
+
+def test_group_options_from_a_services_settings() -> None:
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(
+        consumer_group="g",
+        consumer_name="c",
+        read_count=7,
+        read_block=0.3,
+        claim_idle=9.0,
+        claim_interval=2.0,
+        max_deliveries=4,
+    )
+    options = GroupOptions.from_settings(settings, start_id="0", max_inflight=16)  # type: ignore[arg-type]
+    assert options == GroupOptions(
+        group="g",
+        consumer="c",
+        start_id="0",
+        read_count=7,
+        read_block=0.3,
+        claim_idle=9.0,
+        claim_interval=2.0,
+        max_deliveries=4,
+        max_inflight=16,
+    )
