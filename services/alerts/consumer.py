@@ -50,9 +50,6 @@ logger = logging.getLogger(__name__)
 
 CameraInfo = Callable[[str], Mapping[str, str]]
 
-"""Deliveries of an entry (its batch failed, was rolled back and read again) before it is
-dead-lettered instead of retried once more."""
-
 
 def _valid_sid(sid: str) -> bool:
     try:

@@ -25,12 +25,12 @@ from typing import Any
 from facemask.contracts.wire import DetectionsEntry
 from facemask.core.types import Detections
 from services.alerts.rules import (
+    MASK,
     Decision,
     Rule,
     best_score,
     complies,
-    confidently_masked,
-    counting,
+    eligible,
     evaluate,
     rule_for,
 )
@@ -249,8 +249,9 @@ class AlertEngine:
             rule = self.rule(entry.camera_id)
             faces, size = entry.detections, (entry.width, entry.height)
             tracks = camera.tracker.update(faces, entry.width, entry.height, entry.capture_ts)
-            masked = int(confidently_masked(faces, size, rule).sum())
-            total = masked + int(counting(faces, size, rule).sum())
+            counted = eligible(faces, size, rule)  # both labels count for compliance
+            total = int(counted.sum())
+            masked = int((counted & (faces.class_ids == MASK)).sum())
             camera.count_faces(entry.capture_ts, masked, total, self.compliance_window)
             for track in tracks:
                 if track.alerted and complies(track, rule):

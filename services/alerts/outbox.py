@@ -35,11 +35,17 @@ logger = logging.getLogger(__name__)
 IDLE_POLL = 1.0
 
 
+def retry_backoff(initial: float, cap: float, rng: random.Random | None = None) -> Backoff:
+    """The outbox's retry policy: capped doubling with equal jitter (half fixed, half
+    random), so rows of one sink that failed together do not retry in lock-step."""
+    return Backoff(initial, cap, jitter=0.5, spread="below", rng=rng)
+
+
 def backoff_delay(
     attempts: int, initial: float, cap: float, rng: random.Random | None = None
 ) -> float:
     """Delay before the next try after ``attempts`` failed ones (>= 1), with jitter."""
-    return Backoff(initial, cap, jitter=0.5, spread="below", rng=rng).delay(attempts)
+    return retry_backoff(initial, cap, rng).delay(attempts)
 
 
 class OutboxWorker:
@@ -61,10 +67,8 @@ class OutboxWorker:
         self.sink = sink
         self.metrics = metrics
         self.ttl = ttl
-        self.initial = initial
-        self.cap = cap
         self.clock = clock
-        self._backoff = Backoff(initial, cap, jitter=0.5, spread="below", rng=rng)
+        self._backoff = retry_backoff(initial, cap, rng)
         self.worker = Worker(f"outbox-{sink.name}", self._run)
 
     @property

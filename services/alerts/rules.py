@@ -68,22 +68,19 @@ class Decision(Enum):
     ALERT = "alert"
 
 
+def eligible(faces: Detections, size: tuple[int, int], rule: Rule) -> np.ndarray:
+    """Boolean ``[N]``: faces (of a ``size`` frame) at ``min_score`` and ``min_face``."""
+    return (faces.scores >= rule.min_score) & (faces.min_sides(*size) >= rule.min_face)
+
+
 def counting(faces: Detections, size: tuple[int, int], rule: Rule) -> np.ndarray:
     """Boolean ``[N]``: which faces (of a ``size`` frame) count as unmasked for the rule."""
-    return (
-        (faces.class_ids == NO_MASK)
-        & (faces.scores >= rule.min_score)
-        & (faces.min_sides(*size) >= rule.min_face)
-    )
+    return eligible(faces, size, rule) & (faces.class_ids == NO_MASK)
 
 
 def confidently_masked(faces: Detections, size: tuple[int, int], rule: Rule) -> np.ndarray:
     """Boolean ``[N]``: which faces are masked, above ``min_score`` and ``min_face``."""
-    return (
-        (faces.class_ids == MASK)
-        & (faces.scores >= rule.min_score)
-        & (faces.min_sides(*size) >= rule.min_face)
-    )
+    return eligible(faces, size, rule) & (faces.class_ids == MASK)
 
 
 def unmasked_in_window(track: Track, rule: Rule) -> int:

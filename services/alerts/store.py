@@ -41,6 +41,7 @@ from typing import Any
 
 from facemask.contracts.wire import WireError, parse_detections
 from facemask.core.types import Detections
+from facemask.infra.consumer import stream_id
 from services.alerts.records import AlertRecord
 
 logger = logging.getLogger(__name__)
@@ -184,10 +185,8 @@ class CursorError(ValueError):
     """A pagination cursor that this service did not produce."""
 
 
-def parse_sid(sid: str) -> tuple[int, int]:
-    """``"1700000000000-3"`` -> ``(1700000000000, 3)`` (stream ids compare as tuples)."""
-    ms, _, seq = sid.partition("-")
-    return int(ms), int(seq or 0)
+parse_sid = stream_id
+"""``"1700000000000-3"`` -> ``(1700000000000, 3)`` (stream ids compare as tuples)."""
 
 
 @dataclass(frozen=True, slots=True)
