@@ -16,7 +16,6 @@ import argparse
 import importlib
 import importlib.metadata
 import importlib.util
-import sys
 from collections.abc import Sequence
 
 from facemask import __version__
@@ -78,7 +77,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,8 +7,9 @@ Prints one JSON object per image or video frame on stdout::
 
 ``frame`` is null for still images and the 0-based frame index for videos. A file that
 cannot be read gets one error line on stderr; the others are still processed and the exit
-code is 1. Detection goes through a *backend* (the local detector now, a remote inference
-server later), so reading inputs and writing results do not depend on where the model runs.
+code is 1. Detection goes through a *backend* (the local detector, or a remote inference
+service with ``--server``), so reading inputs and writing results do not depend on where
+the model runs.
 """
 
 from __future__ import annotations

@@ -115,13 +115,13 @@ class StreamLayout:
         """Hash of layout facts (``partitions``) checked by every service at start."""
         return f"{self.prefix}:meta"
 
-    def check_meta(self, client: object) -> None:
+    def check_meta(self, client: RedisClient) -> None:
         """Record this layout in Redis, or fail when another service uses a different one.
 
         ``client`` is a ``redis.Redis`` (or cluster) client.
         """
-        client.hsetnx(self.meta, "partitions", str(self.partitions))  # type: ignore[attr-defined]
-        stored = client.hget(self.meta, "partitions")  # type: ignore[attr-defined]
+        client.hsetnx(self.meta, "partitions", str(self.partitions))
+        stored = client.hget(self.meta, "partitions")
         if stored is not None and int(stored) != self.partitions:
             raise LayoutMismatchError(
                 f"Redis says the stream layout has {int(stored)} partitions but this service "

@@ -239,8 +239,6 @@ class DetectionsEntry:
             raw = json.loads(_text(f, "dets"))
         except ValueError as exc:
             raise WireError("bad_detections", "field 'dets' is not JSON") from exc
-        if not isinstance(raw, list):
-            raise WireError("bad_detections", "field 'dets' is not a list")
         dets = parse_detections(raw, width, height)
         return cls(
             camera_id=camera,
@@ -265,7 +263,7 @@ def parse_detections(raw: Any, width: int, height: int) -> Detections:
         raise WireError("bad_detections", "field 'dets' is not a list")
     boxes: list[list[int]] = []
     scores: list[float] = []
-    labels: list[str] = []
+    class_ids: list[int] = []
     for item in raw:
         if not isinstance(item, dict):
             raise WireError("bad_detections", "a detection is not an object")
@@ -291,11 +289,8 @@ def parse_detections(raw: Any, width: int, height: int) -> Detections:
             raise WireError("bad_detections", f"box {box} outside the {width}x{height} frame")
         boxes.append(box)
         scores.append(float(score))
-        labels.append(label)
-    if not boxes:
-        return Detections.empty()
-    ids = [LABEL_IDS[label] for label in labels]
-    return Detections.from_pixels(boxes, scores, ids, width, height)
+        class_ids.append(LABEL_IDS[label])
+    return Detections.from_pixels(boxes, scores, class_ids, width, height)
 
 
 @dataclass(frozen=True, slots=True)

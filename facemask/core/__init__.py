@@ -1,5 +1,6 @@
 """Layer 1, the pure numeric core: anchors, box decoding, NMS, tiling, image decode with
-limits and pre-processing, the detection type, drawing.
+limits and pre-processing, the detection type, drawing, and the discovery of plugins
+(config classes of the model runtimes and alert sinks).
 
 It imports nothing of the project above it and no TensorFlow; an ingest node or a test
 can use it without the model.

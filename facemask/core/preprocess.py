@@ -19,7 +19,6 @@ INPUT_SIZE: tuple[int, int] = (260, 260)
 MAX_PIXELS = 64_000_000
 """The one pixel limit of every image the project decodes (stream frames, gRPC images,
 snapshots, CLI inputs); a service may configure a lower one, never a higher one."""
-DEFAULT_MAX_PIXELS = MAX_PIXELS
 DECODE_MODES = ("full", "auto")
 
 _JPEG_SOI = b"\xff\xd8"

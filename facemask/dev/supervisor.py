@@ -198,7 +198,7 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             return bool(reply.status == 200)
-    except (OSError, urllib.error.HTTPError):
+    except OSError:  # HTTPError and URLError included
         return False
 
 

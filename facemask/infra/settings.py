@@ -26,6 +26,8 @@ from pydantic_settings import (
 )
 
 from facemask.contracts.streams import StreamLayout
+from facemask.infra.log import LEVELS, check_level
+from facemask.infra.redisconn import CLUSTER_SCHEME
 
 GLOBAL_PREFIX = "FACEMASK_"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
@@ -61,12 +63,15 @@ class ServiceSettings(BaseSettings):
     stream_partitions: int = Field(
         4, ge=1, le=1024, description="number of frame stream partitions (same on all services)"
     )
-    log_level: str = Field(
-        "INFO", pattern="(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$", description="log level"
-    )
+    log_level: str = Field("INFO", description="log level: " + ", ".join(LEVELS))
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port (0: none)")
     metrics_host: str = Field("0.0.0.0", description="address the metrics server binds")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        return str(check_level(value))
 
     @field_validator("redis_url")
     @classmethod
@@ -77,7 +82,7 @@ class ServiceSettings(BaseSettings):
                 f"{value.rsplit('@', maxsplit=1)[-1][:80]!r} is not a Redis URL: expected "
                 + ", ".join(f"{s}://" for s in REDIS_SCHEMES)
             )
-        if scheme != "unix" and not urlsplit(value.replace("+cluster", "", 1)).hostname:
+        if scheme != "unix" and not urlsplit(value.replace(CLUSTER_SCHEME, "redis://", 1)).hostname:
             raise ValueError("the Redis URL names no host")
         return value
 

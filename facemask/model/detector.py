@@ -1,7 +1,7 @@
 """The face-mask detector: pre-processing, a runtime, and numpy post-processing.
 
-``import facemask.model.detector`` does not load TensorFlow; :func:`create_detector` imports the
-chosen runtime's module on demand.
+``import facemask.model.detector`` does not load TensorFlow: a runtime loads its framework
+when :func:`create_detector` creates it.
 """
 
 from __future__ import annotations

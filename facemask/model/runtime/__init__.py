@@ -4,7 +4,7 @@ Each module of this package defines a :class:`~facemask.model.runtime.base.Runti
 subclass with ``type: Literal["<name>"]`` and typed options, whose ``create()`` builds the
 runtime. :func:`runtime_configs` discovers them (importing a runtime module does not
 import its framework: TensorFlow is loaded only when the ``tensorflow`` runtime is
-created), and options are validated against their discriminated union
+created), and options are validated by the named runtime's config class
 (:func:`parse_runtime_config`), so a wrong option fails before any model loads. A
 runtime defined elsewhere joins by subclassing ``RuntimeConfig`` in a module imported
 before use.
@@ -13,9 +13,9 @@ before use.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Union
+from typing import Any
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from facemask.core.plugins import discover
 from facemask.model.runtime.base import Runtime, RuntimeConfig
@@ -40,13 +40,6 @@ def available_runtimes() -> list[str]:
     return sorted(runtime_configs())
 
 
-def _adapter(configs: tuple[type[RuntimeConfig], ...]) -> TypeAdapter[Any]:
-    if len(configs) == 1:
-        return TypeAdapter(configs[0])
-    union = Union[configs]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
-    return TypeAdapter(Annotated[union, Field(discriminator="type")])
-
-
 def parse_runtime_config(options: Mapping[str, Any]) -> RuntimeConfig:
     """Validate ``{"type": name, **options}``; ``ValueError`` naming the bad option."""
     configs = runtime_configs()
@@ -54,10 +47,10 @@ def parse_runtime_config(options: Mapping[str, Any]) -> RuntimeConfig:
     if name not in configs:
         raise ValueError(f"unknown runtime {name!r}; available: {', '.join(sorted(configs))}")
     try:
-        config: RuntimeConfig = _adapter(tuple(configs.values())).validate_python(dict(options))
+        config = configs[name].model_validate(dict(options))
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'options'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: {err['msg']}"
             for err in exc.errors()
         )
         raise ValueError(f"invalid options for runtime {name!r}: {problems}") from None

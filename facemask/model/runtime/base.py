@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,8 +44,6 @@ class RuntimeConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    HELP: ClassVar[str] = ""
-
     type: str
     model_path: Path | None = Field(None, description="model file (default: the cached one)")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: usable CPUs)")

@@ -1,7 +1,7 @@
 """TensorFlow runtime: the upstream frozen graph, run as a pruned concrete function.
 
-This is the only module that imports TensorFlow; :func:`facemask.model.runtime.create_runtime`
-imports it on demand.
+This is the only module that imports TensorFlow, and only when a runtime is created
+(:func:`_import_tensorflow`): discovering the runtime plugins imports this module cheaply.
 """
 
 from __future__ import annotations
