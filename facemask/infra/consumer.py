@@ -176,6 +176,11 @@ class StreamGroupConsumer:
         self._cursors = dict.fromkeys(self.keys, "0" if options.read_pending else ">")
         self._inflight = 0
         self._inflight_changed = threading.Condition()
+        self.taken = 0
+        """Entries handed to the handler so far (a watchdog compares it with ``settled``)."""
+        self.settled = 0
+        """Entries finished so far: :meth:`done` with ``max_inflight``, else the handler
+        returned for them."""
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -216,6 +221,7 @@ class StreamGroupConsumer:
             return
         with self._inflight_changed:
             self._inflight = max(0, self._inflight - count)
+            self.settled += count
             self._inflight_changed.notify_all()
 
     def _room(self) -> int:
@@ -255,10 +261,13 @@ class StreamGroupConsumer:
             return self._failed(exc)
         self._hold(len(batch))
         if batch:
+            self.taken += len(batch)
             try:
                 self.handler(batch)
             except Exception as exc:
                 return self._failed(exc)
+            if self.options.max_inflight is None:
+                self.settled += len(batch)
         self.backoff.reset()
         return 0.0
 
