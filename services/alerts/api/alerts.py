@@ -11,10 +11,18 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from services.alerts.api.deps import Snapshots, Store
-from services.alerts.api.models import AlertDetail, AlertOut, AlertPage, problems
+from services.alerts.api.models import (
+    CAMERA_ID_DESCRIPTION,
+    MAX_SEQ,
+    AlertDetail,
+    AlertOut,
+    AlertPage,
+    CameraId,
+    problems,
+)
 from services.alerts.records import AlertRecord
 from services.alerts.snapshots import SnapshotStore
-from services.alerts.store import AlertStore, CursorError
+from services.alerts.store import AlertStore, CursorError, decode_cursor
 
 ALERT_ID = r"^[0-9a-f]{32}$"
 MAX_LIMIT = 500
@@ -48,11 +56,27 @@ def parse_time(name: str, raw: str | None) -> float | None:
     return value
 
 
+def check_cursor(cursor: str | None) -> str | None:
+    """A page cursor as this service makes them (a finite time, a seq in SQLite's integer
+    range); HTTP 400 with a clear message otherwise."""
+    if cursor is None:
+        return None
+    try:
+        ts, seq = decode_cursor(cursor)
+    except CursorError as exc:
+        raise HTTPException(400, f"cursor: {exc}") from None
+    if not math.isfinite(ts) or not 0 <= seq <= MAX_SEQ:
+        raise HTTPException(
+            400, f"cursor: invalid cursor {cursor[:40]!r}: use next_cursor of a page"
+        )
+    return cursor
+
+
 @router.get("/api/alerts", summary="Alert history, newest first", responses=problems(400, 422))
 def alerts(
     store: Store,
     camera_id: Annotated[
-        str | None, Query(min_length=1, max_length=128, description="only this camera")
+        CameraId | None, Query(description="only this camera: " + CAMERA_ID_DESCRIPTION)
     ] = None,
     since: Annotated[
         str | None, Query(description="from this time (ISO-8601 or unix seconds)")
@@ -66,6 +90,7 @@ def alerts(
     ] = None,
 ) -> AlertPage:
     t0, t1 = parse_time("since", since), parse_time("until", until)
+    cursor = check_cursor(cursor)
     if t0 is not None and t1 is not None and t0 > t1:
         raise HTTPException(400, "since must not be after until")
     try:

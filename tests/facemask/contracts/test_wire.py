@@ -61,7 +61,7 @@ def test_detections_round_trip_keeps_pixel_boxes_exactly() -> None:
 
 def test_skipped_entry_round_trip() -> None:
     skipped = DetectionsEntry(
-        "door", 1, "1-0", 5.0, 6.0, 32, 32, "m", status="skipped", reason="too_old"
+        "door", 1, "1-0", 1.7e9 + 5, 1.7e9 + 6, 32, 32, "m", status="skipped", reason="too_old"
     )
     back = DetectionsEntry.from_fields(as_redis(skipped.to_fields()))
     assert (back.status, back.reason, len(back.detections)) == ("skipped", "too_old", 0)
@@ -144,7 +144,7 @@ def test_detections_not_json() -> None:
     assert caught.value.reason == "bad_detections"
 
 
-@pytest.mark.parametrize("camera_id", ["lobby", "door-2", "cam_01.a", "x" * 128, "étage"])
+@pytest.mark.parametrize("camera_id", ["lobby", "door-2", "cam_01.a", "x" * 64, "9", "A.b-C_d"])
 def test_valid_camera_ids(camera_id: str) -> None:
     assert validate_camera_id(camera_id) == camera_id
 

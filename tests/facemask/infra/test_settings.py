@@ -60,8 +60,86 @@ def test_environment(
 def test_shared_only_fields_are_not_read_without_the_service_prefix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("FACEMASK_PORT", "1")  # `port` is not a shared setting
-    assert DemoSettings.load().port == 50051
+    # `port` is not a shared setting: FACEMASK_PORT is never read, and reported as a typo
+    monkeypatch.setenv("FACEMASK_PORT", "1")
+    with pytest.raises(ConfigError, match=r"FACEMASK_PORT \(did you mean FACEMASK_DEMO_PORT\?\)"):
+        DemoSettings.load()
+    assert DemoSettings(port=7).port == 7  # (the class itself never reads it)
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("FACEMASK_REDIS_ULR", "FACEMASK_REDIS_URL"),
+        ("FACEMASK_LOG_LEVLE", "FACEMASK_LOG_LEVEL"),
+        ("FACEMASK_STREAM_PARTITONS", "FACEMASK_STREAM_PARTITIONS"),
+        ("FACEMASK_DEMOS_PORT", "FACEMASK_DEMO_PORT"),
+        ("FACEMASK_INFERNCE_PORT", "FACEMASK_INFERENCE_PORT"),
+        ("FACEMASK_ALERT_PORT", "FACEMASK_ALERTS_PORT"),
+        ("facemask_redis_ulr", "FACEMASK_REDIS_URL"),
+    ],
+)
+def test_a_typo_under_the_shared_prefix_fails_with_a_suggestion(
+    monkeypatch: pytest.MonkeyPatch, name: str, suggestion: str
+) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError) as caught:
+        DemoSettings.load()
+    assert f"{name} (did you mean {suggestion}?)" in str(caught.value)
+    assert DemoSettings.stray_env({name: "1"}) == {name: suggestion}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "FACEMASK_INFERENCE_TILES",  # another service's settings share the environment
+        "FACEMASK_ALERTS_RULE_K",
+        "FACEMASK_INGEST_CAMERAS",
+        "FACEMASK_INFERENCE_ANYTHING",  # another service's business: it checks its own
+        "FACEMASK_REDIS_URL",  # shared
+        "FACEMASK_MODEL_MIRROR",  # read by the model store, not a setting
+        "FACEMASK_SKIP_APT",
+        "OTHER_REDIS_ULR",  # not ours
+    ],
+)
+def test_variables_of_other_services_and_tools_are_no_typo(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv(name, "redis://h:1/0" if name == "FACEMASK_REDIS_URL" else "1")
+    DemoSettings.load()
+    assert DemoSettings.stray_env({name: "1"}) == {}
+
+
+def test_an_unknown_variable_far_from_any_setting_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FACEMASK_BUILD_COLOUR", "blue")
+    with caplog.at_level("WARNING", logger="facemask.infra.settings"):
+        DemoSettings.load()
+    assert [r.variable for r in caplog.records] == ["FACEMASK_BUILD_COLOUR"]  # type: ignore[attr-defined]
+
+
+def test_an_unknown_variable_with_the_own_prefix_gets_a_suggestion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FACEMASK_DEMO_TILSE", "{}")
+    with pytest.raises(
+        ConfigError, match=r"FACEMASK_DEMO_TILSE \(did you mean FACEMASK_DEMO_TILES\?\)"
+    ):
+        DemoSettings.load()
+
+
+@pytest.mark.parametrize("value", ["2x2", "lobby=2x2", "{'lobby': '2x2'}", "[1, 2]", '"2x2"', "1"])
+def test_a_json_setting_says_json_is_expected_with_an_example(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("FACEMASK_DEMO_TILES", value)
+    with pytest.raises(ConfigError) as caught:
+        DemoSettings.load()
+    message = str(caught.value)
+    assert "FACEMASK_DEMO_TILES" in message and "expected JSON, e.g. FACEMASK_DEMO_TILES='{" in (
+        message.replace("JSON (setting 'tiles' could not be parsed), e.g.", "JSON, e.g.")
+    )
 
 
 @pytest.mark.parametrize(
