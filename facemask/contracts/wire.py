@@ -184,6 +184,15 @@ def _float(f: dict[str, bytes], key: str) -> float:
     return value
 
 
+def _timestamp(f: dict[str, bytes], key: str, window: Mapping[str, Any]) -> float:
+    raw = _text(f, key)
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise WireError("bad_timestamp", f"field {key!r}={raw[:32]!r} is not a number") from exc
+    return check_timestamp(key, value, **window)
+
+
 def _version(f: dict[str, bytes]) -> None:
     raw = _text(f, "v")
     if raw != str(FORMAT_VERSION):
@@ -251,7 +260,7 @@ class FrameEntry:
         _version(f)
         camera = validate_camera_id(_text(f, "camera"))
         frame_id = _int(f, "frame", 0, 2**63 - 1)
-        ts = check_timestamp("ts", _float(f, "ts"), now=now, max_skew=max_skew, max_age=max_age)
+        ts = _timestamp(f, "ts", {"now": now, "max_skew": max_skew, "max_age": max_age})
         enc = _text(f, "enc")
         if enc not in ENCODINGS:
             raise WireError("bad_encoding", f"encoding {enc[:16]!r} not in {ENCODINGS}")
@@ -319,8 +328,8 @@ class DetectionsEntry:
         _version(f)
         camera = validate_camera_id(_text(f, "camera"))
         window: dict[str, Any] = {"now": now, "max_skew": max_skew, "max_age": max_age}
-        capture_ts = check_timestamp("ts", _float(f, "ts"), **window)
-        done_ts = check_timestamp("t_done", _float(f, "t_done"), **window)
+        capture_ts = _timestamp(f, "ts", window)
+        done_ts = _timestamp(f, "t_done", window)
         status = _text(f, "status")
         if status not in ("ok", "skipped"):
             raise WireError("bad_field", f"status {status[:16]!r}")

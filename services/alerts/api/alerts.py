@@ -26,6 +26,8 @@ from services.alerts.store import AlertStore, CursorError, decode_cursor
 
 ALERT_ID = r"^[0-9a-f]{32}$"
 MAX_LIMIT = 500
+MAX_CURSOR_TS = 1e11
+"""Latest alert time a cursor may name (the year 5138): beyond, it is no cursor of ours."""
 
 router = APIRouter(tags=["alerts"])
 
@@ -57,15 +59,15 @@ def parse_time(name: str, raw: str | None) -> float | None:
 
 
 def check_cursor(cursor: str | None) -> str | None:
-    """A page cursor as this service makes them (a finite time, a seq in SQLite's integer
-    range); HTTP 400 with a clear message otherwise."""
+    """A page cursor as this service makes them (a time 0..``MAX_CURSOR_TS``, a seq in
+    SQLite's integer range); HTTP 400 with a clear message otherwise."""
     if cursor is None:
         return None
     try:
         ts, seq = decode_cursor(cursor)
     except CursorError as exc:
         raise HTTPException(400, f"cursor: {exc}") from None
-    if not math.isfinite(ts) or not 0 <= seq <= MAX_SEQ:
+    if not (math.isfinite(ts) and 0 <= ts <= MAX_CURSOR_TS and 0 <= seq <= MAX_SEQ):
         raise HTTPException(
             400, f"cursor: invalid cursor {cursor[:40]!r}: use next_cursor of a page"
         )

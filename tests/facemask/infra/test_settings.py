@@ -204,3 +204,106 @@ def test_redis_url_is_checked_before_any_work(
         return
     with pytest.raises(ConfigError, match="FACEMASK_DEMO_REDIS_URL"):
         DemoSettings.load()
+
+
+# -- the real commands: `facemask <service> --check-config` fails before any work ----------
+
+COMMANDS = {
+    "serve-inference": [],
+    "serve-alerts": [],
+    "ingest": ["--camera", "id=lobby,source=0"],
+}
+
+
+def check_config(
+    command: str, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    """``facemask <command> --check-config`` in-process: (exit code, stderr)."""
+    from facemask.cli import main
+
+    args = [] if "FACEMASK_INGEST_CAMERAS" in env else COMMANDS[command]
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--check-config", *args])
+    return int(exited.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        # all services share one environment: the others' settings are no typo
+        (
+            {
+                "FACEMASK_INFERENCE_TILES": '{"lobby": "2x2"}',
+                "FACEMASK_ALERTS_RULE_K": "3",
+                "FACEMASK_INGEST_STREAM_MAXLEN": "500",
+                "FACEMASK_REDIS_URL": "redis://redis:6379/0",
+                "FACEMASK_MODEL_MIRROR": "/mirror",
+            },
+            None,
+        ),
+        (
+            {"FACEMASK_REDIS_ULR": "redis://x"},
+            "FACEMASK_REDIS_ULR (did you mean FACEMASK_REDIS_URL?)",
+        ),
+        ({"FACEMASK_LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+        ({"FACEMASK_REDIS_URL": "http://x"}, "is not a Redis URL"),
+        ({"FACEMASK_STREAM_PARTITIONS": "0"}, "STREAM_PARTITIONS"),
+        ({"FACEMASK_INFERNCE_PORT": "1"}, "did you mean FACEMASK_INFERENCE_PORT?"),
+    ],
+)
+def test_check_config_of_every_service(
+    capsys: pytest.CaptureFixture[str], command: str, env: dict[str, str], expected: str | None
+) -> None:
+    code, err = check_config(command, env, capsys)
+    if expected is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and expected in err and "error" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "expected"),
+    [
+        (
+            "serve-inference",
+            {"FACEMASK_INFERENCE_TILES": "lobby=2x2"},
+            "FACEMASK_INFERENCE_TILES: expected JSON (setting 'tiles' could not be parsed), "
+            """e.g. FACEMASK_INFERENCE_TILES='{"lobby": "2x2", "*": "off"}'""",
+        ),
+        (
+            "serve-inference",
+            {"FACEMASK_INFERENCE_TILES": '["2x2"]'},
+            "Input should be a valid dictionary (expected JSON, e.g. FACEMASK_INFERENCE_TILES=",
+        ),
+        ("serve-inference", {"FACEMASK_INFERENCE_TILES": '{"a/b": "2x2"}'}, "tiles: camera id"),
+        ("serve-inference", {"FACEMASK_INFERENCE_MAX_CLOCK_SKEW": "-1"}, "MAX_CLOCK_SKEW"),
+        ("serve-inference", {"FACEMASK_INFERENCE_MAX_CAMERAS": "0"}, "MAX_CAMERAS"),
+        (
+            "serve-inference",
+            {"FACEMASK_INFERENCE_TILSE": "{}"},
+            "did you mean FACEMASK_INFERENCE_TILES?",
+        ),
+        (
+            "serve-alerts",
+            {"FACEMASK_ALERTS_RULES": "lobby:k=3"},
+            "FACEMASK_ALERTS_RULES: expected JSON",
+        ),
+        ("serve-alerts", {"FACEMASK_ALERTS_RULES": '{"bad id": {"k": 1}}'}, "rules: camera id"),
+        ("serve-alerts", {"FACEMASK_ALERTS_MAX_CLOCK_SKEW": "abc"}, "MAX_CLOCK_SKEW"),
+        (
+            "ingest",
+            {"FACEMASK_INGEST_CAMERAS": "id=lobby"},
+            "FACEMASK_INGEST_CAMERAS: expected JSON",
+        ),
+    ],
+)
+def test_check_config_names_the_setting_and_the_fix(
+    capsys: pytest.CaptureFixture[str], command: str, env: dict[str, str], expected: str
+) -> None:
+    code, err = check_config(command, env, capsys)
+    assert code == 2 and expected in err, err
