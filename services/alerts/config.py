@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
-from facemask.contracts.wire import WireError, validate_camera_id
+from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
 from facemask.infra.settings import ConfigError, ServiceSettings
 
 
@@ -97,6 +97,13 @@ class AlertSettings(ServiceSettings):
     )
     alerts_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the alerts stream")
     deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the dead letters")
+    max_clock_skew: float = Field(
+        DEFAULT_MAX_CLOCK_SKEW,
+        gt=0.0,
+        le=86400.0,
+        description="seconds a detections entry's capture time may lie ahead of this host's "
+        "clock; later (or pre-2000) entries are dead-lettered as bad_timestamp",
+    )
 
     # rules (defaults; per-camera overrides in `rules`)
     rule_k: int = Field(5, ge=1, le=1000, description="no_mask frames needed among the last N")
@@ -105,7 +112,9 @@ class AlertSettings(ServiceSettings):
     min_face: int = Field(24, ge=0, le=16384, description="smaller face side (px) that counts")
     cooldown: float = Field(30.0, ge=0.0, le=86400.0, description="seconds between alerts")
     rules: dict[str, RuleOverride] = Field(
-        default_factory=dict, description="per-camera overrides (JSON object by camera id)"
+        default_factory=dict,
+        examples=['{"lobby": {"k": 3, "n": 5}, "door": {"min_face": 40}}'],
+        description="per-camera overrides (JSON object by camera id)",
     )
 
     # tracking / statistics

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
 from facemask.core.preprocess import MAX_PIXELS
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.infra.settings import ServiceSettings
@@ -67,6 +68,7 @@ class InferenceSettings(ServiceSettings):
     warmup: bool = Field(True, description="run warm-up batches before reporting SERVING")
     tiles: dict[str, str] = Field(
         default_factory=dict,
+        examples=['{"lobby": "2x2", "*": "off"}'],
         description='tiled inference per camera, JSON: {"lobby": "2x2", "street": "3x3:0.25", '
         '"*": "off"} ("*": every other camera; specs ROWSxCOLS[:OVERLAP], auto[:MIN_FACE_PX], '
         "off); also the default of gRPC requests that name a camera and no tiles",
@@ -119,6 +121,13 @@ class InferenceSettings(ServiceSettings):
     detections_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of detections streams")
     deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of dead-letter streams")
     lag_interval: float = Field(5.0, gt=0.0, description="seconds between stream lag readings")
+    max_clock_skew: float = Field(
+        DEFAULT_MAX_CLOCK_SKEW,
+        gt=0.0,
+        le=86400.0,
+        description="seconds a frame's capture time may lie ahead of this host's clock; "
+        "later (or pre-2000) frames are dead-lettered as bad_timestamp",
+    )
 
     # lifecycle
     drain_timeout: float = Field(15.0, ge=0.0, description="seconds SIGTERM waits for work")
@@ -138,6 +147,11 @@ class InferenceSettings(ServiceSettings):
         for camera, spec in value.items():
             if not camera:
                 raise ValueError('tiles: empty camera id (use "*" for every camera)')
+            if camera != "*":
+                try:
+                    validate_camera_id(camera)
+                except WireError as exc:
+                    raise ValueError(f"tiles: {exc.detail}") from None
             try:
                 TileSpec.parse(spec)
             except TileSpecError as exc:
