@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from facemask.contracts.wire import WireError, validate_camera_id
+from facemask.infra.netaddr import is_loopback
 from facemask.infra.settings import ConfigError, ServiceSettings
 
 
@@ -43,16 +44,6 @@ def _problem(message: str) -> PydanticCustomError:
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` only listens on this machine (``localhost``, 127/8, ::1)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
 
 
 def _default_consumer() -> str:

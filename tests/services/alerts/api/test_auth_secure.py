@@ -13,10 +13,11 @@ import pytest
 from fastapi import APIRouter, Security
 from fastapi.testclient import TestClient
 
+from facemask.infra.netaddr import is_loopback
 from facemask.infra.settings import ConfigError
 from services.alerts.__main__ import main as alerts_main
 from services.alerts.api import create_app
-from services.alerts.config import AlertSettings, is_loopback
+from services.alerts.config import AlertSettings
 from tests.services.alerts.api.conftest import TOKEN, Api
 from tests.services.alerts.api.test_auth import GUARDED, PUBLIC
 
