@@ -116,13 +116,15 @@ def password_hash(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
 
 
-def render(layout: StreamLayout, secrets: Mapping[str, str]) -> str:
+def render(
+    layout: StreamLayout, secrets: Mapping[str, str], users: Sequence[str] = SERVICES
+) -> str:
     """The ACL file: ``secrets`` maps each of :data:`SERVICES` to its ``#hash`` (or a
     placeholder); the default user may only ``PING``. (Redis allows no comments in an ACL
     file: this module is its documentation.)"""
     lines = ["user default on nopass resetkeys resetchannels -@all +ping"]
     rules = selectors(layout)
-    lines += [user_line(name, secrets[name], rules[name]) for name in SERVICES]
+    lines += [user_line(name, secrets[name], rules[name]) for name in users]
     return "\n".join(lines) + "\n"
 
 
@@ -131,12 +133,12 @@ def placeholders() -> dict[str, str]:
     return {name: f"#<sha256-of-REDIS_{name.upper()}_PASSWORD>" for name in SERVICES}
 
 
-def hashes_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+def hashes_from_env(environ: Mapping[str, str], users: Sequence[str] = SERVICES) -> dict[str, str]:
     """``#hash`` per user from ``REDIS_<USER>_PASSWORD``; ``ValueError`` naming what is
     missing or too short."""
     out: dict[str, str] = {}
     problems = []
-    for name in SERVICES:
+    for name in users:
         variable = f"REDIS_{name.upper()}_PASSWORD"
         password = environ.get(variable, "")
         if len(password) < MIN_PASSWORD or not re.fullmatch(r"[A-Za-z0-9._~-]+", password):
@@ -159,15 +161,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--placeholders", action="store_true", help="the committed template (no passwords)"
     )
     parser.add_argument("--prefix", default=None, help="key prefix (FACEMASK_STREAM_PREFIX)")
+    parser.add_argument(
+        "--users",
+        default=",".join(SERVICES),
+        help=f"comma-separated users to write (default: all of {', '.join(SERVICES)})",
+    )
     args = parser.parse_args(argv)
+    users = [u.strip() for u in args.users.split(",") if u.strip()]
+    unknown = sorted(set(users) - set(SERVICES))
+    if unknown or not users:
+        parser.error(f"--users: unknown {unknown}; known: {', '.join(SERVICES)}")
     prefix = args.prefix or os.environ.get("FACEMASK_STREAM_PREFIX") or DEFAULT_PREFIX
     layout = StreamLayout(prefix=prefix)
     try:
-        secrets = placeholders() if args.placeholders else hashes_from_env(os.environ)
+        secrets = placeholders() if args.placeholders else hashes_from_env(os.environ, users)
     except ValueError as exc:
         sys.stderr.write(f"redisacl: {exc}\n")
         return 2
-    text = render(layout, secrets)
+    text = render(layout, secrets, users)
     if args.out == "-":
         sys.stdout.write(text)
     else:

@@ -189,3 +189,15 @@ def test_the_template_cannot_be_loaded_as_is(tmp_path: Path) -> None:
 def test_patterns_follow_the_layout_prefix() -> None:
     text = redisacl.render(StreamLayout(prefix="site7"), redisacl.placeholders())
     assert "~site7:{p*}:frames" in text and "facemask:" not in text
+
+
+def test_acl_files_are_in_sync_and_the_check_catches_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.deploy import checks
+
+    assert checks.acl_problems() == []
+    stale = tmp_path / "users.acl"
+    stale.write_text(checks.REDIS_ACL_TEMPLATE.read_text().replace("+xadd", "+xadd +del", 1))
+    monkeypatch.setattr(checks, "REDIS_ACL_TEMPLATE", stale)
+    assert any("is stale" in p for p in checks.acl_problems())
