@@ -15,22 +15,35 @@ the Redis alerts stream (read by the ingest nodes' voice prompt) is on unless
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
+from facemask.infra.netaddr import is_loopback
 from facemask.infra.settings import ConfigError, ServiceSettings
 
 
 def _problem(message: str) -> PydanticCustomError:
     """A validation error shown as is (no "Value error, " prefix)."""
     return PydanticCustomError("alerts_config", "{message}", {"message": message})
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _default_consumer() -> str:
@@ -57,13 +70,29 @@ class AlertSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FACEMASK_ALERTS_", extra="forbid")
 
     # HTTP API + dashboard
-    host: str = Field("0.0.0.0", description="address the HTTP API / dashboard binds")
+    host: str = Field(
+        "127.0.0.1",
+        description="address the HTTP API / dashboard binds (not loopback: needs api_token "
+        "or allow_anonymous_read)",
+    )
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: pick a free one)")
     api_token: str = Field(
         "", description="bearer token required by every route but /healthz, /readyz (empty: off)"
     )
     public_base_url: str = Field(
         "", description="URL the dashboard is reached at, for links in Slack / webhooks"
+    )
+
+    # access control (secure by default; see the README's Security section)
+    allow_anonymous_read: bool = Field(
+        False,
+        description="let GET/HEAD of the dashboard and API in without the token (kiosks); "
+        "anything else still needs api_token",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated proxy addresses/networks whose X-Forwarded-Proto "
+        "is believed (https there marks the session cookie Secure)",
     )
 
     # durable state
@@ -202,6 +231,38 @@ class AlertSettings(ServiceSettings):
         if token and (len(token) < 8 or not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", token)):
             raise _problem("api_token must be at least 8 characters of A-Z a-z 0-9 . _ ~ + / = -")
         return token
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise _problem(
+                    f"trusted_proxies: {item!r} is not an IP address or network"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _open_bind_needs_a_token(self) -> AlertSettings:
+        if not self.api_token and not self.allow_anonymous_read and not is_loopback(self.host):
+            raise _problem(
+                f"host {self.host!r} is not a loopback address and no API token is set: the "
+                "dashboard shows face snapshots. Set FACEMASK_ALERTS_API_TOKEN (e.g. "
+                "`openssl rand -hex 24`), or FACEMASK_ALERTS_ALLOW_ANONYMOUS_READ=true for a "
+                "read-only kiosk, or bind FACEMASK_ALERTS_HOST=127.0.0.1"
+            )
+        return self
+
+    @property
+    def proxy_networks(self) -> tuple[IPNetwork, ...]:
+        """The parsed ``trusted_proxies``."""
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        )
 
     @field_validator("webhook_url", "slack_webhook_url", "public_base_url")
     @classmethod

@@ -6,6 +6,7 @@ import os
 import socket
 from typing import Any
 
+import grpc
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -42,6 +43,13 @@ class InferenceSettings(ServiceSettings):
         description="largest image (width*height) decoded; at most the project-wide limit",
     )
     metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port (0: none)")
+
+    # gRPC TLS (empty: plaintext); all PEM files, read at start and at --check-config
+    tls_cert: str = Field("", description="server certificate chain (PEM): serve TLS")
+    tls_key: str = Field("", description="private key of tls_cert (PEM)")
+    tls_ca: str = Field(
+        "", description="CA of the client certificates (PEM): require one (mutual TLS)"
+    )
 
     # model
     runtime: str = Field("tensorflow", description="detector runtime (see the registry)")
@@ -179,6 +187,35 @@ class InferenceSettings(ServiceSettings):
             if self.model_variant:
                 options["variant"] = self.model_variant
         return options
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> InferenceSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key (FACEMASK_INFERENCE_TLS_*)")
+        if self.tls_ca and not self.tls_cert:
+            raise ValueError("tls_ca (mutual TLS) needs the server's tls_cert and tls_key")
+        from facemask.infra.client import TLSConfigError, read_pem
+
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            try:
+                _ = read_pem(path, name) if path else None
+            except TLSConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials of the gRPC port (mutual TLS with ``tls_ca``); None: plaintext."""
+        if not self.tls_cert:
+            return None
+        from facemask.infra.client import read_pem
+
+        ca = read_pem(self.tls_ca, "tls_ca") if self.tls_ca else None
+        return grpc.ssl_server_credentials(
+            [(read_pem(self.tls_key, "tls_key"), read_pem(self.tls_cert, "tls_cert"))],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
 
     @model_validator(mode="after")
     def _check(self) -> InferenceSettings:
