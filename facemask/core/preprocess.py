@@ -95,7 +95,8 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
         if length < 2:
             return None
         if marker in _SOF_MARKERS:
-            if pos + 7 > end or length < 7:
+            # The whole frame header must be there (a truncated one is not trusted).
+            if length < 8 or pos + length > end:
                 return None
             height, width = struct.unpack_from(">HH", view, pos + 3)
             return (width, height) if width and height else None
