@@ -112,6 +112,34 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return (width, height) if width and height else None
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` that a JPEG or PNG's header declares (no decode); None for any
+    other bytes or a header that cannot be read."""
+    head = bytes(data[:8])
+    if head.startswith(_JPEG_SOI):
+        return jpeg_size(data)
+    if head == _PNG_SIGNATURE:
+        return png_size(data)
+    return None
+
+
+def decoded_bytes(
+    data: bytes, *, reduce: str = "auto", min_size: tuple[int, int] = INPUT_SIZE
+) -> int:
+    """Bytes of the pixels :func:`decode_image` would make of ``data`` (3 bytes per pixel,
+    reduced JPEG scale included), from the header alone; 0 when the header is unreadable
+    (such bytes fail before any decode). For admission control: memory is reserved before
+    a decode is scheduled."""
+    size = header_size(data)
+    if size is None:
+        return 0
+    width, height = size
+    factor = 1
+    if reduce == "auto" and bytes(data[:2]) == _JPEG_SOI:
+        factor = _reduce_factor(width, height, min_size)
+    return 3 * -(-width // factor) * -(-height // factor)
+
+
 def _reduce_factor(width: int, height: int, size: tuple[int, int] = INPUT_SIZE) -> int:
     """Largest JPEG scale-down factor (1, 2, 4, 8) keeping both sides >= the model input."""
     for factor in (8, 4, 2):
@@ -149,11 +177,12 @@ def decode_image(
         raise ImageDecodeError("empty_image", "no image bytes")
     head = bytes(data[:8])
     if head.startswith(_JPEG_SOI):
-        kind, declared = "jpeg", jpeg_size(data)
+        kind = "jpeg"
     elif head == _PNG_SIGNATURE:
-        kind, declared = "png", png_size(data)
+        kind = "png"
     else:
         raise ImageDecodeError("unsupported_format", "not a JPEG or PNG image")
+    declared = header_size(data)
     if declared is None:
         raise ImageDecodeError("corrupt_image", f"no valid {kind.upper()} size header")
     width, height = declared
@@ -210,6 +239,12 @@ def preprocess_batch(
     for i, rgb in enumerate(images):
         _preprocess_into(rgb, size, out[i])
     return out
+
+
+def preprocess_into(rgb: np.ndarray, out: np.ndarray) -> None:
+    """:func:`preprocess` written into ``out`` (float32 ``[h, w, 3]``, e.g. one row of a
+    batch array): no per-image tensor is allocated."""
+    _preprocess_into(rgb, (out.shape[1], out.shape[0]), out)
 
 
 def _preprocess_into(rgb: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
