@@ -6,6 +6,7 @@ letterbox), RGB, float32 in ``[0, 1]``: exactly the upstream reference, bit for 
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,6 +122,53 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     if head == _PNG_SIGNATURE:
         return png_size(data)
     return None
+
+
+HEADER_PROBE_BYTES = 1 << 20
+"""Bytes :func:`read_image_file` reads to find the size header (JPEG APP segments, EXIF
+thumbnails included, rarely exceed this; beyond, it reads up to :data:`HEADER_MAX_BYTES`)."""
+HEADER_MAX_BYTES = 16 << 20
+ENCODED_SLACK_BYTES = 16 << 20
+"""Metadata allowance of :func:`read_image_file`: no image of ``w`` x ``h`` pixels needs
+more than ``4 * w * h`` bytes plus this."""
+
+
+def read_image_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The bytes of an image file, its size header judged first: a file whose header
+    declares more than ``max_pixels``, that has no JPEG/PNG size header, or that is far
+    larger than any image of its declared size is refused with :class:`ImageDecodeError`
+    having read at most :data:`HEADER_MAX_BYTES` of it. ``OSError`` as ``open`` raises it.
+    """
+    with open(path, "rb") as f:
+        total = os.fstat(f.fileno()).st_size
+        head = f.read(min(HEADER_PROBE_BYTES, total) if total else HEADER_PROBE_BYTES)
+        size = header_size(head)
+        if size is None and len(head) == HEADER_PROBE_BYTES:
+            head += f.read(HEADER_MAX_BYTES - len(head))
+            size = header_size(head)
+        if not head:
+            raise ImageDecodeError("empty_image", "empty file")
+        if size is None:
+            kind = bytes(head[:8])
+            if not (kind.startswith(_JPEG_SOI) or kind == _PNG_SIGNATURE):
+                raise ImageDecodeError("unsupported_format", "not a JPEG or PNG image")
+            raise ImageDecodeError("corrupt_image", "no valid size header")
+        width, height = size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                "too_large", f"{width}x{height} image exceeds the {max_pixels} pixel limit"
+            )
+        if total > 4 * width * height + ENCODED_SLACK_BYTES:
+            raise ImageDecodeError(
+                "too_large", f"{total} bytes is far more than a {width}x{height} image needs"
+            )
+        rest = f.read(4 * width * height + ENCODED_SLACK_BYTES - len(head) + 1)
+    data = head + rest
+    if len(data) > 4 * width * height + ENCODED_SLACK_BYTES:
+        raise ImageDecodeError(
+            "too_large", f"more bytes than a {width}x{height} image needs (a growing file?)"
+        )
+    return data
 
 
 def decoded_bytes(

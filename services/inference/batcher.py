@@ -315,8 +315,21 @@ class DynamicBatcher:
         )
 
     def submit(self, job: Job) -> Future[JobResult]:
-        """Admit a job; its future resolves with a :class:`JobResult` or an exception."""
-        return self.submit_all([job])[0]
+        """Admit a job; its future resolves with a :class:`JobResult` or an exception.
+
+        Raises only for what may pass (:class:`QueueFullError`: retry later;
+        :class:`ShuttingDownError`). A job that can never run is not admitted and its
+        future fails at once, nothing decoded: with ``ImageDecodeError("too_large")``
+        when it costs more than the whole queue (a stream frame gets dead-lettered, it
+        does not retry forever), or :class:`InvalidJobError`.
+        """
+        try:
+            return self.submit_all([job])[0]
+        except RequestTooLargeError as exc:
+            _resolve(job.future, ImageDecodeError("too_large", str(exc)))
+        except InvalidJobError as exc:
+            _resolve(job.future, exc)
+        return job.future
 
     def submit_all(self, jobs: Sequence[Job]) -> list[Future[JobResult]]:
         """Admit every job or none (a gRPC request's images): their costs are summed

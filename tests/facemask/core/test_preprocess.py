@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from facemask.core.preprocess import (
+    ENCODED_SLACK_BYTES,
+    HEADER_PROBE_BYTES,
     INPUT_SIZE,
     ImageDecodeError,
     decode_image,
@@ -18,6 +20,7 @@ from facemask.core.preprocess import (
     png_size,
     preprocess,
     preprocess_batch,
+    read_image_file,
 )
 
 
@@ -322,3 +325,39 @@ def test_honest_small_images_decode(data: bytes) -> None:
     image = decode_image(data, expect_size=(64, 48))
     assert (image.width, image.height) == (64, 48)
     assert image.rgb.shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty_image"),
+        (b"GIF89a" + bytes(64), "unsupported_format"),
+        (_TINY[:40], "corrupt_image"),
+        (patch_jpeg_size(_TINY, 16000, 16000), "too_large"),
+        (
+            _png_header(64, 48) + bytes(HEADER_PROBE_BYTES + 4 * 64 * 48 + ENCODED_SLACK_BYTES),
+            "too_large",
+        ),
+    ],
+)
+def test_read_image_file_judges_the_header_first(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    with pytest.raises(ImageDecodeError) as info:
+        read_image_file(path)
+    assert info.value.reason == reason
+
+
+def test_read_image_file_reads_honest_files_whole(tmp_path: Path) -> None:
+    for data in (_TINY, _TINY_PROGRESSIVE, _encode(_noise(48, 64), ".png")):
+        path = tmp_path / "image"
+        path.write_bytes(data)
+        assert read_image_file(path) == data
+    # a JPEG whose size header comes after more than the first probe (large APP segments)
+    app = b"\xff\xe1" + struct.pack(">H", 65535) + bytes(65533)
+    data = _TINY[:2] + app * 20 + _TINY[2:]
+    path.write_bytes(data)
+    assert read_image_file(path) == data
+    assert decode_image(data).width == 64
+    with pytest.raises(ImageDecodeError, match="too_large"):
+        read_image_file(path, max_pixels=1000)

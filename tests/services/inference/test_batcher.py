@@ -279,6 +279,22 @@ def test_job_cost_of_reduced_jpeg_and_unreadable_bytes() -> None:
         job_cost(Job(data=jpeg, conf=0.5, iou=0.4, tiles=TileSpec(4, 4)), max_tiles=9)
 
 
+def test_tile_grid_over_max_tiles_is_refused() -> None:
+    batcher = _batcher(BrightnessRuntime(), max_tiles=9)
+    try:
+        job = Job(data=_jpeg(10, (400, 300)), conf=0.5, iou=0.4, tiles=TileSpec(4, 4))
+        with pytest.raises(InvalidJobError, match="max_tiles"):
+            batcher.submit_all([job])
+        job = Job(data=_jpeg(10, (400, 300)), conf=0.5, iou=0.4, tiles=TileSpec(4, 4))
+        with pytest.raises(InvalidJobError):
+            batcher.submit(job).result(0)
+        assert batcher.depth == 0
+        ok = Job(data=_jpeg(10, (400, 300)), conf=0.5, iou=0.4, tiles=TileSpec(3, 3))
+        assert batcher.submit(ok).result(10).model_runs == 10
+    finally:
+        batcher.close()
+
+
 def _jpeg_bytes(size: tuple[int, int]) -> bytes:
     return cv2.imencode(".jpg", np.full((size[1], size[0], 3), 90, np.uint8))[1].tobytes()
 
@@ -322,7 +338,12 @@ def test_work_that_can_never_fit_is_refused_before_any_decode(
         image = _jpeg(60, (400, 300))
         # 8x8 tiles: 65 inputs > 64, for one image of 400x300
         with pytest.raises(RequestTooLargeError, match="65 model inputs"):
-            batcher.submit(Job(data=image, conf=0.5, iou=0.4, tiles=TileSpec(8, 8)))
+            batcher.submit_all([Job(data=image, conf=0.5, iou=0.4, tiles=TileSpec(8, 8))])
+        # one job (a stream frame) is not retried forever: its future fails at once
+        future = batcher.submit(Job(data=image, conf=0.5, iou=0.4, tiles=TileSpec(8, 8)))
+        with pytest.raises(ImageDecodeError, match="65 model inputs") as info:
+            future.result(0)
+        assert info.value.reason == "too_large"
         # 13 images x 2x2 tiles: 65 inputs, all or none
         jobs = [Job(data=image, conf=0.5, iou=0.4, tiles=TileSpec(2, 2)) for _ in range(13)]
         with pytest.raises(RequestTooLargeError):
@@ -330,7 +351,9 @@ def test_work_that_can_never_fit_is_refused_before_any_decode(
         # a lying 64x48 JPEG whose header says 6000x6000: 108 MB of pixels > 8 MiB
         bomb = patch_jpeg_size(_jpeg_bytes((64, 48)), 6000, 6000)
         with pytest.raises(RequestTooLargeError, match="bytes"):
-            batcher.submit(Job(data=bomb, conf=0.5, iou=0.4))
+            batcher.submit_all([Job(data=bomb, conf=0.5, iou=0.4)])
+        with pytest.raises(ImageDecodeError, match="too_large"):
+            batcher.submit(Job(data=bomb, conf=0.5, iou=0.4)).result(0)
         assert decodes == [] and runtime.batches == []
         assert (batcher.depth, batcher.queued_inputs, batcher.queued_bytes) == (0, 0, 0)
         assert batcher.submit(Job(data=image, conf=0.5, iou=0.4)).result(10).model_runs == 1
