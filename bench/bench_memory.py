@@ -353,12 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     redis = RedisProcess(work / "redis").start()
     extra = dict(item.split("=", 1) for item in args.service_env)
-    inference = Service(
-        redis.url,
-        args.threads,
-        FACEMASK_INFERENCE_WARMUP="false" if args.quick else "true",
-        **extra,
-    )
+    env = {"FACEMASK_INFERENCE_WARMUP": "false" if args.quick else "true", **extra}
+    inference = Service(redis.url, args.threads, **env)
     alerts = Alerts(redis.url, work / "alerts")
     outcomes: dict[str, dict[str, int]] = {}
     try:
@@ -366,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         alerts.wait_ready()
         assert redis.proc is not None
         settings = _inference_settings(extra)
-        max_tiles = int(settings["max_tiles"])
+        max_tiles = int(settings.get("max_tiles", 64))  # 64: before the setting existed
         grid = _largest_grid(max_tiles)
         inputs_per_image = grid[0] * grid[1] + 1
         images = args.images or max(1, int(settings["max_queue_size"]) // inputs_per_image)
