@@ -243,9 +243,10 @@ class SnapshotStore:
 
 @dataclass(slots=True)
 class _Cached:
-    frame_sid: str
-    jpeg: bytes
+    frame_sid: str  # the frame shown ("" with no picture yet)
+    jpeg: bytes  # b"": no picture
     rendered: float
+    tried_sid: str = ""  # the latest frame that gave no picture: not fetched again
 
 
 class LatestFrames:
@@ -313,6 +314,7 @@ class LatestFrames:
                 self._bytes -= len(old.jpeg)
             if len(entry.jpeg) > self.max_bytes:
                 return  # larger than the whole budget: served once, not kept
+            # (a camera without a picture is an entry of 0 bytes: bounded by max_entries)
             self._cache[camera_id] = entry
             self._bytes += len(entry.jpeg)
             while len(self._cache) > self.max_entries or self._bytes > self.max_bytes:
@@ -334,9 +336,9 @@ class LatestFrames:
             if cached and (
                 now - cached.rendered < self.min_interval
                 or latest is None
-                or latest["frame_sid"] == cached.frame_sid
+                or latest["frame_sid"] in (cached.frame_sid, cached.tried_sid)
             ):
-                return cached.frame_sid, cached.jpeg
+                return (cached.frame_sid, cached.jpeg) if cached.jpeg else None
             if latest is None or frames_stream is None:
                 return None
             frame = fetch_frame(self.client, frames_stream, str(latest["frame_sid"]))
@@ -350,11 +352,13 @@ class LatestFrames:
                         max_pixels=self.max_pixels,
                         on_reject=self.on_reject,
                     )
-            if image is None:
+            if image is None:  # trimmed, or rejected (counted once): keep what there was
+                sid = str(latest["frame_sid"])
                 if cached:
-                    cached.rendered = now
-                    return cached.frame_sid, cached.jpeg
-                return None
+                    cached.rendered, cached.tried_sid = now, sid
+                else:
+                    self._store(camera_id, _Cached("", b"", now, tried_sid=sid))
+                return (cached.frame_sid, cached.jpeg) if cached and cached.jpeg else None
             jpeg = encode_jpeg(image, self.quality)
             del image
             self._store(camera_id, _Cached(str(latest["frame_sid"]), jpeg, now))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -200,8 +201,19 @@ def test_latest_frame_rejects_a_lying_frame_and_keeps_the_last_picture(
         clock.now += 1
         assert latest.get("lobby", _entry(sid, 640, 480), key)[0] == good  # type: ignore[index]
     assert rejected == ["too_large", "size_mismatch", "too_large"]
+    # the same rejected frame again (another browser, later): judged once, counted once
+    clock.now += 1
+    assert latest.get("lobby", _entry(bomb, 640, 480), key)[0] == good  # type: ignore[index]
+    assert rejected == ["too_large", "size_mismatch", "too_large"]
     fresh = LatestFrames(redis_client, on_reject=rejected.append, clock=clock)
-    assert fresh.get("door", _entry(bomb, 640, 480), key) is None  # nothing cached: none
+    for _ in range(3):
+        clock.now += 1
+        assert fresh.get("door", _entry(bomb, 640, 480), key) is None  # nothing to show
+    assert rejected[3:] == ["too_large"] and len(fresh) == 1 and fresh.cached_bytes == 0
+    # a good frame later gets its picture
+    monkeypatch.undo()
+    clock.now += 1
+    assert fresh.get("door", _entry(good), key)[0] == good  # type: ignore[index]
 
 
 def test_latest_frame_cache_is_bounded_in_entries_and_bytes(
@@ -233,3 +245,55 @@ def test_latest_frame_cache_is_bounded_in_entries_and_bytes(
     tiny = LatestFrames(redis_client, max_bytes=16)
     assert tiny.get("a", _entry(sid), key) is not None
     assert len(tiny) == 0 and tiny.cached_bytes == 0
+
+
+def test_latest_frame_decodes_are_bounded_whatever_the_cameras(
+    redis_server: RedisProcess, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import services.alerts.snapshots as snapshots
+    from facemask.dev.waiting import wait_until
+
+    sid = _add(redis_client, grey_jpeg())
+    key = LAYOUT.frames_for("lobby")
+    lock, gate = threading.Lock(), threading.Event()
+    state = {"fetched": 0, "active": 0, "peak": 0}
+    real_fetch, real_render = snapshots.fetch_frame, snapshots.render
+
+    def fetch(*args: Any) -> Any:
+        with lock:
+            state["fetched"] += 1
+        return real_fetch(*args)
+
+    def render(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+        try:
+            assert gate.wait(10)
+            return real_render(*args, **kwargs)
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    monkeypatch.setattr(snapshots, "fetch_frame", fetch)
+    monkeypatch.setattr(snapshots, "render", render)
+    latest = LatestFrames(redis_client, max_concurrent=2)
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda c=c: results.append(latest.get(c, _entry(sid), key)))
+        for c in ("a", "b", "c", "d", "e")
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        # every browser has fetched its frame; only two decode, the others wait their turn
+        wait_until(lambda: state["fetched"] == 5 and state["active"] == 2, 10, "renders")
+        assert state["peak"] == 2
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+    assert len(results) == 5 and all(r is not None and r[0] == sid for r in results)
+    assert state["peak"] == 2
