@@ -44,8 +44,11 @@ _SCALE_LUT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image.
 
-    ``reason`` is one of ``empty_image``, ``corrupt_image``, ``too_large``,
-    ``unsupported_format`` (for metrics and dead-letter entries).
+    ``reason`` is one of ``empty_image``, ``corrupt_image`` (no readable size header, or
+    OpenCV cannot decode it), ``too_large`` (over the pixel limit, judged on the header),
+    ``size_mismatch`` (not the size its sender declared, judged on the header first) and
+    ``unsupported_format`` (not JPEG or PNG: other formats are refused, not sniffed) (for
+    metrics and dead-letter entries).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
