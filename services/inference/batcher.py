@@ -401,10 +401,11 @@ class DynamicBatcher:
                 expect_size=job.declared_size,
             )
             job.width, job.height = image.width, image.height
-            # Untiled: one window. The grid never outgrows what admission reserved (the
-            # cap, and the header size the reservation was computed from).
+            # Untiled: one window. The grid never outgrows what admission reserved (only
+            # an automatic grid of an EXIF-turned image could: its last tiles are left out).
             windows = tile_windows(image.width, image.height, job.tiles, self.max_tiles)
-            windows = windows[: max(1, job.inputs)] if job.inputs else windows
+            if job.inputs and len(windows) > job.inputs:
+                windows = windows[: job.inputs]
             job.windows = windows
             if len(windows) == 1:
                 items = [_Item(job, 0, preprocess(crop(image.rgb, windows[0], *job_size(job))))]
