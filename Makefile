@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PY_SOURCES := facemask services tests bench scripts
 
 
-.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest bench-pipeline bench-chaos clean help
+.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-chaos clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
@@ -55,7 +55,7 @@ proto-check: setup
 run: setup
 	$(VENV)/bin/facemask run $(ARGS)
 
-bench: bench-model bench-inference bench-ingest bench-pipeline
+bench: bench-model bench-inference bench-ingest bench-pipeline bench-memory
 
 bench-model: setup
 	$(PY) -m bench.bench_model $(ARGS)
@@ -68,6 +68,9 @@ bench-ingest: setup
 
 bench-pipeline: setup
 	$(PY) -m bench.bench_pipeline $(ARGS)
+
+bench-memory: setup
+	$(PY) -m bench.bench_memory $(ARGS)
 
 # Not part of `make bench`: minutes of faults (ARGS="--minutes 10", "--quick").
 bench-chaos: setup

@@ -10,6 +10,12 @@ cannot be read gets one error line on stderr; the others are still processed and
 code is 1. Detection goes through a *backend* (the local detector, or a remote inference
 service with ``--server``), so reading inputs and writing results do not depend on where
 the model runs.
+
+Memory is bounded whatever the inputs: a file's size header is judged before the file is
+read whole or decoded (:func:`~facemask.core.preprocess.read_image_file`: the one pixel
+limit), and the decoded pixels held at once, read ahead or waiting for the model, are at
+most :data:`MAX_BUFFER_BYTES` and :data:`MAX_CHUNK_BYTES` (a chunk is cut early when its
+images are large; results do not depend on the chunking).
 """
 
 from __future__ import annotations
@@ -35,7 +41,12 @@ from facemask.cli.runtime_args import (
     positive_int,
     runtime_options,
 )
-from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
+from facemask.core.preprocess import (
+    DECODE_MODES,
+    ImageDecodeError,
+    decode_image,
+    read_image_file,
+)
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.core.types import Detections
 from facemask.model.store import ModelStoreError
@@ -50,6 +61,10 @@ VIDEO_SUFFIXES = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 )
 DEFAULT_BATCH_SIZE = 32
+MAX_CHUNK_BYTES = 256 << 20
+"""Decoded pixels sent to the backend in one chunk (at least one image)."""
+MAX_BUFFER_BYTES = 256 << 20
+"""Decoded pixels read ahead while the model runs (at least one image)."""
 
 ErrorHandler = Callable[[str, str], None]
 
@@ -251,14 +266,24 @@ class RemoteBackend:
                 )[1].tobytes()
                 for image in images[start : start + self.batch_size]
             ]
-            try:
-                results = self.remote.detect_encoded(blobs, conf=conf, iou=iou, tiles=self.tiles)
-            except grpc.RpcError as exc:
-                raise BackendError(
-                    f"inference service {self.remote.target}: {exc.code().name}: {exc.details()}"
-                ) from None
-            out.extend(r.detections for r in results)
+            out.extend(self._detect_blobs(grpc, blobs, conf, iou))
         return out
+
+    def _detect_blobs(self, grpc: Any, blobs: list[bytes], conf: float, iou: float) -> list[Any]:
+        """One request; halved while the service answers RESOURCE_EXHAUSTED (its queue
+        counts model inputs, tiles included: a large tiled request may never fit whole)."""
+        try:
+            results = self.remote.detect_encoded(blobs, conf=conf, iou=iou, tiles=self.tiles)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and len(blobs) > 1:
+                half = len(blobs) // 2
+                return self._detect_blobs(grpc, blobs[:half], conf, iou) + self._detect_blobs(
+                    grpc, blobs[half:], conf, iou
+                )
+            raise BackendError(
+                f"inference service {self.remote.target}: {exc.code().name}: {exc.details()}"
+            ) from None
+        return [r.detections for r in results]
 
     def close(self) -> None:
         """Close the channel."""
@@ -303,14 +328,21 @@ def detect_images(
     conf: float,
     iou: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> Iterator[tuple[InputImage, Detections]]:
-    """Run ``backend`` on ``images`` in chunks of ``batch_size``; yield results in order."""
+    """Run ``backend`` on ``images`` in chunks of ``batch_size`` images and at most
+    ``max_chunk_bytes`` of pixels (one image at least); yield results in order."""
     chunk: list[InputImage] = []
+    nbytes = 0
     for image in images:
+        if chunk and nbytes + image.rgb.nbytes > max_chunk_bytes:
+            yield from zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
+            chunk, nbytes = [], 0
         chunk.append(image)
+        nbytes += image.rgb.nbytes
         if len(chunk) >= batch_size:
             yield from zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
-            chunk = []
+            chunk, nbytes = [], 0
     if chunk:
         yield from zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
 
@@ -354,8 +386,8 @@ def iter_inputs(
 
 
 def _read_image(path: Path, decode: str, on_error: ErrorHandler) -> Iterator[InputImage]:
-    try:
-        decoded = decode_image(path.read_bytes(), reduce=decode)
+    try:  # the header is judged before the file is read whole and before any decode
+        decoded = decode_image(read_image_file(path), reduce=decode)
     except OSError as exc:
         on_error(str(path), f"cannot read: {exc.strerror or exc}")
         return
@@ -416,15 +448,30 @@ def _write_annotated(
 _END = object()
 
 
-def _prefetch(items: Iterator[InputImage], *, depth: int) -> Generator[InputImage, None, None]:
+def _prefetch(
+    items: Iterator[InputImage], *, depth: int, max_bytes: int = MAX_BUFFER_BYTES
+) -> Generator[InputImage, None, None]:
     """Read and decode the next inputs on a thread while the model runs (both release the
-    GIL); exceptions are re-raised in the consumer."""
+    GIL), at most ``depth`` images and ``max_bytes`` of pixels ahead (one image at least);
+    exceptions are re-raised in the consumer."""
     buffer: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
+    room = threading.Condition()
+    held = [0]  # pixel bytes buffered
 
     def produce() -> None:
         try:
             for item in items:
+                if stop.is_set():
+                    return
+                size = item.rgb.nbytes
+                with room:
+                    room.wait_for(
+                        lambda size=size: (  # type: ignore[misc]
+                            stop.is_set() or held[0] == 0 or held[0] + size <= max_bytes
+                        )
+                    )
+                    held[0] += size
                 if stop.is_set():
                     return
                 buffer.put(item)
@@ -439,9 +486,14 @@ def _prefetch(items: Iterator[InputImage], *, depth: int) -> Generator[InputImag
         while (item := buffer.get()) is not _END:
             if isinstance(item, _Failure):
                 raise item.exc
+            with room:
+                held[0] -= item.rgb.nbytes
+                room.notify_all()
             yield item
     finally:
         stop.set()
+        with room:
+            room.notify_all()
         while worker.is_alive():  # unblock a producer waiting on a full queue
             with contextlib.suppress(queue.Empty):
                 buffer.get(timeout=0.05)

@@ -6,6 +6,7 @@ letterbox), RGB, float32 in ``[0, 1]``: exactly the upstream reference, bit for 
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +44,11 @@ _SCALE_LUT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image.
 
-    ``reason`` is one of ``empty_image``, ``corrupt_image``, ``too_large``,
-    ``unsupported_format`` (for metrics and dead-letter entries).
+    ``reason`` is one of ``empty_image``, ``corrupt_image`` (no readable size header, or
+    OpenCV cannot decode it), ``too_large`` (over the pixel limit, judged on the header),
+    ``size_mismatch`` (not the size its sender declared, judged on the header first) and
+    ``unsupported_format`` (not JPEG or PNG: other formats are refused, not sniffed) (for
+    metrics and dead-letter entries).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -95,7 +99,8 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
         if length < 2:
             return None
         if marker in _SOF_MARKERS:
-            if pos + 7 > end or length < 7:
+            # The whole frame header must be there (a truncated one is not trusted).
+            if length < 8 or pos + length > end:
                 return None
             height, width = struct.unpack_from(">HH", view, pos + 3)
             return (width, height) if width and height else None
@@ -109,6 +114,81 @@ def png_size(data: bytes) -> tuple[int, int] | None:
         return None
     width, height = struct.unpack_from(">II", data, 16)
     return (width, height) if width and height else None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` that a JPEG or PNG's header declares (no decode); None for any
+    other bytes or a header that cannot be read."""
+    head = bytes(data[:8])
+    if head.startswith(_JPEG_SOI):
+        return jpeg_size(data)
+    if head == _PNG_SIGNATURE:
+        return png_size(data)
+    return None
+
+
+HEADER_PROBE_BYTES = 1 << 20
+"""Bytes :func:`read_image_file` reads to find the size header (JPEG APP segments, EXIF
+thumbnails included, rarely exceed this; beyond, it reads up to :data:`HEADER_MAX_BYTES`)."""
+HEADER_MAX_BYTES = 16 << 20
+ENCODED_SLACK_BYTES = 16 << 20
+"""Metadata allowance of :func:`read_image_file`: no image of ``w`` x ``h`` pixels needs
+more than ``4 * w * h`` bytes plus this."""
+
+
+def read_image_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The bytes of an image file, its size header judged first: a file whose header
+    declares more than ``max_pixels``, that has no JPEG/PNG size header, or that is far
+    larger than any image of its declared size is refused with :class:`ImageDecodeError`
+    having read at most :data:`HEADER_MAX_BYTES` of it. ``OSError`` as ``open`` raises it.
+    """
+    with open(path, "rb") as f:
+        total = os.fstat(f.fileno()).st_size
+        head = f.read(min(HEADER_PROBE_BYTES, total) if total else HEADER_PROBE_BYTES)
+        size = header_size(head)
+        if size is None and len(head) == HEADER_PROBE_BYTES:
+            head += f.read(HEADER_MAX_BYTES - len(head))
+            size = header_size(head)
+        if not head:
+            raise ImageDecodeError("empty_image", "empty file")
+        if size is None:
+            kind = bytes(head[:8])
+            if not (kind.startswith(_JPEG_SOI) or kind == _PNG_SIGNATURE):
+                raise ImageDecodeError("unsupported_format", "not a JPEG or PNG image")
+            raise ImageDecodeError("corrupt_image", "no valid size header")
+        width, height = size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                "too_large", f"{width}x{height} image exceeds the {max_pixels} pixel limit"
+            )
+        if total > 4 * width * height + ENCODED_SLACK_BYTES:
+            raise ImageDecodeError(
+                "too_large", f"{total} bytes is far more than a {width}x{height} image needs"
+            )
+        rest = f.read(4 * width * height + ENCODED_SLACK_BYTES - len(head) + 1)
+    data = head + rest
+    if len(data) > 4 * width * height + ENCODED_SLACK_BYTES:
+        raise ImageDecodeError(
+            "too_large", f"more bytes than a {width}x{height} image needs (a growing file?)"
+        )
+    return data
+
+
+def decoded_bytes(
+    data: bytes, *, reduce: str = "auto", min_size: tuple[int, int] = INPUT_SIZE
+) -> int:
+    """Bytes of the pixels :func:`decode_image` would make of ``data`` (3 bytes per pixel,
+    reduced JPEG scale included), from the header alone; 0 when the header is unreadable
+    (such bytes fail before any decode). For admission control: memory is reserved before
+    a decode is scheduled."""
+    size = header_size(data)
+    if size is None:
+        return 0
+    width, height = size
+    factor = 1
+    if reduce == "auto" and bytes(data[:2]) == _JPEG_SOI:
+        factor = _reduce_factor(width, height, min_size)
+    return 3 * -(-width // factor) * -(-height // factor)
 
 
 def _reduce_factor(width: int, height: int, size: tuple[int, int] = INPUT_SIZE) -> int:
@@ -148,11 +228,12 @@ def decode_image(
         raise ImageDecodeError("empty_image", "no image bytes")
     head = bytes(data[:8])
     if head.startswith(_JPEG_SOI):
-        kind, declared = "jpeg", jpeg_size(data)
+        kind = "jpeg"
     elif head == _PNG_SIGNATURE:
-        kind, declared = "png", png_size(data)
+        kind = "png"
     else:
         raise ImageDecodeError("unsupported_format", "not a JPEG or PNG image")
+    declared = header_size(data)
     if declared is None:
         raise ImageDecodeError("corrupt_image", f"no valid {kind.upper()} size header")
     width, height = declared
@@ -209,6 +290,12 @@ def preprocess_batch(
     for i, rgb in enumerate(images):
         _preprocess_into(rgb, size, out[i])
     return out
+
+
+def preprocess_into(rgb: np.ndarray, out: np.ndarray) -> None:
+    """:func:`preprocess` written into ``out`` (float32 ``[h, w, 3]``, e.g. one row of a
+    batch array): no per-image tensor is allocated."""
+    _preprocess_into(rgb, (out.shape[1], out.shape[0]), out)
 
 
 def _preprocess_into(rgb: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:

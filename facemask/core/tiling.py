@@ -28,6 +28,9 @@ DEFAULT_OVERLAP = 0.3
 """Overlap of neighbouring tiles (fraction of a tile), chosen on the dev set: with 2x2 tiles 0.3
 gave the best AP50 of 0.1, 0.2, 0.3 and 0.4 (float boxes; a tie with 0.1 on integer boxes)."""
 MAX_GRID = 8
+MAX_TILES = MAX_GRID * MAX_GRID
+"""The absolute cap on tiles per frame; a service configures a lower one (``max_tiles``).
+Every tile is one more model input: a frame with an R x C grid costs R*C+1 of them."""
 OFF_WORDS = frozenset({"off", "none", "1x1", ""})
 _SPEC_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*(?::\s*([0-9]*\.?[0-9]+)\s*)?$")
 _AUTO_RE = re.compile(r"^\s*auto\s*(?::\s*(\d+)\s*)?$")
@@ -99,9 +102,11 @@ class TileSpec:
         height: int,
         min_face_px: int = DEFAULT_AUTO_MIN_FACE_PX,
         overlap: float = DEFAULT_OVERLAP,
+        max_tiles: int = MAX_TILES,
     ) -> TileSpec | None:
         """The smallest grid that shows a ``min_face_px`` face at about 20 px in the model
-        input of a ``width`` x ``height`` frame; None when the full frame already does."""
+        input of a ``width`` x ``height`` frame; None when the full frame already does.
+        The grid has at most ``max_tiles`` tiles (the longer axis gives way first)."""
         if width < 1 or height < 1 or min_face_px < 1:
             raise TileSpecError("frame size and face size must be positive")
         grids = []
@@ -116,15 +121,37 @@ class TileSpec:
             n = math.ceil((size / wanted_tile - overlap) / (1 - overlap))
             grids.append(max(1, min(MAX_GRID, n)))
         rows, cols = grids[1], grids[0]
+        while rows * cols > max(1, max_tiles):
+            if rows >= cols:
+                rows -= 1
+            else:
+                cols -= 1
         if rows == 1 and cols == 1:
             return None
         return cls(rows, cols, overlap)
 
-    def resolve(self, width: int, height: int) -> TileSpec | None:
-        """The concrete spec for a frame: :meth:`auto` for an automatic spec, else self."""
+    def resolve(self, width: int, height: int, max_tiles: int = MAX_TILES) -> TileSpec | None:
+        """The concrete spec for a frame: :meth:`auto` for an automatic spec (its grid
+        shrunk to at most ``max_tiles`` tiles), else self (:meth:`check` it first)."""
         if self.auto_min_face_px is None:
             return self
-        return TileSpec.auto(width, height, self.auto_min_face_px, self.overlap)
+        return TileSpec.auto(width, height, self.auto_min_face_px, self.overlap, max_tiles)
+
+    def check(self, max_tiles: int) -> TileSpec:
+        """Self, if its grid has at most ``max_tiles`` tiles (automatic specs always pass:
+        their grid is capped when resolved); else :class:`TileSpecError`."""
+        if self.auto_min_face_px is None and self.rows * self.cols > max_tiles:
+            raise TileSpecError(
+                f"{self.rows}x{self.cols} is {self.rows * self.cols} tiles; "
+                f"at most {max_tiles} allowed (max_tiles)"
+            )
+        return self
+
+    def inputs(self, width: int, height: int, max_tiles: int = MAX_TILES) -> int:
+        """Model inputs a ``width`` x ``height`` frame costs with this spec (tiles plus the
+        full frame), without cutting anything."""
+        spec = self.resolve(width, height, max_tiles)
+        return 1 if spec is None else spec.windows_per_frame
 
     @property
     def decode_min_size(self) -> tuple[int, int] | None:
@@ -171,15 +198,18 @@ def _axis_windows(size: int, n: int, overlap: float) -> list[tuple[int, int]]:
     return out
 
 
-def tile_windows(width: int, height: int, spec: TileSpec | None) -> list[Window]:
+def tile_windows(
+    width: int, height: int, spec: TileSpec | None, max_tiles: int = MAX_TILES
+) -> list[Window]:
     """Pixel windows ``(x0, y0, x1, y1)`` of a frame: the full frame first (when
-    ``spec.include_full`` or no spec), then the tiles row by row."""
+    ``spec.include_full`` or no spec), then the tiles row by row; a fixed grid of more
+    than ``max_tiles`` tiles is a :class:`TileSpecError`, an automatic one is shrunk."""
     if width < 1 or height < 1:
         raise ValueError("frame size must be positive")
     full = (0, 0, width, height)
     if spec is None:
         return [full]
-    spec = spec.resolve(width, height)
+    spec = spec.check(max_tiles).resolve(width, height, max_tiles)
     if spec is None:
         return [full]
     windows = [full] if spec.include_full else []

@@ -14,6 +14,16 @@ still raised, without a picture, and counted by ``facemask_alert_snapshots_missi
 :class:`LatestFrames` renders each camera's most recent detections entry on its frame for
 the dashboard, at most once per ``min_interval`` per camera whatever the number of
 browsers, and caches the JPEG (the API answers ``304`` for a frame a browser already has).
+
+Memory is bounded by construction (issue 13): every frame goes through the one
+:func:`~facemask.core.preprocess.decode_image`, which checks the frame entry's declared
+size and the pixel limit against the image header *before* decoding (a frame whose header
+disagrees with its entry gets no picture: ``size_mismatch``, reported through
+``on_reject``); pictures are decoded at a reduced JPEG scale whenever the output is capped
+(``max_side``; alert snapshots at :data:`SNAPSHOT_MAX_SIDE`); at most
+``max_concurrent`` decodes run at once whatever the number of cameras and browsers; and
+the cache of latest pictures holds at most ``max_entries`` cameras and ``max_bytes`` of
+JPEG (least recently used evicted first).
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +44,20 @@ import numpy as np
 
 from facemask.contracts.wire import FrameEntry, WireError, parse_detections
 from facemask.core.annotate import annotate
-from facemask.core.preprocess import ImageDecodeError, decode_image
+from facemask.core.preprocess import MAX_PIXELS, ImageDecodeError, decode_image
 from facemask.core.types import Detections
 from facemask.infra.redisconn import RedisClient
 
 logger = logging.getLogger(__name__)
 
 THUMB_WIDTH = 320
+SNAPSHOT_MAX_SIDE = 1920
+"""Longest side of an alert snapshot (larger frames are decoded reduced, then scaled)."""
+LOCK_STRIPES = 64
+"""Per-camera render locks are striped: a fixed number, whatever the number of cameras."""
+
+RejectObserver = Callable[[str], None]
+"""Called with the reason (``size_mismatch``, ``too_large``, ...) of a frame not drawn."""
 
 
 def fetch_frame(client: RedisClient, frames_stream: str, sid: str) -> FrameEntry | None:
@@ -53,13 +72,20 @@ def fetch_frame(client: RedisClient, frames_stream: str, sid: str) -> FrameEntry
         return None
 
 
-def decode_bgr(frame: FrameEntry, max_side: int = 0) -> np.ndarray | None:
+def decode_bgr(
+    frame: FrameEntry,
+    max_side: int = 0,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    on_reject: RejectObserver | None = None,
+) -> np.ndarray | None:
     """The frame's pixels (BGR), scaled down so the longer side is at most ``max_side``;
-    None when it does not decode (or breaks the pixel limit).
+    None when it does not decode, breaks the pixel limit or is not the size its entry
+    declares (``on_reject`` gets the reason).
 
-    Decoded by the one :func:`~facemask.core.preprocess.decode_image`: its pixel limit is
-    checked on the header first, and a large JPEG is decoded at a reduced scale that still
-    covers ``max_side``.
+    Decoded by the one :func:`~facemask.core.preprocess.decode_image`: the declared size
+    and the pixel limit are checked on the header first, and a large JPEG is decoded at a
+    reduced scale that still covers ``max_side``.
     """
     reduce, min_size = "full", (1, 1)
     longest = max(frame.width, frame.height)
@@ -70,12 +96,26 @@ def decode_bgr(frame: FrameEntry, max_side: int = 0) -> np.ndarray | None:
             max(1, -(-frame.height * max_side // longest)),
         )
     try:
-        image = decode_image(frame.data, reduce=reduce, min_size=min_size, bgr=True).rgb
+        image = decode_image(
+            frame.data,
+            reduce=reduce,
+            min_size=min_size,
+            max_pixels=max_pixels,
+            expect_size=(frame.width, frame.height),
+            bgr=True,
+        ).rgb
     except ImageDecodeError as exc:
         logger.warning(
-            "frame does not decode",
-            extra={"camera_id": frame.camera_id, "frame_id": frame.frame_id, "reason": exc.reason},
+            "frame not drawn",
+            extra={
+                "camera_id": frame.camera_id,
+                "frame_id": frame.frame_id,
+                "reason": exc.reason,
+                "detail": exc.detail,
+            },
         )
+        if on_reject is not None:
+            on_reject(exc.reason)
         return None
     height, width = image.shape[:2]
     if max_side and max(height, width) > max_side:
@@ -89,13 +129,17 @@ def render(
     frame: FrameEntry,
     detections: Detections,
     *,
-    max_side: int = 0,
+    max_side: int = SNAPSHOT_MAX_SIDE,
+    max_pixels: int = MAX_PIXELS,
+    on_reject: RejectObserver | None = None,
 ) -> np.ndarray | None:
-    """The frame with its detections drawn (BGR); None when the image does not decode.
+    """The frame with its detections drawn (BGR), its longer side at most ``max_side``
+    (0: full size); None when the image does not decode or is not the size its entry
+    declares (see :func:`decode_bgr`).
 
     The boxes are image-relative, so they land right on a frame decoded at reduced scale.
     """
-    image = decode_bgr(frame, max_side)
+    image = decode_bgr(frame, max_side, max_pixels=max_pixels, on_reject=on_reject)
     if image is None:
         return None
     return annotate(image, detections, bgr=True, copy=False)
@@ -199,13 +243,18 @@ class SnapshotStore:
 
 @dataclass(slots=True)
 class _Cached:
-    frame_sid: str
-    jpeg: bytes
+    frame_sid: str  # the frame shown ("" with no picture yet)
+    jpeg: bytes  # b"": no picture
     rendered: float
+    tried_sid: str = ""  # the latest frame that gave no picture: not fetched again
 
 
 class LatestFrames:
-    """Per-camera cache of the latest annotated frame (see the module docstring)."""
+    """Per-camera cache of the latest annotated frame (see the module docstring).
+
+    Bounded: at most ``max_entries`` cameras and ``max_bytes`` of cached JPEG (least
+    recently used first out), at most ``max_concurrent`` frames decoded at once.
+    """
 
     def __init__(
         self,
@@ -215,19 +264,62 @@ class LatestFrames:
         max_side: int = 960,
         quality: int = 75,
         on_render: Any = None,
+        on_reject: RejectObserver | None = None,
+        max_entries: int = 256,
+        max_bytes: int = 32 * 1024 * 1024,
+        max_concurrent: int = 2,
+        max_pixels: int = MAX_PIXELS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_entries < 1 or max_bytes < 1 or max_concurrent < 1:
+            raise ValueError("max_entries, max_bytes and max_concurrent must be >= 1")
         self.client = client
         self.min_interval = min_interval
         self.max_side = max_side
         self.quality = quality
         self.on_render = on_render
-        self._cache: dict[str, _Cached] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self.on_reject = on_reject
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.clock = clock
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._bytes = 0
+        self._locks = tuple(threading.Lock() for _ in range(LOCK_STRIPES))
         self._guard = threading.Lock()
+        self._decodes = threading.BoundedSemaphore(max_concurrent)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of JPEG held by the cache."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def _lock(self, camera_id: str) -> threading.Lock:
+        return self._locks[zlib.crc32(camera_id.encode()) % LOCK_STRIPES]
+
+    def _lookup(self, camera_id: str) -> _Cached | None:
         with self._guard:
-            return self._locks.setdefault(camera_id, threading.Lock())
+            cached = self._cache.get(camera_id)
+            if cached is not None:
+                self._cache.move_to_end(camera_id)
+            return cached
+
+    def _store(self, camera_id: str, entry: _Cached) -> None:
+        with self._guard:
+            old = self._cache.pop(camera_id, None)
+            if old is not None:
+                self._bytes -= len(old.jpeg)
+            if len(entry.jpeg) > self.max_bytes:
+                return  # larger than the whole budget: served once, not kept
+            # (a camera without a picture is an entry of 0 bytes: bounded by max_entries)
+            self._cache[camera_id] = entry
+            self._bytes += len(entry.jpeg)
+            while len(self._cache) > self.max_entries or self._bytes > self.max_bytes:
+                _camera, evicted = self._cache.popitem(last=False)
+                self._bytes -= len(evicted.jpeg)
 
     def get(
         self, camera_id: str, latest: Mapping[str, Any] | None, frames_stream: str | None
@@ -235,36 +327,41 @@ class LatestFrames:
         """``(frame sid, JPEG)`` of the camera's latest frame with its boxes, or None.
 
         ``latest`` is the engine's latest entry of the camera (frame sid, size, dets).
-        A frame that cannot be fetched (trimmed) keeps the previous picture.
+        A frame that cannot be fetched (trimmed), does not decode or is not the size its
+        entry declares keeps the previous picture.
         """
         with self._lock(camera_id):
-            cached = self._cache.get(camera_id)
-            now = time.monotonic()
+            cached = self._lookup(camera_id)
+            now = self.clock()
             if cached and (
                 now - cached.rendered < self.min_interval
                 or latest is None
-                or latest["frame_sid"] == cached.frame_sid
+                or latest["frame_sid"] in (cached.frame_sid, cached.tried_sid)
             ):
-                return cached.frame_sid, cached.jpeg
+                return (cached.frame_sid, cached.jpeg) if cached.jpeg else None
             if latest is None or frames_stream is None:
                 return None
             frame = fetch_frame(self.client, frames_stream, str(latest["frame_sid"]))
-            image = (
-                render(
-                    frame,
-                    parse_detections(latest["dets"], int(latest["w"]), int(latest["h"])),
-                    max_side=self.max_side,
-                )
-                if frame is not None
-                else None
-            )
-            if image is None:
+            image = None
+            if frame is not None:
+                with self._decodes:
+                    image = render(
+                        frame,
+                        parse_detections(latest["dets"], int(latest["w"]), int(latest["h"])),
+                        max_side=self.max_side,
+                        max_pixels=self.max_pixels,
+                        on_reject=self.on_reject,
+                    )
+            if image is None:  # trimmed, or rejected (counted once): keep what there was
+                sid = str(latest["frame_sid"])
                 if cached:
-                    cached.rendered = now
-                    return cached.frame_sid, cached.jpeg
-                return None
+                    cached.rendered, cached.tried_sid = now, sid
+                else:
+                    self._store(camera_id, _Cached("", b"", now, tried_sid=sid))
+                return (cached.frame_sid, cached.jpeg) if cached and cached.jpeg else None
             jpeg = encode_jpeg(image, self.quality)
-            self._cache[camera_id] = _Cached(str(latest["frame_sid"]), jpeg, now)
+            del image
+            self._store(camera_id, _Cached(str(latest["frame_sid"]), jpeg, now))
             if self.on_render is not None:
                 self.on_render()
             return str(latest["frame_sid"]), jpeg

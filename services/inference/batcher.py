@@ -2,8 +2,10 @@
 
 Work flows in three stages:
 
-1. :meth:`DynamicBatcher.submit` admits a job (encoded image bytes plus its options) if
-   fewer than ``max_queue_size`` jobs are queued, else raises :class:`QueueFullError`.
+1. :meth:`DynamicBatcher.submit` (or :meth:`~DynamicBatcher.submit_all`, all or none)
+   admits a job (encoded image bytes plus its options) if the model inputs and the bytes
+   it costs still fit (``max_queue_size``, ``max_queue_bytes``), else raises
+   :class:`QueueFullError` (:class:`RequestTooLargeError` when it could never fit).
 2. A thread pool decodes and resizes the image (off the model thread: the model never
    waits for decode) and puts the preprocessed tensor on the model queue.
 3. The model thread takes the oldest tensor, waits at most ``max_queue_delay`` (counted
@@ -19,6 +21,15 @@ items: the full frame and each tile, preprocessed separately. Items of any jobs 
 batches; the job resolves when its last item has run, with the detections of every window
 mapped back to the frame and merged by NMS (``JobResult.model_runs`` = its items). Tiling
 thus costs throughput (more items per frame), not a longer model call per item.
+
+Memory is bounded by construction (issue 13). Admission is counted in what a job costs,
+read from the image header before anything is decoded (:func:`job_cost`): its model
+inputs (an R x C grid: R*C+1; ``max_queue_size`` is in these units) and its bytes (the
+encoded bytes plus the decoded pixels; ``max_queue_bytes``). Grids have at most
+``max_tiles`` tiles. A tiled job keeps only its decoded uint8 frame: each tile's float32
+input is made when its batch is assembled, written straight into the batch array, so the
+tensors alive at once are those of one batch, not those of every queued tile. The budget
+a job reserved is given back when its future resolves (result, error, cancel, expiry).
 """
 
 from __future__ import annotations
@@ -33,8 +44,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from facemask.core.preprocess import INPUT_SIZE, ImageDecodeError, decode_image, preprocess
-from facemask.core.tiling import TileSpec, Window, crop, map_detections, tile_windows
+from facemask.core.preprocess import (
+    INPUT_SIZE,
+    MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    decoded_bytes,
+    header_size,
+    preprocess,
+    preprocess_into,
+)
+from facemask.core.tiling import (
+    MAX_TILES,
+    TileSpec,
+    TileSpecError,
+    Window,
+    crop,
+    map_detections,
+    tile_windows,
+)
 from facemask.core.types import Detections
 from facemask.model.detector import Detector
 
@@ -42,7 +70,16 @@ logger = logging.getLogger(__name__)
 
 
 class QueueFullError(RuntimeError):
-    """The batcher holds ``max_queue_size`` jobs already."""
+    """Admitting the work would exceed ``max_queue_size`` model inputs or
+    ``max_queue_bytes`` bytes (try again later)."""
+
+
+class RequestTooLargeError(QueueFullError):
+    """The work costs more than the whole queue holds: it can never be admitted."""
+
+
+class InvalidJobError(ValueError):
+    """A job that cannot be run as asked (e.g. a tile grid over ``max_tiles``)."""
 
 
 class DeadlineExpiredError(TimeoutError):
@@ -109,15 +146,74 @@ class Job:
     pending: int = 0
     started: float | None = None  # when its first item entered the model
     compute_seconds: float = 0.0
+    inputs: int = 0  # model inputs reserved at admission (tiles + full frame)
+    cost_bytes: int = 0  # bytes reserved at admission (encoded + decoded pixels)
+    image: np.ndarray | None = None  # a tiled job's decoded frame, until its last tile ran
+
+
+@dataclass(frozen=True, slots=True)
+class JobCost:
+    """What admitting a job reserves: model inputs and bytes."""
+
+    inputs: int
+    nbytes: int
+
+
+def job_cost(
+    job: Job,
+    *,
+    max_tiles: int = MAX_TILES,
+    decode_reduce: str = "auto",
+    max_pixels: int = MAX_PIXELS,
+) -> JobCost:
+    """The model inputs and bytes ``job`` will need, from its image header alone (nothing
+    is decoded): a tile grid of R x C costs R*C+1 inputs (automatic grids resolved for the
+    size the header declares); bytes are the encoded bytes plus the decoded pixels. Bytes
+    whose header cannot be read, or declares more than ``max_pixels``, cost one input and
+    their own length: their decode fails on the header (``too_large``, ...), decoding
+    nothing.
+
+    Raises :class:`InvalidJobError` for a fixed grid over ``max_tiles``.
+    """
+    size = header_size(job.data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        size = None
+    inputs = 1
+    min_size: tuple[int, int] | None = INPUT_SIZE
+    if job.tiles is not None:
+        try:
+            job.tiles.check(max_tiles)
+        except TileSpecError as exc:
+            raise InvalidJobError(str(exc)) from None
+        min_size = job.tiles.decode_min_size
+        if size is not None:
+            inputs = job.tiles.inputs(*size, max_tiles)
+    decoded = 0
+    if size is not None:
+        decoded = decoded_bytes(
+            job.data,
+            reduce="full" if min_size is None else decode_reduce,
+            min_size=min_size or INPUT_SIZE,
+        )
+    return JobCost(inputs, len(job.data) + decoded)
 
 
 @dataclass(slots=True)
 class _Item:
-    """One batch item: a job's whole frame (``index`` 0 when untiled) or one of its tiles."""
+    """One batch item: a job's whole frame (``index`` 0 when untiled) or one of its tiles.
+
+    ``tensor`` is the preprocessed input of an untiled job; a tile's is None: it is made
+    from the job's decoded frame when its batch is assembled.
+    """
 
     job: Job
     index: int
     tensor: np.ndarray | None
+
+
+def job_size(job: Job) -> tuple[int, int]:
+    """``(width, height)`` of a decoded job's original image."""
+    return job.width, job.height
 
 
 def batch_limit(max_batch_size: int, runtime: object) -> int:
@@ -156,23 +252,33 @@ class DynamicBatcher:
         max_queue_size: int = 256,
         decode_workers: int = 2,
         decode_reduce: str = "auto",
-        max_pixels: int = 64_000_000,
+        max_pixels: int = MAX_PIXELS,
         on_batch: BatchObserver | None = None,
         on_job: JobObserver | None = None,
+        max_queue_bytes: int = 1 << 30,
+        max_tiles: int = MAX_TILES,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if max_queue_size < 1 or max_queue_bytes < 1:
+            raise ValueError("max_queue_size and max_queue_bytes must be >= 1")
+        if not 1 <= max_tiles <= MAX_TILES:
+            raise ValueError(f"max_tiles must be in 1..{MAX_TILES}")
         self.detector = detector
         self.max_batch_size = batch_limit(max_batch_size, detector.runtime)
         self.max_queue_delay = max_queue_delay
         self.max_decode_wait = max_decode_wait
         self.max_queue_size = max_queue_size
+        self.max_queue_bytes = max_queue_bytes
+        self.max_tiles = max_tiles
         self.decode_reduce = decode_reduce
         self.max_pixels = max_pixels
         self.on_batch = on_batch
         self.on_job = on_job
         self._ready: queue.Queue[_Item | None] = queue.Queue()
         self._admitted = 0
+        self._inputs = 0
+        self._bytes = 0
         self._decoding = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -188,20 +294,82 @@ class DynamicBatcher:
         """Jobs admitted and not yet resolved (decoding, queued or in the model)."""
         return self._admitted
 
+    @property
+    def queued_inputs(self) -> int:
+        """Model inputs reserved by the jobs admitted (at most ``max_queue_size``)."""
+        return self._inputs
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes reserved by the jobs admitted (at most ``max_queue_bytes``)."""
+        return self._bytes
+
+    def cost(self, job: Job) -> JobCost:
+        """What admitting ``job`` would reserve (:func:`job_cost` with this batcher's
+        limits); raises :class:`InvalidJobError` for a tile grid over ``max_tiles``."""
+        return job_cost(
+            job,
+            max_tiles=self.max_tiles,
+            decode_reduce=self.decode_reduce,
+            max_pixels=self.max_pixels,
+        )
+
     def submit(self, job: Job) -> Future[JobResult]:
-        """Admit a job; its future resolves with a :class:`JobResult` or an exception."""
+        """Admit a job; its future resolves with a :class:`JobResult` or an exception.
+
+        Raises only for what may pass (:class:`QueueFullError`: retry later;
+        :class:`ShuttingDownError`). A job that can never run is not admitted and its
+        future fails at once, nothing decoded: with ``ImageDecodeError("too_large")``
+        when it costs more than the whole queue (a stream frame gets dead-lettered, it
+        does not retry forever), or :class:`InvalidJobError`.
+        """
+        try:
+            return self.submit_all([job])[0]
+        except RequestTooLargeError as exc:
+            _resolve(job.future, ImageDecodeError("too_large", str(exc)))
+        except InvalidJobError as exc:
+            _resolve(job.future, exc)
+        return job.future
+
+    def submit_all(self, jobs: Sequence[Job]) -> list[Future[JobResult]]:
+        """Admit every job or none (a gRPC request's images): their costs are summed
+        from the headers before anything is decoded.
+
+        Raises :class:`RequestTooLargeError` if they could never fit in the queue,
+        :class:`QueueFullError` if they do not fit now, :class:`InvalidJobError` for a job
+        that cannot run as asked, :class:`ShuttingDownError` while draining.
+        """
+        costs = [self.cost(job) for job in jobs]
+        inputs = sum(c.inputs for c in costs)
+        nbytes = sum(c.nbytes for c in costs)
+        if inputs > self.max_queue_size or nbytes > self.max_queue_bytes:
+            raise RequestTooLargeError(
+                f"{len(jobs)} image(s) need {inputs} model inputs and {nbytes} bytes; the "
+                f"queue holds at most {self.max_queue_size} inputs (max_queue_size, tiles "
+                f"included) and {self.max_queue_bytes} bytes (max_queue_bytes)"
+            )
         with self._lock:
             if not self._accepting:
                 raise ShuttingDownError("the inference service is shutting down")
-            if self._admitted >= self.max_queue_size:
+            if (
+                self._inputs + inputs > self.max_queue_size
+                or self._bytes + nbytes > self.max_queue_bytes
+            ):
                 raise QueueFullError(
-                    f"{self._admitted} images queued (max_queue_size={self.max_queue_size})"
+                    f"{self._inputs} model inputs and {self._bytes} bytes queued "
+                    f"(max_queue_size={self.max_queue_size}, "
+                    f"max_queue_bytes={self.max_queue_bytes}); {inputs} more do not fit"
                 )
-            self._admitted += 1
-            self._decoding += 1
-        job.future.add_done_callback(self._release)
-        self._pool.submit(self._decode_counted, job)
-        return job.future
+            self._admitted += len(jobs)
+            self._inputs += inputs
+            self._bytes += nbytes
+            self._decoding += len(jobs)
+            for job, cost in zip(jobs, costs, strict=True):
+                job.inputs, job.cost_bytes = cost.inputs, cost.nbytes
+        for job in jobs:
+            job.future.add_done_callback(lambda _f, job=job: self._release(job))  # type: ignore[misc]
+            self._pool.submit(self._decode_counted, job)
+        return [job.future for job in jobs]
 
     def _decode_counted(self, job: Job) -> None:
         try:
@@ -210,9 +378,12 @@ class DynamicBatcher:
             with self._lock:
                 self._decoding -= 1
 
-    def _release(self, _: Future[JobResult]) -> None:
+    def _release(self, job: Job) -> None:
+        job.image = None  # a resolved job's tiles are dropped when they reach a batch
         with self._lock:
             self._admitted -= 1
+            self._inputs -= job.inputs
+            self._bytes -= job.cost_bytes
             if self._admitted == 0:
                 self._idle.notify_all()
 
@@ -230,11 +401,18 @@ class DynamicBatcher:
                 expect_size=job.declared_size,
             )
             job.width, job.height = image.width, image.height
-            job.windows = tile_windows(image.width, image.height, job.tiles)  # untiled: 1
-            tensors = [
-                preprocess(crop(image.rgb, window, image.width, image.height))
-                for window in job.windows
-            ]
+            # Untiled: one window. The grid never outgrows what admission reserved (only
+            # an automatic grid of an EXIF-turned image could: its last tiles are left out).
+            windows = tile_windows(image.width, image.height, job.tiles, self.max_tiles)
+            if job.inputs and len(windows) > job.inputs:
+                windows = windows[: job.inputs]
+            job.windows = windows
+            if len(windows) == 1:
+                items = [_Item(job, 0, preprocess(crop(image.rgb, windows[0], *job_size(job))))]
+            else:  # tiles: inputs made per batch from the decoded frame (module docstring)
+                job.image = image.rgb
+                items = [_Item(job, index, None) for index in range(len(windows))]
+            del image
         except ImageDecodeError as exc:
             _resolve(job.future, exc)
             return
@@ -242,13 +420,16 @@ class DynamicBatcher:
             logger.exception("decode failed")
             _resolve(job.future, ImageDecodeError("corrupt_image", str(exc)))
             return
-        job.window_detections = [None] * len(tensors)
-        job.pending = len(tensors)
+        job.window_detections = [None] * len(items)
+        job.pending = len(items)
         job.decode_seconds = time.monotonic() - start
         job.ready = time.monotonic()
         job.data = b""  # the bytes are no longer needed; free them early
-        for index, tensor in enumerate(tensors):
-            self._ready.put(_Item(job, index, tensor))
+        if job.future.done():  # cancelled or expired while decoding
+            job.image = None
+            return
+        for item in items:
+            self._ready.put(item)
 
     # -- the model thread ------------------------------------------------------------
 
@@ -315,11 +496,35 @@ class DynamicBatcher:
             if batch:
                 self._run(batch)
 
-    def _run(self, batch: Sequence[_Item]) -> None:
+    def _inputs_of(self, batch: list[_Item]) -> np.ndarray:
+        """The float32 batch array; tiles are preprocessed into it here (lazily), and
+        items whose job was resolved meanwhile (its frame released) are dropped."""
+        live: list[tuple[_Item, np.ndarray | None]] = []
+        for item in batch:
+            source = item.tensor if item.tensor is not None else item.job.image
+            if source is not None:
+                live.append((item, source))
+        batch[:] = [item for item, _ in live]
+        size = INPUT_SIZE
+        out = np.empty((len(live), size[1], size[0], 3), dtype=np.float32)
+        for row, (item, source) in enumerate(live):
+            if item.tensor is not None:
+                out[row] = item.tensor
+            else:
+                job = item.job
+                assert source is not None
+                preprocess_into(crop(source, job.windows[item.index], *job_size(job)), out[row])
+        return out
+
+    def _run(self, items: Sequence[_Item]) -> None:
         start = time.monotonic()
+        batch = list(items)
         try:
-            tensors = np.stack([item.tensor for item in batch])  # type: ignore[misc]
+            tensors = self._inputs_of(batch)
+            if not batch:
+                return
             loc, cls = self.detector.infer(tensors)
+            del tensors
             results = [
                 self.detector.postprocess(loc[i], cls[i], conf=item.job.conf, iou=item.job.iou)
                 for i, item in enumerate(batch)
@@ -365,6 +570,7 @@ class DynamicBatcher:
             _resolve(job.future, exc)
             return
         job.window_detections = []
+        job.image = None
         if self.on_job is not None:
             self.on_job(queue_seconds, job.decode_seconds)
         _resolve(

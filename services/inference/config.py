@@ -12,7 +12,7 @@ from pydantic_settings import SettingsConfigDict
 
 from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
 from facemask.core.preprocess import MAX_PIXELS
-from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
+from facemask.core.tiling import MAX_TILES, TileSpec, TileSpecError, parse_tiles
 from facemask.infra.settings import ServiceSettings
 from facemask.model.runtime import RuntimeConfig, parse_runtime_config
 
@@ -94,7 +94,20 @@ class InferenceSettings(ServiceSettings):
         description="seconds a batch may wait past max_queue_delay for images still decoding",
     )
     max_queue_size: int = Field(
-        256, ge=1, le=100_000, description="images admitted at once; beyond: RESOURCE_EXHAUSTED"
+        256,
+        ge=1,
+        le=100_000,
+        description="model inputs admitted at once (a frame tiled RxC counts R*C+1); "
+        "beyond: RESOURCE_EXHAUSTED",
+    )
+    max_queue_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="bytes admitted at once: encoded images plus their decoded pixels "
+        "(from the header); beyond: RESOURCE_EXHAUSTED",
+    )
+    max_tiles: int = Field(
+        16, ge=1, le=MAX_TILES, description="most tiles per frame (grids beyond are rejected)"
     )
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding JPEG/PNG")
     decode_reduce: str = Field(
@@ -231,4 +244,18 @@ class InferenceSettings(ServiceSettings):
             raise ValueError("max_inflight must be >= max_batch_size so batches can fill")
         if self.max_queue_size < self.max_batch_size:
             raise ValueError("max_queue_size must be >= max_batch_size")
+        for camera, spec in self.tiles.items():
+            tiles = parse_tiles(spec)
+            if tiles is None or tiles.auto_min_face_px is not None:
+                continue  # automatic grids are capped by max_tiles when resolved
+            if tiles.rows * tiles.cols > self.max_tiles:
+                raise ValueError(
+                    f"tiles[{camera!r}]: {spec} is {tiles.rows * tiles.cols} tiles; "
+                    f"max_tiles is {self.max_tiles}"
+                )
+            if tiles.windows_per_frame > self.max_queue_size:
+                raise ValueError(
+                    f"tiles[{camera!r}]: a {spec} frame is {tiles.windows_per_frame} model "
+                    f"inputs; max_queue_size ({self.max_queue_size}) must hold one"
+                )
         return self

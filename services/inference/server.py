@@ -4,6 +4,15 @@
 Health: the service names ``""`` and ``facemask.v1.Detector`` report NOT_SERVING until
 the model is loaded and warmed up (readiness), and again while draining; ``liveness``
 reports SERVING as long as the process answers (Kubernetes liveness probe).
+
+Requests are judged before any work: ``Detect`` takes the raw request bytes and parses
+them itself (:func:`add_detector_service`), so a malformed message is INVALID_ARGUMENT
+with a clear message (grpcio's own deserializer would answer INTERNAL); bad thresholds,
+tiles, camera ids or empty images are INVALID_ARGUMENT; a request whose images cost more
+model inputs (tiles included) or bytes than the batcher's queue holds is
+RESOURCE_EXHAUSTED, decided from the image headers before any image is decoded or any
+tensor is built (:meth:`~services.inference.batcher.DynamicBatcher.submit_all`: all of
+a request's images or none).
 """
 
 from __future__ import annotations
@@ -12,8 +21,10 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -25,15 +36,19 @@ from facemask.v1 import detector_pb2, detector_pb2_grpc
 from services.inference.batcher import (
     DeadlineExpiredError,
     DynamicBatcher,
+    InvalidJobError,
     Job,
     JobResult,
     QueueFullError,
+    RequestTooLargeError,
     ShuttingDownError,
 )
 from services.inference.config import InferenceSettings
 from services.inference.metrics import InferenceMetrics
 
 logger = logging.getLogger(__name__)
+
+_Message = TypeVar("_Message", bound=Message)
 
 SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
 LIVENESS = "liveness"
@@ -93,6 +108,20 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 )
         return conf, iou
 
+    def parse(self, message: type[_Message], raw: bytes, context: grpc.ServicerContext) -> _Message:
+        """``message`` parsed from a request's wire bytes; a message that does not parse is
+        INVALID_ARGUMENT (see :func:`add_detector_service`)."""
+        try:
+            return message.FromString(raw)
+        except (DecodeError, ValueError) as exc:
+            self._fail(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid",
+                f"malformed {message.DESCRIPTOR.name} ({len(raw)} bytes): {exc}",
+            )
+        raise AssertionError("unreachable: _fail aborts the call")
+
     def Detect(  # noqa: N802 (gRPC method name)
         self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
     ) -> detector_pb2.DetectResponse:
@@ -112,13 +141,15 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         if has_tiles:
             try:
                 request_tiles = TileSpec.parse(request.tiles)
+                if request_tiles is not None:
+                    request_tiles.check(self.settings.max_tiles)
             except TileSpecError as exc:
                 self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", f"tiles: {exc}")
         remaining = context.time_remaining()  # a huge number when the client set none
         deadline = (
             time.monotonic() + remaining if remaining is not None and remaining < 1e6 else None
         )
-        futures: list[Future[JobResult]] = []
+        jobs: list[Job] = []
         for index, image in enumerate(request.images):
             if not image.data:
                 self._fail(
@@ -137,23 +168,18 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                         "invalid",
                         f"image {index}: {exc.detail}",
                     )
-            job = Job(
-                data=image.data,
-                conf=conf,
-                iou=iou,
-                camera_id=image.camera_id,
-                source="grpc",
-                deadline=deadline,
-                tiles=request_tiles if has_tiles else self.settings.tiles_for(image.camera_id),
+            jobs.append(
+                Job(
+                    data=image.data,
+                    conf=conf,
+                    iou=iou,
+                    camera_id=image.camera_id,
+                    source="grpc",
+                    deadline=deadline,
+                    tiles=request_tiles if has_tiles else self.settings.tiles_for(image.camera_id),
+                )
             )
-            try:
-                futures.append(batcher.submit(job))
-            except QueueFullError as exc:
-                for future in futures:
-                    future.cancel()
-                self._fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full", str(exc))
-            except ShuttingDownError as exc:
-                self._fail(context, grpc.StatusCode.UNAVAILABLE, "unavailable", str(exc))
+        futures = self._submit(batcher, jobs, context)
         results = []
         for index, (image, future) in enumerate(zip(request.images, futures, strict=True)):
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -195,6 +221,47 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             )
         return detector_pb2.DetectResponse(results=results, model=self.model_info)
 
+    def _submit(
+        self, batcher: DynamicBatcher, jobs: list[Job], context: grpc.ServicerContext
+    ) -> list[Future[JobResult]]:
+        """Admit a request's images, all or none, before anything is decoded."""
+        try:
+            return batcher.submit_all(jobs)
+        except RequestTooLargeError as exc:
+            self._fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large", str(exc))
+        except QueueFullError as exc:
+            self._fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "queue_full", str(exc))
+        except InvalidJobError as exc:
+            self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", str(exc))
+        except ShuttingDownError as exc:
+            self._fail(context, grpc.StatusCode.UNAVAILABLE, "unavailable", str(exc))
+        raise AssertionError("unreachable: _fail aborts the call")
+
+
+def add_detector_service(servicer: DetectorServicer, server: grpc.Server) -> None:
+    """Register ``facemask.v1.Detector`` on ``server`` like the generated
+    ``add_DetectorServicer_to_server``, except that each method receives the raw request
+    bytes and parses them with :meth:`DetectorServicer.parse`, so a malformed message is
+    answered INVALID_ARGUMENT rather than grpcio's INTERNAL."""
+
+    def detect(raw: bytes, context: grpc.ServicerContext) -> detector_pb2.DetectResponse:
+        return servicer.Detect(servicer.parse(detector_pb2.DetectRequest, raw, context), context)
+
+    def model_info(raw: bytes, context: grpc.ServicerContext) -> detector_pb2.ModelInfo:
+        request = servicer.parse(detector_pb2.GetModelInfoRequest, raw, context)
+        return servicer.GetModelInfo(request, context)
+
+    handlers = {
+        "Detect": grpc.unary_unary_rpc_method_handler(
+            detect, response_serializer=detector_pb2.DetectResponse.SerializeToString
+        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            model_info, response_serializer=detector_pb2.ModelInfo.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
 
 class GrpcServer:
     """The grpc.Server with the detector, health and reflection services.
@@ -223,7 +290,7 @@ class GrpcServer:
         self.set_ready(False)
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         self.servicer = servicer
-        detector_pb2_grpc.add_DetectorServicer_to_server(servicer, self.server)
+        add_detector_service(servicer, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )

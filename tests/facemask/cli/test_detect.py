@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +261,100 @@ def test_missing_model_is_one_clear_error(
     assert code == 1
     assert not lines
     assert "cannot load the model" in err and "facemask models fetch" in err
+
+
+# --- memory bounds (issue 13) ----------------------------------------------------------
+
+
+def test_files_are_judged_on_their_header_before_being_read(tmp_path: Path) -> None:
+    from tests.facemask.core.test_preprocess import patch_jpeg_size
+
+    small = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+    files = {
+        "bomb.jpg": patch_jpeg_size(small, 16000, 16000),  # header: 256 Mpx
+        "padded.png": cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+        + bytes(20 << 20),  # an 8x8 image in 20 MB
+        "good.jpg": small,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    errors: list[tuple[str, str]] = []
+    items = list(iter_inputs([tmp_path], on_error=lambda s, m: errors.append((s, m))))
+    assert [Path(i.source).name for i in items] == ["good.jpg"]
+    assert sorted(Path(s).name for s, _ in errors) == ["bomb.jpg", "padded.png"]
+    assert all("too_large" in m for _, m in errors)
+
+
+def test_chunks_are_cut_by_pixel_bytes() -> None:
+    sides = [8, 8, 64, 8, 64, 64, 8]
+    images = [InputImage("x", i, np.zeros((s, s, 3), np.uint8), s, s) for i, s in enumerate(sides)]
+    backend = _CountingBackend()
+    limit = 64 * 64 * 3 + 2 * 8 * 8 * 3  # one big image and two small ones
+    results = list(
+        detect_images(backend, iter(images), conf=0.5, iou=0.4, batch_size=4, max_chunk_bytes=limit)
+    )
+    assert [image.frame for image, _ in results] == list(range(7))
+    assert backend.calls == [3, 2, 2]  # [8, 8, 64] fills it; then [8, 64]; then [64, 8]
+    # one image larger than the limit still runs (alone)
+    backend = _CountingBackend()
+    list(detect_images(backend, iter(images[2:3]), conf=0.5, iou=0.4, max_chunk_bytes=1))
+    assert backend.calls == [1]
+
+
+def test_prefetch_holds_a_bounded_number_of_bytes() -> None:
+    from facemask.cli.detect import _prefetch
+    from facemask.dev.waiting import wait_until
+
+    produced = [0]
+
+    def source() -> Iterator[InputImage]:
+        for i in range(50):
+            produced[0] += 1
+            yield InputImage("x", i, np.zeros((32, 32, 3), np.uint8), 32, 32)
+
+    one = 32 * 32 * 3
+    reader = _prefetch(source(), depth=100, max_bytes=2 * one)
+    try:
+        for consumed in range(1, 6):
+            assert next(reader).frame == consumed - 1
+            # two buffered, one more in the reader's hand waiting for room: never all 50
+            wait_until(lambda c=consumed: produced[0] == c + 3, 5, "the reader", interval=0.01)
+    finally:
+        reader.close()
+    assert produced[0] < 50
+
+
+def test_remote_backend_halves_a_request_the_service_cannot_hold() -> None:
+    import grpc
+
+    from facemask.cli.detect import BackendError, RemoteBackend
+
+    class Exhausted(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self) -> str:
+            return "queue holds at most 2 model inputs"
+
+    class FakeRemote:
+        target = "fake:1"
+
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        def detect_encoded(self, blobs: Sequence[bytes], **_kw: Any) -> list[Any]:
+            self.sizes.append(len(blobs))
+            if len(blobs) > 2:
+                raise Exhausted()
+            return [type("R", (), {"detections": Detections.empty()})() for _ in blobs]
+
+    backend = RemoteBackend.__new__(RemoteBackend)
+    remote = FakeRemote()
+    backend.remote, backend.batch_size, backend.tiles = remote, 8, "4x4"  # type: ignore[assignment]
+    images = [InputImage("x", i, np.zeros((8, 8, 3), np.uint8), 8, 8) for i in range(7)]
+    assert len(backend.detect(images, conf=0.5, iou=0.4)) == 7
+    assert remote.sizes == [7, 3, 1, 2, 4, 2, 2]
+    backend.batch_size = 1  # a single image the service refuses: one clear error
+    remote.detect_encoded = lambda blobs, **kw: (_ for _ in ()).throw(Exhausted())  # type: ignore[method-assign]
+    with pytest.raises(BackendError, match="RESOURCE_EXHAUSTED"):
+        backend.detect(images[:1], conf=0.5, iou=0.4)

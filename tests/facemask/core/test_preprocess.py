@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from facemask.core.preprocess import (
+    ENCODED_SLACK_BYTES,
+    HEADER_PROBE_BYTES,
     INPUT_SIZE,
     ImageDecodeError,
     decode_image,
@@ -18,6 +20,7 @@ from facemask.core.preprocess import (
     png_size,
     preprocess,
     preprocess_batch,
+    read_image_file,
 )
 
 
@@ -260,3 +263,101 @@ def test_preprocess_batch() -> None:
 def test_preprocess_rejects_bad_images(bad: np.ndarray) -> None:
     with pytest.raises(ValueError):
         preprocess(bad)
+
+
+def patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+    """A real JPEG whose frame header (SOF) is rewritten to claim ``width`` x ``height``:
+    what a lying sender or a decompression bomb looks like to the header parser."""
+    size = jpeg_size(data)
+    assert size is not None
+    pos = 2
+    while True:  # walk to the SOF segment (cv2 writes SOI, APP0, DQT..., SOF0)
+        marker = data[pos + 1]
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        if marker in (0xC0, 0xC2):
+            out = bytearray(data)
+            struct.pack_into(">HH", out, pos + 5, height, width)
+            return bytes(out)
+        pos += 2 + length
+
+
+_TINY = _encode(_noise(48, 64))
+_TINY_PROGRESSIVE = _encode(_noise(48, 64), params=[cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+
+
+@pytest.mark.parametrize(
+    ("data", "expect", "reason"),
+    [
+        # a real 64x48 JPEG whose SOF claims 16000x16000: a bomb, whatever it declares
+        (patch_jpeg_size(_TINY, 16000, 16000), None, "too_large"),
+        (patch_jpeg_size(_TINY, 16000, 16000), (640, 480), "too_large"),
+        (patch_jpeg_size(_TINY_PROGRESSIVE, 16000, 16000), (640, 480), "too_large"),
+        # within the limit, but not what the sender declared
+        (patch_jpeg_size(_TINY, 4000, 3000), (640, 480), "size_mismatch"),
+        (patch_jpeg_size(_TINY_PROGRESSIVE, 4000, 3000), (640, 480), "size_mismatch"),
+        (_png_header(4000, 3000) + bytes(64), (640, 480), "size_mismatch"),
+        (_png_header(100_000, 100_000), (640, 480), "too_large"),
+        # truncated or garbled headers
+        (_TINY[:40], None, "corrupt_image"),
+        (_jpeg_header(64, 48)[:-4], None, "corrupt_image"),
+        (_png_header(64, 48)[:20], None, "corrupt_image"),
+        (b"\xff\xd8" + bytes(64), None, "corrupt_image"),
+        # not an image format the project takes
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", None, "unsupported_format"),
+        (b"BM" + bytes(100), None, "unsupported_format"),
+        (np.random.default_rng(3).bytes(500), None, "unsupported_format"),
+    ],
+)
+def test_header_is_judged_before_any_decode(
+    data: bytes, expect: tuple[int, int] | None, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_decode(*_args: object) -> None:
+        raise AssertionError("cv2.imdecode reached for an image its header rejects")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data, expect_size=expect)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("data", [_TINY, _TINY_PROGRESSIVE, _encode(_noise(48, 64), ".png")])
+def test_honest_small_images_decode(data: bytes) -> None:
+    image = decode_image(data, expect_size=(64, 48))
+    assert (image.width, image.height) == (64, 48)
+    assert image.rgb.shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty_image"),
+        (b"GIF89a" + bytes(64), "unsupported_format"),
+        (_TINY[:40], "corrupt_image"),
+        (patch_jpeg_size(_TINY, 16000, 16000), "too_large"),
+        (
+            _png_header(64, 48) + bytes(HEADER_PROBE_BYTES + 4 * 64 * 48 + ENCODED_SLACK_BYTES),
+            "too_large",
+        ),
+    ],
+)
+def test_read_image_file_judges_the_header_first(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    with pytest.raises(ImageDecodeError) as info:
+        read_image_file(path)
+    assert info.value.reason == reason
+
+
+def test_read_image_file_reads_honest_files_whole(tmp_path: Path) -> None:
+    for data in (_TINY, _TINY_PROGRESSIVE, _encode(_noise(48, 64), ".png")):
+        path = tmp_path / "image"
+        path.write_bytes(data)
+        assert read_image_file(path) == data
+    # a JPEG whose size header comes after more than the first probe (large APP segments)
+    app = b"\xff\xe1" + struct.pack(">H", 65535) + bytes(65533)
+    data = _TINY[:2] + app * 20 + _TINY[2:]
+    path.write_bytes(data)
+    assert read_image_file(path) == data
+    assert decode_image(data).width == 64
+    with pytest.raises(ImageDecodeError, match="too_large"):
+        read_image_file(path, max_pixels=1000)

@@ -8,6 +8,7 @@ import pytest
 from facemask.core.nms import nms
 from facemask.core.tiling import (
     DEFAULT_OVERLAP,
+    MAX_TILES,
     TileSpec,
     TileSpecError,
     crop,
@@ -144,3 +145,39 @@ def test_merge_matches_reference_nms_on_union() -> None:
 def test_length_mismatch_rejected() -> None:
     with pytest.raises(ValueError):
         map_detections([NONE], [(0, 0, 1, 1), (0, 0, 1, 1)], 1, 1, iou=0.4)
+
+
+@pytest.mark.parametrize(
+    ("spec", "max_tiles", "inputs"),
+    [
+        (TileSpec(2, 2), 4, 5),
+        (TileSpec(8, 8), MAX_TILES, 65),
+        (TileSpec(3, 3), 9, 10),
+    ],
+)
+def test_fixed_grid_costs_rows_times_cols_plus_one(
+    spec: TileSpec, max_tiles: int, inputs: int
+) -> None:
+    assert spec.check(max_tiles).inputs(1920, 1080, max_tiles) == inputs
+    assert len(tile_windows(1920, 1080, spec, max_tiles)) == inputs
+
+
+@pytest.mark.parametrize(("spec", "max_tiles"), [(TileSpec(8, 8), 16), (TileSpec(3, 3), 8)])
+def test_fixed_grid_over_max_tiles_is_rejected(spec: TileSpec, max_tiles: int) -> None:
+    with pytest.raises(TileSpecError, match="max_tiles"):
+        spec.check(max_tiles)
+    with pytest.raises(TileSpecError, match="max_tiles"):
+        tile_windows(1920, 1080, spec, max_tiles)
+
+
+@pytest.mark.parametrize("max_tiles", [1, 2, 4, 6, 16, MAX_TILES])
+def test_auto_grid_is_capped_by_max_tiles(max_tiles: int) -> None:
+    auto = TileSpec.parse("auto:4")  # tiny faces in a huge frame: wants the largest grid
+    assert auto is not None
+    uncapped = auto.resolve(16000, 9000)
+    assert uncapped is not None and uncapped.rows * uncapped.cols == MAX_TILES
+    capped = auto.check(max_tiles).resolve(16000, 9000, max_tiles)
+    tiles = 0 if capped is None else capped.rows * capped.cols
+    assert tiles <= max_tiles
+    assert auto.inputs(16000, 9000, max_tiles) == (1 if capped is None else tiles + 1)
+    assert len(tile_windows(16000, 9000, auto, max_tiles)) == auto.inputs(16000, 9000, max_tiles)

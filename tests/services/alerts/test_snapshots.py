@@ -5,14 +5,23 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 import redis
 
 from facemask.contracts.wire import FrameEntry
 from facemask.dev.localredis import RedisProcess
-from services.alerts.snapshots import LatestFrames, SnapshotStore, fetch_frame, render
+from services.alerts.snapshots import (
+    SNAPSHOT_MAX_SIDE,
+    LatestFrames,
+    SnapshotStore,
+    fetch_frame,
+    render,
+)
+from tests.facemask.core.test_preprocess import patch_jpeg_size
 from tests.services.alerts.conftest import LAYOUT, faces_of
 
 GREEN = np.array([0, 255, 0])  # BGR
@@ -43,10 +52,58 @@ def test_render_draws_green_masks_and_red_bare_faces() -> None:
     assert colour_near(image, 20, 120, GREEN)  # left edge of the mask box
     assert colour_near(image, 200, 120, RED)  # left edge of the no-mask box
     assert colour_near(image, 60, 110, np.array([128, 128, 128]))  # inside: untouched
-    # A frame decoded at another size still gets the boxes at the right place.
-    half = render(frame(grey_jpeg(160, 120)), dets)
-    assert half is not None and colour_near(half, 100, 60, RED)
-    assert render(frame(b"not a jpeg"), dets) is None
+    # A frame drawn at a reduced size still gets the boxes at the right place.
+    half = render(frame(grey_jpeg(640, 480), 640, 480), dets, max_side=320)
+    assert half is not None and half.shape == (240, 320, 3) and colour_near(half, 200, 120, RED)
+    rejected: list[str] = []
+    assert render(frame(b"not a jpeg"), dets, on_reject=rejected.append) is None
+    assert rejected == ["unsupported_format"]
+
+
+@pytest.mark.parametrize(
+    ("data", "declared", "reason"),
+    [
+        # the image is not the size its frame entry declares: no picture, counted
+        (grey_jpeg(160, 120), (320, 240), "size_mismatch"),
+        (grey_jpeg(320, 240), (640, 480), "size_mismatch"),
+        # issue 13: a tiny JPEG whose header claims 16000x16000, declared 640x480
+        (patch_jpeg_size(grey_jpeg(64, 48), 16000, 16000), (640, 480), "too_large"),
+        (patch_jpeg_size(grey_jpeg(64, 48), 6000, 6000), (640, 480), "size_mismatch"),
+        (grey_jpeg(320, 240)[:30], (320, 240), "corrupt_image"),
+    ],
+)
+def test_frames_that_lie_about_their_size_get_no_picture(
+    data: bytes, declared: tuple[int, int], reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cv2, "imdecode", _no_decode)  # rejected on the header alone
+    rejected: list[str] = []
+    dets = faces_of([("no_mask", 0.8, (20, 20, 60, 60))], *declared)
+    assert render(frame(data, *declared), dets, on_reject=rejected.append) is None
+    assert rejected == [reason]
+
+
+def _no_decode(*_args: object) -> None:
+    raise AssertionError("decoded an image its header rejects")
+
+
+def test_large_frames_are_decoded_reduced(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags: list[int] = []
+    imdecode = cv2.imdecode
+
+    def spy(buf: np.ndarray, flag: int) -> np.ndarray:
+        flags.append(flag)
+        return imdecode(buf, flag)
+
+    monkeypatch.setattr(cv2, "imdecode", spy)
+    dets = faces_of([("no_mask", 0.8, (200, 200, 600, 600))], 2560, 1920)
+    image = render(frame(grey_jpeg(2560, 1920), 2560, 1920), dets, max_side=320)
+    assert image is not None and image.shape == (240, 320, 3)
+    assert flags == [cv2.IMREAD_REDUCED_COLOR_8]
+    # Alert snapshots are capped too (SNAPSHOT_MAX_SIDE), decoded at 1/2 here.
+    flags.clear()
+    image = render(frame(grey_jpeg(3840, 2160), 3840, 2160), dets)
+    assert image is not None and max(image.shape) == SNAPSHOT_MAX_SIDE
+    assert flags == [cv2.IMREAD_REDUCED_COLOR_2]
 
 
 def test_save_and_retention(tmp_path: Path) -> None:
@@ -82,25 +139,161 @@ def test_save_and_retention(tmp_path: Path) -> None:
     assert remaining and min(m for m, _s, _p in remaining) > now - 100
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _add(client: redis.Redis, data: bytes, width: int = 320, height: int = 240) -> str:
+    sid: bytes = client.xadd(
+        LAYOUT.frames_for("lobby"),
+        frame(data, width, height).to_fields(),  # type: ignore[arg-type]
+    )
+    return sid.decode()
+
+
+def _entry(sid: str, width: int = 320, height: int = 240) -> dict[str, object]:
+    return {"frame_sid": sid, "w": width, "h": height, "dets": []}
+
+
 def test_latest_frame_is_cached_and_rate_limited(
     redis_server: RedisProcess, redis_client: redis.Redis
 ) -> None:
     key = LAYOUT.frames_for("lobby")
-    sid1 = redis_client.xadd(key, frame(grey_jpeg()).to_fields()).decode()  # type: ignore[arg-type]
-    sid2 = redis_client.xadd(key, frame(grey_jpeg()).to_fields()).decode()  # type: ignore[arg-type]
+    sid1, sid2 = _add(redis_client, grey_jpeg()), _add(redis_client, grey_jpeg())
     assert fetch_frame(redis_client, key, sid1) is not None
     assert fetch_frame(redis_client, key, "1-0") is None  # trimmed / unknown
     renders: list[int] = []
-    latest = LatestFrames(redis_client, min_interval=0.3, on_render=lambda: renders.append(1))
-    entry = {"frame_sid": sid1, "w": 320, "h": 240, "dets": []}
-    first = latest.get("lobby", entry, key)
+    clock = FakeClock()
+    latest = LatestFrames(
+        redis_client, min_interval=0.3, on_render=lambda: renders.append(1), clock=clock
+    )
+    first = latest.get("lobby", _entry(sid1), key)
     assert first is not None and first[0] == sid1
-    assert latest.get("lobby", {**entry, "frame_sid": sid2}, key)[0] == sid1  # type: ignore[index]
+    assert latest.get("lobby", _entry(sid2), key)[0] == sid1  # type: ignore[index]
     assert len(renders) == 1  # within min_interval: the cached picture
-    time.sleep(0.35)
-    assert latest.get("lobby", {**entry, "frame_sid": sid2}, key)[0] == sid2  # type: ignore[index]
+    clock.now += 0.35
+    assert latest.get("lobby", _entry(sid2), key)[0] == sid2  # type: ignore[index]
     assert len(renders) == 2
-    time.sleep(0.35)
+    clock.now += 0.35
     # The frame is gone from the stream: keep showing the last picture.
-    assert latest.get("lobby", {**entry, "frame_sid": "1-0"}, key)[0] == sid2  # type: ignore[index]
+    assert latest.get("lobby", _entry("1-0"), key)[0] == sid2  # type: ignore[index]
     assert latest.get("door", None, None) is None
+
+
+def test_latest_frame_rejects_a_lying_frame_and_keeps_the_last_picture(
+    redis_server: RedisProcess, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = LAYOUT.frames_for("lobby")
+    good = _add(redis_client, grey_jpeg())
+    # Declared 640x480 in its entry; really a JPEG whose header says 16000x16000 (issue 13).
+    bomb = _add(redis_client, patch_jpeg_size(grey_jpeg(64, 48), 16000, 16000), 640, 480)
+    big = _add(redis_client, grey_jpeg(1280, 960), 640, 480)  # real, but not as declared
+    rejected: list[str] = []
+    clock = FakeClock()
+    latest = LatestFrames(redis_client, min_interval=0.1, on_reject=rejected.append, clock=clock)
+    assert latest.get("lobby", _entry(good), key)[0] == good  # type: ignore[index]
+    monkeypatch.setattr(cv2, "imdecode", _no_decode)
+    for sid in (bomb, big, bomb):
+        clock.now += 1
+        assert latest.get("lobby", _entry(sid, 640, 480), key)[0] == good  # type: ignore[index]
+    assert rejected == ["too_large", "size_mismatch", "too_large"]
+    # the same rejected frame again (another browser, later): judged once, counted once
+    clock.now += 1
+    assert latest.get("lobby", _entry(bomb, 640, 480), key)[0] == good  # type: ignore[index]
+    assert rejected == ["too_large", "size_mismatch", "too_large"]
+    fresh = LatestFrames(redis_client, on_reject=rejected.append, clock=clock)
+    for _ in range(3):
+        clock.now += 1
+        assert fresh.get("door", _entry(bomb, 640, 480), key) is None  # nothing to show
+    assert rejected[3:] == ["too_large"] and len(fresh) == 1 and fresh.cached_bytes == 0
+    # a good frame later gets its picture
+    monkeypatch.undo()
+    clock.now += 1
+    assert fresh.get("door", _entry(good), key)[0] == good  # type: ignore[index]
+
+
+def test_latest_frame_cache_is_bounded_in_entries_and_bytes(
+    redis_server: RedisProcess, redis_client: redis.Redis
+) -> None:
+    key = LAYOUT.frames_for("lobby")
+    noisy = cv2.imencode(
+        ".jpg", np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    )[1].tobytes()
+    sid = _add(redis_client, noisy)
+    latest = LatestFrames(redis_client, max_entries=3, max_bytes=10**9)
+    for camera in ("a", "b", "c", "d"):
+        assert latest.get(camera, _entry(sid), key) is not None
+    assert len(latest) == 3
+    size = latest.cached_bytes // 3
+    # "a" was the least recently used: evicted; its next request renders again.
+    renders: list[int] = []
+    latest.on_render = lambda: renders.append(1)
+    latest.get("b", _entry(sid), key)
+    assert renders == []
+    latest.get("a", _entry(sid), key)
+    assert renders == [1] and len(latest) == 3
+    # A byte budget of two pictures keeps two, whatever the number of cameras.
+    small = LatestFrames(redis_client, max_entries=100, max_bytes=2 * size + size // 2)
+    for camera in ("a", "b", "c", "d", "e"):
+        assert small.get(camera, _entry(sid), key) is not None
+    assert len(small) == 2 and small.cached_bytes <= 2 * size + size // 2
+    # A picture larger than the whole budget is served, never kept.
+    tiny = LatestFrames(redis_client, max_bytes=16)
+    assert tiny.get("a", _entry(sid), key) is not None
+    assert len(tiny) == 0 and tiny.cached_bytes == 0
+
+
+def test_latest_frame_decodes_are_bounded_whatever_the_cameras(
+    redis_server: RedisProcess, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import services.alerts.snapshots as snapshots
+    from facemask.dev.waiting import wait_until
+
+    sid = _add(redis_client, grey_jpeg())
+    key = LAYOUT.frames_for("lobby")
+    lock, gate = threading.Lock(), threading.Event()
+    state = {"fetched": 0, "active": 0, "peak": 0}
+    real_fetch, real_render = snapshots.fetch_frame, snapshots.render
+
+    def fetch(*args: Any) -> Any:
+        with lock:
+            state["fetched"] += 1
+        return real_fetch(*args)
+
+    def render(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+        try:
+            assert gate.wait(10)
+            return real_render(*args, **kwargs)
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    monkeypatch.setattr(snapshots, "fetch_frame", fetch)
+    monkeypatch.setattr(snapshots, "render", render)
+    latest = LatestFrames(redis_client, max_concurrent=2)
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda c=c: results.append(latest.get(c, _entry(sid), key)))
+        for c in ("a", "b", "c", "d", "e")
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        # every browser has fetched its frame; only two decode, the others wait their turn
+        wait_until(lambda: state["fetched"] == 5 and state["active"] == 2, 10, "renders")
+        assert state["peak"] == 2
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+    assert len(results) == 5 and all(r is not None and r[0] == sid for r in results)
+    assert state["peak"] == 2

@@ -14,17 +14,24 @@ import cv2
 import numpy as np
 import pytest
 
+import services.inference.batcher as batcher_module
 from facemask.core.anchors import generate_anchors
 from facemask.core.preprocess import ImageDecodeError
+from facemask.core.tiling import TileSpec
+from facemask.dev.waiting import wait_until
 from facemask.model.detector import Detector
 from services.inference.batcher import (
     DeadlineExpiredError,
     DynamicBatcher,
+    InvalidJobError,
     Job,
     JobResult,
     QueueFullError,
+    RequestTooLargeError,
     ShuttingDownError,
+    job_cost,
 )
+from tests.facemask.core.test_preprocess import patch_jpeg_size
 
 N_ANCHORS = len(generate_anchors())
 
@@ -205,4 +212,214 @@ def test_batch_waits_for_images_still_decoding() -> None:
         # one by one: it waits for the images it knows are being decoded
         assert runtime.batches == [8]
     finally:
+        batcher.close()
+
+
+# -- admission in model inputs and bytes (issue 13) -------------------------------------
+
+
+class GatedRuntime(BrightnessRuntime):
+    """Fake model whose calls wait for ``gate``: work piles up in front of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        assert self.gate.wait(20), "test did not open the gate"
+        return super().infer(batch)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    )
+
+
+@pytest.mark.parametrize(
+    ("tiles", "size", "inputs"),
+    [
+        (None, (400, 300), 1),
+        (TileSpec(2, 2), (400, 300), 5),
+        (TileSpec(3, 2), (400, 300), 7),
+        (TileSpec(8, 8), (400, 300), 65),
+        (TileSpec.parse("auto:4"), (4000, 3000), 65),  # resolved on the header's size
+        (TileSpec.parse("auto:40"), (400, 300), 1),  # faces big enough: the full frame only
+    ],
+)
+def test_job_cost_counts_every_model_input(
+    tiles: TileSpec | None, size: tuple[int, int], inputs: int
+) -> None:
+    data = _png_header(*size) + bytes(32)  # a header is all the cost needs
+    cost = job_cost(Job(data=data, conf=0.5, iou=0.4, tiles=tiles))
+    assert cost.inputs == inputs
+    assert cost.nbytes == len(data) + 3 * size[0] * size[1]  # PNG: decoded at full size
+
+
+def test_job_cost_of_reduced_jpeg_and_unreadable_bytes() -> None:
+    jpeg = _jpeg_bytes((2080, 1560))
+    cost = job_cost(Job(data=jpeg, conf=0.5, iou=0.4))
+    assert cost.nbytes == len(jpeg) + 3 * 520 * 390  # at 1/4: both sides stay >= 260
+    full = job_cost(Job(data=jpeg, conf=0.5, iou=0.4), decode_reduce="full")
+    assert full.nbytes == len(jpeg) + 3 * 2080 * 1560
+    assert job_cost(Job(data=b"garbage", conf=0.5, iou=0.4)) == batcher_module.JobCost(1, 7)
+    # over the pixel limit: refused on the header by its decode (too_large), costs nothing
+    bomb = _png_header(100_000, 100_000)
+    assert job_cost(Job(data=bomb, conf=0.5, iou=0.4, tiles=TileSpec(2, 2))) == (
+        batcher_module.JobCost(1, len(bomb))
+    )
+    with pytest.raises(InvalidJobError, match="max_tiles"):
+        job_cost(Job(data=jpeg, conf=0.5, iou=0.4, tiles=TileSpec(4, 4)), max_tiles=9)
+
+
+def test_tile_grid_over_max_tiles_is_refused() -> None:
+    batcher = _batcher(BrightnessRuntime(), max_tiles=9)
+    try:
+        job = Job(data=_jpeg(10, (400, 300)), conf=0.5, iou=0.4, tiles=TileSpec(4, 4))
+        with pytest.raises(InvalidJobError, match="max_tiles"):
+            batcher.submit_all([job])
+        job = Job(data=_jpeg(10, (400, 300)), conf=0.5, iou=0.4, tiles=TileSpec(4, 4))
+        with pytest.raises(InvalidJobError):
+            batcher.submit(job).result(0)
+        assert batcher.depth == 0
+        ok = Job(data=_jpeg(10, (400, 300)), conf=0.5, iou=0.4, tiles=TileSpec(3, 3))
+        assert batcher.submit(ok).result(10).model_runs == 10
+    finally:
+        batcher.close()
+
+
+def _jpeg_bytes(size: tuple[int, int]) -> bytes:
+    return cv2.imencode(".jpg", np.full((size[1], size[0], 3), 90, np.uint8))[1].tobytes()
+
+
+def test_queue_counts_tiles_as_model_inputs() -> None:
+    runtime = GatedRuntime()
+    batcher = _batcher(runtime, max_batch_size=1, max_queue_size=11, max_queue_delay=0.0)
+    tiled = {"data": _jpeg(60, (400, 300)), "conf": 0.01, "iou": 0.5, "tiles": TileSpec(2, 2)}
+    try:
+        first = batcher.submit(Job(**tiled))  # type: ignore[arg-type]
+        second = batcher.submit(Job(**tiled))  # type: ignore[arg-type]
+        assert (batcher.depth, batcher.queued_inputs) == (2, 10)
+        assert batcher.queued_bytes >= 2 * 3 * 400 * 300
+        # two images queued, far below 11 images, but 10 of 11 model inputs: a third
+        # tiled frame does not fit; an untiled one (1 input) still does.
+        with pytest.raises(QueueFullError) as info:
+            batcher.submit(Job(**tiled))  # type: ignore[arg-type]
+        assert not isinstance(info.value, RequestTooLargeError)
+        plain = batcher.submit(_job(30))
+        runtime.gate.set()
+        assert first.result(10).model_runs == 5 and second.result(10).model_runs == 5
+        assert plain.result(10).model_runs == 1
+        wait_until(lambda: batcher.depth == 0, 5, "budget given back", interval=0.01)
+        assert (batcher.queued_inputs, batcher.queued_bytes) == (0, 0)
+    finally:
+        runtime.gate.set()
+        batcher.close()
+
+
+def test_work_that_can_never_fit_is_refused_before_any_decode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decodes: list[int] = []
+    real = batcher_module.decode_image
+    monkeypatch.setattr(
+        batcher_module, "decode_image", lambda *a, **k: decodes.append(1) or real(*a, **k)
+    )
+    runtime = BrightnessRuntime()
+    batcher = _batcher(runtime, max_queue_size=64, max_queue_bytes=8 << 20)
+    try:
+        image = _jpeg(60, (400, 300))
+        # 8x8 tiles: 65 inputs > 64, for one image of 400x300
+        with pytest.raises(RequestTooLargeError, match="65 model inputs"):
+            batcher.submit_all([Job(data=image, conf=0.5, iou=0.4, tiles=TileSpec(8, 8))])
+        # one job (a stream frame) is not retried forever: its future fails at once
+        future = batcher.submit(Job(data=image, conf=0.5, iou=0.4, tiles=TileSpec(8, 8)))
+        with pytest.raises(ImageDecodeError, match="65 model inputs") as info:
+            future.result(0)
+        assert info.value.reason == "too_large"
+        # 13 images x 2x2 tiles: 65 inputs, all or none
+        jobs = [Job(data=image, conf=0.5, iou=0.4, tiles=TileSpec(2, 2)) for _ in range(13)]
+        with pytest.raises(RequestTooLargeError):
+            batcher.submit_all(jobs)
+        # a lying 64x48 JPEG whose header says 6000x6000: 108 MB of pixels > 8 MiB
+        bomb = patch_jpeg_size(_jpeg_bytes((64, 48)), 6000, 6000)
+        with pytest.raises(RequestTooLargeError, match="bytes"):
+            batcher.submit_all([Job(data=bomb, conf=0.5, iou=0.4)])
+        with pytest.raises(ImageDecodeError, match="too_large"):
+            batcher.submit(Job(data=bomb, conf=0.5, iou=0.4)).result(0)
+        assert decodes == [] and runtime.batches == []
+        assert (batcher.depth, batcher.queued_inputs, batcher.queued_bytes) == (0, 0, 0)
+        assert batcher.submit(Job(data=image, conf=0.5, iou=0.4)).result(10).model_runs == 1
+    finally:
+        batcher.close()
+
+
+def test_submit_all_admits_all_or_none() -> None:
+    runtime = GatedRuntime()
+    batcher = _batcher(runtime, max_batch_size=1, max_queue_size=4, max_queue_delay=0.0)
+    try:
+        held = batcher.submit_all([_job(10), _job(20)])
+        with pytest.raises(QueueFullError):
+            batcher.submit_all([_job(30), _job(40), _job(50)])  # 2 + 3 > 4
+        assert (batcher.depth, batcher.queued_inputs) == (2, 2)
+        runtime.gate.set()
+        assert [f.result(10).detections.scores[0] for f in held] == [
+            pytest.approx(10 / 255, abs=1e-4),
+            pytest.approx(20 / 255, abs=1e-4),
+        ]
+    finally:
+        runtime.gate.set()
+        batcher.close()
+
+
+def test_tile_inputs_are_made_per_batch_not_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real = batcher_module.preprocess_into
+    monkeypatch.setattr(
+        batcher_module, "preprocess_into", lambda rgb, out: made.append(1) or real(rgb, out)
+    )
+    runtime = GatedRuntime()
+    batcher = _batcher(runtime, max_batch_size=4, max_queue_size=65, max_queue_delay=0.0)
+    try:
+        future = batcher.submit(
+            Job(data=_jpeg(120, (800, 600)), conf=0.01, iou=0.5, tiles=TileSpec(8, 8))
+        )
+        wait_until(lambda: runtime.calls == 1, 5, "the first batch", interval=0.01)
+        assert len(made) == 4  # 65 inputs queued, one batch of them made
+        runtime.gate.set()
+        result = future.result(20)
+        assert result.model_runs == 65 and len(made) == 65
+        assert sum(runtime.batches) == 65 and max(runtime.batches) <= 4
+        assert result.detections.scores[0] == pytest.approx(120 / 255, abs=1e-4)
+    finally:
+        runtime.gate.set()
+        batcher.close()
+
+
+def test_cancelled_job_gives_its_budget_back_and_its_tiles_never_run() -> None:
+    runtime = GatedRuntime()
+    batcher = _batcher(runtime, max_batch_size=1, max_queue_size=20, max_queue_delay=0.0)
+    try:
+        blocker = batcher.submit(_job(10))
+        wait_until(lambda: runtime.calls == 1, 5, "the blocker in the model", interval=0.01)
+        tiled = batcher.submit(
+            Job(data=_jpeg(60, (400, 300)), conf=0.01, iou=0.5, tiles=TileSpec(3, 3))
+        )
+        assert batcher.queued_inputs == 11
+        wait_until(lambda: batcher._decoding == 0, 5, "decode done", interval=0.01)
+        assert tiled.cancel()
+        assert batcher.queued_inputs == 1 and batcher.depth == 1
+        runtime.gate.set()
+        blocker.result(10)
+        wait_until(lambda: batcher.depth == 0, 5, "idle", interval=0.01)
+        assert runtime.batches == [1]  # none of the cancelled job's 10 inputs ran
+    finally:
+        runtime.gate.set()
         batcher.close()

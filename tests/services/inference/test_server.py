@@ -244,13 +244,20 @@ def test_queue_full_gives_resource_exhausted(
     try:
         stub = grpc_stub_factory(svc.port)
         blob = (samples_dir / "face.png").read_bytes()
+        # 5 images can never fit in a queue of 2 model inputs: refused before any decode
         with pytest.raises(grpc.RpcError) as info:
             stub.Detect(_request(*([blob] * 5)), timeout=30)
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_queue_size" in (info.value.details() or "")
         sample = svc.registry.get_sample_value(
-            "facemask_inference_requests_total", {"source": "grpc", "outcome": "queue_full"}
+            "facemask_inference_requests_total", {"source": "grpc", "outcome": "too_large"}
         )
         assert sample == 1
+        # so can a single image whose tiles outgrow it (2x2: 5 inputs)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Detect(_request(blob, tiles="2x2"), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.Detect(_request(blob, blob), timeout=30).results  # what fits runs
     finally:
         svc.stop()
 

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
@@ -22,6 +23,8 @@ from facemask.model.detector import Detector
 from facemask.v1 import detector_pb2
 from services.inference.batcher import DynamicBatcher, Job
 from services.inference.config import InferenceSettings
+from services.inference.metrics import InferenceMetrics
+from services.inference.server import DetectorServicer, GrpcServer
 from services.inference.service import InferenceService
 from tests.services.inference.test_batcher import BrightnessRuntime, _jpeg
 
@@ -252,3 +255,80 @@ def test_grpc_bad_tiles_is_invalid_argument(
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "tiles" in (info.value.details() or "")
+
+
+# -- gRPC admission and request validation (fake model, real gRPC server) --------------
+
+
+@pytest.fixture
+def fake_grpc() -> Iterator[tuple[GrpcServer, BrightnessRuntime, InferenceMetrics]]:
+    settings = InferenceSettings(
+        host="127.0.0.1", port=0, metrics_port=0, streams=False, max_tiles=16,
+        max_queue_size=64, max_batch_size=8,
+    )  # fmt: skip
+    metrics = InferenceMetrics(CollectorRegistry())
+    servicer = DetectorServicer(metrics, settings)
+    runtime = BrightnessRuntime()
+    batcher = _batcher(runtime, max_batch_size=8, max_queue_size=64, max_tiles=16)
+    servicer.attach(batcher, detector_pb2.ModelInfo(name="fake"))
+    server = GrpcServer(settings, servicer)
+    server.start()
+    yield server, runtime, metrics
+    server.stop(1)
+    batcher.close()
+
+
+def _outcome(metrics: InferenceMetrics, outcome: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "facemask_inference_requests_total", {"source": "grpc", "outcome": outcome}
+    )
+    return float(value or 0.0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xff\xff",  # not a protobuf message
+        b"\x0a\x10\x0a",  # images field cut short
+        b"\x0a\x05\x0a\xff\xff\xff\xff",  # nested length past the end
+    ],
+)
+def test_malformed_protobuf_is_invalid_argument(
+    fake_grpc: tuple[GrpcServer, BrightnessRuntime, InferenceMetrics], raw: bytes
+) -> None:
+    server, runtime, metrics = fake_grpc
+    # GetModelInfoRequest has no fields: a well-formed unknown field is valid there
+    methods = ["Detect"] + (["GetModelInfo"] if raw == b"\xff\xff\xff" else [])
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for method in methods:
+            call = channel.unary_unary(f"/facemask.v1.Detector/{method}")
+            with pytest.raises(grpc.RpcError) as info:
+                call(raw, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "malformed" in (info.value.details() or "")
+    assert _outcome(metrics, "invalid") == len(methods)
+    assert runtime.batches == []
+
+
+def test_tile_expansion_beyond_the_queue_is_resource_exhausted_before_any_work(
+    fake_grpc: tuple[GrpcServer, BrightnessRuntime, InferenceMetrics], grpc_stub_factory: Any
+) -> None:
+    server, runtime, metrics = fake_grpc
+    stub = grpc_stub_factory(server.port)
+    image = detector_pb2.Image(data=_jpeg(80, (400, 300)))
+    # 13 images of 4x4 tiles: 13 x 17 = 221 model inputs for a queue of 64
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Detect(detector_pb2.DetectRequest(images=[image] * 13, tiles="4x4"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "221 model inputs" in (info.value.details() or "")
+    # a grid beyond max_tiles is a bad request, not a queue problem
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Detect(detector_pb2.DetectRequest(images=[image], tiles="8x8"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_tiles" in (info.value.details() or "")
+    assert runtime.batches == []
+    assert _outcome(metrics, "too_large") == 1 and _outcome(metrics, "invalid") == 1
+    # what fits runs: 3 images x 2x2 = 15 inputs
+    reply = stub.Detect(detector_pb2.DetectRequest(images=[image] * 3, tiles="2x2"), timeout=10)
+    assert [r.timings.model_runs for r in reply.results] == [5, 5, 5]
+    assert sum(runtime.batches) == 15
