@@ -62,9 +62,10 @@ import redis
 from bench.bench_inference import Service, make_frames
 from bench.bench_pipeline import LAYOUT, Alerts, ProcStat
 from bench.common import (
+    MIB_BYTES,
     RESULTS_DIR,
     ServiceChild,
-    deploy_memory_limits,
+    deploy_limits,
     machine_info,
     print_table,
     scrape,
@@ -695,7 +696,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stalls = find_stalls(ledger, args.stall_gap, start, stop_offer)
     attach_detection(stalls, pipeline.not_ready, chaos.runs)
     sums = totals(ledger, chaos.runs)
-    limits = deploy_memory_limits()
+    limits = {
+        name: found["limit"] / MIB_BYTES
+        for name, found in deploy_limits(("inference", "alerts", "redis")).items()
+        if found["limit"]
+    }
     peaks = pipeline.peak_rss()
     undetected = [
         s

@@ -33,7 +33,6 @@ import argparse
 import http.client
 import itertools
 import json
-import re
 import shutil
 import struct
 import sys
@@ -49,11 +48,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import yaml
 
 from bench.bench_inference import Service
 from bench.bench_pipeline import Alerts
-from bench.common import ROOT, machine_info, print_table, write_results
+from bench.common import deploy_limits, machine_info, print_table, write_results
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.dev.localredis import RedisProcess
@@ -63,69 +61,6 @@ LAYOUT = StreamLayout("facemask", 4)
 SERVICES = ("inference", "alerts")
 FRAME_SIZE = (1280, 720)
 MIB = 1024 * 1024
-_UNITS = {
-    "": 1,
-    "k": 1000,
-    "m": 1000**2,
-    "g": 1000**3,
-    "t": 1000**4,
-    "ki": 1024,
-    "mi": 1024**2,
-    "gi": 1024**3,
-    "ti": 1024**4,
-    "b": 1,
-    "kb": 1024,
-    "mb": 1024**2,
-    "gb": 1024**3,
-}
-
-
-# -- deploy limits -----------------------------------------------------------------------
-
-
-def parse_quantity(text: str | int) -> int:
-    """Bytes of a memory quantity: Kubernetes (``512Mi``, ``4Gi``, ``1G``) or compose
-    (``512M``, ``4G``: binary units in compose, like docker's ``--memory``)."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a memory quantity: {text!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def _compose_quantity(text: str | int) -> int:
-    """Compose memory strings use binary units (``512M`` = 512 MiB)."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]?)[Bb]?\s*", str(text))
-    if not match:
-        raise ValueError(f"not a compose memory quantity: {text!r}")
-    unit = {"": 1, "k": 1024, "m": MIB, "g": 1024 * MIB}[match.group(2).lower()]
-    return int(float(match.group(1)) * unit)
-
-
-def deploy_limits(root: Path = ROOT) -> dict[str, dict[str, Any]]:
-    """Per service: the memory limit in bytes of each deploy file that sets one, and the
-    lowest of them (``limit``)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in SERVICES:
-        sources: dict[str, int] = {}
-        manifest = root / "deploy" / "k8s" / "base" / name / "deployment.yaml"
-        if manifest.exists():
-            for doc in yaml.safe_load_all(manifest.read_text()):
-                if not doc or doc.get("kind") != "Deployment":
-                    continue
-                for container in doc["spec"]["template"]["spec"]["containers"]:
-                    memory = container.get("resources", {}).get("limits", {}).get("memory")
-                    if memory is not None and container.get("name", name) == name:
-                        sources[str(manifest.relative_to(root))] = parse_quantity(memory)
-        compose = root / "docker-compose.yml"
-        if compose.exists():
-            spec = yaml.safe_load(compose.read_text()).get("services", {}).get(name, {})
-            memory = spec.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
-            if memory is not None:
-                sources["docker-compose.yml"] = _compose_quantity(memory)
-        out[name] = {"sources": sources, "limit": min(sources.values()) if sources else None}
-    return out
-
-
 # -- RSS sampling ------------------------------------------------------------------------
 
 
@@ -347,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clients = args.clients or (2 if args.quick else 8)
     big_side = args.big_side or (1500 if args.quick else 6000)
     n_cameras = args.cameras or (2 if args.quick else 8)
-    limits = deploy_limits()
+    limits = deploy_limits(SERVICES)
     from facemask.v1 import detector_pb2
 
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))

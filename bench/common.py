@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from facemask.dev.supervisor import (
     CallableProbe,
@@ -374,32 +376,68 @@ class ServiceChild:
         self.child.stop(grace=timeout)
 
 
-K8S_BASE = ROOT / "deploy" / "k8s" / "base"
-MEMORY_UNITS = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0, "K": 1e3 / 2**20, "M": 1e6 / 2**20}
-MEMORY_UNITS["G"] = 1e9 / 2**20
+# -- deploy memory limits ----------------------------------------------------------------
+
+MIB_BYTES = 1024 * 1024
+_UNITS = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+    "b": 1,
+    "kb": 1024,
+    "mb": 1024**2,
+    "gb": 1024**3,
+}
 
 
-def parse_memory(quantity: str) -> float:
-    """A Kubernetes memory quantity (``512Mi``, ``4Gi``, ``1G``, bytes) in MiB."""
-    for suffix in sorted(MEMORY_UNITS, key=len, reverse=True):
-        if quantity.endswith(suffix):
-            return float(quantity[: -len(suffix)]) * MEMORY_UNITS[suffix]
-    return float(quantity) / 2**20
+def parse_quantity(text: str | int) -> int:
+    """Bytes of a memory quantity: Kubernetes (``512Mi``, ``4Gi``, ``1G``) or compose
+    (``512M``, ``4G``: binary units in compose, like docker's ``--memory``)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a memory quantity: {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def deploy_memory_limits(base: Path = K8S_BASE) -> dict[str, float]:
-    """``{container name: memory limit in MiB}`` from the Kubernetes manifests under
-    ``base`` (the limits a service must stay under in production)."""
-    import yaml
+def _compose_quantity(text: str | int) -> int:
+    """Compose memory strings use binary units (``512M`` = 512 MiB)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]?)[Bb]?\s*", str(text))
+    if not match:
+        raise ValueError(f"not a compose memory quantity: {text!r}")
+    unit = {"": 1, "k": 1024, "m": MIB_BYTES, "g": 1024 * MIB_BYTES}[match.group(2).lower()]
+    return int(float(match.group(1)) * unit)
 
-    limits: dict[str, float] = {}
-    for path in sorted(base.rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not isinstance(doc, dict):
-                continue
-            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
-            for container in spec.get("containers", []) if isinstance(spec, dict) else []:
-                memory = container.get("resources", {}).get("limits", {}).get("memory")
-                if memory is not None:
-                    limits.setdefault(container["name"], parse_memory(str(memory)))
-    return limits
+
+def deploy_limits(
+    services: Sequence[str] = ("inference", "alerts", "ingest"), root: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per service: the memory limit in bytes of each deploy file that sets one (its
+    Kubernetes Deployment in ``deploy/k8s/base``, ``docker-compose.yml``), and the lowest
+    of them (``limit``): what the service must stay under in production."""
+    root = root or ROOT
+    out: dict[str, dict[str, Any]] = {}
+    for name in services:
+        sources: dict[str, int] = {}
+        manifest = root / "deploy" / "k8s" / "base" / name / "deployment.yaml"
+        if manifest.exists():
+            for doc in yaml.safe_load_all(manifest.read_text()):
+                if not doc or doc.get("kind") != "Deployment":
+                    continue
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    memory = container.get("resources", {}).get("limits", {}).get("memory")
+                    if memory is not None and container.get("name", name) == name:
+                        sources[str(manifest.relative_to(root))] = parse_quantity(memory)
+        compose = root / "docker-compose.yml"
+        if compose.exists():
+            spec = yaml.safe_load(compose.read_text()).get("services", {}).get(name, {})
+            memory = spec.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
+            if memory is not None:
+                sources["docker-compose.yml"] = _compose_quantity(memory)
+        out[name] = {"sources": sources, "limit": min(sources.values()) if sources else None}
+    return out

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_memory import _largest_grid, deploy_limits, lying_jpeg, parse_quantity
+from bench.bench_memory import _largest_grid, lying_jpeg
+from bench.common import deploy_limits, parse_quantity
 from facemask.core.preprocess import jpeg_size
 from tests.bench import run_quick_bench
 
