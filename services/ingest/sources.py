@@ -25,6 +25,7 @@ source fails (the camera loop then reconnects with backoff).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -38,12 +39,19 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from facemask.core.preprocess import ImageDecodeError, decode_image, read_image_file
+
+logger = logging.getLogger(__name__)
+
 SourceKind = Literal["device", "file", "url", "images"]
 
 URL_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "udp", "tcp", "srt"})
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
 )
+# A slideshow reads only the formats whose size header is checked before the decode (so a
+# small file that claims to be 16000x16000 pixels is refused, not decoded into gigabytes).
+SLIDESHOW_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 # Network streams: give up opening / reading after this long instead of hanging.
 NETWORK_TIMEOUT_MS = 10_000
 # A file whose container reports no usable frame rate is played at this rate.
@@ -339,10 +347,13 @@ class FileSource(FrameSource):
 
 
 class ImageDirSource(FrameSource):
-    """A slideshow over the images of a directory (sorted by name), or over one image.
+    """A slideshow over the JPEG/PNG images of a directory (sorted by name), or over one.
 
     The directory is listed again at every pass, so images added or removed are noticed;
-    a directory that is gone or holds no readable image is a :class:`SourceError`.
+    a directory that is gone or holds no readable image is a :class:`SourceError`. Every
+    image is read through :func:`~facemask.core.preprocess.read_image_file` and
+    :func:`~facemask.core.preprocess.decode_image`: its size header is judged against the
+    project's pixel limit before any decode; an image refused is skipped (logged once).
     """
 
     def __init__(
@@ -362,21 +373,26 @@ class ImageDirSource(FrameSource):
         self._pos = 0
         self._next_due = 0.0
         self._opened = False
+        self._refused: set[Path] = set()
 
     def _list(self) -> list[Path]:
         root = Path(self.spec.target)
         if root.is_file():
+            if root.suffix.lower() not in SLIDESHOW_EXTENSIONS:
+                raise SourceError(f"{root}: only JPEG and PNG images can be shown; convert it")
             return [root]
         if not root.is_dir():
             raise SourceError(f"image source {root} not found")
         try:
             files = sorted(
-                p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                p
+                for p in root.iterdir()
+                if p.suffix.lower() in SLIDESHOW_EXTENSIONS and p.is_file()
             )
         except OSError as exc:
             raise SourceError(f"cannot list {root}: {exc}") from exc
         if not files:
-            raise SourceError(f"no images in {root}")
+            raise SourceError(f"no JPEG or PNG images in {root}")
         return files
 
     def open(self) -> None:
@@ -397,9 +413,13 @@ class ImageDirSource(FrameSource):
                 self.passes += 1
             path = self._files[self._pos]
             self._pos += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is not None:
-                return image
+            try:
+                data = read_image_file(path)
+                return decode_image(data, reduce="full", bgr=True).rgb
+            except (OSError, ImageDecodeError) as exc:
+                if path not in self._refused:
+                    self._refused.add(path)
+                    logger.warning("image skipped", extra={"path": str(path), "error": str(exc)})
             unreadable += 1
             if unreadable >= len(self._files):
                 raise SourceError(f"no readable image in {self.spec.target}")

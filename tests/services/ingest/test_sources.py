@@ -169,7 +169,7 @@ def test_slideshow_loops_rereads_directory_and_fails_when_empty(
     assert shapes == [first, second, first]  # next pass lists d_new.png (a copy of a)
     for path in samples.iterdir():
         path.unlink()
-    with pytest.raises(SourceError, match="no images"):
+    with pytest.raises(SourceError, match="no JPEG or PNG images"):
         for _ in range(5):
             source.read(NEVER)
     samples.rmdir()
@@ -259,3 +259,28 @@ def test_image_loaded_matches_file(samples: Path) -> None:
     assert captured is not None
     expected = cv2.imread(str(samples / "a_demo.png"))
     assert np.array_equal(captured.image, expected)
+
+
+def _claims_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """``jpeg`` with its start-of-frame header claiming ``width`` x ``height``."""
+    at = jpeg.index(b"\xff\xc0")
+    head = jpeg[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return head + jpeg[at + 9 :]
+
+
+def test_slideshow_skips_a_decompression_bomb_and_refuses_unchecked_formats(
+    samples: Path,
+) -> None:
+    small = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    (samples / "0_bomb.jpg").write_bytes(_claims_size(small, 16000, 16000))
+    source = open_source(parse_source(str(samples)), 100, realtime=False)
+    source.open()
+    frames = [source.read(NEVER) for _ in range(3)]
+    shapes = [c.image.shape for c in frames if c is not None]
+    # the bomb is refused from its header (never decoded): the two real images alternate
+    assert len(shapes) == 3 and shapes[0] != shapes[1] and shapes[2] == shapes[0]
+    assert all(h * w < 16000 * 16000 for h, w, _ in shapes)
+    cv2.imwrite(str(samples / "picture.bmp"), np.zeros((8, 8, 3), np.uint8))
+    single = open_source(parse_source(str(samples / "picture.bmp")), 100, realtime=False)
+    with pytest.raises(SourceError, match="only JPEG and PNG"):
+        single.open()
