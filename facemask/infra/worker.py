@@ -7,17 +7,39 @@ to stop and joins it with a timeout. A target that raises is logged with its tra
 and kept in :attr:`Worker.error`: ``alive`` turns false and ``failed`` true, so a health
 check sees the death instead of a thread that silently vanished.
 
+Supervision (:mod:`facemask.infra.watchdog`): :meth:`Worker.restart` runs the same target
+again in a fresh thread after a death; :func:`adopt_workers` hands every worker created
+inside a ``with`` block (by the service itself or by the library classes it builds) to a
+supervisor, so no background loop of a service runs unwatched.
+
 :meth:`Worker.every` is the periodic form (heartbeats, gauges): a failing tick is logged
 and counted, and the loop goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 logger = logging.getLogger(__name__)
+
+_ADOPTER: ContextVar[Callable[[Worker], object] | None] = ContextVar(
+    "facemask_worker_adopter", default=None
+)
+
+
+@contextlib.contextmanager
+def adopt_workers(adopter: Callable[[Worker], object]) -> Iterator[None]:
+    """Every :class:`Worker` created inside the block (in this thread) is passed to
+    ``adopter`` (a supervisor's ``adopt``) as soon as it exists."""
+    token = _ADOPTER.set(adopter)
+    try:
+        yield
+    finally:
+        _ADOPTER.reset(token)
 
 
 class Worker:
@@ -41,7 +63,12 @@ class Worker:
         """Failed ticks (periodic workers)."""
         self.last_error: BaseException | None = None
         """The last failed tick's exception (periodic workers)."""
+        self.restarts = 0
+        """How often :meth:`restart` ran the target again."""
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        adopter = _ADOPTER.get()
+        if adopter is not None:
+            adopter(self)
 
     @classmethod
     def every(
@@ -79,6 +106,22 @@ class Worker:
         """Start the thread (once); returns the worker."""
         self._thread.start()
         return self
+
+    def restart(self) -> bool:
+        """Run the target again in a new thread after the loop ended (a death, or a return
+        while not stopping); False (nothing done) while it runs, before :meth:`start` or
+        once a stop was requested. :attr:`error` is cleared (the last one stays in
+        :attr:`last_error`)."""
+        if self._thread.is_alive() or self._thread.ident is None or self.stopping:
+            return False
+        if self.error is not None:
+            self.last_error = self.error
+        self.error = None
+        self.restarts += 1
+        self._wake.clear()
+        self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+        self._thread.start()
+        return True
 
     def request_stop(self) -> None:
         """Ask the loop to stop (returns at once); a :meth:`wait` in progress returns."""
