@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from facemask.infra.watchdog import SupervisorMetrics
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -22,6 +24,7 @@ class AlertMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.supervision = SupervisorMetrics("alerts", r)
         self.alerts = Counter(
             "facemask_alerts",
             "Alerts raised (stored), per camera.",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from facemask.infra.watchdog import SupervisorMetrics
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 
@@ -17,6 +19,7 @@ class InferenceMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.supervision = SupervisorMetrics("inference", registry)
         self.requests = Counter(
             "facemask_inference_requests_total",
             "Images handled, by source (grpc, stream) and outcome.",

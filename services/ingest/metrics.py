@@ -20,6 +20,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from facemask.infra.metrics import MetricsServer, serve_metrics
+from facemask.infra.watchdog import SupervisorMetrics
 
 DROP_REASONS = ("rate_cap", "buffer_full", "encode_error", "too_large", "redis_error", "shutdown")
 ENCODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
@@ -31,6 +32,7 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.supervision = SupervisorMetrics("ingest", r)
         self.frames_captured = Counter(
             "facemask_ingest_frames_captured",
             "Frames kept by the frame-rate cap and handed to encoding.",
