@@ -11,6 +11,7 @@ from typing import Any
 from facemask.infra.lifecycle import module_main, stop_on_signals
 from facemask.infra.log import setup_logging
 from facemask.infra.settings import ConfigError, check_config_and_exit
+from facemask.infra.watchdog import EXIT_UNHEALTHY
 
 logger = logging.getLogger("services.inference")
 
@@ -46,7 +47,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until SIGTERM / SIGINT; exit 0 after a clean drain."""
+    """Run until SIGTERM / SIGINT; exit 0 after a clean drain, 1 after an unclean one or
+    a failed start, 70 (:data:`EXIT_UNHEALTHY`) after a fatal supervisor verdict."""
     from services.inference.config import InferenceSettings
 
     if args.check_config:
@@ -73,8 +75,16 @@ def run(args: argparse.Namespace) -> int:
         logger.exception("inference service failed to start")
         service.stop()
         return 1
+    service.supervisor.on_fatal(lambda _reason: stop.set())
     while not stop.wait(1.0):
         pass
+    if service.supervisor.verdict is not None:
+        service.stop()
+        logger.critical(
+            "exiting: the supervisor declared the service unhealthy",
+            extra={"reason": service.supervisor.verdict, "exit_code": EXIT_UNHEALTHY},
+        )
+        return EXIT_UNHEALTHY
     return 0 if service.stop() else 1
 
 
