@@ -83,7 +83,11 @@ def metrics_table() -> str:
     ):
         metrics = factory(CollectorRegistry())
         rows = []
-        for metric in vars(metrics).values():
+        found = list(vars(metrics).values())
+        for value in list(found):  # a group of metrics (the supervisor's) one level down
+            if not isinstance(value, MetricWrapperBase) and hasattr(value, "__dict__"):
+                found += list(vars(value).values())
+        for metric in found:
             if not isinstance(metric, MetricWrapperBase):
                 continue
             kind = metric._type
