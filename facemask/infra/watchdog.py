@@ -126,6 +126,9 @@ class RestartPolicy:
     """A return without an error is a normal end (a camera whose file ended)."""
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
+    before_restart: Callable[[], object] | None = None
+    """Run before each restart (a consumer reloads its committed state); when it raises,
+    the restart counts as one more death."""
 
 
 class _Loop:
@@ -403,6 +406,13 @@ class Supervisor:
         if loop.restart_at is not None:  # dead, a restart is planned
             if now >= loop.restart_at:
                 loop.restart_at = None
+                hook = loop.policy.before_restart
+                if hook is not None:
+                    try:
+                        hook()
+                    except Exception:
+                        logger.exception("cannot prepare a restart", extra={"loop": loop.name})
+                        return  # the next check counts one more death
                 if loop.restart():
                     if self.metrics is not None:
                         self.metrics.loop_restarts.labels(loop.name).inc()

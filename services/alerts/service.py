@@ -40,7 +40,7 @@ import uvicorn
 
 from facemask.infra.metrics import MetricsServer, serve_metrics
 from facemask.infra.redisconn import CONNECTION_ERRORS, connect
-from facemask.infra.watchdog import Supervisor
+from facemask.infra.watchdog import RestartPolicy, Supervisor
 from facemask.infra.worker import Worker
 from services.alerts.api import create_app
 from services.alerts.cameras import CameraBoard, CameraDirectory
@@ -190,6 +190,11 @@ class AlertService:
                 on_alerts=self._on_alerts,
             )
         streams = self.consumer.streams
+        # A death mid-batch may leave the engine half-updated: reload the committed state
+        # and read this consumer's pending entries first, then restart.
+        self.supervisor.set_policy(
+            streams.worker, RestartPolicy(before_restart=self.consumer.restore)
+        )
         self.supervisor.watch_progress(
             "detections", done=lambda: streams.settled, taken=lambda: streams.taken
         )

@@ -389,3 +389,35 @@ def test_a_blocked_stream_handler_makes_readiness_false_then_true(client: Any) -
     finally:
         release.set()
         streams.stop(2.0)
+
+
+def test_before_restart_runs_first_and_a_failing_one_counts_as_a_death(
+    workers: list[Worker],
+) -> None:
+    clock = Clock()
+    sup, _ = make(clock, restart_limit=2)
+    target = Dying()
+    prepared: list[int] = []
+
+    def prepare() -> None:
+        prepared.append(target.runs)
+        if len(prepared) == 1:
+            raise OSError("state not readable yet")
+
+    worker = sup.adopt(
+        Worker("consumer", target), RestartPolicy(backoff_initial=1.0, before_restart=prepare)
+    )
+    workers.append(worker)
+    worker.start()
+    target.die.set()
+    assert worker.join(5.0)
+    target.die.clear()
+    sup.check()
+    clock.now += 1.0
+    sup.check()  # the hook fails: no restart
+    assert prepared == [1] and worker.restarts == 0
+    sup.check()  # one more death noticed, a longer back-off planned
+    clock.now += 2.0
+    sup.check()
+    assert prepared == [1, 1] and worker.restarts == 1 and worker.alive
+    assert not sup.fatal.is_set()
