@@ -13,7 +13,9 @@ check (:meth:`Supervisor.check`, run every ``interval`` seconds by its own
   cannot be restarted) is the **fatal verdict**: the service is unhealthy for good and
   its process must exit with :data:`EXIT_UNHEALTHY` so the orchestrator restarts it.
   A loop whose policy allows it (``may_finish``: a camera reading a file that ended) may
-  return.
+  return. A periodic worker (:meth:`~facemask.infra.worker.Worker.every`) also gets a
+  progress watch of its own name: a tick that hangs for ``stall_timeout`` (a Redis
+  command on a frozen server) is a stall.
 * **progress** (:meth:`Supervisor.watch_progress`) - a monotonic count of finished work
   (``done``), optionally a count of work taken (``taken``) and the work pending now
   (``pending``: in flight, queued). Work is *pending* when ``pending() > 0`` or more was
@@ -54,10 +56,11 @@ EXIT_UNHEALTHY = 70
 
 
 class SupervisionSettings(BaseModel):
-    """Settings of the supervisor, mixed into every service's settings class."""
+    """Settings of the supervisor, mixed into every service's settings class. The default
+    ``stall_timeout`` plus one ``watchdog_interval`` keeps a stall noticed within 10 s."""
 
     stall_timeout: float = Field(
-        10.0,
+        8.0,
         gt=0.0,
         le=3600.0,
         description="seconds work may stay pending without progress before the service is "
@@ -204,7 +207,7 @@ class Supervisor:
         self,
         service: str,
         *,
-        stall_timeout: float = 10.0,
+        stall_timeout: float = 8.0,
         stall_exit: float = 0.0,
         restart_limit: int = 3,
         restart_window: float = 300.0,
@@ -263,6 +266,12 @@ class Supervisor:
         with self._lock:
             name = self._unique(worker.name)
             self._loops[name] = _Loop(name, policy or RestartPolicy(), worker=worker)
+        if worker.periodic:  # a tick that hangs is a stall
+            self.watch_progress(
+                name,
+                done=lambda: worker.ticks_done,
+                pending=lambda: worker.ticks_started - worker.ticks_done,
+            )
         return worker
 
     @contextlib.contextmanager
@@ -341,9 +350,10 @@ class Supervisor:
     def start(self) -> Supervisor:
         """One check now, then one every ``interval`` seconds in a thread."""
         self.check()
-        self._worker = Worker.every(
-            f"{self.service}-watchdog", self.interval, self.check, immediate=False, log=logger
-        )
+        with adopt_workers(lambda _worker: None):  # not watched by itself
+            self._worker = Worker.every(
+                f"{self.service}-watchdog", self.interval, self.check, immediate=False, log=logger
+            )
         self._worker.start()
         return self
 

@@ -13,7 +13,8 @@ inside a ``with`` block (by the service itself or by the library classes it buil
 supervisor, so no background loop of a service runs unwatched.
 
 :meth:`Worker.every` is the periodic form (heartbeats, gauges): a failing tick is logged
-and counted, and the loop goes on.
+and counted, and the loop goes on; ticks started and finished are counted, so a tick that
+hangs (a frozen Redis) can be noticed.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ class Worker:
         target: Callable[[Worker], object],
         *,
         log: logging.Logger | None = None,
+        periodic: bool = False,
     ) -> None:
         self.name = name
+        self.periodic = periodic
+        """Made by :meth:`every`: :attr:`ticks_started` / :attr:`ticks_done` count its ticks
+        (a tick that never ends is a stall a supervisor sees)."""
+        self.ticks_started = 0
+        self.ticks_done = 0
         self._target = target
         self._log = log or logger
         self.stop_event = threading.Event()
@@ -89,16 +96,19 @@ class Worker:
             if not immediate and worker.wait(interval):
                 return
             while not worker.stopping:
+                worker.ticks_started += 1
                 try:
                     tick()
                 except Exception as exc:
                     worker.errors += 1
                     worker.last_error = exc
                     worker_log.exception("periodic task failed", extra={"worker": name})
+                finally:
+                    worker.ticks_done += 1
                 if worker.wait(interval):
                     return
 
-        return cls(name, loop, log=log)
+        return cls(name, loop, log=log, periodic=True)
 
     # -- life cycle ------------------------------------------------------------------
 

@@ -203,7 +203,9 @@ class AlertService:
         http = self._http_thread
         if http is not None:
             self.supervisor.watch_thread("http", http.is_alive, stopping=self.stopped.is_set)
-        self.supervisor.on_ready(lambda _ready: self.metrics.ready.set(self._ready_now()))
+        self.supervisor.on_ready(
+            lambda ready: self.metrics.ready.set(self._ready_now() if ready else 0)
+        )
         if self.settings.metrics_port:
             self._metrics_server = serve_metrics(
                 self.metrics.registry, self.settings.metrics_port, self.settings.metrics_host
@@ -344,6 +346,7 @@ class AlertService:
     def maintain_once(self, now: float | None = None) -> None:
         """Update gauges and compliance states; run retention when due."""
         now = time.time() if now is None else now
+        self.metrics.ready.set(self._ready_now())  # first: a Redis error below cannot skip it
         for cam in self.board.cameras(now):
             if cam["compliance"] is None:
                 with contextlib.suppress(KeyError):
@@ -364,7 +367,6 @@ class AlertService:
         depth = self.store.outbox_depth()
         for sink in self.sinks:
             self.metrics.outbox_depth.labels(sink.name).set(depth.get(sink.name, 0))
-        self.metrics.ready.set(self._ready_now())
         self.metrics.sse_clients.set(self.hub.count())
         if now - self._last_retention >= RETENTION_INTERVAL:
             self._last_retention = now

@@ -421,3 +421,28 @@ def test_before_restart_runs_first_and_a_failing_one_counts_as_a_death(
     sup.check()
     assert prepared == [1, 1] and worker.restarts == 1 and worker.alive
     assert not sup.fatal.is_set()
+
+
+def test_a_periodic_tick_that_hangs_is_a_stall(workers: list[Worker]) -> None:
+    clock = Clock()
+    sup, _ = make(clock, stall_timeout=10.0)
+    release = threading.Event()
+    ticked: list[int] = []
+
+    def tick() -> None:
+        ticked.append(1)
+        if len(ticked) == 2:
+            release.wait(10.0)  # a Redis command on a frozen server
+
+    with sup.adopting():
+        worker = Worker.every("lag", 0.01, tick)
+    workers.append(worker)
+    worker.start()
+    wait_until(lambda: len(ticked) == 2, 5.0, "second tick")
+    assert sup.check()
+    clock.now += 10.0
+    assert not sup.check() and sup.stalled() == ["lag"]
+    release.set()
+    wait_until(lambda: worker.ticks_done >= 2, 5.0, "tick done")
+    clock.now += 1.0
+    assert sup.check()
