@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PY_SOURCES := facemask services tests bench scripts
 
 
-.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest bench-pipeline clean help
+.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest bench-pipeline bench-chaos clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
@@ -68,6 +68,10 @@ bench-ingest: setup
 
 bench-pipeline: setup
 	$(PY) -m bench.bench_pipeline $(ARGS)
+
+# Not part of `make bench`: minutes of faults (ARGS="--minutes 10", "--quick").
+bench-chaos: setup
+	$(PY) -m bench.bench_chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

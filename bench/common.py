@@ -304,11 +304,13 @@ SHARED_DIR = Path(os.environ.get("FACEMASK_SHARED_DIR", ROOT.parent / "shared"))
 VIDEO = SHARED_DIR / "data" / "video" / "group4_masks.mp4"
 
 
-def scrape(port: int) -> dict[str, float]:
+def scrape(port: int, timeout: float = 5.0) -> dict[str, float]:
     """Samples of a local /metrics endpoint, labels folded together (summed)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        text = reply.read()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text.decode()):
         for sample in family.samples:
@@ -370,3 +372,34 @@ class ServiceChild:
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (the service drains), then wait; kill after ``timeout``."""
         self.child.stop(grace=timeout)
+
+
+K8S_BASE = ROOT / "deploy" / "k8s" / "base"
+MEMORY_UNITS = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0, "K": 1e3 / 2**20, "M": 1e6 / 2**20}
+MEMORY_UNITS["G"] = 1e9 / 2**20
+
+
+def parse_memory(quantity: str) -> float:
+    """A Kubernetes memory quantity (``512Mi``, ``4Gi``, ``1G``, bytes) in MiB."""
+    for suffix in sorted(MEMORY_UNITS, key=len, reverse=True):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * MEMORY_UNITS[suffix]
+    return float(quantity) / 2**20
+
+
+def deploy_memory_limits(base: Path = K8S_BASE) -> dict[str, float]:
+    """``{container name: memory limit in MiB}`` from the Kubernetes manifests under
+    ``base`` (the limits a service must stay under in production)."""
+    import yaml
+
+    limits: dict[str, float] = {}
+    for path in sorted(base.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not isinstance(doc, dict):
+                continue
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in spec.get("containers", []) if isinstance(spec, dict) else []:
+                memory = container.get("resources", {}).get("limits", {}).get("memory")
+                if memory is not None:
+                    limits.setdefault(container["name"], parse_memory(str(memory)))
+    return limits

@@ -56,14 +56,17 @@ PY
     done
 done
 
-step "every overlay/component combination: render, strict schemas, CRD structure, references, selectors, pod security, autoscalers, KEDA streams, FACEMASK_* names"
+step "every overlay/component combination: render, strict schemas, CRD structure, references, selectors, pod security (non-root uid, no privilege escalation, read-only root), autoscalers, KEDA streams, FACEMASK_* names"
 run "$PY" -m tests.deploy.checks k8s
 
 step "docker-compose.yml: check-jsonschema --builtin-schema vendor.compose-spec"
 run "$(bin check-jsonschema)" --builtin-schema vendor.compose-spec docker-compose.yml
 
-step "docker-compose.yml semantics (healthchecks behind depends_on, \${VAR:?} secrets, settings names, scrape targets)"
+step "docker-compose.yml semantics (healthchecks behind depends_on, \${VAR:?} secrets, settings names, scrape targets, no container as root, redis-server with its ACL file)"
 run "$PY" -m tests.deploy.checks compose
+
+step "Redis ACL files (deploy/redis/users.acl, the dev overlay's) are what facemask.infra.redisacl generates"
+run "$PY" -m tests.deploy.checks acl
 
 step "promtool check config deploy/prometheus/prometheus.yml"
 run promtool check config deploy/prometheus/prometheus.yml

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -39,6 +39,9 @@ from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_imag
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.core.types import Detections
 from facemask.model.store import ModelStoreError
+
+if TYPE_CHECKING:  # gRPC is imported for --server only
+    from facemask.infra.client import ClientTLS
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server", metavar="HOST:PORT", help="send the images to a running inference service"
     )
+    tls = parser.add_argument_group(
+        "TLS to --server (defaults: FACEMASK_GRPC_TLS_CA, _CERT, _KEY, _SERVER_NAME)"
+    )
+    tls.add_argument("--tls-ca", metavar="PEM", help="CA of the server certificate: use TLS")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", metavar="PEM", help="key of --tls-cert")
+    tls.add_argument("--tls-server-name", metavar="NAME", help="name in the server certificate")
     parser.add_argument(
         "--tiles",
         type=_tile_spec,
@@ -214,11 +224,16 @@ class RemoteBackend:
     """
 
     def __init__(
-        self, target: str, *, batch_size: int = DEFAULT_BATCH_SIZE, tiles: str | None = None
+        self,
+        target: str,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        tiles: str | None = None,
+        tls: ClientTLS | None = None,
     ) -> None:
         from facemask.infra.client import RemoteDetector
 
-        self.remote = RemoteDetector(target, timeout=120.0)
+        self.remote = RemoteDetector(target, timeout=120.0, tls=tls)
         self.batch_size = batch_size
         self.tiles = tiles
 
@@ -250,11 +265,30 @@ class RemoteBackend:
         self.remote.close()
 
 
+def client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    """TLS to ``--server`` from the ``--tls-*`` options over ``FACEMASK_GRPC_TLS_*``;
+    None (plaintext) when neither sets any. Raises ``ValueError`` (TLSConfigError)."""
+    from facemask.infra.client import ClientTLS
+
+    env = ClientTLS.from_env() or ClientTLS()
+    values = {
+        name: getattr(args, f"tls_{name}", None) or getattr(env, name)
+        for name in ("ca", "cert", "key", "server_name")
+    }
+    if not any(values.values()):
+        return None
+    tls = ClientTLS(**values)
+    tls.credentials()  # every file readable before the first image is read
+    return tls
+
+
 def make_backend(args: argparse.Namespace) -> Backend:
     """The backend the options ask for: a remote service (``--server``) or a local model."""
     tiles_text: str | None = getattr(args, "tiles", None)
     if args.server:
-        return RemoteBackend(args.server, batch_size=args.batch_size, tiles=tiles_text)
+        return RemoteBackend(
+            args.server, batch_size=args.batch_size, tiles=tiles_text, tls=client_tls(args)
+        )
     from facemask.model.detector import create_detector
 
     options = runtime_options(args)

@@ -7,6 +7,12 @@ the dashboard, API and metrics URLs. Ctrl-C / SIGTERM stops everything, newest f
 and leaves no process behind (each child runs in its own process group, which is killed
 if it does not exit in time). A service that dies is restarted with a capped backoff.
 The process handling is :mod:`facemask.dev.supervisor`'s; this module says what to start.
+
+Secure by default: the Redis it starts requires a password, generated once and kept in
+``<state-dir>/redis/password`` (mode 0600), passed to the services inside
+``FACEMASK_REDIS_URL`` and never printed (URLs are shown with the password masked). With
+``--host`` other than loopback the dashboard gets an API token the same way
+(``<state-dir>/alerts/api-token``) unless ``FACEMASK_ALERTS_API_TOKEN`` is set.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from facemask.dev.localredis import RedisProcess, free_port
+from facemask.dev.localredis import RedisProcess, free_port, load_password
 from facemask.dev.supervisor import ChildSpec, HttpProbe, Probe, Supervisor, python_argv
 from facemask.dev.waiting import WaitTimeoutError, wait_until
 from facemask.infra.lifecycle import stop_on_signals
+from facemask.infra.netaddr import is_loopback
 from facemask.model import store as modelstore
 from facemask.model.detector import PINNED_MODEL_FILE
 
@@ -139,9 +146,19 @@ def run(args: argparse.Namespace) -> int:
         if args.redis_url:
             redis_url = args.redis_url
         else:
-            redis = RedisProcess(state / "redis", appendonly=True, supervisor=supervisor).start()
+            password_file = state / "redis" / "password"
+            redis = RedisProcess(
+                state / "redis",
+                appendonly=True,
+                supervisor=supervisor,
+                password=load_password(password_file),
+            ).start()
             redis_url = redis.url
-            supervisor.say("redis", f"redis-server {redis.binary} on port {redis.port}")
+            supervisor.say(
+                "redis",
+                f"redis-server {redis.binary} at {redis.redacted_url} "
+                f"(password in {password_file})",
+            )
         base_env = {
             **os.environ,
             "FACEMASK_REDIS_URL": redis_url,
@@ -151,6 +168,12 @@ def run(args: argparse.Namespace) -> int:
             "OPENCV_FFMPEG_LOGLEVEL": "8",
         }
         host = args.host
+        alerts_env: dict[str, str] = {}
+        token_note = ""
+        if not is_loopback(host) and not os.environ.get("FACEMASK_ALERTS_API_TOKEN"):
+            token_file = state / "alerts" / "api-token"
+            alerts_env["FACEMASK_ALERTS_API_TOKEN"] = load_password(token_file)
+            token_note = f" (API token in {token_file})"
         grpc_port = _port(host, args.grpc_port)
         http_port = _port(host, args.dashboard_port)
         inference_metrics = free_port(host)
@@ -182,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
                     "FACEMASK_ALERTS_PORT": str(http_port),
                     "FACEMASK_ALERTS_STATE_DIR": str(state / "alerts"),
                     "FACEMASK_ALERTS_PUBLIC_BASE_URL": f"http://{host}:{http_port}",
+                    **alerts_env,
                 },
                 ready=HttpProbe(f"http://{host}:{http_port}/healthz"),
             )
@@ -239,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if not stop.is_set():
                 supervisor.write(
-                    f"dashboard: http://{host}:{http_port}/\n"
+                    f"dashboard: http://{host}:{http_port}/{token_note}\n"
                     f"api:       http://{host}:{http_port}/api/cameras (schema: /openapi.json)\n"
                     f"metrics:   http://{host}:{inference_metrics}/metrics (inference), "
                     f"http://{host}:{http_port}/metrics (alerts), "

@@ -20,7 +20,10 @@ strings)::
     frames_published          frames published by this process
 
 :func:`read_cameras` lists them for the other services and the dashboard; the ingest
-service's ``CameraRegistry`` writes them.
+service's ``CameraRegistry`` writes them. Readers trust no member of the set: an id that
+is not a valid camera id (:func:`facemask.contracts.wire.validate_camera_id`) is left
+out, and a reader lists at most ``limit`` cameras (the first ids in sorted order), so a
+hostile writer cannot make the camera list grow without bound.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from facemask.contracts.streams import RedisClient, StreamLayout
+from facemask.contracts.wire import is_valid_camera_id
+
+DEFAULT_MAX_CAMERAS = 1000
+"""Cameras a reader lists at most, unless it says otherwise."""
 
 
 def last_frame_id(client: RedisClient, layout: StreamLayout, camera_id: str) -> int | None:
@@ -42,23 +49,46 @@ def last_frame_id(client: RedisClient, layout: StreamLayout, camera_id: str) -> 
         return None
 
 
-def read_cameras(client: RedisClient, layout: StreamLayout) -> list[dict[str, str]]:
-    """Every camera ever registered, sorted by id, with ``online`` "1" or "0".
-
-    An offline camera (its hash expired) is listed with its id only.
-    """
+def registered_ids(
+    client: RedisClient, layout: StreamLayout, limit: int = DEFAULT_MAX_CAMERAS
+) -> tuple[list[str], int]:
+    """The valid camera ids of the registry set, sorted, at most ``limit``; and the number
+    of members left out (invalid ids and those beyond ``limit``)."""
     members: Iterable[Any] = cast(Any, client.smembers(layout.cameras))
-    ids = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
-    out: list[dict[str, str]] = []
+    total = 0
+    valid: list[str] = []
+    for member in members:
+        total += 1
+        text = member.decode("utf-8", "replace") if isinstance(member, bytes) else str(member)
+        if is_valid_camera_id(text):
+            valid.append(text)
+    ids = sorted(valid)[: max(0, limit)]
+    return ids, total - len(ids)
+
+
+def read_cameras(
+    client: RedisClient, layout: StreamLayout, limit: int = DEFAULT_MAX_CAMERAS
+) -> list[dict[str, str]]:
+    """Every camera ever registered (valid ids only, at most ``limit``), sorted by id, with
+    ``online`` "1" or "0".
+
+    An offline camera (its hash expired) is listed with its id only; the ``id`` field is
+    always the member's id (a hash cannot claim another camera's id).
+    """
+    ids, _ = registered_ids(client, layout, limit)
+    pipe = client.pipeline(transaction=False)  # one round trip (per node on a cluster)
     for camera_id in ids:
-        raw: dict[Any, Any] = cast(Any, client.hgetall(layout.camera(camera_id)))
+        pipe.hgetall(layout.camera(camera_id))
+    hashes: list[Any] = cast(Any, pipe.execute()) if ids else []
+    out: list[dict[str, str]] = []
+    for camera_id, raw in zip(ids, hashes, strict=True):
         fields = {
             (k.decode() if isinstance(k, bytes) else str(k)): (
                 v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
             )
             for k, v in raw.items()
         }
-        fields.setdefault("id", camera_id)
+        fields["id"] = camera_id
         fields["online"] = "1" if raw else "0"
         out.append(fields)
     return out

@@ -3,9 +3,9 @@
 Frame entry (ingest -> inference), fields of one ``XADD``::
 
     v       "1"                    format version
-    camera  camera id              1..128 printable characters, no whitespace
+    camera  camera id              see "Camera ids" below
     frame   frame id               decimal int >= 0, increasing per camera
-    ts      capture time           unix seconds, decimal float
+    ts      capture time           unix seconds, decimal float (see "Capture times")
     enc     "jpeg" | "png"
     w, h    image size in pixels   1..16384, w*h <= 64 Mpx
     data    encoded image bytes    non-empty, <= MAX_FRAME_BYTES
@@ -29,12 +29,30 @@ Detections entry (inference -> alerts, dashboards), one per frame::
 Entries are ``dict[bytes, bytes]`` as redis-py returns them; every parser raises
 :class:`WireError` with a short machine-readable ``reason`` for the dead-letter stream
 and the metrics.
+
+Camera ids
+    ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`` (:data:`CAMERA_ID_PATTERN`): 1..64 ASCII
+    letters, digits, ``.``, ``_``, ``-``, starting with a letter or digit. Such an id is
+    safe as a Prometheus label value, a Redis key part, a URL path segment and a file
+    name, and cannot collide with the metrics' overflow label (``_other``). One function,
+    :func:`validate_camera_id`, checks it everywhere: the ingest configuration, every
+    parser here, the camera registry reads and the alert API's parameters
+    (reason ``bad_camera``).
+
+Capture times
+    ``ts`` (and ``t_done``) must be finite, not before :data:`MIN_CAPTURE_TS`
+    (2000-01-01: a camera with an unset clock) and not more than ``max_skew`` seconds
+    (default :data:`DEFAULT_MAX_CLOCK_SKEW`) ahead of the receiver's clock ``now``; a
+    receiver may also give ``max_age``. The parsers take ``now`` / ``max_skew`` /
+    ``max_age`` as parameters (``now`` None: the wall clock); a violation raises reason
+    ``bad_timestamp``, so the consumers dead-letter the entry.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,7 +63,14 @@ from facemask.core.types import LABEL_IDS, LABELS, Detections
 
 FORMAT_VERSION = 1
 ENCODINGS = ("jpeg", "png")
-MAX_CAMERA_ID_LEN = 128
+MAX_CAMERA_ID_LEN = 64
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""The documented charset of camera ids (see the module docstring)."""
+_CAMERA_ID_RE = re.compile(CAMERA_ID_PATTERN.replace("$", r"\Z"))
+MIN_CAPTURE_TS = 946_684_800.0
+"""2000-01-01T00:00:00Z: an earlier capture time comes from a camera with an unset clock."""
+DEFAULT_MAX_CLOCK_SKEW = 300.0
+"""Seconds a capture time may lie ahead of the receiver's clock."""
 MAX_SIDE = 16384
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 
@@ -61,15 +86,58 @@ class WireError(ValueError):
         self.detail = detail
 
 
+def is_valid_camera_id(camera_id: object) -> bool:
+    """Whether ``camera_id`` is a string of the documented charset and length."""
+    return isinstance(camera_id, str) and _CAMERA_ID_RE.match(camera_id) is not None
+
+
 def validate_camera_id(camera_id: str) -> str:
-    """Return ``camera_id`` if it is 1..128 printable, non-space characters; else raise."""
+    """Return ``camera_id`` if it matches :data:`CAMERA_ID_PATTERN`; else raise
+    :class:`WireError` ``bad_camera`` with a message that says what is allowed."""
+    if is_valid_camera_id(camera_id):
+        return camera_id
     if not camera_id:
         raise WireError("bad_camera", "empty camera id")
+    shown = repr(camera_id[:MAX_CAMERA_ID_LEN]) + ("..." if len(camera_id) > 64 else "")
     if len(camera_id) > MAX_CAMERA_ID_LEN:
-        raise WireError("bad_camera", f"camera id longer than {MAX_CAMERA_ID_LEN} characters")
-    if not camera_id.isprintable() or any(c.isspace() for c in camera_id):
-        raise WireError("bad_camera", f"camera id {camera_id!r} has control or space characters")
-    return camera_id
+        problem = f"is longer than {MAX_CAMERA_ID_LEN} characters"
+    elif not camera_id[0].isascii() or not camera_id[0].isalnum():
+        problem = "must start with an ASCII letter or digit"
+    else:
+        problem = "may only hold ASCII letters, digits, '.', '_' and '-'"
+    raise WireError("bad_camera", f"camera id {shown} {problem} (pattern {CAMERA_ID_PATTERN})")
+
+
+def check_timestamp(
+    name: str,
+    ts: float,
+    *,
+    now: float | None = None,
+    max_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+    max_age: float | None = None,
+) -> float:
+    """Return ``ts`` (unix seconds) if it is finite, not before :data:`MIN_CAPTURE_TS`,
+    at most ``max_skew`` seconds after ``now`` (None: the wall clock) and, with
+    ``max_age``, at most that many seconds before it; else raise :class:`WireError`
+    ``bad_timestamp``."""
+    if not math.isfinite(ts):
+        raise WireError("bad_timestamp", f"{name} is not finite")
+    if ts < MIN_CAPTURE_TS:
+        raise WireError(
+            "bad_timestamp", f"{name}={ts:.3f} lies before 2000-01-01 (is the camera's clock set?)"
+        )
+    now = time.time() if now is None else now
+    if ts > now + max_skew:
+        raise WireError(
+            "bad_timestamp",
+            f"{name} lies {ts - now:.0f} s in the future (more than the allowed clock skew of "
+            f"{max_skew:g} s)",
+        )
+    if max_age is not None and ts < now - max_age:
+        raise WireError(
+            "bad_timestamp", f"{name} lies {now - ts:.0f} s in the past (more than {max_age:g} s)"
+        )
+    return ts
 
 
 def _norm(fields: Fields) -> dict[str, bytes]:
@@ -114,6 +182,15 @@ def _float(f: dict[str, bytes], key: str) -> float:
     if not math.isfinite(value):
         raise WireError("bad_field", f"field {key!r} is not finite")
     return value
+
+
+def _timestamp(f: dict[str, bytes], key: str, window: Mapping[str, Any]) -> float:
+    raw = _text(f, key)
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise WireError("bad_timestamp", f"field {key!r}={raw[:32]!r} is not a number") from exc
+    return check_timestamp(key, value, **window)
 
 
 def _version(f: dict[str, bytes]) -> None:
@@ -167,13 +244,23 @@ class FrameEntry:
         return fields
 
     @classmethod
-    def from_fields(cls, fields: Fields, *, max_bytes: int = MAX_FRAME_BYTES) -> FrameEntry:
-        """Parse and validate a frame entry; raises :class:`WireError`."""
+    def from_fields(
+        cls,
+        fields: Fields,
+        *,
+        max_bytes: int = MAX_FRAME_BYTES,
+        now: float | None = None,
+        max_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        max_age: float | None = None,
+    ) -> FrameEntry:
+        """Parse and validate a frame entry; raises :class:`WireError`. ``now`` (None: the
+        wall clock), ``max_skew`` and ``max_age`` bound the capture time (see the module
+        docstring)."""
         f = _norm(fields)
         _version(f)
         camera = validate_camera_id(_text(f, "camera"))
         frame_id = _int(f, "frame", 0, 2**63 - 1)
-        ts = _float(f, "ts")
+        ts = _timestamp(f, "ts", {"now": now, "max_skew": max_skew, "max_age": max_age})
         enc = _text(f, "enc")
         if enc not in ENCODINGS:
             raise WireError("bad_encoding", f"encoding {enc[:16]!r} not in {ENCODINGS}")
@@ -226,11 +313,23 @@ class DetectionsEntry:
         }
 
     @classmethod
-    def from_fields(cls, fields: Fields) -> DetectionsEntry:
-        """Parse and validate a detections entry; raises :class:`WireError`."""
+    def from_fields(
+        cls,
+        fields: Fields,
+        *,
+        now: float | None = None,
+        max_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+        max_age: float | None = None,
+    ) -> DetectionsEntry:
+        """Parse and validate a detections entry; raises :class:`WireError`. ``now``
+        (None: the wall clock), ``max_skew`` and ``max_age`` bound the capture time and
+        ``t_done`` (see the module docstring)."""
         f = _norm(fields)
         _version(f)
         camera = validate_camera_id(_text(f, "camera"))
+        window: dict[str, Any] = {"now": now, "max_skew": max_skew, "max_age": max_age}
+        capture_ts = _timestamp(f, "ts", window)
+        done_ts = _timestamp(f, "t_done", window)
         status = _text(f, "status")
         if status not in ("ok", "skipped"):
             raise WireError("bad_field", f"status {status[:16]!r}")
@@ -244,8 +343,8 @@ class DetectionsEntry:
             camera_id=camera,
             frame_id=_int(f, "frame", 0, 2**63 - 1),
             frame_sid=_text(f, "frame_sid"),
-            capture_ts=_float(f, "ts"),
-            done_ts=_float(f, "t_done"),
+            capture_ts=capture_ts,
+            done_ts=done_ts,
             width=width,
             height=height,
             model=_text(f, "model"),

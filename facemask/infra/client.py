@@ -1,10 +1,22 @@
-"""Client of the inference service's gRPC API (``facemask.v1.Detector``)."""
+"""Client of the inference service's gRPC API (``facemask.v1.Detector``).
+
+Every gRPC client of the project opens its channel with :func:`open_channel`: plaintext
+without :class:`ClientTLS`, else TLS (``ca``: the CA that signed the server's certificate,
+empty: the system's roots) and mutual TLS (``cert`` + ``key``: this client's certificate,
+for a server started with ``FACEMASK_INFERENCE_TLS_CA``). ``server_name`` overrides the
+name checked in the server's certificate (a certificate for ``inference`` reached at
+``10.0.0.5:50051``). :meth:`ClientTLS.from_env` reads ``FACEMASK_GRPC_TLS_CA``,
+``_CERT``, ``_KEY``, ``_SERVER_NAME`` (the CLI's defaults).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -27,6 +39,70 @@ class RemoteResult:
     compute_seconds: float
 
 
+class TLSConfigError(ValueError):
+    """The TLS settings are incomplete or a PEM file cannot be read (says which)."""
+
+
+def read_pem(path: str, what: str) -> bytes:
+    """The bytes of a PEM file, or :class:`TLSConfigError` naming ``what`` it is."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TLSConfigError(f"{what} {path!r}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise TLSConfigError(f"{what} {path!r} is not a PEM file")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTLS:
+    """TLS settings of a gRPC client (paths of PEM files; empty: not used)."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str = ""
+
+    ENV_PREFIX = "FACEMASK_GRPC_TLS_"
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise TLSConfigError(
+                "a client certificate needs its key: set both tls_cert and tls_key"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientTLS | None:
+        """From ``FACEMASK_GRPC_TLS_CA`` / ``_CERT`` / ``_KEY`` / ``_SERVER_NAME``; None
+        when none is set (plaintext)."""
+        env = os.environ if environ is None else environ
+        values = {
+            f: env.get(cls.ENV_PREFIX + f.upper(), "") for f in ("ca", "cert", "key", "server_name")
+        }
+        return cls(**values) if any(values.values()) else None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials (reads the PEM files now)."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=read_pem(self.ca, "tls_ca") if self.ca else None,
+            private_key=read_pem(self.key, "tls_key") if self.key else None,
+            certificate_chain=read_pem(self.cert, "tls_cert") if self.cert else None,
+        )
+
+    def options(self) -> list[tuple[str, Any]]:
+        """Channel options (the server name override)."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def open_channel(
+    target: str, tls: ClientTLS | None = None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A channel to ``target`` (``host:port``): TLS with ``tls``, else plaintext."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=list(options))
+    return grpc.secure_channel(target, tls.credentials(), options=[*options, *tls.options()])
+
+
 class RemoteDetector:
     """Sends encoded images to a running inference service."""
 
@@ -36,11 +112,14 @@ class RemoteDetector:
         *,
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: ClientTLS | None = None,
     ) -> None:
+        """``tls``: TLS / mutual TLS (None: plaintext)."""
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
+        self.channel = open_channel(
             target,
+            tls,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from facemask.infra.redact import RedactingFilter
+
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
@@ -91,6 +93,7 @@ def setup_logging(
     level = check_level(level or os.environ.get("FACEMASK_LOG_LEVEL", "INFO"))
     fmt = (fmt or os.environ.get("FACEMASK_LOG_FORMAT") or ("json" if service else "text")).lower()
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())  # no URL password reaches a log line
     if fmt == "json":
         handler.setFormatter(JsonFormatter(service))
     else:

@@ -4,18 +4,26 @@
 names kept in the database for offline cameras); :class:`CameraBoard` joins it with the
 engine's per-camera statistics and the alert counts into the camera list of the API, the
 gauges and the MQTT compliance states, and finds a camera's latest picture.
+
+Both are bounded: the directory lists only valid camera ids, at most ``max_cameras``
+(:func:`facemask.contracts.registry.read_cameras`), and the board lists at most
+``max_cameras`` cameras: the registered ones first, then the cameras only seen in the
+detections, most recently active first; so hostile ids cannot grow the camera list,
+the gauges or the dashboard without bound.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from facemask.contracts.registry import read_cameras
+from facemask.contracts.registry import DEFAULT_MAX_CAMERAS, read_cameras
 from facemask.contracts.streams import StreamLayout
+from facemask.contracts.wire import is_valid_camera_id
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
 from services.alerts.engine import AlertEngine, CameraSummary
 from services.alerts.snapshots import LatestFrames
@@ -44,8 +52,11 @@ class CameraDirectory:
         store: AlertStore,
         ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_cameras: int = DEFAULT_MAX_CAMERAS,
     ) -> None:
         self.client = client
+        self.max_cameras = max_cameras
         self.layout = layout
         self.store = store
         self.ttl = ttl
@@ -63,7 +74,7 @@ class CameraDirectory:
             if stamp is not None and self.clock() - stamp < self.ttl:
                 return cameras
             try:
-                cameras = read_cameras(self.client, self.layout)
+                cameras = read_cameras(self.client, self.layout, self.max_cameras)
             except CONNECTION_ERRORS:
                 return cameras
             changed = {}
@@ -158,6 +169,7 @@ class CameraBoard:
         *,
         online_window: float,
         clock: Callable[[], float] = time.time,
+        max_cameras: int = DEFAULT_MAX_CAMERAS,
     ) -> None:
         self.directory = directory
         self.engine = engine
@@ -166,16 +178,43 @@ class CameraBoard:
         self.layout = layout
         self.online_window = online_window
         self.clock = clock
+        self.max_cameras = max_cameras
 
-    def cameras(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Every camera (sorted by id): :func:`camera_status` plus the compliance window,
-        the alerts of the last 24 hours and the camera's rule."""
+    def _listed(
+        self, registry: Mapping[str, Any], summaries: Mapping[str, CameraSummary]
+    ) -> list[str]:
+        """The ids the board lists, sorted: registered ones first, then those only seen in
+        the detections (most recent first), at most ``max_cameras`` in all."""
+        ids = [c for c in registry if is_valid_camera_id(c)][: self.max_cameras]
+        room = self.max_cameras - len(ids)
+        if room > 0:
+            seen = [c for c in summaries if c not in registry and is_valid_camera_id(c)]
+            seen.sort(key=lambda c: summaries[c].last_ts, reverse=True)
+            ids += seen[:room]
+        return sorted(ids)
+
+    def cameras(
+        self, now: float | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The cameras (sorted by id, at most ``max_cameras``): :func:`camera_status` plus
+        the compliance window, the alerts of the last 24 hours and the camera's rule; with
+        ``after`` / ``limit`` only the page of ids after ``after``."""
+        return self.page(now, after=after, limit=limit)[0]
+
+    def page(
+        self, now: float | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], bool, int]:
+        """``(cameras, more, total)``: the page of :meth:`cameras` after ``after`` (at most
+        ``limit``), whether more follow, and how many cameras the board lists in all."""
         now = self.clock() if now is None else now
         registry = {c["id"]: c for c in self.directory.all()}
         summaries = self.engine.summaries(now)
+        listed = self._listed(registry, summaries)
+        start = bisect.bisect_right(listed, after) if after is not None else 0
+        end = len(listed) if limit is None else min(len(listed), start + limit)
         recent = self.store.count_alerts(since=now - 86400)
         out = []
-        for camera_id in sorted(set(registry) | set(summaries)):
+        for camera_id in listed[start:end]:
             doc = camera_status(
                 camera_id,
                 registry.get(camera_id),
@@ -187,7 +226,7 @@ class CameraBoard:
             doc["alerts_24h"] = recent.get(camera_id, 0)
             doc["rule"] = self.engine.rule(camera_id).to_dict()
             out.append(doc)
-        return out
+        return out, end < len(listed), len(listed)
 
     def frames_stream_of(self, latest: Mapping[str, Any] | None) -> str | None:
         """The frame stream of a latest-entry record."""

@@ -15,16 +15,26 @@ the Redis alerts stream (read by the ingest nodes' voice prompt) is on unless
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
-from facemask.contracts.wire import WireError, validate_camera_id
+from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
+from facemask.infra.netaddr import is_loopback
 from facemask.infra.settings import ConfigError, ServiceSettings
 from facemask.infra.watchdog import SupervisionSettings
 
@@ -32,6 +42,9 @@ from facemask.infra.watchdog import SupervisionSettings
 def _problem(message: str) -> PydanticCustomError:
     """A validation error shown as is (no "Value error, " prefix)."""
     return PydanticCustomError("alerts_config", "{message}", {"message": message})
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _default_consumer() -> str:
@@ -58,13 +71,29 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
     model_config = SettingsConfigDict(env_prefix="FACEMASK_ALERTS_", extra="forbid")
 
     # HTTP API + dashboard
-    host: str = Field("0.0.0.0", description="address the HTTP API / dashboard binds")
+    host: str = Field(
+        "127.0.0.1",
+        description="address the HTTP API / dashboard binds (not loopback: needs api_token "
+        "or allow_anonymous_read)",
+    )
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: pick a free one)")
     api_token: str = Field(
         "", description="bearer token required by every route but /healthz, /readyz (empty: off)"
     )
     public_base_url: str = Field(
         "", description="URL the dashboard is reached at, for links in Slack / webhooks"
+    )
+
+    # access control (secure by default; see the README's Security section)
+    allow_anonymous_read: bool = Field(
+        False,
+        description="let GET/HEAD of the dashboard and API in without the token (kiosks); "
+        "anything else still needs api_token",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated proxy addresses/networks whose X-Forwarded-Proto "
+        "is believed (https there marks the session cookie Secure)",
     )
 
     # durable state
@@ -98,6 +127,13 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
     )
     alerts_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the alerts stream")
     deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the dead letters")
+    max_clock_skew: float = Field(
+        DEFAULT_MAX_CLOCK_SKEW,
+        gt=0.0,
+        le=86400.0,
+        description="seconds a detections entry's capture time may lie ahead of this host's "
+        "clock; later (or pre-2000) entries are dead-lettered as bad_timestamp",
+    )
 
     # rules (defaults; per-camera overrides in `rules`)
     rule_k: int = Field(5, ge=1, le=1000, description="no_mask frames needed among the last N")
@@ -106,7 +142,9 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
     min_face: int = Field(24, ge=0, le=16384, description="smaller face side (px) that counts")
     cooldown: float = Field(30.0, ge=0.0, le=86400.0, description="seconds between alerts")
     rules: dict[str, RuleOverride] = Field(
-        default_factory=dict, description="per-camera overrides (JSON object by camera id)"
+        default_factory=dict,
+        examples=['{"lobby": {"k": 3, "n": 5}, "door": {"min_face": 40}}'],
+        description="per-camera overrides (JSON object by camera id)",
     )
 
     # tracking / statistics
@@ -194,6 +232,38 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
         if token and (len(token) < 8 or not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", token)):
             raise _problem("api_token must be at least 8 characters of A-Z a-z 0-9 . _ ~ + / = -")
         return token
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise _problem(
+                    f"trusted_proxies: {item!r} is not an IP address or network"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _open_bind_needs_a_token(self) -> AlertSettings:
+        if not self.api_token and not self.allow_anonymous_read and not is_loopback(self.host):
+            raise _problem(
+                f"host {self.host!r} is not a loopback address and no API token is set: the "
+                "dashboard shows face snapshots. Set FACEMASK_ALERTS_API_TOKEN (e.g. "
+                "`openssl rand -hex 24`), or FACEMASK_ALERTS_ALLOW_ANONYMOUS_READ=true for a "
+                "read-only kiosk, or bind FACEMASK_ALERTS_HOST=127.0.0.1"
+            )
+        return self
+
+    @property
+    def proxy_networks(self) -> tuple[IPNetwork, ...]:
+        """The parsed ``trusted_proxies``."""
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        )
 
     @field_validator("webhook_url", "slack_webhook_url", "public_base_url")
     @classmethod

@@ -158,7 +158,9 @@ class DetectionsConsumer:
                 deadletters.append((item, *item.rejected))
                 continue
             try:
-                entry = DetectionsEntry.from_fields(item.fields)
+                entry = DetectionsEntry.from_fields(
+                    item.fields, max_skew=self.settings.max_clock_skew
+                )
                 if not _valid_sid(entry.frame_sid):
                     raise WireError("bad_field", f"frame_sid {entry.frame_sid[:40]!r}")
             except WireError as exc:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from facemask.contracts.wire import is_valid_camera_id
+from facemask.infra.metrics import DEFAULT_MAX_CAMERAS, LabelLimiter, limit_labels
 from facemask.infra.watchdog import SupervisorMetrics
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -21,33 +23,53 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 class AlertMetrics:
     """All metrics of one alert service instance."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_cameras: int = DEFAULT_MAX_CAMERAS,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.supervision = SupervisorMetrics("alerts", r)
-        self.alerts = Counter(
-            "facemask_alerts",
-            "Alerts raised (stored), per camera.",
-            ["camera_id"],
-            registry=r,
+        # At most max_cameras camera_id values per service; the rest count as _other.
+        self.cameras = cams = LabelLimiter(max_cameras, registry=r, valid=is_valid_camera_id)
+        self.label_overflow = cams.overflow
+        self.alerts = limit_labels(
+            Counter(
+                "facemask_alerts",
+                "Alerts raised (stored), per camera.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.alerts_suppressed = Counter(
-            "facemask_alerts_suppressed",
-            "Frames where a violating track was held back by the camera's cooldown.",
-            ["camera_id"],
-            registry=r,
+        self.alerts_suppressed = limit_labels(
+            Counter(
+                "facemask_alerts_suppressed",
+                "Frames where a violating track was held back by the camera's cooldown.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.compliance = Gauge(
-            "facemask_compliance_ratio",
-            "Masked faces / all faces over the compliance window (0..1); absent without faces.",
-            ["camera_id"],
-            registry=r,
+        self.compliance = limit_labels(
+            Gauge(
+                "facemask_compliance_ratio",
+                "Masked faces / all faces over the compliance window (0..1); absent without faces.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.faces_seen = Counter(
-            "facemask_faces_seen",
-            "Faces in the detections entries processed, by label.",
-            ["camera_id", "label"],
-            registry=r,
+        self.faces_seen = limit_labels(
+            Counter(
+                "facemask_faces_seen",
+                "Faces in the detections entries processed, by label.",
+                ["camera_id", "label"],
+                registry=r,
+            ),
+            cams,
         )
         self.deliveries = Counter(
             "facemask_sink_deliveries",
@@ -68,11 +90,14 @@ class AlertMetrics:
             ["sink"],
             registry=r,
         )
-        self.snapshots_missing = Counter(
-            "facemask_alert_snapshots_missing",
-            "Alerts raised without a picture (the frame was trimmed or unreadable).",
-            ["camera_id"],
-            registry=r,
+        self.snapshots_missing = limit_labels(
+            Counter(
+                "facemask_alert_snapshots_missing",
+                "Alerts raised without a picture (the frame was trimmed or unreadable).",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
         self.snapshots_deleted = Counter(
             "facemask_alert_snapshots_deleted",

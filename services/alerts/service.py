@@ -77,7 +77,7 @@ class AlertService:
     def __init__(self, settings: AlertSettings, metrics: AlertMetrics | None = None) -> None:
         self.settings = settings
         self.layout = settings.layout
-        self.metrics = metrics or AlertMetrics()
+        self.metrics = metrics or AlertMetrics(max_cameras=settings.max_cameras)
         self.client = connect(settings.redis_url)
         self.store = AlertStore(settings.state_dir)
         snapshot_dir = settings.snapshot_dir or str(Path(settings.state_dir) / "snapshots")
@@ -110,7 +110,9 @@ class AlertService:
             compliance_window=settings.compliance_window,
         )
         self.hub = AlertHub()
-        self.directory = CameraDirectory(self.client, self.layout, self.store)
+        self.directory = CameraDirectory(
+            self.client, self.layout, self.store, max_cameras=settings.max_cameras
+        )
         self.board = CameraBoard(
             self.directory,
             self.engine,
@@ -118,6 +120,7 @@ class AlertService:
             self.latest_frames,
             self.layout,
             online_window=settings.online_window,
+            max_cameras=settings.max_cameras,
         )
         self.sinks: list[Sink] = []
         self.workers: list[OutboxWorker] = []

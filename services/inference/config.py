@@ -6,9 +6,11 @@ import os
 import socket
 from typing import Any
 
+import grpc
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
 from facemask.core.preprocess import MAX_PIXELS
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
 from facemask.infra.settings import ServiceSettings
@@ -43,6 +45,13 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
     )
     metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port (0: none)")
 
+    # gRPC TLS (empty: plaintext); all PEM files, read at start and at --check-config
+    tls_cert: str = Field("", description="server certificate chain (PEM): serve TLS")
+    tls_key: str = Field("", description="private key of tls_cert (PEM)")
+    tls_ca: str = Field(
+        "", description="CA of the client certificates (PEM): require one (mutual TLS)"
+    )
+
     # model
     runtime: str = Field("tensorflow", description="detector runtime (see the registry)")
     threads: int = Field(
@@ -68,6 +77,7 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
     warmup: bool = Field(True, description="run warm-up batches before reporting SERVING")
     tiles: dict[str, str] = Field(
         default_factory=dict,
+        examples=['{"lobby": "2x2", "*": "off"}'],
         description='tiled inference per camera, JSON: {"lobby": "2x2", "street": "3x3:0.25", '
         '"*": "off"} ("*": every other camera; specs ROWSxCOLS[:OVERLAP], auto[:MIN_FACE_PX], '
         "off); also the default of gRPC requests that name a camera and no tiles",
@@ -120,6 +130,13 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
     detections_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of detections streams")
     deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of dead-letter streams")
     lag_interval: float = Field(5.0, gt=0.0, description="seconds between stream lag readings")
+    max_clock_skew: float = Field(
+        DEFAULT_MAX_CLOCK_SKEW,
+        gt=0.0,
+        le=86400.0,
+        description="seconds a frame's capture time may lie ahead of this host's clock; "
+        "later (or pre-2000) frames are dead-lettered as bad_timestamp",
+    )
 
     # lifecycle
     drain_timeout: float = Field(15.0, ge=0.0, description="seconds SIGTERM waits for work")
@@ -139,6 +156,11 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
         for camera, spec in value.items():
             if not camera:
                 raise ValueError('tiles: empty camera id (use "*" for every camera)')
+            if camera != "*":
+                try:
+                    validate_camera_id(camera)
+                except WireError as exc:
+                    raise ValueError(f"tiles: {exc.detail}") from None
             try:
                 TileSpec.parse(spec)
             except TileSpecError as exc:
@@ -166,6 +188,35 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
             if self.model_variant:
                 options["variant"] = self.model_variant
         return options
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> InferenceSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key (FACEMASK_INFERENCE_TLS_*)")
+        if self.tls_ca and not self.tls_cert:
+            raise ValueError("tls_ca (mutual TLS) needs the server's tls_cert and tls_key")
+        from facemask.infra.client import TLSConfigError, read_pem
+
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            try:
+                _ = read_pem(path, name) if path else None
+            except TLSConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials of the gRPC port (mutual TLS with ``tls_ca``); None: plaintext."""
+        if not self.tls_cert:
+            return None
+        from facemask.infra.client import read_pem
+
+        ca = read_pem(self.tls_ca, "tls_ca") if self.tls_ca else None
+        return grpc.ssl_server_credentials(
+            [(read_pem(self.tls_key, "tls_key"), read_pem(self.tls_cert, "tls_cert"))],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
 
     @model_validator(mode="after")
     def _check(self) -> InferenceSettings:

@@ -195,7 +195,11 @@ class StreamConsumer:
             )
             return
         try:
-            frame = FrameEntry.from_fields(fields, max_bytes=self.settings.max_message_bytes)
+            frame = FrameEntry.from_fields(
+                fields,
+                max_bytes=self.settings.max_message_bytes,
+                max_skew=self.settings.max_clock_skew,
+            )
         except WireError as exc:
             self._deadletter(stream, sid, fields, exc.reason, exc.detail)
             return

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from facemask.contracts.wire import is_valid_camera_id
+from facemask.infra.metrics import DEFAULT_MAX_CAMERAS, LabelLimiter, limit_labels
 from facemask.infra.watchdog import SupervisorMetrics
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -17,9 +19,14 @@ BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 class InferenceMetrics:
     """All metrics of one service instance, registered in ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, max_cameras: int = DEFAULT_MAX_CAMERAS
+    ) -> None:
         self.registry = registry
         self.supervision = SupervisorMetrics("inference", registry)
+        # At most max_cameras camera_id values per service; the rest count as _other.
+        self.cameras = cams = LabelLimiter(max_cameras, registry=registry, valid=is_valid_camera_id)
+        self.label_overflow = cams.overflow
         self.requests = Counter(
             "facemask_inference_requests_total",
             "Images handled, by source (grpc, stream) and outcome.",
@@ -61,29 +68,41 @@ class InferenceMetrics:
             "Images admitted and not yet answered.",
             registry=registry,
         )
-        self.frames_processed = Counter(
-            "facemask_frames_processed_total",
-            "Stream frames with a published detections entry (status ok).",
-            ["camera_id"],
-            registry=registry,
+        self.frames_processed = limit_labels(
+            Counter(
+                "facemask_frames_processed_total",
+                "Stream frames with a published detections entry (status ok).",
+                ["camera_id"],
+                registry=registry,
+            ),
+            cams,
         )
-        self.faces_detected = Counter(
-            "facemask_faces_detected_total",
-            "Faces detected in stream frames, by label.",
-            ["camera_id", "label"],
-            registry=registry,
+        self.faces_detected = limit_labels(
+            Counter(
+                "facemask_faces_detected_total",
+                "Faces detected in stream frames, by label.",
+                ["camera_id", "label"],
+                registry=registry,
+            ),
+            cams,
         )
-        self.frames_skipped = Counter(
-            "facemask_frames_skipped_total",
-            "Stream frames not run through the model, by reason.",
-            ["camera_id", "reason"],
-            registry=registry,
+        self.frames_skipped = limit_labels(
+            Counter(
+                "facemask_frames_skipped_total",
+                "Stream frames not run through the model, by reason.",
+                ["camera_id", "reason"],
+                registry=registry,
+            ),
+            cams,
         )
-        self.model_runs = Counter(
-            "facemask_inference_model_runs_total",
-            "Model runs (batch items) spent on stream frames, per camera.",
-            ["camera_id"],
-            registry=registry,
+        self.model_runs = limit_labels(
+            Counter(
+                "facemask_inference_model_runs_total",
+                "Model runs (batch items) spent on stream frames, per camera.",
+                ["camera_id"],
+                registry=registry,
+            ),
+            cams,
         )
         self.deadletters = Counter(
             "facemask_inference_deadletter_total",

@@ -197,7 +197,12 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
 
 
 class GrpcServer:
-    """The grpc.Server with the detector, health and reflection services."""
+    """The grpc.Server with the detector, health and reflection services.
+
+    TLS comes from the settings (``tls_cert`` + ``tls_key``; ``tls_ca``: clients must
+    present a certificate signed by it): then the port accepts TLS only, health checks
+    included.
+    """
 
     def __init__(self, settings: InferenceSettings, servicer: DetectorServicer) -> None:
         options = [
@@ -222,7 +227,13 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        address = f"{settings.host}:{settings.port}"
+        credentials = settings.server_credentials()
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        self.tls = "mutual" if settings.tls_ca else "on" if credentials else "off"
         if self.port == 0:
             raise RuntimeError(f"cannot bind gRPC port {settings.host}:{settings.port}")
 

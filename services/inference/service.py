@@ -59,7 +59,7 @@ class InferenceService:
     def __init__(self, settings: InferenceSettings, detector: Detector | None = None) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
-        self.metrics = InferenceMetrics(self.registry)
+        self.metrics = InferenceMetrics(self.registry, max_cameras=settings.max_cameras)
         self.servicer = DetectorServicer(self.metrics, settings)
         self.grpc = GrpcServer(settings, self.servicer)
         self.detector = detector

@@ -69,7 +69,9 @@ class CameraConfig(BaseModel):
         "realtime",
     )
 
-    id: str = Field(description="camera id (1..128 printable characters, no spaces)")
+    id: str = Field(
+        description="camera id: 1..64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+    )
     source: str = Field(description="device index, URL, video file or image directory")
     name: str = Field("", description="display name (default: the id)")
     location: str = Field("", description="free-text location")
@@ -192,6 +194,7 @@ class IngestSettings(ServiceSettings, SupervisionSettings):
     cameras: list[CameraConfig] = Field(
         default_factory=list,
         validate_default=True,
+        examples=['[{"id": "lobby", "source": "rtsp://cam1/stream", "fps": 5}]'],
         description="cameras of this node (JSON list)",
     )
     node_name: str = Field(

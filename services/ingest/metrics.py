@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from facemask.infra.metrics import MetricsServer, serve_metrics
+from facemask.contracts.wire import is_valid_camera_id
+from facemask.infra.metrics import (
+    DEFAULT_MAX_CAMERAS,
+    LabelLimiter,
+    MetricsServer,
+    limit_labels,
+    serve_metrics,
+)
 from facemask.infra.watchdog import SupervisorMetrics
 
 DROP_REASONS = ("rate_cap", "buffer_full", "encode_error", "too_large", "redis_error", "shutdown")
@@ -29,47 +36,73 @@ ENCODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64
 class IngestMetrics:
     """The node's metrics."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_cameras: int = DEFAULT_MAX_CAMERAS,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.supervision = SupervisorMetrics("ingest", r)
-        self.frames_captured = Counter(
-            "facemask_ingest_frames_captured",
-            "Frames kept by the frame-rate cap and handed to encoding.",
-            ["camera_id"],
-            registry=r,
+        # At most max_cameras camera_id values per service; the rest count as _other.
+        self.cameras = cams = LabelLimiter(max_cameras, registry=r, valid=is_valid_camera_id)
+        self.label_overflow = cams.overflow
+        self.frames_captured = limit_labels(
+            Counter(
+                "facemask_ingest_frames_captured",
+                "Frames kept by the frame-rate cap and handed to encoding.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.frames_published = Counter(
-            "facemask_ingest_frames_published",
-            "Frames added to the camera's frame stream.",
-            ["camera_id"],
-            registry=r,
+        self.frames_published = limit_labels(
+            Counter(
+                "facemask_ingest_frames_published",
+                "Frames added to the camera's frame stream.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.frames_dropped = Counter(
-            "facemask_ingest_frames_dropped",
-            "Frames dropped, by reason (rate_cap, buffer_full, encode_error, too_large, "
-            "redis_error, shutdown).",
-            ["camera_id", "reason"],
-            registry=r,
+        self.frames_dropped = limit_labels(
+            Counter(
+                "facemask_ingest_frames_dropped",
+                "Frames dropped, by reason (rate_cap, buffer_full, encode_error, too_large, "
+                "redis_error, shutdown).",
+                ["camera_id", "reason"],
+                registry=r,
+            ),
+            cams,
         )
-        self.capture_fps = Gauge(
-            "facemask_ingest_capture_fps",
-            "Frames captured per second over the last few seconds.",
-            ["camera_id"],
-            registry=r,
+        self.capture_fps = limit_labels(
+            Gauge(
+                "facemask_ingest_capture_fps",
+                "Frames captured per second over the last few seconds.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.encode_seconds = Histogram(
-            "facemask_ingest_encode_seconds",
-            "Time to resize and JPEG-encode one frame.",
-            ["camera_id"],
-            buckets=ENCODE_BUCKETS,
-            registry=r,
+        self.encode_seconds = limit_labels(
+            Histogram(
+                "facemask_ingest_encode_seconds",
+                "Time to resize and JPEG-encode one frame.",
+                ["camera_id"],
+                buckets=ENCODE_BUCKETS,
+                registry=r,
+            ),
+            cams,
         )
-        self.published_bytes = Counter(
-            "facemask_ingest_published_bytes",
-            "Encoded image bytes added to frame streams.",
-            ["camera_id"],
-            registry=r,
+        self.published_bytes = limit_labels(
+            Counter(
+                "facemask_ingest_published_bytes",
+                "Encoded image bytes added to frame streams.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
         self.redis_reconnects = Counter(
             "facemask_ingest_redis_reconnects",
@@ -89,25 +122,35 @@ class IngestMetrics:
             "Capacity of the in-memory ring buffer.",
             registry=r,
         )
-        self.camera_up = Gauge(
-            "facemask_ingest_camera_up",
-            "1 while the camera's source delivers frames.",
-            ["camera_id"],
-            registry=r,
+        self.camera_up = limit_labels(
+            Gauge(
+                "facemask_ingest_camera_up",
+                "1 while the camera's source delivers frames.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.source_errors = Counter(
-            "facemask_ingest_source_errors",
-            "Times the camera's source failed to open or stopped delivering frames.",
-            ["camera_id"],
-            registry=r,
+        self.source_errors = limit_labels(
+            Counter(
+                "facemask_ingest_source_errors",
+                "Times the camera's source failed to open or stopped delivering frames.",
+                ["camera_id"],
+                registry=r,
+            ),
+            cams,
         )
-        self.voice_prompts = Counter(
-            "facemask_ingest_voice_prompts",
-            "Alerts of the node's cameras seen by the voice prompt, by outcome (played, "
-            "rate_limited, busy, stale, failed).",
-            ["camera_id", "outcome"],
-            registry=r,
+        self.voice_prompts = limit_labels(
+            Counter(
+                "facemask_ingest_voice_prompts",
+                "Alerts of the node's cameras seen by the voice prompt, by outcome (played, "
+                "rate_limited, busy, stale, failed).",
+                ["camera_id", "outcome"],
+                registry=r,
+            ),
+            cams,
         )
+
         self._server: MetricsServer | None = None
 
     def add_camera(self, camera_id: str) -> None:

@@ -59,9 +59,9 @@ COMPONENT_CONFLICTS = (frozenset({"keda", "hpa"}),)
 # Secrets an overlay expects to exist in the cluster (created from a secret manager), by
 # overlay; anything else a workload references must be in the rendered output.
 EXTERNAL_SECRETS = {
-    "base": frozenset({"facemask-redis", "facemask-cameras"}),
+    "base": frozenset({"facemask-redis", "facemask-cameras", "facemask-alerts-auth"}),
     "dev": frozenset(),
-    "prod": frozenset({"facemask-redis", "facemask-cameras"}),
+    "prod": frozenset({"facemask-redis", "facemask-cameras", "facemask-alerts-auth"}),
 }
 
 # Custom resources we ship and the structural check that stands in for a schema.
@@ -756,6 +756,10 @@ def pod_security_problems(docs: list[dict[str, Any]]) -> list[str]:
         if ctx.get("runAsUser") == 0:
             problems.append(f"{where}: runAsUser 0")
         for container in _containers(pod):
+            uid = (container.get("securityContext") or {}).get("runAsUser", ctx.get("runAsUser"))
+            if uid is None:  # the image's USER decides: state the non-root uid instead
+                problems.append(f"{where} container {container['name']}: runAsUser not set")
+        for container in _containers(pod):
             cwhere = f"{where} container {container['name']}"
             sc = container.get("securityContext", {})
             if not (sc.get("runAsNonRoot") or ctx.get("runAsNonRoot")):
@@ -1051,7 +1055,7 @@ def compose_problems(path: Path = COMPOSE_FILE) -> list[str]:
     text = path.read_text()
     services = data.get("services", {})
     problems = []
-    for secret in ("REDIS_PASSWORD", "MQTT_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    for secret in (*COMPOSE_REDIS_SECRETS, "MQTT_PASSWORD", "GRAFANA_ADMIN_PASSWORD", ALERTS_TOKEN):
         if f"${{{secret}:?" not in text:
             problems.append(f"{secret} must be required with ${{{secret}:?...}}")
     for required in (
@@ -1065,8 +1069,12 @@ def compose_problems(path: Path = COMPOSE_FILE) -> list[str]:
     ):
         if required not in services:
             problems.append(f"service {required} missing")
+    problems += compose_root_problems(services)
     for name, service in services.items():
         for dep, condition in (service.get("depends_on") or {}).items():
+            one_shot = str(services.get(dep, {}).get("restart", "")) == "no"
+            if one_shot and condition.get("condition") == "service_completed_successfully":
+                continue  # a set-up step (redis-acl): it exits, it is never healthy
             if condition.get("condition") != "service_healthy":
                 problems.append(f"{name}: depends_on {dep} must wait for service_healthy")
             if "healthcheck" not in services.get(dep, {}):
@@ -1084,7 +1092,8 @@ def compose_problems(path: Path = COMPOSE_FILE) -> list[str]:
         for facemask_service in ("inference", "ingest", "alerts"):
             if f"/{facemask_service}:" in image:
                 env = service.get("environment") or {}
-                problems += env_name_problems(facemask_service, env, f"compose {name}")
+                if "entrypoint" not in service:  # runs the service, not another module
+                    problems += env_name_problems(facemask_service, env, f"compose {name}")
                 if facemask_service == "ingest":
                     for spec in _camera_args(list(service.get("command") or [])):
                         problems += camera_spec_problems(spec, f"compose {name}")
@@ -1095,6 +1104,43 @@ def compose_problems(path: Path = COMPOSE_FILE) -> list[str]:
             secret_like = re.search(r"PASSWORD|SECRET|TOKEN|_AUTH$", key.upper())
             if secret_like and not str(value).startswith("${"):
                 problems.append(f"{name}: {key} must come from the environment (${{VAR:?}})")
+    return problems
+
+
+COMPOSE_REDIS_SECRETS = (
+    "REDIS_INGEST_PASSWORD",
+    "REDIS_INFERENCE_PASSWORD",
+    "REDIS_ALERTS_PASSWORD",
+)
+ALERTS_TOKEN = "FACEMASK_ALERTS_API_TOKEN"
+SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash", "ash", "dash"}
+
+
+def _uid(user: Any) -> str:
+    return str(user).split(":", 1)[0].strip()
+
+
+def compose_root_problems(services: dict[str, Any]) -> list[str]:
+    """No container runs as root: every service names a non-root ``user:`` (an image's
+    default user is not trusted, and an entrypoint that drops root is skipped by a shell
+    wrapper); Redis runs redis-server itself."""
+    problems = []
+    for name, service in services.items():
+        user = service.get("user")
+        if user is None:
+            problems.append(f"{name}: must set user: (a non-root uid:gid)")
+        elif _uid(user) in ("0", "root", ""):
+            problems.append(f"{name}: runs as root (user: {user})")
+        security = service.get("security_opt") or []
+        if "no-new-privileges:true" not in security:
+            problems.append(f"{name}: needs security_opt no-new-privileges:true")
+    redis = services.get("redis", {})
+    command = redis.get("command") or []
+    argv0 = command[0] if isinstance(command, list) and command else str(command).split()[0:1]
+    if argv0 != "redis-server":
+        problems.append("redis: command must run redis-server itself (no shell wrapper)")
+    if "--aclfile" not in command:
+        problems.append("redis: needs --aclfile (one ACL user per service)")
     return problems
 
 
@@ -1119,6 +1165,49 @@ def prometheus_target_problems() -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- redis acl
+
+REDIS_ACL_TEMPLATE = DEPLOY_DIR / "redis" / "users.acl"
+DEV_OVERLAY = DEPLOY_DIR / "k8s" / "overlays" / "dev"
+
+
+def acl_problems() -> list[str]:
+    """The committed ACL template and the dev overlay's ACL file are what
+    ``facemask.infra.redisacl`` generates (the dev file from the dev Secret's passwords)."""
+    from urllib.parse import urlsplit
+
+    from facemask.contracts.streams import StreamLayout
+    from facemask.infra import redisacl
+
+    problems = []
+    layout = StreamLayout()
+    if REDIS_ACL_TEMPLATE.read_text() != redisacl.render(layout, redisacl.placeholders()):
+        problems.append(
+            f"{REDIS_ACL_TEMPLATE} is stale: python -m "
+            "facemask.infra.redisacl --placeholders --out deploy/redis/users.acl"
+        )
+    kustomization = yaml.safe_load((DEV_OVERLAY / "kustomization.yaml").read_text())
+    secret = next(s for s in kustomization["secretGenerator"] if s["name"] == "facemask-redis")
+    values = dict(item.split("=", 1) for item in secret.get("literals", []))
+    env = {
+        f"REDIS_{user.upper()}_PASSWORD": urlsplit(values[f"{user}-url"]).password or ""
+        for user in ("ingest", "inference", "alerts")
+    }
+    env["REDIS_KEDA_PASSWORD"] = values.get("keda-password", "")
+    for user in ("ingest", "inference", "alerts"):
+        if urlsplit(values[f"{user}-url"]).username != user:
+            problems.append(f"dev facemask-redis {user}-url must log in as {user}")
+    file = next(f for f in secret.get("files", []) if f.startswith("users.acl="))
+    acl = DEV_OVERLAY / file.split("=", 1)[1]
+    try:
+        expected = redisacl.render(layout, redisacl.hashes_from_env(env))
+    except ValueError as exc:
+        return [*problems, f"dev facemask-redis: {exc}"]
+    if acl.read_text() != expected:
+        problems.append(f"{acl.relative_to(REPO_ROOT)} does not match the dev passwords")
+    return problems
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1131,8 +1220,13 @@ def _report(title: str, problems: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.deploy.checks [k8s] [metrics] [compose]`` (default: all)."""
-    wanted = set(argv if argv is not None else sys.argv[1:]) or {"k8s", "metrics", "compose"}
+    """``python -m tests.deploy.checks [k8s] [metrics] [compose] [acl]`` (default: all)."""
+    wanted = set(argv if argv is not None else sys.argv[1:]) or {
+        "k8s",
+        "metrics",
+        "compose",
+        "acl",
+    }
     failed = 0
     if "k8s" in wanted:
         if kubectl() is None:
@@ -1145,6 +1239,8 @@ def main(argv: list[str] | None = None) -> int:
         failed |= _report(f"dashboard and rule metrics (alerts from {source})", check_metrics())
     if "compose" in wanted:
         failed |= _report("compose semantics", compose_problems() + prometheus_target_problems())
+    if "acl" in wanted:
+        failed |= _report("redis ACL files", acl_problems())
     return failed
 
 

@@ -137,6 +137,9 @@ def test_semantic_checks_catch_broken_manifests() -> None:
     inference = _find(docs, "Deployment", "inference")
     container = inference["spec"]["template"]["spec"]["containers"][0]
     container["securityContext"]["readOnlyRootFilesystem"] = False
+    del inference["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    alerts_pod = _find(docs, "Deployment", "alerts")["spec"]["template"]["spec"]
+    alerts_pod["containers"][0]["securityContext"]["runAsUser"] = 0
     container["env"].append({"name": "FACEMASK_INFERENCE_THREDS", "value": "2"})
     container["env"].append({"name": "FACEMASK_STREAM_PARTITONS", "value": "2"})
     container["readinessProbe"] = {"grpc": {"port": 50051}}
@@ -146,6 +149,8 @@ def test_semantic_checks_catch_broken_manifests() -> None:
     cameras["data"]["lobby"] = base64.b64encode(b'["id=lobby,source=0,fsp=5"]').decode()
     problems = "\n".join(checks.semantic_problems(combination, docs))
     assert "readOnlyRootFilesystem" in problems
+    assert "Deployment/inference container inference: runAsUser not set" in problems
+    assert "Deployment/alerts container alerts: runAsUser 0" in problems
     assert "FACEMASK_INFERENCE_THREDS is no inference setting" in problems
     assert "FACEMASK_STREAM_PARTITONS is neither a shared setting" in problems
     assert "inference readinessProbe" in problems
@@ -223,15 +228,25 @@ def test_compose_checker_rejects_unhealthy_dependencies(tmp_path: Path) -> None:
     data["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] = "hunter22"
     data["services"]["ingest"]["command"] = ["--camera", "id=x,source=0,fsp=5"]
     del data["services"]["redis"]["healthcheck"]
+    data["services"]["redis"]["user"] = "0:0"
+    data["services"]["redis"]["command"] = ["sh", "-c", "exec redis-server"]
+    del data["services"]["grafana"]["user"]
+    data["services"]["mosquitto"]["security_opt"] = []
     broken = tmp_path / "docker-compose.yml"
-    text = yaml.safe_dump(data, width=10_000).replace("REDIS_PASSWORD:?", "REDIS_PASSWORD:-")
+    text = yaml.safe_dump(data, width=10_000)
+    text = text.replace("REDIS_INGEST_PASSWORD:?", "REDIS_INGEST_PASSWORD:-")
     broken.write_text(text)
     problems = "\n".join(checks.compose_problems(broken))
     assert "must wait for service_healthy" in problems
     assert "which has no healthcheck" in problems
     assert "FACEMASK_INFERENCE_BATCH is no inference setting" in problems
     assert "GF_SECURITY_ADMIN_PASSWORD must come from the environment" in problems
-    assert "REDIS_PASSWORD must be required" in problems
+    assert "REDIS_INGEST_PASSWORD must be required" in problems
+    assert "redis: runs as root (user: 0:0)" in problems
+    assert "grafana: must set user:" in problems
+    assert "mosquitto: needs security_opt no-new-privileges:true" in problems
+    assert "redis: command must run redis-server itself" in problems
+    assert "redis: needs --aclfile" in problems
     assert "unknown key 'fsp'" in problems
 
 
@@ -505,6 +520,7 @@ def test_validate_script_runs_every_validation() -> None:
         "promtool check rules",
         "promtool test rules",
         "tests.deploy.checks",
+        "tests.deploy.checks acl",
     ):
         assert step in script, step
     assert script.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in script

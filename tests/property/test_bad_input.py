@@ -105,6 +105,7 @@ def test_frame_parser_truncated_and_corrupted_fields(data: st.DataObject) -> Non
             "bad_version",
             "bad_camera",
             "bad_encoding",
+            "bad_timestamp",
             "too_large",
             "empty_image",
         }

@@ -14,7 +14,7 @@ from facemask import __version__
 from services.alerts.api import alerts as alert_routes
 from services.alerts.api import cameras as camera_routes
 from services.alerts.api import dashboard, events, health
-from services.alerts.api.auth import TokenAuth
+from services.alerts.api.auth import SecureCookies, TokenAuth
 from services.alerts.api.deps import Collaborators, ReadinessCheck
 from services.alerts.api.errors import install_error_handlers
 from services.alerts.api.models import problems
@@ -38,8 +38,9 @@ def create_app(
     """The FastAPI application of the alert service.
 
     ``readiness`` returns the checks of ``/readyz`` (``redis``, ``consumer``, ``http``).
-    With ``settings.api_token`` every router but the health checks' runs the
-    :class:`~services.alerts.api.auth.TokenAuth` security dependency.
+    With ``settings.api_token`` (or ``allow_anonymous_read``) every router but the health
+    checks' runs the :class:`~services.alerts.api.auth.TokenAuth` security dependency;
+    cookies set over TLS are ``Secure`` (:class:`~services.alerts.api.auth.SecureCookies`).
     """
     app = FastAPI(
         title="facemask alerts",
@@ -49,7 +50,11 @@ def create_app(
         redoc_url=None,
         openapi_url=None,  # served below, behind the token like the API
     )
-    auth = TokenAuth(settings.api_token) if settings.api_token else None
+    auth = (
+        TokenAuth(settings.api_token, anonymous_read=settings.allow_anonymous_read)
+        if settings.api_token or settings.allow_anonymous_read
+        else None
+    )
     app.state.collaborators = Collaborators(
         settings=settings,
         store=store,
@@ -61,6 +66,11 @@ def create_app(
         auth=auth,
     )
     install_error_handlers(app)
+    app.add_middleware(
+        SecureCookies,
+        trusted_proxies=settings.proxy_networks,
+        public_https=settings.public_base_url.startswith("https://"),
+    )
 
     guard: list[Depends] = [Security(auth)] if auth else []
     denied: dict[int | str, dict[str, Any]] = problems(401) if auth else {}

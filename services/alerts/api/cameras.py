@@ -1,24 +1,57 @@
-"""Camera routes: every camera's status and its latest picture."""
+"""Camera routes: the cameras' status (paged) and a camera's latest picture.
+
+``/api/cameras`` answers at most ``limit`` cameras (default :data:`DEFAULT_PAGE`, at most
+:data:`MAX_PAGE`) sorted by id, and ``next_cursor`` (the last id of the page) while more
+follow; the board itself lists at most ``max_cameras`` cameras. Camera ids in paths and
+cursors must be valid camera ids (:data:`facemask.contracts.wire.CAMERA_ID_PATTERN`):
+anything else is answered 422 with the rule, never 500.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from services.alerts.api.deps import Cameras
-from services.alerts.api.models import CameraList, CameraOut, problems
+from services.alerts.api.models import (
+    CAMERA_ID_DESCRIPTION,
+    CameraId,
+    CameraList,
+    CameraOut,
+    problems,
+)
 from services.alerts.cameras import UnknownCameraError
+
+DEFAULT_PAGE = 200
+MAX_PAGE = 1000
 
 router = APIRouter(tags=["cameras"])
 
 
-@router.get("/api/cameras", summary="Cameras with status and compliance")
-def cameras(board: Cameras) -> CameraList:
+@router.get(
+    "/api/cameras",
+    summary="Cameras with status and compliance, a page at a time",
+    responses=problems(422),
+)
+def cameras(
+    board: Cameras,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")] = DEFAULT_PAGE,
+    cursor: Annotated[
+        CameraId | None,
+        Query(description="next_cursor of the previous page (" + CAMERA_ID_DESCRIPTION + ")"),
+    ] = None,
+) -> CameraList:
     now = board.clock()
-    return CameraList(cameras=[CameraOut(**c) for c in board.cameras(now)], now=now)
+    page, more, total = board.page(now, after=cursor, limit=limit)
+    return CameraList(
+        cameras=[CameraOut(**c) for c in page],
+        now=now,
+        next_cursor=page[-1]["id"] if more and page else None,
+        total=total,
+    )
 
 
 @router.get(
@@ -34,7 +67,7 @@ def cameras(board: Cameras) -> CameraList:
 def latest(
     request: Request,
     board: Cameras,
-    camera_id: Annotated[str, PathParam(min_length=1, max_length=128)],
+    camera_id: Annotated[CameraId, PathParam(description=CAMERA_ID_DESCRIPTION)],
 ) -> Response:
     try:
         result = board.latest_picture(camera_id)

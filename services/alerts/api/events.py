@@ -20,12 +20,29 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.alerts.api.deps import Hub, Settings, Store
-from services.alerts.api.models import AlertOut, problems
+from services.alerts.api.models import MAX_SEQ, AlertOut, problems
 from services.alerts.hub import AlertHub
 from services.alerts.records import AlertRecord
 from services.alerts.store import AlertStore
 
 REPLAY_PAGE = 200
+MAX_SEQ_DIGITS = len(str(MAX_SEQ))
+
+
+def parse_last_event_id(raw: str) -> int:
+    """A ``Last-Event-ID`` header: an alert seq, 0..2**63-1 in ASCII digits; HTTP 400 with
+    a clear message otherwise (a stream is never opened with a resume point it cannot
+    replay from)."""
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > MAX_SEQ_DIGITS:
+        raise HTTPException(
+            400, f"Last-Event-ID must be an alert seq (an integer 0..{MAX_SEQ}), got {raw[:32]!r}"
+        )
+    value = int(text)
+    if value > MAX_SEQ:
+        raise HTTPException(400, f"Last-Event-ID must be at most {MAX_SEQ}")
+    return value
+
 
 router = APIRouter(tags=["alerts"])
 
@@ -89,16 +106,13 @@ async def events(
     store: Store,
     settings: Settings,
     last_event_id: Annotated[
-        int | None, Query(ge=0, description="resume after this alert seq")
+        int | None, Query(ge=0, le=MAX_SEQ, description="resume after this alert seq")
     ] = None,
 ) -> StreamingResponse:
     header = request.headers.get("last-event-id")
     resume = last_event_id
     if header:
-        try:
-            resume = int(header)
-        except ValueError:
-            raise HTTPException(400, "Last-Event-ID must be an alert seq (integer)") from None
+        resume = parse_last_event_id(header)
     return StreamingResponse(
         event_stream(hub, store, resume, settings.sse_heartbeat),
         media_type="text/event-stream",

@@ -6,10 +6,11 @@ history, so the dashboard renders both with one function.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from facemask.contracts.wire import CAMERA_ID_PATTERN, WireError, validate_camera_id
 from services.alerts.records import AlertRecord
 from services.alerts.store import Delivery
 
@@ -37,6 +38,22 @@ PROBLEM_DESCRIPTIONS = {
     404: "Not found",
     422: "Invalid parameter",
 }
+
+
+MAX_SEQ = 2**63 - 1
+"""Largest alert seq (SQLite INTEGER); larger ids and cursors are refused with 400."""
+
+
+def _camera_id(value: str) -> str:
+    try:
+        return validate_camera_id(value)
+    except WireError as exc:
+        raise ValueError(exc.detail) from None
+
+
+CameraId = Annotated[str, AfterValidator(_camera_id)]
+"""A camera id parameter: invalid ids are answered 422 with the rule (``CAMERA_ID_PATTERN``)."""
+CAMERA_ID_DESCRIPTION = f"camera id ({CAMERA_ID_PATTERN})"
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -208,10 +225,14 @@ class CameraOut(BaseModel):
 
 
 class CameraList(BaseModel):
-    """Every camera known to the registry or seen in the detections."""
+    """A page of the cameras known to the registry or seen in the detections, by id."""
 
     cameras: list[CameraOut]
     now: float = Field(description="the server's time of the statistics")
+    next_cursor: str | None = Field(
+        None, description="pass as cursor for the next page (None: this is the last page)"
+    )
+    total: int = Field(0, description="cameras listed in all pages")
 
 
 # -- dashboard ---------------------------------------------------------------------------

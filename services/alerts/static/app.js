@@ -108,11 +108,30 @@ function updateTile(tile, camera) {
   el.classList.toggle("alerting", Boolean(alerting));
 }
 
+const CAMERA_PAGE = 200;      // cameras per /api/cameras request
+const MAX_TILES = 1000;       // the dashboard shows at most this many cameras
+
+// Every page of /api/cameras (ids sorted, next_cursor = the last id of a page), up to
+// MAX_TILES cameras; null when a page failed (the next tick tries again).
+async function fetchCameras() {
+  const cameras = [];
+  let cursor = null, body = null;
+  do {
+    const query = new URLSearchParams({ limit: String(CAMERA_PAGE) });
+    if (cursor) query.set("cursor", cursor);
+    const response = await api(`/api/cameras?${query}`);
+    if (!response.ok) return null;
+    body = await response.json();
+    cameras.push(...body.cameras);
+    cursor = body.next_cursor;
+  } while (cursor && cameras.length < MAX_TILES);
+  return { now: body.now, total: body.total, cameras: cameras.slice(0, MAX_TILES) };
+}
+
 async function loadCameras() {
   try {
-    const response = await api("/api/cameras");
-    if (!response.ok) return;
-    const body = await response.json();
+    const body = await fetchCameras();
+    if (!body) return;
     state.serverOffset = body.now - Date.now() / 1000;
     const seen = new Set();
     let online = 0, masked = 0, faces = 0, alerts = 0;
@@ -129,7 +148,8 @@ async function loadCameras() {
       if (!seen.has(id)) { clearTimeout(tile.timer); tile.el.remove(); state.tiles.delete(id); }
     }
     $("#no-cameras").hidden = body.cameras.length > 0;
-    $("#total-online").textContent = `${online} / ${body.cameras.length}`;
+    const shown = body.total > body.cameras.length ? ` (first ${body.cameras.length} shown)` : "";
+    $("#total-online").textContent = `${online} / ${body.total}${shown}`;
     $("#total-compliance").textContent = faces ? percent(masked / faces) : "–";
     $("#total-alerts").textContent = String(alerts);
   } catch (err) {

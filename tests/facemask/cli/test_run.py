@@ -24,7 +24,7 @@ from tests.fixtures.paths import REPO_ROOT
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-REDIS_LINE = re.compile(r"redis-server .* on port (\d+)")
+REDIS_LINE = re.compile(r"redis-server .* at redis://:\*\*\*@127\.0\.0\.1:(\d+)/0")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -101,7 +101,13 @@ def test_make_run_pipeline_end_to_end(tmp_path: Path) -> None:
         assert dashboard and redis_port, log()
         page = urllib.request.urlopen(dashboard, timeout=10).read().decode()
         assert "<html" in page.lower()
-        client = redis.Redis(port=int(redis_port))
+        password_file = tmp_path / "state" / "redis" / "password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        password = password_file.read_text().strip()
+        assert len(password) >= 32 and password not in log(), "the password is never printed"
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=int(redis_port)).ping()  # the Redis of `make run` needs it
+        client = redis.Redis(port=int(redis_port), password=password)
         layout = StreamLayout()
         entries: list[DetectionsEntry] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from facemask.contracts.registry import last_frame_id, read_cameras
+from facemask.contracts.registry import last_frame_id, read_cameras, registered_ids
 from facemask.contracts.streams import StreamLayout
 
 LAYOUT = StreamLayout(prefix="reg")
@@ -35,3 +35,22 @@ def test_last_frame_id(redis_client: redis.Redis) -> None:
     assert last_frame_id(redis_client, LAYOUT, "lobby") == 41
     assert last_frame_id(redis_client, LAYOUT, "door") is None
     assert last_frame_id(redis_client, LAYOUT, "nobody") is None
+
+
+def test_readers_list_only_valid_ids_and_at_most_limit(redis_client: redis.Redis) -> None:
+    register(redis_client, "lobby")
+    hostile = ["bad\nid", "\u202eevil", "a/b", "_other", "x" * 65, "with space"]
+    for camera_id in hostile:
+        register(redis_client, camera_id)
+    assert [c["id"] for c in read_cameras(redis_client, LAYOUT)] == ["lobby"]
+    redis_client.sadd(LAYOUT.cameras, *[f"cam-{i:04d}" for i in range(50)])
+    listed = read_cameras(redis_client, LAYOUT, limit=10)
+    assert [c["id"] for c in listed] == [f"cam-{i:04d}" for i in range(10)]
+    ids, left_out = registered_ids(redis_client, LAYOUT, limit=10)
+    assert len(ids) == 10 and left_out == 1 + len(hostile) + 50 - 10
+
+
+def test_a_hash_cannot_claim_another_camera_id(redis_client: redis.Redis) -> None:
+    register(redis_client, "door", id="lobby\nfake")
+    (camera,) = read_cameras(redis_client, LAYOUT)
+    assert camera["id"] == "door"

@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 
 from facemask.contracts.wire import (
+    CAMERA_ID_PATTERN,
+    DEFAULT_MAX_CLOCK_SKEW,
     AlertEvent,
     DetectionsEntry,
     FrameEntry,
     WireError,
     as_text,
+    check_timestamp,
     deadletter_record,
+    is_valid_camera_id,
     parse_detections,
     validate_camera_id,
 )
@@ -61,7 +65,7 @@ def test_detections_round_trip_keeps_pixel_boxes_exactly() -> None:
 
 def test_skipped_entry_round_trip() -> None:
     skipped = DetectionsEntry(
-        "door", 1, "1-0", 5.0, 6.0, 32, 32, "m", status="skipped", reason="too_old"
+        "door", 1, "1-0", 1.7e9 + 5, 1.7e9 + 6, 32, 32, "m", status="skipped", reason="too_old"
     )
     back = DetectionsEntry.from_fields(as_redis(skipped.to_fields()))
     assert (back.status, back.reason, len(back.detections)) == ("skipped", "too_old", 0)
@@ -91,7 +95,7 @@ def _frame_with(**changes: Any) -> dict[bytes, bytes]:
         ({"camera": "x" * 129}, "bad_camera"),
         ({"frame": "-1"}, "bad_field"),
         ({"frame": "seven"}, "bad_field"),
-        ({"ts": "nan"}, "bad_field"),
+        ({"ts": "nan"}, "bad_timestamp"),
         ({"enc": "gif"}, "bad_encoding"),
         ({"w": "0"}, "bad_field"),
         ({"w": "16385"}, "too_large"),
@@ -144,7 +148,7 @@ def test_detections_not_json() -> None:
     assert caught.value.reason == "bad_detections"
 
 
-@pytest.mark.parametrize("camera_id", ["lobby", "door-2", "cam_01.a", "x" * 128, "étage"])
+@pytest.mark.parametrize("camera_id", ["lobby", "door-2", "cam_01.a", "x" * 64, "9", "A.b-C_d"])
 def test_valid_camera_ids(camera_id: str) -> None:
     assert validate_camera_id(camera_id) == camera_id
 
@@ -157,3 +161,127 @@ def test_deadletter_record_keeps_the_evidence_bounded() -> None:
     assert record["orig_data"] == b"<truncated>" and record["orig_w"] == b"640"
     assert not any(len(k) > 70 for k in record)
     assert as_text(b"\xffa") == "\ufffda" and as_text(3) == "3"
+
+
+# -- camera ids: one rule, every parser ----------------------------------------------------
+
+HOSTILE_CAMERA_IDS = [
+    "",
+    "a b",
+    "cam\nx",  # a new line in a Prometheus label value / log line
+    "cam\r",
+    "cam\x00",
+    "\u202egnp.exe",  # right-to-left override (bidi)
+    "cam\u200b",  # zero-width space
+    "caf\u00e9",
+    "a/b",  # never reachable as a URL path segment
+    "../etc",
+    "_other",  # the metrics' overflow label value
+    ".hidden",
+    "-flag",
+    "x" * 65,
+    "x" * 10_000,
+    "{p1}",  # a Redis Cluster hash tag
+    "a:b",
+]
+
+
+@pytest.mark.parametrize("camera_id", HOSTILE_CAMERA_IDS)
+def test_hostile_camera_ids_are_refused_by_every_parser(camera_id: str) -> None:
+    with pytest.raises(WireError) as caught:
+        validate_camera_id(camera_id)
+    assert caught.value.reason == "bad_camera"
+    assert len(str(caught.value)) < 300  # the message never echoes a huge id
+    assert not is_valid_camera_id(camera_id)
+    frame = as_redis(FRAME.to_fields())
+    frame[b"camera"] = camera_id.encode()
+    detections = as_redis(ENTRY.to_fields())
+    detections[b"camera"] = camera_id.encode()
+    for parse, fields in (
+        (FrameEntry.from_fields, frame),
+        (DetectionsEntry.from_fields, detections),
+    ):
+        with pytest.raises(WireError) as caught:
+            parse(fields)
+        assert caught.value.reason in ("bad_camera", "missing_field")
+    with pytest.raises(WireError):
+        FrameEntry(camera_id, 1, FRAME.capture_ts, "jpeg", 8, 8, b"x").to_fields()
+
+
+def test_the_camera_id_rule_is_the_documented_pattern() -> None:
+    import re
+
+    for camera_id in [*HOSTILE_CAMERA_IDS, "lobby", "A.b-C_d", "9", "x" * 64]:
+        documented = re.fullmatch(CAMERA_ID_PATTERN, camera_id) is not None
+        assert is_valid_camera_id(camera_id) is documented, camera_id
+    assert is_valid_camera_id("lobby\n") is False  # `$` would match before a final new line
+    assert is_valid_camera_id(None) is False
+
+
+# -- capture times: within the receiver's skew window ---------------------------------------
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("ts", "ok"),
+    [
+        (repr(NOW), True),
+        (repr(NOW - 3600), True),  # old frames are the consumers' business (max_frame_age)
+        (repr(NOW + 299.0), True),  # within the skew window
+        (repr(NOW + 301.0), False),  # too far in the future
+        (repr(NOW + 10 * 365 * 86400), False),
+        ("1e300", False),
+        ("inf", False),
+        ("-inf", False),
+        ("nan", False),
+        ("-1", False),
+        ("0", False),
+        ("946684799.0", False),  # before 2000-01-01: a camera with an unset clock
+        ("946684800.0", True),
+        ("soon", False),
+        ("", False),
+    ],
+)
+def test_capture_time_window(ts: str, ok: bool) -> None:
+    frame = _frame_with(ts=ts)
+    detections = as_redis(ENTRY.to_fields())
+    detections[b"ts"] = ts.encode()
+    detections[b"t_done"] = ts.encode()
+    for parse, fields in (
+        (FrameEntry.from_fields, frame),
+        (DetectionsEntry.from_fields, detections),
+    ):
+        if ok:
+            assert parse(fields, now=NOW).capture_ts == float(ts)
+            continue
+        with pytest.raises(WireError) as caught:
+            parse(fields, now=NOW)
+        assert caught.value.reason == "bad_timestamp", caught.value
+
+
+def test_the_skew_window_and_max_age_are_parameters() -> None:
+    fields = _frame_with(ts=repr(NOW + 600))
+    with pytest.raises(WireError, match="600 s in the future"):
+        FrameEntry.from_fields(fields, now=NOW)
+    assert FrameEntry.from_fields(fields, now=NOW, max_skew=900).capture_ts == NOW + 600
+    old = _frame_with(ts=repr(NOW - 100))
+    assert FrameEntry.from_fields(old, now=NOW, max_age=200).capture_ts == NOW - 100
+    with pytest.raises(WireError, match="100 s in the past") as caught:
+        FrameEntry.from_fields(old, now=NOW, max_age=50)
+    assert caught.value.reason == "bad_timestamp"
+    # a detections entry finished in the future is refused as well
+    entry = as_redis(ENTRY.to_fields())
+    entry[b"t_done"] = repr(NOW + 3600).encode()
+    with pytest.raises(WireError, match="t_done"):
+        DetectionsEntry.from_fields(entry, now=NOW)
+
+
+def test_the_default_clock_is_the_wall_clock() -> None:
+    import time
+
+    assert FrameEntry.from_fields(_frame_with(ts=repr(time.time()))).frame_id == FRAME.frame_id
+    with pytest.raises(WireError) as caught:
+        FrameEntry.from_fields(_frame_with(ts=repr(time.time() + 3 * DEFAULT_MAX_CLOCK_SKEW)))
+    assert caught.value.reason == "bad_timestamp"
+    assert check_timestamp("ts", NOW, now=NOW) == NOW

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from facemask.dev.localredis import RedisProcess, find_redis_server, free_port
+from facemask.dev.localredis import RedisProcess, find_redis_server, free_port, load_password
 from facemask.dev.supervisor import Supervisor
 
 
@@ -66,3 +66,40 @@ def test_a_shared_supervisor_stops_it_with_its_other_children(binary: str, tmp_p
     supervisor.stop_all()
     assert not server.ping()
     assert server.child is not None and server.child.returncode == 0
+
+
+def test_load_password_makes_one_private_password_once(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "redis" / "password"
+    first = load_password(path)
+    assert len(first) == 48 and first.isalnum()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_password(path) == first  # kept across runs
+    path.chmod(0o644)
+    assert load_password(path) == first and path.stat().st_mode & 0o777 == 0o600
+    path.write_text("")
+    assert load_password(path) not in ("", first)  # an empty file gets a new one
+    assert load_password(tmp_path / "other") != first
+
+
+def test_a_password_protected_server(binary: str, tmp_path: Path) -> None:
+    password = load_password(tmp_path / "password")
+    server = RedisProcess(tmp_path / "redis", binary=binary, password=password)
+    assert server.url == f"redis://:{password}@127.0.0.1:{server.port}/0"
+    assert server.redacted_url == f"redis://:***@127.0.0.1:{server.port}/0"
+    with server:
+        assert server.ping()  # the readiness probe authenticates
+        assert server.proc is not None
+        assert password not in " ".join(server.proc.args)  # not visible in `ps`
+        auth_conf = tmp_path / "redis" / "auth.conf"
+        assert auth_conf.stat().st_mode & 0o777 == 0o600
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, password="wrong-password").ping()
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.close()
+        wrong = RedisProcess(tmp_path / "redis", port=server.port, password="nope", binary=binary)
+        assert not wrong.ping()
+    with pytest.raises(ValueError, match="quotes"):
+        RedisProcess(tmp_path / "r2", binary=binary, password='a"b').spec()

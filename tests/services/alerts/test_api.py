@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from facemask.contracts.streams import StreamLayout
 from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
 from services.alerts.service import AlertService
@@ -24,6 +25,7 @@ from tests.services.alerts.conftest import (
     drained,
     fast_settings,
     masked,
+    metric,
     register_camera,
     running,
 )
@@ -253,3 +255,81 @@ def test_health_metrics_and_openapi(service: AlertService, redis_server: RedisPr
     not_ready = httpx.get(url(service, "/readyz"))
     assert not_ready.status_code == 503 and not_ready.json()["checks"]["redis"] is False
     assert httpx.get(url(service, "/healthz")).status_code == 200
+
+
+def test_hostile_entries_and_ids_leave_the_service_bounded_and_serving(
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    sample_jpeg: tuple[bytes, int, int],
+    tmp_path: Path,
+) -> None:
+    """Issue 13: a frame far in the future, camera ids with a new line, bidi characters or
+    '/' and a flood of new ids: dead-lettered with a reason and counted, never a crash;
+    the camera list, its pages and /metrics stay bounded; valid cameras keep working."""
+    settings = fast_settings(
+        redis_server.url, tmp_path / "state", api_token=TOKEN, rule_k=2, rule_n=3,
+        cooldown=0.0, max_cameras=8, metrics_port=0,
+    )  # fmt: skip
+    svc = AlertService(settings)  # its metrics sized by the settings
+    svc.start()
+    try:
+        _hostile_scenario(svc, redis_client, sample_jpeg)
+    finally:
+        assert svc.stop()
+
+
+def _hostile_scenario(
+    svc: AlertService, redis_client: redis.Redis, sample_jpeg: tuple[bytes, int, int]
+) -> None:
+    layout = StreamLayout()
+    now = time.time()
+    future = Feeder(redis_client, "clock-ahead", sample_jpeg, start_ts=now + 86400 * 365)
+    future.frames(2, [bare(PERSON_A)])
+    register_camera(redis_client, "cam.1-b_c", name="Valid")  # registered: listed first
+    good = Feeder(redis_client, "cam.1-b_c", sample_jpeg, start_ts=now - 2)
+    good.frames(3, [bare(PERSON_A)])
+    template = good.entries[0][1].to_fields()
+    hostile = ["bad\nid", "\u202eevil", "a/b", "_other", "x" * 65]
+    for camera_id in hostile:
+        key = layout.detections(layout.partition_of(camera_id))
+        redis_client.xadd(key, {**template, "camera": camera_id})  # type: ignore[arg-type]
+        redis_client.sadd(layout.cameras, camera_id)
+    for i in range(40):  # a flood of new (valid) ids
+        Feeder(redis_client, f"flood-{i:02d}", sample_jpeg, start_ts=now - 1).frames(
+            1, [masked(PERSON_B)]
+        )
+    assert wait_until(lambda: drained(redis_client), timeout=20)
+
+    assert metric(svc, "facemask_alerts_deadletter_total", {"reason": "bad_timestamp"}) == 2
+    assert metric(svc, "facemask_alerts_deadletter_total", {"reason": "bad_camera"}) == 5
+    letters = redis_client.xrange(layout.alerts_deadletter)
+    assert (
+        sorted(f[b"reason"].decode() for _, f in letters)
+        == ["bad_camera"] * 5 + ["bad_timestamp"] * 2
+    )
+
+    listed, cursor = [], None
+    while True:
+        page = get(svc, "/api/cameras?limit=3" + (f"&cursor={cursor}" if cursor else ""))
+        assert page.status_code == 200
+        listed += [c["id"] for c in page.json()["cameras"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert len(listed) == 8 and "cam.1-b_c" in listed  # max_cameras, valid ids only
+    assert listed == sorted(listed)
+    picture = get(svc, "/api/cameras/cam.1-b_c/latest.jpg")
+    assert picture.status_code == 200 and picture.content.startswith(b"\xff\xd8")
+    assert get(svc, "/api/cameras/a%2Fb/latest.jpg").status_code == 404
+    assert get(svc, "/api/cameras/bad%0Aid/latest.jpg").status_code == 422
+    assert get(svc, "/api/alerts?camera_id=cam.1-b_c").json()["count"] == 1
+
+    body = get(svc, "/metrics").text
+    labels = {
+        line.split('camera_id="', 1)[1].split('"', 1)[0]
+        for line in body.splitlines()
+        if 'camera_id="' in line
+    }
+    assert len(labels) <= 9 and "_other" in labels  # 8 cameras + the overflow
+    assert not any("\n" in v or "\u202e" in v or "/" in v for v in labels)
+    assert get(svc, "/readyz").status_code == 200

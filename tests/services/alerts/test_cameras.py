@@ -19,7 +19,8 @@ NOW = 1_714_564_800.0
 
 
 class FakeRegistryRedis:
-    """The two commands ``read_cameras`` sends, over a dict of camera hashes."""
+    """The commands ``read_cameras`` sends (SMEMBERS, pipelined HGETALLs), over a dict of
+    camera hashes."""
 
     def __init__(self) -> None:
         self.hashes: dict[str, dict[str, str]] = {}
@@ -37,6 +38,21 @@ class FakeRegistryRedis:
         camera_id = key.rsplit(":", 1)[-1]
         raw = self.hashes.get(camera_id, {})
         return {k.encode(): v.encode() for k, v in raw.items()}
+
+    def pipeline(self, transaction: bool = True) -> FakeRegistryRedis._Pipeline:
+        return self._Pipeline(self)
+
+    class _Pipeline:
+        """Queues ``hgetall`` calls; ``execute`` answers them in order."""
+
+        def __init__(self, client: FakeRegistryRedis) -> None:
+            self.client, self.keys = client, []  # type: list[str]
+
+        def hgetall(self, key: str) -> None:
+            self.keys.append(key)
+
+        def execute(self) -> list[dict[bytes, bytes]]:
+            return [self.client.hgetall(key) for key in self.keys]
 
     def register(self, camera_id: str, **fields: str) -> None:
         self.members.add(camera_id)
@@ -172,3 +188,37 @@ def test_camera_status(
     doc = camera_status("lobby", registry, stats, now=NOW, online_window=15.0)
     assert {k: doc[k] for k in expected} == expected
     assert doc["id"] == "lobby"
+
+
+def test_hostile_ids_cannot_grow_the_camera_list(tmp_path: Path) -> None:
+    """The directory lists valid ids only, at most max_cameras; the board lists the
+    registered cameras first, then the most recently seen ones, max_cameras in all."""
+    from facemask.contracts.wire import DetectionsEntry
+    from services.alerts.cameras import CameraBoard
+    from services.alerts.engine import AlertEngine
+    from services.alerts.rules import Rule
+    from tests.services.alerts.api.conftest import Pictures
+
+    client, clock, store = FakeRegistryRedis(), Clock(), AlertStore(tmp_path)
+    found = CameraDirectory(client, LAYOUT, store, clock=clock, max_cameras=3)  # type: ignore[arg-type]
+    for camera_id in ("lobby", "door", "bad\nid", "\u202eevil", "_other", "a/b"):
+        client.register(camera_id)
+    assert [c["id"] for c in found.all()] == ["door", "lobby"]
+    engine = AlertEngine(Rule(), compliance_window=30.0)
+    board = CameraBoard(
+        found,
+        engine,
+        store,
+        Pictures(),  # type: ignore[arg-type]
+        LAYOUT,
+        online_window=15.0,
+        clock=lambda: 2e9,
+        max_cameras=4,
+    )
+    for i in range(50):  # a flood of new ids in the detections, the latest last
+        entry = DetectionsEntry(f"flood-{i:02d}", 1, "1-0", 1.9e9 + i, 1.9e9 + i, 8, 8, "m")
+        engine.process("facemask:{p0}:detections", f"{i + 1}-0", entry)
+    listed = [c["id"] for c in board.cameras()]
+    assert listed == ["door", "flood-48", "flood-49", "lobby"]
+    page, more, total = board.page(after="door", limit=2)
+    assert ([c["id"] for c in page], more, total) == (["flood-48", "flood-49"], True, 4)

@@ -93,7 +93,11 @@ def test_defaults_and_typed_values(samples: Path) -> None:
         ("id=a,source=rtsp://", r"URL without a host"),
         ("id=a,source=-1", r"device index -1 must be >= 0"),
         ("id=a,source=0,loop=maybe", r"loop: Input should be a valid boolean"),
-        ("id=a b,source=0", r"camera 'a b': id: camera id 'a b' has control or space"),
+        ("id=a b,source=0", r"camera 'a b': id: camera id 'a b' may only hold ASCII letters"),
+        ("id=a/b,source=0", r"camera 'a/b': id: camera id 'a/b' may only hold ASCII letters"),
+        ("id=_x,source=0", r"camera '_x': id: camera id '_x' must start with an ASCII letter"),
+        ("id=caf\u00e9,source=0", r"may only hold ASCII letters, digits, '\.', '_' and '-'"),
+        (f"id={'c' * 65},source=0", r"is longer than 64 characters"),
     ],
 )
 def test_bad_camera_values_fail_clearly(camera: str, message: str) -> None:
@@ -128,8 +132,9 @@ def test_environment(monkeypatch: pytest.MonkeyPatch, samples: Path) -> None:
     assert settings.redis_url == "redis://10.0.0.1:6379/0"
     assert settings.stream_maxlen == 500
     monkeypatch.setenv("FACEMASK_INGEST_CAMERAS", '[{"id": "x"')
-    with pytest.raises(ConfigError, match="cameras"):
+    with pytest.raises(ConfigError, match="FACEMASK_INGEST_CAMERAS: expected JSON") as info:
         IngestSettings.load()
+    assert "e.g. FACEMASK_INGEST_CAMERAS='[{" in str(info.value)
     monkeypatch.setenv("FACEMASK_INGEST_CAMERAS", '[{"id": "x", "source": "0", "speed": 1}]')
     with pytest.raises(ConfigError, match="speed: unknown key"):
         IngestSettings.load()
