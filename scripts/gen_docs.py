@@ -83,9 +83,15 @@ def metrics_table() -> str:
     ):
         metrics = factory(CollectorRegistry())
         rows = []
-        for metric in vars(metrics).values():
-            if not isinstance(metric, MetricWrapperBase):
+        found = list(vars(metrics).values())
+        for value in list(found):  # a group of metrics (the supervisor's) one level down
+            if not isinstance(value, MetricWrapperBase) and hasattr(value, "__dict__"):
+                found += list(vars(value).values())
+        seen: set[int] = set()
+        for metric in found:
+            if not isinstance(metric, MetricWrapperBase) or id(metric) in seen:
                 continue
+            seen.add(id(metric))
             kind = metric._type
             name = metric._name + ("_total" if kind == "counter" else "")
             labels = ", ".join(metric._labelnames) or "-"

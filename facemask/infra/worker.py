@@ -7,17 +7,40 @@ to stop and joins it with a timeout. A target that raises is logged with its tra
 and kept in :attr:`Worker.error`: ``alive`` turns false and ``failed`` true, so a health
 check sees the death instead of a thread that silently vanished.
 
+Supervision (:mod:`facemask.infra.watchdog`): :meth:`Worker.restart` runs the same target
+again in a fresh thread after a death; :func:`adopt_workers` hands every worker created
+inside a ``with`` block (by the service itself or by the library classes it builds) to a
+supervisor, so no background loop of a service runs unwatched.
+
 :meth:`Worker.every` is the periodic form (heartbeats, gauges): a failing tick is logged
-and counted, and the loop goes on.
+and counted, and the loop goes on; ticks started and finished are counted, so a tick that
+hangs (a frozen Redis) can be noticed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 logger = logging.getLogger(__name__)
+
+_ADOPTER: ContextVar[Callable[[Worker], object] | None] = ContextVar(
+    "facemask_worker_adopter", default=None
+)
+
+
+@contextlib.contextmanager
+def adopt_workers(adopter: Callable[[Worker], object]) -> Iterator[None]:
+    """Every :class:`Worker` created inside the block (in this thread) is passed to
+    ``adopter`` (a supervisor's ``adopt``) as soon as it exists."""
+    token = _ADOPTER.set(adopter)
+    try:
+        yield
+    finally:
+        _ADOPTER.reset(token)
 
 
 class Worker:
@@ -29,8 +52,14 @@ class Worker:
         target: Callable[[Worker], object],
         *,
         log: logging.Logger | None = None,
+        periodic: bool = False,
     ) -> None:
         self.name = name
+        self.periodic = periodic
+        """Made by :meth:`every`: :attr:`ticks_started` / :attr:`ticks_done` count its ticks
+        (a tick that never ends is a stall a supervisor sees)."""
+        self.ticks_started = 0
+        self.ticks_done = 0
         self._target = target
         self._log = log or logger
         self.stop_event = threading.Event()
@@ -41,7 +70,12 @@ class Worker:
         """Failed ticks (periodic workers)."""
         self.last_error: BaseException | None = None
         """The last failed tick's exception (periodic workers)."""
+        self.restarts = 0
+        """How often :meth:`restart` ran the target again."""
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        adopter = _ADOPTER.get()
+        if adopter is not None:
+            adopter(self)
 
     @classmethod
     def every(
@@ -62,16 +96,19 @@ class Worker:
             if not immediate and worker.wait(interval):
                 return
             while not worker.stopping:
+                worker.ticks_started += 1
                 try:
                     tick()
                 except Exception as exc:
                     worker.errors += 1
                     worker.last_error = exc
                     worker_log.exception("periodic task failed", extra={"worker": name})
+                finally:
+                    worker.ticks_done += 1
                 if worker.wait(interval):
                     return
 
-        return cls(name, loop, log=log)
+        return cls(name, loop, log=log, periodic=True)
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -79,6 +116,22 @@ class Worker:
         """Start the thread (once); returns the worker."""
         self._thread.start()
         return self
+
+    def restart(self) -> bool:
+        """Run the target again in a new thread after the loop ended (a death, or a return
+        while not stopping); False (nothing done) while it runs, before :meth:`start` or
+        once a stop was requested. :attr:`error` is cleared (the last one stays in
+        :attr:`last_error`)."""
+        if self._thread.is_alive() or self._thread.ident is None or self.stopping:
+            return False
+        if self.error is not None:
+            self.last_error = self.error
+        self.error = None
+        self.restarts += 1
+        self._wake.clear()
+        self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+        self._thread.start()
+        return True
 
     def request_stop(self) -> None:
         """Ask the loop to stop (returns at once); a :meth:`wait` in progress returns."""

@@ -7,8 +7,9 @@ Examples::
         python -m services.alerts --check-config
 
 Exit codes: 0 after SIGTERM / SIGINT, 2 for a configuration error (also a stream layout
-that differs from the one in Redis), 1 for an unexpected failure. Importing this module
-loads neither TensorFlow nor gRPC.
+that differs from the one in Redis), 1 for an unexpected failure, 70 after a fatal verdict
+of the supervisor (a background loop died too often, or the HTTP server thread ended).
+Importing this module loads neither TensorFlow nor gRPC.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facemask.infra.lifecycle import module_main, stop_on_signals
 from facemask.infra.log import setup_logging
 from facemask.infra.settings import ConfigError, check_config_and_exit
+from facemask.infra.watchdog import EXIT_UNHEALTHY
+
+if TYPE_CHECKING:
+    from services.alerts.service import AlertService
 
 logger = logging.getLogger("services.alerts")
 
@@ -93,8 +99,22 @@ def run(args: argparse.Namespace) -> int:
         logger.exception("alert service failed to start")
         service.stop()
         return 1
+    return serve(service, stop)
+
+
+def serve(service: AlertService, stop: threading.Event) -> int:
+    """Wait for ``stop`` (a signal) or a fatal supervisor verdict, then stop the service;
+    the exit code (0 clean, 1 unclean, 70 unhealthy)."""
+    service.supervisor.on_fatal(lambda _reason: stop.set())
     while not stop.wait(0.5):
         pass
+    if service.supervisor.verdict is not None:
+        service.stop()
+        logger.critical(
+            "exiting: the supervisor declared the service unhealthy",
+            extra={"reason": service.supervisor.verdict, "exit_code": EXIT_UNHEALTHY},
+        )
+        return EXIT_UNHEALTHY
     return 0 if service.stop() else 1
 
 

@@ -36,6 +36,7 @@ from pydantic_settings import SettingsConfigDict
 from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
 from facemask.infra.netaddr import is_loopback
 from facemask.infra.settings import ConfigError, ServiceSettings
+from facemask.infra.watchdog import SupervisionSettings
 
 
 def _problem(message: str) -> PydanticCustomError:
@@ -64,7 +65,7 @@ class RuleOverride(BaseModel):
     cooldown: float | None = Field(None, ge=0.0, le=86400.0)
 
 
-class AlertSettings(ServiceSettings):
+class AlertSettings(ServiceSettings, SupervisionSettings):
     """Every knob of the alert service; validated at start (``--check-config``)."""
 
     model_config = SettingsConfigDict(env_prefix="FACEMASK_ALERTS_", extra="forbid")

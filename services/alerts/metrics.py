@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from facemask.contracts.wire import is_valid_camera_id
 from facemask.infra.metrics import DEFAULT_MAX_CAMERAS, LabelLimiter, limit_labels
+from facemask.infra.watchdog import SupervisorMetrics
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -30,6 +31,7 @@ class AlertMetrics:
     ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.supervision = SupervisorMetrics("alerts", r)
         # At most max_cameras camera_id values per service; the rest count as _other.
         self.cameras = cams = LabelLimiter(max_cameras, registry=r, valid=is_valid_camera_id)
         self.label_overflow = cams.overflow

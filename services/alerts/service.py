@@ -10,6 +10,15 @@ thread (compliance gauges and MQTT compliance states every ``maintenance_interva
 outbox depth, snapshot retention every minute, history pruning every hour), and the
 HTTP server (uvicorn, in-process, in its own thread: API, dashboard, SSE, ``/metrics``).
 
+Supervision (:class:`~facemask.infra.watchdog.Supervisor`): the consumer, outbox and
+maintenance loops are Workers adopted by the supervisor (restarted when they die, up to
+``restart_limit`` times); the HTTP thread cannot be restarted, so its death is fatal. A
+fatal verdict makes ``/readyz`` 503 and the process exit 70. Progress watches: detections
+read vs committed (``detections``: a poison batch re-read forever is a stall) and, per
+sink, due outbox rows vs handled ones (``outbox-<sink>``: reported, not a readiness
+matter: a slow sink must not take the dashboard down). ``/readyz`` includes the
+supervisor's verdict (``supervisor``).
+
 Start: open the database, connect Redis (unreachable is not fatal: the consumer retries
 and ``/readyz`` says not ready; a stream layout that differs from Redis' is fatal), start
 the sinks and their workers, restore the engine state, start the consumer, then serve
@@ -31,6 +40,8 @@ import uvicorn
 
 from facemask.infra.metrics import MetricsServer, serve_metrics
 from facemask.infra.redisconn import CONNECTION_ERRORS, connect
+from facemask.infra.watchdog import RestartPolicy, Supervisor
+from facemask.infra.worker import Worker
 from services.alerts.api import create_app
 from services.alerts.cameras import CameraBoard, CameraDirectory
 from services.alerts.config import AlertSettings
@@ -121,7 +132,16 @@ class AlertService:
         self.stopped = threading.Event()
         self._server: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
-        self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+        self.supervisor = Supervisor.from_settings("alerts", settings, self.metrics.supervision)
+        self._maintenance = self.supervisor.adopt(
+            Worker.every(
+                "maintenance",
+                settings.maintenance_interval,
+                self.maintain_once,
+                immediate=False,
+                log=logger,
+            )
+        )
         self._last_retention = 0.0
         self._last_prune = 0.0
 
@@ -147,36 +167,55 @@ class AlertService:
         self.sinks = build_sinks(self.settings, context)
         for sink in self.sinks:
             sink.start()
-            worker = OutboxWorker(
-                self.store,
-                sink,
-                self.metrics,
-                ttl=self.settings.outbox_ttl,
-                initial=self.settings.retry_initial,
-                cap=self.settings.retry_max,
-            )
+            with self.supervisor.adopting():
+                worker = OutboxWorker(
+                    self.store,
+                    sink,
+                    self.metrics,
+                    ttl=self.settings.outbox_ttl,
+                    initial=self.settings.retry_initial,
+                    cap=self.settings.retry_max,
+                )
+            self._watch_outbox(sink.name)
             self.workers.append(worker)
             worker.start()
-        self.consumer = DetectionsConsumer(
-            self.client,
-            self.layout,
-            self.settings,
-            self.engine,
-            self.store,
-            self.snapshots,
-            self.metrics,
-            [s.name for s in self.sinks],
-            camera_info=self.directory.info,
-            on_alerts=self._on_alerts,
+        with self.supervisor.adopting():
+            self.consumer = DetectionsConsumer(
+                self.client,
+                self.layout,
+                self.settings,
+                self.engine,
+                self.store,
+                self.snapshots,
+                self.metrics,
+                [s.name for s in self.sinks],
+                camera_info=self.directory.info,
+                on_alerts=self._on_alerts,
+            )
+        streams = self.consumer.streams
+        # A death mid-batch may leave the engine half-updated: reload the committed state
+        # and read this consumer's pending entries first, then restart.
+        self.supervisor.set_policy(
+            streams.worker, RestartPolicy(before_restart=self.consumer.restore)
+        )
+        self.supervisor.watch_progress(
+            "detections", done=lambda: streams.settled, taken=lambda: streams.taken
         )
         self.consumer.start()
         self._start_http(sock)
+        http = self._http_thread
+        if http is not None:
+            self.supervisor.watch_thread("http", http.is_alive, stopping=self.stopped.is_set)
+        self.supervisor.on_ready(
+            lambda ready: self.metrics.ready.set(self._ready_now() if ready else 0)
+        )
         if self.settings.metrics_port:
             self._metrics_server = serve_metrics(
                 self.metrics.registry, self.settings.metrics_port, self.settings.metrics_host
             )
             self.metrics_port = self._metrics_server.port
         self._maintenance.start()
+        self.supervisor.start()
         logger.info(
             "alert service started",
             extra={
@@ -234,6 +273,7 @@ class AlertService:
         """Graceful stop; True when the consumer finished its batch in time."""
         timeout = self.settings.shutdown_timeout
         clean = True
+        self.supervisor.stop()
         if self.consumer is not None:
             clean = self.consumer.stop(timeout)
         self.stopped.set()
@@ -249,7 +289,7 @@ class AlertService:
                 sink.close()
             except Exception:
                 logger.exception("closing sink failed", extra={"sink": sink.name})
-        self._maintenance.join(2.0)
+        self._maintenance.stop(2.0)
         if self._metrics_server is not None:
             self._metrics_server.close()
         self.store.close()
@@ -275,25 +315,41 @@ class AlertService:
             return False
 
     def readiness(self) -> dict[str, bool]:
-        """The checks behind ``/readyz``."""
+        """The checks behind ``/readyz`` (``supervisor``: no fatal verdict, every loop
+        running, the detections making progress)."""
         return {
             "redis": self.redis_ok(),
             "consumer": bool(self.consumer and self.consumer.running()),
             "http": bool(self._server and self._server.started),
+            "supervisor": self.supervisor.ready,
         }
 
-    # -- maintenance -----------------------------------------------------------------
+    def _ready_now(self) -> int:
+        return 1 if all(self.readiness().values()) else 0
 
-    def _maintain(self) -> None:
-        while not self.stopped.wait(self.settings.maintenance_interval):
-            try:
-                self.maintain_once()
-            except Exception:
-                logger.exception("maintenance failed")
+    def _watch_outbox(self, sink: str) -> None:
+        """Rows due for ``sink`` vs rows handled (any outcome) by its worker."""
+        registry = self.metrics.registry
+
+        def handled() -> int:
+            total = 0.0
+            for outcome in ("delivered", "retry", "rejected", "expired"):
+                labels = {"sink": sink, "outcome": outcome}
+                total += registry.get_sample_value("facemask_sink_deliveries_total", labels) or 0
+            return int(total)
+
+        def due() -> int:
+            when = self.store.next_due(sink)
+            return 1 if when is not None and when <= time.time() else 0
+
+        self.supervisor.watch_progress(f"outbox-{sink}", done=handled, pending=due, readiness=False)
+
+    # -- maintenance -----------------------------------------------------------------
 
     def maintain_once(self, now: float | None = None) -> None:
         """Update gauges and compliance states; run retention when due."""
         now = time.time() if now is None else now
+        self.metrics.ready.set(self._ready_now())  # first: a Redis error below cannot skip it
         for cam in self.board.cameras(now):
             if cam["compliance"] is None:
                 with contextlib.suppress(KeyError):
@@ -314,7 +370,6 @@ class AlertService:
         depth = self.store.outbox_depth()
         for sink in self.sinks:
             self.metrics.outbox_depth.labels(sink.name).set(depth.get(sink.name, 0))
-        self.metrics.ready.set(1 if all(self.readiness().values()) else 0)
         self.metrics.sse_clients.set(self.hub.count())
         if now - self._last_retention >= RETENTION_INTERVAL:
             self._last_retention = now

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facemask.infra.lifecycle import module_main, stop_on_signals
 from facemask.infra.log import setup_logging
 from facemask.infra.settings import ConfigError, check_config_and_exit
+from facemask.infra.watchdog import EXIT_UNHEALTHY
+
+if TYPE_CHECKING:
+    from services.inference.service import InferenceService
 
 logger = logging.getLogger("services.inference")
 
@@ -46,7 +51,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until SIGTERM / SIGINT; exit 0 after a clean drain."""
+    """Run until SIGTERM / SIGINT; exit 0 after a clean drain, 1 after an unclean one or
+    a failed start, 70 (:data:`EXIT_UNHEALTHY`) after a fatal supervisor verdict."""
     from services.inference.config import InferenceSettings
 
     if args.check_config:
@@ -73,8 +79,22 @@ def run(args: argparse.Namespace) -> int:
         logger.exception("inference service failed to start")
         service.stop()
         return 1
+    return serve(service, stop)
+
+
+def serve(service: InferenceService, stop: threading.Event) -> int:
+    """Wait for ``stop`` (a signal) or a fatal supervisor verdict, then stop the service;
+    the exit code (0 clean drain, 1 unclean, 70 unhealthy)."""
+    service.supervisor.on_fatal(lambda _reason: stop.set())
     while not stop.wait(1.0):
         pass
+    if service.supervisor.verdict is not None:
+        service.stop()
+        logger.critical(
+            "exiting: the supervisor declared the service unhealthy",
+            extra={"reason": service.supervisor.verdict, "exit_code": EXIT_UNHEALTHY},
+        )
+        return EXIT_UNHEALTHY
     return 0 if service.stop() else 1
 
 

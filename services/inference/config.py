@@ -14,6 +14,7 @@ from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_
 from facemask.core.preprocess import MAX_PIXELS
 from facemask.core.tiling import MAX_TILES, TileSpec, TileSpecError, parse_tiles
 from facemask.infra.settings import ServiceSettings
+from facemask.infra.watchdog import SupervisionSettings
 from facemask.model.runtime import RuntimeConfig, parse_runtime_config
 
 
@@ -21,7 +22,7 @@ def _default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class InferenceSettings(ServiceSettings):
+class InferenceSettings(ServiceSettings, SupervisionSettings):
     """Every knob of the inference service; validated at start (``--check-config``)."""
 
     model_config = SettingsConfigDict(env_prefix="FACEMASK_INFERENCE_", extra="forbid")

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from facemask.contracts.wire import is_valid_camera_id
 from facemask.infra.metrics import DEFAULT_MAX_CAMERAS, LabelLimiter, limit_labels
+from facemask.infra.watchdog import SupervisorMetrics
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -22,6 +23,7 @@ class InferenceMetrics:
         self, registry: CollectorRegistry, *, max_cameras: int = DEFAULT_MAX_CAMERAS
     ) -> None:
         self.registry = registry
+        self.supervision = SupervisorMetrics("inference", registry)
         # At most max_cameras camera_id values per service; the rest count as _other.
         self.cameras = cams = LabelLimiter(max_cameras, registry=registry, valid=is_valid_camera_id)
         self.label_overflow = cams.overflow

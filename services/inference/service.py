@@ -5,6 +5,15 @@ load the model, warm it up at the batch sizes it will see, then start the stream
 and flip health to SERVING. Stop (SIGTERM): NOT_SERVING, stop reading frames, let
 in-flight RPCs finish, drain the batcher, publish and acknowledge every frame already
 processed, then exit.
+
+Supervision (:class:`~facemask.infra.watchdog.Supervisor`): every background loop (stream
+reader, publisher, lag monitor: adopted as they are built; the batcher's model thread:
+watched) is restarted when it dies, up to ``restart_limit`` times, else the verdict is
+fatal (NOT_SERVING, ``facemask_inference_ready`` 0, the process exits 70). Two progress
+watches (``stream``: frames taken vs settled with the in-flight ones pending; ``batcher``:
+jobs admitted vs resolved) flag a stall after ``stall_timeout`` seconds. Health SERVING and
+the ready gauge follow :attr:`Supervisor.ready`: model warm, every loop alive, no stall
+and, with streams, the consumer groups in place (Redis reachable).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from facemask.infra.metrics import MetricsServer, serve_metrics
 from facemask.infra.redisconn import connect
+from facemask.infra.watchdog import Supervisor
 from facemask.model.detector import Detector, create_detector
 from facemask.v1 import detector_pb2
 from services.inference.batcher import DynamicBatcher, batch_limit
@@ -30,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 
 WARM_EVERY_SIZE_UP_TO = 64
+GROUPS_WAIT_S = 2.0
+"""How long a start waits for the stream reader's consumer groups before reporting."""
 
 
 def warmup_sizes(max_batch_size: int, runtime: Any) -> tuple[int, ...]:
@@ -57,6 +69,9 @@ class InferenceService:
         self.ready = threading.Event()
         self.stopped = threading.Event()
         self._metrics_server: MetricsServer | None = None
+        self.supervisor = Supervisor.from_settings("inference", settings, self.metrics.supervision)
+        self._jobs_resolved = 0
+        self._stopping = False
 
     @property
     def port(self) -> int:
@@ -104,10 +119,11 @@ class InferenceService:
         metrics = self.metrics
 
         def observe(batch_size: int, compute: float) -> None:
+            self._jobs_resolved += batch_size
             metrics.batch_size.observe(batch_size)
             metrics.compute_seconds.observe(compute)
 
-        self.batcher = DynamicBatcher(
+        batcher = self.batcher = DynamicBatcher(
             detector,
             max_batch_size=self.settings.max_batch_size,
             max_queue_delay=self.settings.max_queue_delay,
@@ -133,21 +149,64 @@ class InferenceService:
             detector.model_name, detector.model_version, self.settings.runtime, detector.precision
         ).set(1)
         self.servicer.attach(self.batcher, model_info)
+        self._supervise_batcher(batcher)
         if self.settings.streams:
             client = connect(self.settings.redis_url)
             layout = self.settings.layout
             self._check_layout(client, layout)
-            self.consumer = StreamConsumer(
-                client, layout, self.batcher, self.metrics, self.settings, detector.model_version
-            )
+            with self.supervisor.adopting():
+                self.consumer = StreamConsumer(
+                    client, layout, batcher, self.metrics, self.settings, detector.model_version
+                )
+            self._supervise_consumer(self.consumer)
             self.consumer.start()
+            # The reader creates the groups on its first pass: give it a moment, so a
+            # healthy start says SERVING at once (Redis down: NOT_SERVING until it is up).
+            streams, until = self.consumer.streams, time.monotonic() + GROUPS_WAIT_S
+            while not streams.groups_ready and streams.worker.alive and time.monotonic() < until:
+                time.sleep(0.01)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth if self.batcher else 0)
-        self.grpc.set_ready(True)
-        self.metrics.ready.set(1)
+        self.supervisor.on_ready(self._set_ready)
+        self.supervisor.start()
         self.ready.set()
-        logger.info("inference service SERVING", extra={"grpc_port": self.port})
+        if self.supervisor.ready:
+            logger.info("inference service SERVING", extra={"grpc_port": self.port})
+        else:
+            logger.warning(
+                "inference service started, NOT_SERVING until its problems clear",
+                extra={"grpc_port": self.port, "problems": self.supervisor.problems()},
+            )
+
+    def _set_ready(self, ready: bool) -> None:
+        if self.stopped.is_set() or self._stopping:
+            ready = False
+        self.grpc.set_ready(ready)
+        self.metrics.ready.set(1 if ready else 0)
+
+    def _supervise_batcher(self, batcher: DynamicBatcher) -> None:
+        """The model thread cannot be restarted (its death is fatal); jobs admitted must
+        be resolved (each model run, or its jobs' queue / decode timing, is progress)."""
+        model_thread = batcher._thread  # the batcher's own thread, watched from here
+        self.supervisor.watch_thread(
+            "batcher-model", model_thread.is_alive, stopping=lambda: self._stopping
+        )
+        self.supervisor.watch_progress(
+            "batcher", done=lambda: self._jobs_resolved, pending=lambda: batcher.depth
+        )
+
+    def _supervise_consumer(self, consumer: StreamConsumer) -> None:
+        streams = consumer.streams
+        self.supervisor.watch_progress(
+            "stream",
+            done=lambda: streams.settled,
+            taken=lambda: streams.taken,
+            pending=lambda: consumer.inflight,
+        )
+        self.supervisor.require("stream-groups", lambda: streams.groups_ready)
+        self.supervisor.require("stream-threads", lambda: not consumer.failed)
 
     def _observe_job(self, queue_seconds: float, decode_seconds: float) -> None:
+        self._jobs_resolved += 1
         self.metrics.queue_seconds.observe(queue_seconds)
         self.metrics.decode_seconds.observe(decode_seconds)
 
@@ -166,6 +225,8 @@ class InferenceService:
         if self.stopped.is_set():
             return True
         deadline = time.monotonic() + self.settings.drain_timeout
+        self._stopping = True
+        self.supervisor.stop()
         self.grpc.set_ready(False)
         self.metrics.ready.set(0)
         logger.info("draining", extra={"timeout": self.settings.drain_timeout})

@@ -126,9 +126,11 @@ class Camera:
 
     @property
     def finished(self) -> bool:
-        """True once the thread has ended (stopped, a non-looping file ended, or it died:
-        see ``failed``)."""
-        return self._worker.started and not self._worker.alive
+        """True once the thread has ended normally (stopped, or a non-looping file ended);
+        a loop that died (see ``failed``) is not finished: the supervisor restarts it or
+        declares the node unhealthy."""
+        w = self._worker
+        return w.started and not w.alive and not w.failed
 
     @property
     def failed(self) -> bool:

@@ -36,6 +36,7 @@ from pydantic_settings import SettingsConfigDict, SettingsError
 
 from facemask.contracts.wire import MAX_SIDE, WireError, validate_camera_id
 from facemask.infra.settings import ConfigError, ServiceSettings
+from facemask.infra.watchdog import SupervisionSettings
 from services.ingest.sources import SourceSpec, parse_source
 
 DEFAULT_FPS = 5.0
@@ -185,7 +186,7 @@ def _camera_problem(item: Any, index: int, exc: ValidationError) -> str:
     return f"{who}: " + "; ".join(problems)
 
 
-class IngestSettings(ServiceSettings):
+class IngestSettings(ServiceSettings, SupervisionSettings):
     """Settings of an ingest node (``FACEMASK_INGEST_<NAME>``)."""
 
     model_config = SettingsConfigDict(env_prefix="FACEMASK_INGEST_", extra="forbid")

@@ -27,6 +27,7 @@ from facemask.infra.metrics import (
     limit_labels,
     serve_metrics,
 )
+from facemask.infra.watchdog import SupervisorMetrics
 
 DROP_REASONS = ("rate_cap", "buffer_full", "encode_error", "too_large", "redis_error", "shutdown")
 ENCODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)
@@ -43,6 +44,7 @@ class IngestMetrics:
     ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.supervision = SupervisorMetrics("ingest", r)
         # At most max_cameras camera_id values per service; the rest count as _other.
         self.cameras = cams = LabelLimiter(max_cameras, registry=r, valid=is_valid_camera_id)
         self.label_overflow = cams.overflow

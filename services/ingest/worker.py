@@ -4,8 +4,16 @@ Threads: one capture thread per camera, one publisher (the only writer of frames
 registry heart-beat, optionally one alert reader for the voice prompt, and the metrics
 HTTP server. The main thread waits for SIGTERM / SIGINT, then stops the cameras, lets the
 publisher flush within ``shutdown_timeout`` seconds, writes the cameras' final status and
-returns exit code 0. It also stops (exit 0) once every camera has ended - only
-non-looping files end - and exits 2 when Redis holds a different stream layout.
+returns exit code 0 (70 after a fatal supervisor verdict). It also stops (exit 0) once
+every camera has ended - only non-looping files end - and exits 2 when Redis holds a
+different stream layout.
+
+Supervision (:class:`~facemask.infra.watchdog.Supervisor`): the publisher, the cameras and
+the registry heart-beat are Workers adopted by the supervisor (a dead one is restarted with
+back-off; a camera whose file ended may finish), the voice reader is watched. Too many
+deaths are a fatal verdict: the node stops and exits 70. Progress watch ``frames``: frames
+buffered vs published (a stall is logged, counted and shown, e.g. Redis down with a full
+buffer).
 
 Redis unreachable at start is not an error: the node captures into its ring buffer and
 publishes once Redis answers (after checking the layout). This module never imports
@@ -26,6 +34,7 @@ from facemask.contracts.streams import LayoutMismatchError
 from facemask.infra.lifecycle import stop_on_signals
 from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, connect
 from facemask.infra.settings import ConfigError
+from facemask.infra.watchdog import EXIT_UNHEALTHY, RestartPolicy, Supervisor
 from services.ingest.camera import Camera, SourceFactory, default_source_factory
 from services.ingest.config import IngestSettings
 from services.ingest.metrics import IngestMetrics
@@ -88,17 +97,20 @@ class IngestWorker:
         self.fatal: BaseException | None = None
         self._stop = threading.Event()
         self._started = False
-        self.publisher = Publisher(
-            self.client,
-            maxlen=settings.stream_maxlen,
-            capacity=settings.buffer_frames,
-            metrics=self.metrics,
-            batch=settings.publish_batch,
-            backoff_initial=settings.redis_backoff_initial,
-            backoff_max=settings.redis_backoff_max,
-            on_connect=self.layout.check_meta,
-            on_fatal=self._on_fatal,
-        )
+        self.supervisor = Supervisor.from_settings("ingest", settings, self.metrics.supervision)
+        self.supervisor.on_fatal(lambda _reason: self._stop.set())
+        with self.supervisor.adopting():
+            self.publisher = Publisher(
+                self.client,
+                maxlen=settings.stream_maxlen,
+                capacity=settings.buffer_frames,
+                metrics=self.metrics,
+                batch=settings.publish_batch,
+                backoff_initial=settings.redis_backoff_initial,
+                backoff_max=settings.redis_backoff_max,
+                on_connect=self.layout.check_meta,
+                on_fatal=self._on_fatal,
+            )
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -118,9 +130,10 @@ class IngestWorker:
                 raise ConfigError(
                     f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}"
                 ) from None
+        camera_policy = RestartPolicy(may_finish=True)  # a file without loop ends
         for config in s.cameras:
-            self.cameras.append(
-                Camera(
+            with self.supervisor.adopting(camera_policy):
+                camera = Camera(
                     config,
                     layout=self.layout,
                     publisher=self.publisher,
@@ -132,15 +145,17 @@ class IngestWorker:
                     source_factory=self.source_factory,
                     on_status=self._camera_status,
                 )
+            self.cameras.append(camera)
+        with self.supervisor.adopting():
+            self.registry = CameraRegistry(
+                self.client,
+                self.layout,
+                self.registry_fields,
+                node=s.node_name,
+                interval=s.heartbeat_interval,
+                ttl=s.camera_ttl,
             )
-        self.registry = CameraRegistry(
-            self.client,
-            self.layout,
-            self.registry_fields,
-            node=s.node_name,
-            interval=s.heartbeat_interval,
-            ttl=s.camera_ttl,
-        )
+        self._supervise()
         self.publisher.start()
         self.registry.start()
         for camera in self.cameras:
@@ -149,6 +164,11 @@ class IngestWorker:
             self.voice = self._make_voice()
             if self.voice is not None:
                 self.voice.start()
+                voice = self.voice
+                self.supervisor.watch_thread(
+                    "voice", voice._thread.is_alive, stopping=voice._stop.is_set
+                )
+        self.supervisor.start()
         self._started = True
         logger.info(
             "ingest node started",
@@ -159,6 +179,14 @@ class IngestWorker:
                 "voice": self.voice is not None,
             },
         )
+
+    def _supervise(self) -> None:
+        """Progress of the frames (buffered vs published) and Redis as a condition."""
+        publisher = self.publisher
+        self.supervisor.watch_progress(
+            "frames", done=lambda: sum(publisher.published.values()), pending=publisher.pending
+        )
+        self.supervisor.require("redis", lambda: publisher.connected)
 
     def _make_voice(self) -> VoicePrompter | None:
         s = self.settings
@@ -191,6 +219,8 @@ class IngestWorker:
         """Block until a stop request, a fatal error, every camera ended, or ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stop.wait(0.5):
+            if self.supervisor.fatal.is_set():
+                return
             if self.cameras and all(c.finished for c in self.cameras):
                 logger.info("every camera has ended; stopping")
                 return
@@ -200,6 +230,7 @@ class IngestWorker:
     def shutdown(self) -> int:
         """Stop capture, flush within the deadline, write the final status; exit code."""
         self._stop.set()
+        self.supervisor.stop()
         started = time.monotonic()
         for camera in self.cameras:
             camera.stop()
@@ -213,6 +244,11 @@ class IngestWorker:
         self.metrics.close()
         self.client.close()
         code = self.exit_code()
+        if code == EXIT_UNHEALTHY:
+            logger.critical(
+                "exiting: the supervisor declared the node unhealthy",
+                extra={"reason": self.supervisor.verdict, "exit_code": code},
+            )
         logger.info(
             "ingest node stopped",
             extra={
@@ -225,7 +261,10 @@ class IngestWorker:
         return code
 
     def exit_code(self) -> int:
-        """0, or 2 for a layout mismatch or an unusable setting, 1 for another fatal error."""
+        """0, or 2 for a layout mismatch or an unusable setting, 1 for another fatal error,
+        70 after a fatal supervisor verdict."""
+        if self.fatal is None and self.supervisor.verdict is not None:
+            return EXIT_UNHEALTHY
         if self.fatal is None:
             return EXIT_OK
         if isinstance(self.fatal, LayoutMismatchError | ConfigError):

@@ -20,12 +20,13 @@ def healthz() -> Health:
 
 @public.get(
     "/readyz",
-    summary="Readiness: Redis reachable, consumer running",
+    summary="Readiness: Redis reachable, consumer running, no stall or dead loop",
     responses={503: {"model": Readiness, "description": "Not ready (see checks)"}},
 )
 def readyz(response: Response, readiness: ReadinessProbe) -> Readiness:
-    checks = ReadinessChecks.model_validate(dict(readiness()))
-    ready = checks.redis and checks.consumer and checks.http
+    values = dict(readiness())
+    checks = ReadinessChecks.model_validate(values)
+    ready = all(values.values()) and all(checks.model_dump().values())
     if not ready:
         response.status_code = 503
     return Readiness(ready=ready, checks=checks)

@@ -76,6 +76,11 @@ class ReadinessChecks(BaseModel):
     redis: bool = Field(description="Redis answers PING")
     consumer: bool = Field(description="the detections consumer runs and has its groups")
     http: bool = Field(description="the HTTP server started")
+    supervisor: bool = Field(
+        True,
+        description="no fatal supervisor verdict, every background loop runs, the detections "
+        "make progress (no stall)",
+    )
 
 
 class Readiness(BaseModel):

@@ -129,3 +129,38 @@ def test_wake_runs_the_next_tick_early() -> None:
     worker.wake()
     wait_for(lambda: len(ticks) == 2, timeout=2.0)
     assert worker.stop(5.0)
+
+
+def test_restart_runs_the_target_again_after_a_death_only() -> None:
+    runs: list[int] = []
+
+    def loop(worker: Worker) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("first run dies")
+        while not worker.stopping:
+            worker.wait(0.01)
+
+    worker = Worker("again", loop)
+    assert not worker.restart(), "never started: nothing to restart"
+    worker.start()
+    assert worker.join(5.0) and worker.failed
+    assert worker.restart()
+    wait_for(lambda: len(runs) == 2)
+    assert worker.alive and not worker.failed and worker.restarts == 1
+    assert isinstance(worker.last_error, RuntimeError)
+    assert not worker.restart(), "running: no second thread"
+    assert worker.stop(5.0)
+    assert not worker.restart(), "stopped on request: stays stopped"
+    assert len(runs) == 2
+
+
+def test_adopt_workers_hands_every_new_worker_to_the_adopter() -> None:
+    from facemask.infra.worker import adopt_workers
+
+    adopted: list[Worker] = []
+    with adopt_workers(adopted.append):
+        a = Worker("a", lambda w: None)
+        b = Worker.every("b", 1.0, lambda: None)
+    outside = Worker("c", lambda w: None)
+    assert adopted == [a, b] and outside not in adopted

@@ -223,7 +223,10 @@ def test_server_sent_events_stream_new_alerts_and_resume(
 
 def test_health_metrics_and_openapi(service: AlertService, redis_server: RedisProcess) -> None:
     ready = httpx.get(url(service, "/readyz")).json()
-    assert ready == {"ready": True, "checks": {"redis": True, "consumer": True, "http": True}}
+    assert ready == {
+        "ready": True,
+        "checks": {"redis": True, "consumer": True, "http": True, "supervisor": True},
+    }
     text = get(service, "/metrics").text
     for name in (
         "facemask_alerts_outbox_depth",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from facemask.contracts.wire import AlertEvent
 from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
 from services.alerts.consumer import DetectionsConsumer
+from services.alerts.metrics import AlertMetrics
+from services.alerts.service import AlertService
 from services.alerts.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from services.alerts.store import AlertStore
 from tests.fixtures.mqtt import MosquittoProcess, MqttRecorder
@@ -385,3 +388,128 @@ def test_redis_restart_is_survived(
         wait_until(lambda: redis_client.xlen(LAYOUT.alerts) == 1, 10, "alert delivered")
         assert len(alerts_of(service)) == 1
         assert metric(service, "facemask_alerts_redis_errors_total") >= 1
+
+
+# -- supervision: dead loops, the fatal verdict, stalls -----------------------------------
+
+
+class LoopKilled(BaseException):
+    """Escapes every ``except Exception``: the loop's thread dies of it."""
+
+
+def kill_next_batch(service: AlertService) -> None:
+    """The consumer thread dies on its next batch (mid-batch, nothing committed)."""
+    assert service.consumer is not None
+    streams = service.consumer.streams
+    real = streams.handler
+    calls: list[int] = []
+
+    def dying(batch: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise LoopKilled("consumer killed by the test")
+        return real(batch)
+
+    streams.handler = dying
+
+
+def test_a_dead_consumer_loop_is_restarted_from_its_committed_state(
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    sample_jpeg: tuple[bytes, int, int],
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(redis_server.url, tmp_path / "state", watchdog_interval=0.05)
+    with running(settings) as service:
+        feed = Feeder(redis_client, "lobby", sample_jpeg, start_ts=time.time() - 5)
+        feed.frames(3, [bare(PERSON_A)])
+        wait_until(lambda: drained(redis_client), 10, "first entries consumed")
+        kill_next_batch(service)
+        feed.frames(3, [bare(PERSON_A)])  # the same person: 6 unmasked frames in all
+        wait_until(lambda: not service.readiness()["supervisor"], 5, "dead loop seen")
+        assert api(service, "/readyz").status_code == 503
+        wait_until(lambda: drained(redis_client), 10, "entries of the killed batch consumed")
+        wait_until(lambda: redis_client.xlen(LAYOUT.alerts) == 1, 10, "alert delivered")
+        assert len(alerts_of(service)) == 1
+        assert metric(service, "facemask_alerts_loop_restarts_total", {"loop": "detections"}) == 1
+        assert metric(service, "facemask_alerts_loop_deaths_total", {"loop": "detections"}) == 1
+        wait_until(lambda: api(service, "/readyz").status_code == 200, 5, "ready again")
+        assert service.supervisor.verdict is None
+
+
+def test_a_loop_dying_beyond_the_limit_is_a_verdict_503_and_exit_70(
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    sample_jpeg: tuple[bytes, int, int],
+    tmp_path: Path,
+) -> None:
+    from services.alerts.__main__ import serve
+
+    settings = fast_settings(
+        redis_server.url, tmp_path / "state", watchdog_interval=0.05, restart_limit=0
+    )
+    service = AlertService(settings, AlertMetrics())
+    service.start()
+    stop = threading.Event()
+    code: list[int] = []
+    runner = threading.Thread(target=lambda: code.append(serve(service, stop)))
+    try:
+        kill_next_batch(service)
+        Feeder(redis_client, "lobby", sample_jpeg).frames(1, [bare(PERSON_A)])
+        wait_until(service.supervisor.fatal.is_set, 5, "verdict")
+        response = api(service, "/readyz")
+        assert response.status_code == 503 and response.json()["checks"]["supervisor"] is False
+        wait_until(lambda: metric(service, "facemask_alerts_ready") == 0, 5, "ready gauge 0")
+        runner.start()
+        runner.join(10.0)
+        assert code == [70]
+    finally:
+        stop.set()
+        if not runner.is_alive() and not code:
+            service.stop()
+
+
+def test_a_blocked_consumer_is_a_stall_on_the_injected_clock_then_ready_again(
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    sample_jpeg: tuple[bytes, int, int],
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    settings = fast_settings(
+        redis_server.url, tmp_path / "state", watchdog_interval=60.0, stall_timeout=10.0
+    )
+    service = AlertService(settings, AlertMetrics())
+    service.supervisor.clock = lambda: now[0]
+    service.start()
+    release = threading.Event()
+    try:
+        assert service.consumer is not None
+        streams = service.consumer.streams
+        real = streams.handler
+
+        def blocked(batch: Any) -> Any:
+            release.wait(20.0)
+            return real(batch)
+
+        streams.handler = blocked
+        Feeder(redis_client, "lobby", sample_jpeg).frames(2, [masked(PERSON_A)])
+        wait_until(lambda: streams.taken >= 1, 5, "entries taken")
+        now[0] += 9.0
+        assert service.supervisor.check(), "within the stall timeout"
+        now[0] += 1.0
+        assert not service.supervisor.check()
+        assert service.supervisor.stalled() == ["detections"]
+        response = api(service, "/readyz")
+        assert response.status_code == 503 and response.json()["checks"]["supervisor"] is False
+        assert streams.worker.alive and service.readiness()["consumer"], "alive but stuck"
+        release.set()
+        wait_until(lambda: drained(redis_client), 10, "entries consumed after the release")
+        now[0] += 1.0
+        assert service.supervisor.check()
+        assert api(service, "/readyz").status_code == 200
+        assert metric(service, "facemask_alerts_stalls_total", {"watch": "detections"}) == 1
+        assert metric(service, "facemask_alerts_stalled", {"watch": "detections"}) == 0
+    finally:
+        release.set()
+        assert service.stop()

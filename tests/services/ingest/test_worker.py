@@ -23,6 +23,7 @@ from facemask.dev.localredis import RedisProcess, free_port
 from facemask.dev.supervisor import ChildSpec, Supervisor
 from facemask.dev.waiting import wait_until
 from services.ingest.config import CameraConfig
+from services.ingest.metrics import IngestMetrics
 from services.ingest.worker import IngestWorker
 from tests.fixtures.paths import REPO_ROOT
 from tests.services.ingest.conftest import (
@@ -342,3 +343,71 @@ def test_ingest_never_imports_tensorflow_or_grpc() -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+class LoopKilled(BaseException):
+    """Escapes every ``except Exception``: the loop's thread dies of it."""
+
+
+def kill_once(obj: object, method: str) -> list[int]:
+    """Make ``obj.method`` raise :class:`LoopKilled` on its next call, then work again."""
+    real = getattr(obj, method)
+    calls: list[int] = []
+
+    def dying(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise LoopKilled(f"{method} killed by the test")
+        return real(*args, **kwargs)
+
+    setattr(obj, method, dying)
+    return calls
+
+
+def test_a_dead_camera_loop_is_restarted_not_taken_for_an_ended_file(
+    redis_server: RedisProcess, samples: Path
+) -> None:
+    """The only camera's thread dies: the node used to take it for an ended file and stop
+    with exit 0; now the supervisor restarts it and frames keep coming."""
+    settings = fast_settings(
+        redis_server.url, [f"id=cam,source={samples},fps=20,max_side=64"], watchdog_interval=0.05
+    )
+    worker = IngestWorker(settings, metrics=IngestMetrics())
+    worker.start()
+    try:
+        wait_until(lambda: published(worker, "cam") >= 2, 10)
+        (camera,) = worker.cameras
+        kill_once(camera, "_process")
+        wait_until(lambda: worker.supervisor.problems() == {"camera-cam": "dead, restarting"}, 5)
+        assert not camera.finished and camera.failed
+        worker.wait(timeout=1.0)
+        assert not worker.stopping, "a dead camera is no ended file"
+        restarts = {"loop": "camera-cam"}
+        wait_until(
+            lambda: worker.metrics.value("facemask_ingest_loop_restarts_total", restarts) == 1, 5
+        )
+        before = published(worker, "cam")
+        wait_until(lambda: published(worker, "cam") >= before + 3, 10, "frames after the restart")
+        assert worker.supervisor.ready and worker.supervisor.verdict is None
+    finally:
+        assert worker.shutdown() == 0
+
+
+def test_a_publisher_that_dies_too_often_stops_the_node_with_exit_70(
+    redis_server: RedisProcess, samples: Path
+) -> None:
+    settings = fast_settings(
+        redis_server.url,
+        [f"id=cam,source={samples},fps=20,max_side=64"],
+        watchdog_interval=0.05,
+        restart_limit=0,
+    )
+    worker = IngestWorker(settings, metrics=IngestMetrics())
+    worker.start()
+    wait_until(lambda: published(worker, "cam") >= 2, 10)
+    kill_once(worker.publisher, "_send")
+    started = time.monotonic()
+    worker.wait(timeout=10)
+    assert time.monotonic() - started < 5, "the verdict ends the wait"
+    assert worker.supervisor.verdict is not None and "publisher" in worker.supervisor.verdict
+    assert worker.shutdown() == 70

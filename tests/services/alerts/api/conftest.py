@@ -75,7 +75,7 @@ class Api:
     hub: AlertHub
     metrics: AlertMetrics
     checks: dict[str, bool] = field(
-        default_factory=lambda: {"redis": True, "consumer": True, "http": True}
+        default_factory=lambda: {"redis": True, "consumer": True, "http": True, "supervisor": True}
     )
 
     def add_alert(

@@ -11,7 +11,10 @@ def test_liveness(api: Api) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("failing", [None, "redis", "consumer", "http"])
+CHECKS = ("redis", "consumer", "http", "supervisor")
+
+
+@pytest.mark.parametrize("failing", [None, *CHECKS])
 def test_readiness(api: Api, failing: str | None) -> None:
     if failing:
         api.checks[failing] = False
@@ -19,7 +22,7 @@ def test_readiness(api: Api, failing: str | None) -> None:
     assert response.status_code == (503 if failing else 200)
     assert response.json() == {
         "ready": failing is None,
-        "checks": {name: name != failing for name in ("redis", "consumer", "http")},
+        "checks": {name: name != failing for name in CHECKS},
     }
 
 
