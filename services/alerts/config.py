@@ -35,7 +35,7 @@ from pydantic_settings import SettingsConfigDict
 
 from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_camera_id
 from facemask.infra.netaddr import is_loopback
-from facemask.infra.settings import ConfigError, ServiceSettings
+from facemask.infra.settings import ServiceSettings
 from facemask.infra.watchdog import SupervisionSettings
 
 
@@ -312,19 +312,6 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
         if initial is not None and cap < initial:
             raise _problem(f"retry_max ({cap}) must be >= retry_initial ({initial})")
         return cap
-
-    @classmethod
-    def load(cls, **overrides: Any) -> AlertSettings:
-        """:meth:`ServiceSettings.load`, with a hint for JSON settings that do not parse."""
-        try:
-            return super().load(**overrides)
-        except ConfigError as exc:
-            if 'field "rules"' in str(exc):
-                raise ConfigError(
-                    "invalid configuration: FACEMASK_ALERTS_RULES is not valid JSON; expected "
-                    'an object by camera id, e.g. {"lobby": {"k": 3, "n": 5}}'
-                ) from None
-            raise
 
     @property
     def mqtt_client(self) -> str:

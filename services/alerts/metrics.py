@@ -151,6 +151,14 @@ class AlertMetrics:
             "Capture time to processing of the last detections entry.",
             registry=r,
         )
+        self.frames_rejected = Counter(
+            "facemask_alerts_frames_rejected",
+            "Frames refused before any decode for a picture (where: latest = the dashboard's "
+            "latest frame, snapshot = an alert's snapshot; reason: too_large, size_mismatch, "
+            "corrupt_image, unsupported_format, ...).",
+            ["where", "reason"],
+            registry=r,
+        )
         self.latest_renders = Counter(
             "facemask_alerts_latest_renders",
             "Latest-frame pictures rendered for the dashboard (cache misses).",

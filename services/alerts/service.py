@@ -92,6 +92,7 @@ class AlertService:
             min_interval=settings.latest_min_interval,
             max_side=settings.latest_max_side,
             on_render=self.metrics.latest_renders.inc,
+            on_reject=lambda reason: self.metrics.frames_rejected.labels("latest", reason).inc(),
         )
         self.engine = AlertEngine(
             Rule(

@@ -132,6 +132,8 @@ class InferenceService:
             decode_workers=self.settings.decode_workers,
             decode_reduce=self.settings.decode_reduce,
             max_pixels=self.settings.max_image_pixels,
+            max_queue_bytes=self.settings.max_queue_bytes,
+            max_tiles=self.settings.max_tiles,
             on_batch=observe,
             on_job=self._observe_job,
         )

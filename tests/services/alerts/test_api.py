@@ -333,3 +333,16 @@ def _hostile_scenario(
     assert len(labels) <= 9 and "_other" in labels  # 8 cameras + the overflow
     assert not any("\n" in v or "\u202e" in v or "/" in v for v in labels)
     assert get(svc, "/readyz").status_code == 200
+
+
+def test_latest_frame_that_lies_about_its_size_is_refused_and_counted(
+    service: AlertService, redis_client: redis.Redis, sample_jpeg: tuple[bytes, int, int]
+) -> None:
+    jpeg, width, height = sample_jpeg
+    register_camera(redis_client, "door")
+    Feeder(redis_client, "door", (jpeg, width * 4, height * 4)).frames(1, [masked(PERSON_A)])
+    wait_until(lambda: drained(redis_client), 10, "all entries consumed")
+    picture = get(service, "/api/cameras/door/latest.jpg")
+    assert picture.status_code == 404, picture.text  # no picture rather than a wrong one
+    rejected = service.metrics.frames_rejected.labels("latest", "size_mismatch")
+    assert rejected._value.get() == 1
