@@ -105,6 +105,9 @@ class FaultRun:
     started: float
     ended: float = 0.0
     destructive: bool = False
+    """Redis lost its data: frames added before ``wiped`` and never resolved were destroyed."""
+    wiped: float = 0.0
+    """When the server that held the data was gone (after its stop returned)."""
     poison: int = 0
 
 
@@ -442,6 +445,7 @@ class Chaos:
     def redis_wipe(self, fault: FaultRun, seconds: float) -> None:
         fault.destructive = True
         self.pipeline.redis.stop()
+        fault.wiped = now()
         directory = self.pipeline.redis.workdir
         for path in directory.iterdir():
             if path.name != "redis.log":
@@ -527,12 +531,15 @@ class Totals:
     poison_frames_deadlettered: int
     poison_detections: int
     poison_detections_deadlettered: int
+    lost_examples: list[tuple[str, str, float]] = field(default_factory=list)
+    """(stream, entry id, when added) of up to 20 lost frames, for the post-mortem."""
 
 
 def totals(ledger: Ledger, faults: Sequence[FaultRun]) -> Totals:
-    wipes = [f.started for f in faults if f.destructive]
+    wipes = [f.wiped for f in faults if f.destructive]
     counts = {"ok": 0, "skipped": 0, "deadletter": 0}
     destroyed = lost = 0
+    examples: list[tuple[str, str, float]] = []
     with ledger.lock:
         for key, added in ledger.offered.items():
             outcome = ledger.resolved.get(key)
@@ -543,6 +550,8 @@ def totals(ledger: Ledger, faults: Sequence[FaultRun]) -> Totals:
                 destroyed += 1
             else:
                 lost += 1
+                if len(examples) < 20:
+                    examples.append((*key, added))
         poison_ok = sum(
             1 for k in ledger.poison if ledger.resolved.get(k, ("",))[0] == "deadletter"
         )
@@ -565,6 +574,7 @@ def totals(ledger: Ledger, faults: Sequence[FaultRun]) -> Totals:
             poison_frames_deadlettered=poison_ok,
             poison_detections=det_poison,
             poison_detections_deadlettered=det_ok,
+            lost_examples=examples,
         )
 
 
