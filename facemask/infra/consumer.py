@@ -394,14 +394,18 @@ class StreamGroupConsumer:
             )
         pending = False
         for delivery, exc in failed:
-            if systemic and not self._has_strike(delivery):
+            if systemic and not self.failing(delivery):
                 self._settle(1)
                 pending = True
             elif not self.entry_failed(delivery, exc):
                 pending = True
         return pending
 
-    def _has_strike(self, delivery: Delivery) -> bool:
+    def failing(self, delivery: Delivery) -> bool:
+        """True while ``delivery`` has strikes (it raised, and is to be tried again).
+
+        A handler that skips entries at or below a committed offset must not skip these:
+        entries after it in its stream may have been committed while it was isolated."""
         with self._strikes_lock:
             return (delivery.stream, delivery.sid) in self._strikes
 
