@@ -589,9 +589,10 @@ FOUR = [f"t:{{p{k}}}:in" for k in range(4)]
 
 
 def test_overload_is_shared_fairly_by_streams_and_cameras(client: Any) -> None:
-    """4 streams x 3 cameras, a backlog ten times what gets processed, capacity of 2
-    entries per step, in-flight limit 12: every camera's share of the processed entries
-    is within 25 % of the mean (the key-order read gave the first stream everything)."""
+    """4 streams x 3 cameras, a backlog of 360 entries, 48 processed (two per step,
+    oldest read first), in-flight limit 12: every camera's share of the processed entries
+    is within 25 % of the mean. (The inference-level test shows the same against a real
+    batcher, where reading in key order gave the first partition everything.)"""
     cameras = {key: [f"cam{k}{c}" for c in range(3)] for k, key in enumerate(FOUR)}
     for key in FOUR:
         pipe = client.pipeline(transaction=False)
@@ -617,7 +618,7 @@ def test_overload_is_shared_fairly_by_streams_and_cameras(client: Any) -> None:
         fair_key=lambda d: d.fields[b"camera"] if d.fields else None,
     )
     processed: Counter[str] = Counter()
-    while sum(processed.values()) < 120:
+    while sum(processed.values()) < 48:
         group.step()
         for delivery in taken[:2]:  # capacity: two entries per step, oldest first
             assert delivery.fields is not None
