@@ -236,7 +236,9 @@ class StreamGroupConsumer:
         self._strikes_lock = threading.Lock()
         self._rotation = 0
         self._open = 0
-        """Entries of the batch in progress neither settled nor handed over."""
+        """Entries of the batch in progress neither settled nor handed over (kept by the
+        thread running :meth:`step` only)."""
+        self._stepping: int | None = None
         self.deadlettered: dict[str, int] = defaultdict(int)
         """Entries this consumer dead-lettered itself, by reason."""
         self.taken = 0
@@ -292,11 +294,17 @@ class StreamGroupConsumer:
         left pending to come again): they free their slot and count as settled."""
         if count <= 0:
             return
-        self._open = max(0, self._open - count)
+        self._close_open(count)
         if self.options.max_inflight is not None:
             self.done(count)
         else:
             self.settled += count
+
+    def _close_open(self, count: int) -> None:
+        """Entries of the step in progress finished or handed over (other threads
+        finishing entries of earlier steps leave the count alone)."""
+        if self._stepping == threading.get_ident():
+            self._open = max(0, self._open - count)
 
     def invalidate_groups(self) -> None:
         """The groups must be created again before the next read (another thread of the
@@ -344,6 +352,7 @@ class StreamGroupConsumer:
             return 0.0
         self.taken += len(batch)
         self._open = len(batch)
+        self._stepping = threading.get_ident()
         try:
             work = self._screen(batch)
             retry = self._dispatch(work) if work else False
@@ -351,6 +360,8 @@ class StreamGroupConsumer:
             self._settle(self._open)  # left pending: delivered again
             self.rewind()
             return self._failed(exc)
+        finally:
+            self._stepping = None
         if retry:
             self.rewind()
             return self.backoff.next()
@@ -376,7 +387,7 @@ class StreamGroupConsumer:
         were left pending to be tried again (after a back-off)."""
         if self.options.max_inflight is not None:
             # The handler owns the entries now (it calls done / entry_failed itself).
-            self._open -= len(work)
+            self._close_open(len(work))
             self.handler(work)
             return False
         failed: list[tuple[Delivery, Exception]] = []
@@ -466,7 +477,7 @@ class StreamGroupConsumer:
                 self._strikes.pop((delivery.stream, delivery.sid), None)
         if self._reject_hook is not None:
             for delivery, reason, detail in items:
-                self._open = max(0, self._open - 1)
+                self._close_open(1)
                 self._reject_hook(delivery, reason, detail)
                 if self.options.max_inflight is None:
                     self.settled += 1
