@@ -195,10 +195,11 @@ def read_new(
     ``block`` seconds, shared fairly among the streams.
 
     ``count`` is split over the streams (the first ones in ``keys`` get the remainder,
-    so a caller rotating ``keys`` spreads it; with fewer than ``len(keys)`` to take, only
-    the first ``count`` streams are asked). A stream that filled its share may have
-    more: what the others left is asked of those (non-blocking, a few rounds). A busy
-    stream thus never takes the share of the others, and an idle one never wastes it.
+    so a caller rotating ``keys`` spreads it; every stream gets at least one, so with
+    fewer than ``len(keys)`` to take up to ``len(keys) - 1`` more come back). A stream
+    that filled its share may have more: what the others left is asked of those
+    (non-blocking, a few rounds). A busy stream thus never takes the share of the
+    others, and an idle one never wastes it.
 
     A Redis Cluster cannot serve one XREADGROUP over keys in several slots: there each
     stream is asked without blocking, and ``wait(block)`` runs when all were empty.
@@ -207,8 +208,11 @@ def read_new(
     if not keys or count < 1:
         return []
     cluster = is_cluster(client)
-    asked = keys[: min(len(keys), count)]
-    shares = dict(zip(asked, split(count, len(asked)), strict=True))
+    # Every stream is asked for at least one entry: with fewer than len(keys) to take a
+    # read may return up to len(keys) - 1 more than count (as one XREADGROUP over several
+    # streams always could), so a nearly full in-flight window still reads every stream
+    # per round trip instead of one.
+    shares = dict(zip(keys, [max(1, n) for n in split(count, len(keys))], strict=True))
     got: dict[Any, list[tuple[Any, Any]]] = {}
     out = _read_shares(client, group, consumer, shares, None if cluster else block)
     for stream, entries in out:
@@ -217,8 +221,8 @@ def read_new(
         wait(block)
         return []
     left = count - sum(len(e) for e in got.values())
-    # Streams that filled their share may have more; streams not asked may have some.
-    candidates = [k for k in keys if k not in shares or len(got.get(k, [])) >= shares[k]]
+    # Streams that filled their share may have more.
+    candidates = [k for k in keys if len(got.get(k, [])) >= shares[k]]
     for _ in range(MAX_TOP_UPS):
         if left <= 0 or not candidates:
             break

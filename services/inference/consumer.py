@@ -104,6 +104,9 @@ class Outcome:
     deadletter_reason: str = ""
     result: JobResult | None = None
     capture_ts: float | None = None
+    holds_slot: bool = True
+    """False for a frame skipped when read: its in-flight slot was freed at once, so a
+    backlog of stale frames is read at the speed of Redis, not of the model."""
 
     def delivery(self) -> Delivery:
         """The entry it answers (for a strike or a dead letter)."""
@@ -259,7 +262,8 @@ class StreamConsumer:
             # an overload is worked off at the speed of Redis, not of the decode pool.
             skipped: Future[JobResult] = Future()
             skipped.set_result(JobResult.too_old(frame.width, frame.height))
-            self._result(stream, sid, frame, skipped)
+            self._result(stream, sid, frame, skipped, holds_slot=False)
+            self.streams.done(1)
             return
         job = Job(
             data=frame.data,
@@ -299,7 +303,15 @@ class StreamConsumer:
         except Exception as exc:
             self.streams.entry_failed(delivery, exc)
 
-    def _result(self, stream: str, sid: str, frame: FrameEntry, future: Future[JobResult]) -> None:
+    def _result(
+        self,
+        stream: str,
+        sid: str,
+        frame: FrameEntry,
+        future: Future[JobResult],
+        *,
+        holds_slot: bool = True,
+    ) -> None:
         exc = future.exception()
         if exc is not None:
             reason = exc.reason if isinstance(exc, ImageDecodeError) else "error"
@@ -329,6 +341,7 @@ class StreamConsumer:
                 dict(entry.to_fields()),
                 result=result,
                 capture_ts=frame.capture_ts,
+                holds_slot=holds_slot,
             )
         )
 
@@ -352,7 +365,7 @@ class StreamConsumer:
                 logger.exception(
                     "publish failed; frames left pending", extra={"frames": len(batch)}
                 )
-                self.streams.done(len(batch))
+                self.streams.done(sum(item.holds_slot for item in batch))
 
     def _script_call(self, item: Outcome) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the publish-and-ack script for one outcome."""
@@ -393,14 +406,14 @@ class StreamConsumer:
             for (item, keys, args), reply in zip(todo, replies, strict=True):
                 if not isinstance(reply, Exception):
                     self._account(item, reply)
-                    finished += 1
+                    finished += item.holds_slot
                     continue
                 kind = classify(reply)
                 if kind == "nogroup":
                     self._fault(reply)
                     self._lost(item, "nogroup", reply)
                     self.streams.invalidate_groups()
-                    finished += 1
+                    finished += item.holds_slot
                 elif kind != "other":
                     retry.append((item, keys, args))
                     faults.append(reply)
@@ -416,7 +429,7 @@ class StreamConsumer:
                     "giving up publishing; frames stay pending for another consumer",
                     extra={"frames": len(todo), "error": str(faults[0])},
                 )
-                finished += len(todo)
+                finished += sum(item.holds_slot for item, _keys, _args in todo)
                 break
             delay = backoff.next()
             logger.warning(
@@ -453,9 +466,11 @@ class StreamConsumer:
     def _item_failed(self, item: Outcome, exc: BaseException) -> int:
         """An outcome that cannot be published (not a Redis fault). Returns 1 when its
         slot is free now, 0 when a dead letter replacing it holds the slot."""
-        if item.deadletter_reason:  # a dead letter that fails: nothing further to try
+        if item.deadletter_reason or not item.holds_slot:
+            # A dead letter, or a skip record, that fails: nothing further to try; the
+            # entry stays pending (reclaimed later).
             self._lost(item, "error", exc)
-            return 1
+            return int(item.holds_slot)
         return 0 if self.streams.entry_failed(item.delivery(), exc, release=False) else 1
 
     def _lost(self, item: Outcome, reason: str, exc: BaseException) -> None:
