@@ -21,16 +21,111 @@ from facemask.contracts.streams import RedisClient
 
 CLUSTER_SCHEME = "redis+cluster://"
 
-__all__ = ["CLUSTER_SCHEME", "CONNECTION_ERRORS", "RedisClient"]
+__all__ = [
+    "CLUSTER_SCHEME",
+    "CONNECTION_ERRORS",
+    "FAULT_KINDS",
+    "RedisClient",
+    "classify",
+    "is_fault",
+]
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
+    redis.exceptions.ClusterError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+    redis.exceptions.ReadOnlyError,
     ConnectionError,
-    OSError,
+    TimeoutError,
 )
+"""Errors after which the same command may succeed once Redis (or the cluster) is back:
+the connection, a failover in progress. Precise types only: a broad ``OSError`` (a full
+disk, a bad file) is not a Redis outage. :func:`classify` tells the kinds apart."""
+
+FAULT_KINDS = (
+    "connection",
+    "timeout",
+    "loading",
+    "nogroup",
+    "oom",
+    "readonly",
+    "cluster",
+    "busy",
+    "noscript",
+)
+"""The Redis faults a loop survives (the bounded ``kind`` label of the error counters);
+anything else is ``"other"`` (a bug or bad data, not Redis)."""
+
+_PREFIXES = {
+    "NOGROUP": "nogroup",
+    "OOM": "oom",
+    "READONLY": "readonly",
+    "MOVED": "cluster",
+    "ASK": "cluster",
+    "TRYAGAIN": "cluster",
+    "CLUSTERDOWN": "cluster",
+    "MASTERDOWN": "cluster",
+    "LOADING": "loading",
+    "BUSY": "busy",
+    "NOSCRIPT": "noscript",
+}
+
+
+def classify(exc: BaseException) -> str:
+    """The kind of a Redis fault (one of :data:`FAULT_KINDS`), else ``"other"``.
+
+    By exception type first; error replies that reach us as a plain ``ResponseError``
+    (raised inside a Lua script, or in a pipeline reply) by their error code, the first
+    word of the message (``-NOGROUP ...``, ``-OOM ...``), also after a script prefix.
+    """
+    if isinstance(exc, redis.exceptions.BusyLoadingError):
+        return "loading"
+    if isinstance(exc, redis.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis.ConnectionError | ConnectionError):
+        return "connection"
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, redis.exceptions.NoScriptError):
+        return "noscript"
+    if isinstance(
+        exc,
+        redis.exceptions.ClusterError
+        | redis.exceptions.ClusterDownError
+        | redis.exceptions.TryAgainError
+        | redis.exceptions.AskError
+        | redis.exceptions.SlotNotCoveredError,
+    ):
+        return "cluster"
+    if isinstance(exc, redis.ResponseError):
+        text = str(exc)
+        for word in _words(text):
+            kind = _PREFIXES.get(word)
+            if kind is not None:
+                return kind
+    return "other"
+
+
+def _words(text: str) -> list[str]:
+    """The error code candidates of a reply: its first word, and the first word after a
+    script error prefix (``Error ... script: ... -OOM ...`` on older servers)."""
+    words = text.split(maxsplit=1)[:1]
+    for marker in ("-", "@user_script"):
+        if marker in text:
+            tail = text.split(marker, 1)[1].lstrip(": ").split(maxsplit=1)
+            words.extend(tail[:1])
+    return [w.strip(":-") for w in words]
+
+
+def is_fault(exc: BaseException) -> bool:
+    """True for a Redis fault a loop backs off from and retries (not a bug, not bad
+    data): any kind of :func:`classify` but ``"other"``."""
+    return classify(exc) != "other"
 
 
 def connect(
@@ -76,6 +171,16 @@ def ensure_groups(client: RedisClient, keys: Sequence[str], group: str, start_id
                 raise
 
 
+def split(count: int, ways: int) -> list[int]:
+    """``count`` split into ``ways`` shares differing by at most one (larger first)."""
+    base, extra = divmod(count, ways)
+    return [base + (1 if i < extra else 0) for i in range(ways)]
+
+
+MAX_TOP_UPS = 4
+"""Extra non-blocking reads of one :func:`read_new` for the streams that had more."""
+
+
 def read_new(
     client: RedisClient,
     group: str,
@@ -86,21 +191,92 @@ def read_new(
     block: float,
     wait: Callable[[float], object] = time.sleep,
 ) -> StreamReply:
-    """New entries (``>``) of ``keys`` for ``consumer``, blocking up to ``block`` seconds.
+    """At most ``count`` new entries (``>``) of ``keys`` for ``consumer``, blocking up to
+    ``block`` seconds, shared fairly among the streams.
+
+    ``count`` is split over the streams (the first ones in ``keys`` get the remainder,
+    so a caller rotating ``keys`` spreads it; every stream gets at least one, so with
+    fewer than ``len(keys)`` to take up to ``len(keys) - 1`` more come back). A stream
+    that filled its share may have more: what the others left is asked of those
+    (non-blocking, a few rounds). A busy stream thus never takes the share of the
+    others, and an idle one never wastes it.
 
     A Redis Cluster cannot serve one XREADGROUP over keys in several slots: there each
     stream is asked without blocking, and ``wait(block)`` runs when all were empty.
     """
-    redis_client: Any = client  # redis-py's stubs do not type stream replies
-    if not is_cluster(client):
-        streams = dict.fromkeys(keys, ">")
-        reply: StreamReply = redis_client.xreadgroup(
-            group, consumer, streams, count=count, block=int(block * 1000)
-        )
-        return reply or []
-    out: StreamReply = []
-    for key in keys:
-        out.extend(redis_client.xreadgroup(group, consumer, {key: ">"}, count=count) or [])
-    if not out:
+    keys = list(keys)
+    if not keys or count < 1:
+        return []
+    cluster = is_cluster(client)
+    # Every stream is asked for at least one entry: with fewer than len(keys) to take a
+    # read may return up to len(keys) - 1 more than count (as one XREADGROUP over several
+    # streams always could), so a nearly full in-flight window still reads every stream
+    # per round trip instead of one.
+    shares = dict(zip(keys, [max(1, n) for n in split(count, len(keys))], strict=True))
+    got: dict[Any, list[tuple[Any, Any]]] = {}
+    out = _read_shares(client, group, consumer, shares, None if cluster else block)
+    for stream, entries in out:
+        got.setdefault(_text(stream), []).extend(entries)
+    if cluster and not out:
         wait(block)
+        return []
+    left = count - sum(len(e) for e in got.values())
+    # Streams that filled their share may have more.
+    candidates = [k for k in keys if len(got.get(k, [])) >= shares[k]]
+    for _ in range(MAX_TOP_UPS):
+        if left <= 0 or not candidates:
+            break
+        ways = min(len(candidates), left)
+        more_shares = dict(zip(candidates[:ways], split(left, ways), strict=True))
+        more = _read_shares(client, group, consumer, more_shares, None)
+        counts: dict[str, int] = {}
+        for stream, entries in more:
+            counts[_text(stream)] = len(entries)
+            got.setdefault(_text(stream), []).extend(entries)
+        left -= sum(counts.values())
+        candidates = [k for k, n in more_shares.items() if counts.get(k, 0) >= n]
+    return [(key, got[key]) for key in keys if got.get(key)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_shares(
+    client: RedisClient,
+    group: str,
+    consumer: str,
+    shares: dict[str, int],
+    block: float | None,
+) -> StreamReply:
+    """One XREADGROUP per distinct share (a single server) or per stream (a cluster)."""
+    redis_client: Any = client  # redis-py's stubs do not type stream replies
+    out: StreamReply = []
+    if is_cluster(client):
+        for key, share in shares.items():
+            out.extend(redis_client.xreadgroup(group, consumer, {key: ">"}, count=share) or [])
+        return out
+    by_share: dict[int, list[str]] = {}
+    for key, share in shares.items():
+        by_share.setdefault(share, []).append(key)
+    blocking = block is not None and len(by_share) == 1
+    for share, streams in by_share.items():
+        reply = redis_client.xreadgroup(
+            group,
+            consumer,
+            dict.fromkeys(streams, ">"),
+            count=share,
+            block=int(block * 1000) if blocking and block is not None else None,
+        )
+        out.extend(reply or [])
+    if block is not None and not blocking and not out:
+        # Shares differ (count not a multiple of the streams): block on them all once.
+        reply = redis_client.xreadgroup(
+            group,
+            consumer,
+            dict.fromkeys(shares, ">"),
+            count=min(shares.values()),
+            block=int(block * 1000),
+        )
+        out.extend(reply or [])
     return out

@@ -9,20 +9,27 @@ of any other reader of the detections streams. Each loop:
    ``claim_interval`` seconds, entries idle for ``claim_idle`` seconds in other consumers
    of the group are taken over (``XAUTOCLAIM``);
 2. entries at or below the stream's committed offset were processed before a restart:
-   they are only acknowledged. Malformed entries, and entries already delivered
-   ``max_deliveries`` times (their batch kept failing), go to ``layout.alerts_deadletter``
-   with a reason (counted). Duplicates of a frame already seen are dropped. The rest feed
-   the :class:`~services.alerts.engine.AlertEngine`;
+   they are only acknowledged. Malformed entries go to ``layout.alerts_deadletter`` with
+   a reason (counted); so do, dead-lettered by the
+   :class:`~facemask.infra.consumer.StreamGroupConsumer` itself, entries trimmed while
+   pending and entries already delivered ``max_deliveries`` times. Duplicates of a frame
+   already seen are dropped. The rest feed the
+   :class:`~services.alerts.engine.AlertEngine`;
 3. each new alert gets its snapshot (frame fetched by id from the partition's frame
    stream, boxes drawn) and the camera's name and place from the registry;
 4. ONE SQLite transaction stores the alerts, their outbox rows, the touched cameras'
    engine state and the streams' offsets (:meth:`AlertStore.commit_batch`);
 5. only then ``XACK``; then the outbox workers and the live feed are notified.
 
-Any failure before the commit (Redis gone, disk full) rolls the engine back to the
-committed state and reads the pending entries again (after a back-off), so a batch is
-processed exactly once in effect: a crash anywhere neither loses nor duplicates an alert
-(alert ids are deterministic, and storing an id twice is a no-op).
+Any failure before the commit rolls the engine back to the committed state
+(``on_error``). A Redis fault (gone, OOM, failover; see
+:func:`~facemask.infra.redisconn.classify`) reads the pending entries again after a
+back-off. Anything else (an entry that makes the engine, a snapshot or the store raise)
+is narrowed down by the StreamGroupConsumer: the batch is bisected, the good entries are
+processed and committed, the entry that keeps raising is dead-lettered with reason
+``error`` after ``entry_attempts`` failures; it never stops the other cameras. So a
+batch is processed exactly once in effect: a crash anywhere neither loses nor duplicates
+an alert (alert ids are deterministic, and storing an id twice is a no-op).
 
 Ordering relies on a single active alert service per consumer group (tracking needs all
 frames of a camera in one process, and the state lives in its local database).
@@ -39,7 +46,7 @@ from typing import Any
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, WireError
 from facemask.infra.consumer import Delivery, GroupOptions, StreamGroupConsumer
-from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
+from facemask.infra.redisconn import RedisClient, classify
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine, NewAlert
 from services.alerts.metrics import AlertMetrics
@@ -95,6 +102,9 @@ class DetectionsConsumer:
             name="detections",
             on_error=self._failed,
             on_reclaimed=metrics.reclaimed.inc,
+            deadletter_key=lambda _stream: layout.alerts_deadletter,
+            deadletter_maxlen=settings.deadletter_maxlen,
+            on_deadletter=self._rejected,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -119,10 +129,18 @@ class DetectionsConsumer:
         self.offsets = dict(offsets)
         self.streams.rewind()
 
+    def _rejected(self, reason: str) -> None:
+        """An entry the StreamGroupConsumer dead-lettered (trimmed, max_deliveries, error)."""
+        self.metrics.deadletters.labels(reason).inc()
+        self.metrics.consumed.inc()
+
     def _failed(self, exc: BaseException) -> None:
-        """A batch failed (its entries will be read again): count it, roll back."""
-        if isinstance(exc, CONNECTION_ERRORS):
+        """A batch failed (its entries are read again, or it is narrowed down to the
+        entry that raises): count it, roll back."""
+        kind = classify(exc)
+        if kind != "other":
             self.metrics.redis_errors.inc()
+            self.metrics.redis_faults.labels(kind).inc()
         else:
             self.metrics.batch_failures.inc()
         try:
@@ -145,17 +163,18 @@ class DetectionsConsumer:
         for item in items:
             acks[item.stream].append(item.sid)
             committed = self.offsets.get(item.stream)
-            if committed is not None and parse_sid(item.sid) <= parse_sid(committed):
+            if (
+                committed is not None
+                and parse_sid(item.sid) <= parse_sid(committed)
+                and not self.streams.failing(item)  # isolated: later entries went ahead
+            ):
                 replayed += 1
                 continue
             previous = offsets.get(item.stream)
             if previous is None or parse_sid(item.sid) > parse_sid(previous):
                 offsets[item.stream] = item.sid
             consumed += 1
-            if item.fields is None:  # deleted from the stream while pending
-                continue
-            if item.rejected is not None:
-                deadletters.append((item, *item.rejected))
+            if item.fields is None or item.rejected is not None:  # the consumer's business
                 continue
             try:
                 entry = DetectionsEntry.from_fields(

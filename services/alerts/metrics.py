@@ -141,6 +141,13 @@ class AlertMetrics:
             "Redis connection errors seen by the consumer.",
             registry=r,
         )
+        self.redis_faults = Counter(
+            "facemask_alerts_redis_faults_total",
+            "Redis faults survived by the consumer (backed off, retried), by kind "
+            "(facemask.infra.redisconn.FAULT_KINDS).",
+            ["kind"],
+            registry=r,
+        )
         self.batch_failures = Counter(
             "facemask_alerts_batch_failures",
             "Batches rolled back (state restored, entries read again).",

@@ -17,6 +17,20 @@ Threads:
   nothing to redo: no frame is lost and no detections entry is duplicated.
 - **lag monitor**: reads ``XINFO GROUPS`` into the lag / pending gauges.
 
+Entry isolation: whatever raises for one entry (parse, submit, the result callback,
+building or running its publish script) costs that entry a strike
+(:meth:`~facemask.infra.consumer.StreamGroupConsumer.entry_failed`): it stays pending and
+comes back through ``XAUTOCLAIM``; at ``entry_attempts`` strikes it is dead-lettered
+with reason ``error`` and the exception. No entry blocks a partition, a thread or a slot.
+
+Redis faults (:func:`~facemask.infra.redisconn.classify`) never end a thread: the reader
+backs off (and creates the groups again after ``NOGROUP``); the publisher retries the
+frames a transient fault (connection, timeout, OOM, READONLY, cluster failover) refused
+with a back-off until Redis takes them, counted by kind. A frame whose pending entry
+Redis lost (restarted without persistence: the script sees ``NOGROUP``, or the entry is
+gone from the stream) is counted in ``facemask_inference_frames_lost_total`` and logged;
+the reader then recreates the groups.
+
 Frames older than ``max_frame_age`` when read (then not even decoded) or when they reach a
 batch are not run: their entry says ``status=skipped reason=too_old`` (and they are
 acknowledged), so no frame silently
@@ -33,8 +47,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import (
     DetectionsEntry,
@@ -44,10 +56,16 @@ from facemask.contracts.wire import (
 )
 from facemask.core.preprocess import ImageDecodeError
 from facemask.infra.backoff import Backoff
-from facemask.infra.consumer import Delivery, GroupOptions, StreamGroupConsumer
-from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, is_cluster
+from facemask.infra.consumer import Delivery, GroupOptions, StreamGroupConsumer, describe
+from facemask.infra.redisconn import RedisClient, classify, is_cluster
 from facemask.infra.worker import Worker
-from services.inference.batcher import DynamicBatcher, Job, JobResult, QueueFullError
+from services.inference.batcher import (
+    DynamicBatcher,
+    Job,
+    JobResult,
+    QueueFullError,
+    ShuttingDownError,
+)
 from services.inference.config import InferenceSettings
 from services.inference.metrics import InferenceMetrics
 
@@ -55,9 +73,16 @@ logger = logging.getLogger(__name__)
 
 # KEYS[1] output stream, KEYS[2] frame stream;
 # ARGV[1] group, ARGV[2] frame entry id, ARGV[3] consumer, ARGV[4] maxlen, ARGV[5..] fields.
+# Returns 1 published, 0 another consumer owns or acked the entry, -1 the entry is gone
+# from the stream (Redis lost it: restarted without persistence). A missing group is an
+# error reply (NOGROUP).
 PUBLISH_AND_ACK = """
 local p = redis.call('XPENDING', KEYS[2], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+if #p == 0 then
+  if #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then return -1 end
+  return 0
+end
+if p[1][2] ~= ARGV[3] then return 0 end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -79,6 +104,28 @@ class Outcome:
     deadletter_reason: str = ""
     result: JobResult | None = None
     capture_ts: float | None = None
+    holds_slot: bool = True
+    """False for a frame skipped when read: its in-flight slot was freed at once, so a
+    backlog of stale frames is read at the speed of Redis, not of the model."""
+
+    def delivery(self) -> Delivery:
+        """The entry it answers (for a strike or a dead letter)."""
+        return Delivery(
+            self.stream, self.sid, {"camera": self.camera_id} if self.camera_id else None
+        )
+
+
+def _camera_of(delivery: Delivery) -> object:
+    fields = delivery.fields or {}
+    return fields.get(b"camera", fields.get("camera"))
+
+
+def _check_args(args: Sequence[Any]) -> None:
+    """Raise for a value Redis cannot take (what redis-py would raise for the whole
+    pipeline), so one bad outcome fails alone."""
+    for value in args:
+        if isinstance(value, bool) or not isinstance(value, bytes | str | int | float):
+            raise TypeError(f"cannot publish a {type(value).__name__} field value")
 
 
 class StreamConsumer:
@@ -115,6 +162,10 @@ class StreamConsumer:
             name="stream-reader",
             on_error=self._read_failed,
             on_reclaimed=metrics.reclaimed.inc,
+            reject=self._reject,
+            fair_key=_camera_of,
+            deadletter_key=lambda stream: layout.deadletter(layout.partition_of_key(stream)),
+            deadletter_maxlen=settings.deadletter_maxlen,
         )
         self._outbox: queue.Queue[Outcome] = queue.Queue()
         self._script = client.register_script(PUBLISH_AND_ACK)
@@ -171,29 +222,36 @@ class StreamConsumer:
     # -- reading ---------------------------------------------------------------------
 
     def _read_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, CONNECTION_ERRORS):
+        self._fault(exc)
+
+    def _fault(self, exc: BaseException) -> str:
+        """Count a Redis fault by kind; returns the kind (``other``: not a Redis fault)."""
+        kind = classify(exc)
+        if kind != "other":
             self.metrics.redis_errors.inc()
+            self.metrics.redis_faults.labels(kind).inc()
+        return kind
 
     def _take(self, batch: list[Delivery]) -> None:
         """Take ownership of delivered entries (each holds one in-flight slot)."""
         for delivery in batch:
             try:
                 self._handle(delivery)
-            except Exception:  # a bug, not a bad frame: leave it pending, free its slot
-                logger.exception("frame left pending", extra={"sid": delivery.sid})
-                self.streams.done(1)
+            except Exception as exc:  # isolated: a strike, then a dead letter
+                self.streams.entry_failed(delivery, exc)
+
+    def _reject(self, delivery: Delivery, reason: str, detail: str) -> None:
+        """The reader's rejections (trimmed, max_deliveries, failing again and again):
+        published as dead letters by the script, like every outcome."""
+        try:
+            self._deadletter(delivery.stream, delivery.sid, delivery.fields or {}, reason, detail)
+        except Exception:
+            logger.exception("cannot build a dead letter; frame left pending")
+            self.streams.done(1)
 
     def _handle(self, delivery: Delivery) -> None:
         stream, sid, fields = delivery.stream, delivery.sid, delivery.fields
-        if delivery.rejected is not None:
-            reason, detail = delivery.rejected
-            self._deadletter(stream, sid, fields or {}, reason, detail)
-            return
-        if fields is None:  # trimmed while pending: nothing left to run
-            self._outbox.put(
-                Outcome(stream, sid, "", {"reason": "trimmed"}, deadletter_reason="trimmed")
-            )
-            return
+        assert fields is not None  # trimmed entries are rejected by the reader
         try:
             frame = FrameEntry.from_fields(
                 fields,
@@ -208,7 +266,8 @@ class StreamConsumer:
             # an overload is worked off at the speed of Redis, not of the decode pool.
             skipped: Future[JobResult] = Future()
             skipped.set_result(JobResult.too_old(frame.width, frame.height))
-            self._finished(stream, sid, frame, skipped)
+            self._result(stream, sid, frame, skipped, holds_slot=False)
+            self.streams.done(1)
             return
         job = Job(
             data=frame.data,
@@ -227,11 +286,11 @@ class StreamConsumer:
                 break
             except QueueFullError:
                 time.sleep(0.005)  # gRPC traffic filled the queue: wait, do not drop
-            except Exception as exc:  # shutting down: leave it pending for a peer
+            except ShuttingDownError as exc:  # leave it pending for a peer
                 logger.info("frame left pending", extra={"sid": sid, "error": str(exc)})
                 self.streams.done(1)
                 return
-        future.add_done_callback(lambda f: self._finished(stream, sid, frame, f))
+        future.add_done_callback(lambda f: self._finished(delivery, frame, f))
 
     def _deadletter(
         self, stream: str, sid: str, fields: Mapping[Any, Any], reason: str, detail: str
@@ -240,10 +299,23 @@ class StreamConsumer:
         camera = record["camera"]
         self._outbox.put(Outcome(stream, sid, camera, record, deadletter_reason=reason))
 
-    def _finished(
-        self, stream: str, sid: str, frame: FrameEntry, future: Future[JobResult]
+    def _finished(self, delivery: Delivery, frame: FrameEntry, future: Future[JobResult]) -> None:
+        """Batcher callback (model or decode thread): hand the result to the publisher.
+        Whatever raises here costs the entry a strike (never a lost slot)."""
+        try:
+            self._result(delivery.stream, delivery.sid, frame, future)
+        except Exception as exc:
+            self.streams.entry_failed(delivery, exc)
+
+    def _result(
+        self,
+        stream: str,
+        sid: str,
+        frame: FrameEntry,
+        future: Future[JobResult],
+        *,
+        holds_slot: bool = True,
     ) -> None:
-        """Batcher callback (model or decode thread): hand the result to the publisher."""
         exc = future.exception()
         if exc is not None:
             reason = exc.reason if isinstance(exc, ImageDecodeError) else "error"
@@ -273,6 +345,7 @@ class StreamConsumer:
                 dict(entry.to_fields()),
                 result=result,
                 capture_ts=frame.capture_ts,
+                holds_slot=holds_slot,
             )
         )
 
@@ -290,7 +363,13 @@ class StreamConsumer:
                     batch.append(self._outbox.get_nowait())
                 except queue.Empty:
                     break
-            self._publish(batch)
+            try:
+                self._publish(batch)
+            except Exception:  # a bug: the thread goes on, the frames stay pending
+                logger.exception(
+                    "publish failed; frames left pending", extra={"frames": len(batch)}
+                )
+                self.streams.done(sum(item.holds_slot for item in batch))
 
     def _script_call(self, item: Outcome) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the publish-and-ack script for one outcome."""
@@ -302,53 +381,125 @@ class StreamConsumer:
         args: list[Any] = [self.group, item.sid, self.consumer, maxlen]
         for key, value in item.fields.items():
             args.extend((key, value))
+        _check_args(args)
         return [target, item.stream], args
 
     def _publish(self, batch: Sequence[Outcome]) -> None:
+        """Publish ``batch``: every outcome ends published, lost (counted), failed (a
+        strike) or, while Redis refuses it (a fault), retried with a back-off."""
         backoff = Backoff(0.05, 5.0)
-        cluster = is_cluster(self.client)
-        replies: list[Any] = []
-        while True:
+        finished = 0
+        todo: list[tuple[Outcome, list[str], list[Any]]] = []
+        for item in batch:
             try:
-                if cluster:
-                    # A cluster pipeline cannot run scripts: one call per frame (routed to
-                    # the partition's master); a retry resumes after the frames already done.
-                    while len(replies) < len(batch):
-                        keys, args = self._script_call(batch[len(replies)])
-                        try:
-                            replies.append(self._script(keys=keys, args=args))
-                        except redis.ResponseError as exc:
-                            replies.append(exc)
-                    break
-                pipe = self.client.pipeline(transaction=False)
-                for item in batch:
-                    keys, args = self._script_call(item)
-                    self._script(keys=keys, args=args, client=pipe)
-                replies = pipe.execute(raise_on_error=False)
-                for reply in replies:
-                    if isinstance(reply, CONNECTION_ERRORS):
-                        raise reply
+                todo.append((item, *self._script_call(item)))
+            except Exception as exc:
+                finished += self._item_failed(item, exc)
+        one_by_one = is_cluster(self.client)
+        while todo:
+            counted = False
+            try:
+                replies = self._run(todo, one_by_one)
+            except Exception as exc:  # the whole round trip failed
+                if self._fault(exc) == "other":
+                    one_by_one = True  # isolate the outcome that raises
+                    continue
+                replies, counted = [exc] * len(todo), True
+            retry = []
+            faults: list[Exception] = []
+            for (item, keys, args), reply in zip(todo, replies, strict=True):
+                if not isinstance(reply, Exception):
+                    self._account(item, reply)
+                    finished += item.holds_slot
+                    continue
+                kind = classify(reply)
+                if kind == "nogroup":
+                    self._fault(reply)
+                    self._lost(item, "nogroup", reply)
+                    self.streams.invalidate_groups()
+                    finished += item.holds_slot
+                elif kind != "other":
+                    retry.append((item, keys, args))
+                    faults.append(reply)
+                else:
+                    finished += self._item_failed(item, reply)
+            todo = retry
+            if not todo:
                 break
-            except CONNECTION_ERRORS as exc:
-                self.metrics.redis_errors.inc()
-                if self._publisher.stopping and backoff.attempts >= GIVE_UP_RETRIES:
-                    logger.error(
-                        "giving up publishing; frames stay pending for another consumer",
-                        extra={"frames": len(batch) - len(replies), "error": str(exc)},
-                    )
-                    replies += [None] * (len(batch) - len(replies))
-                    break
-                logger.warning("publish failed; retrying", extra={"error": str(exc)})
-                time.sleep(backoff.next())
-        for item, reply in zip(batch, replies, strict=True):
-            self._account(item, reply)
-        self.streams.done(len(batch))
+            if not counted:
+                self._fault(faults[0])  # one per round trip
+            if self._publisher.stopping and backoff.attempts >= GIVE_UP_RETRIES:
+                logger.error(
+                    "giving up publishing; frames stay pending for another consumer",
+                    extra={"frames": len(todo), "error": str(faults[0])},
+                )
+                finished += sum(item.holds_slot for item, _keys, _args in todo)
+                break
+            delay = backoff.next()
+            logger.warning(
+                "redis refused the results; retrying",
+                extra={
+                    "frames": len(todo),
+                    "kind": classify(faults[0]),
+                    "error": str(faults[0]),
+                    "retry_in_s": round(delay, 2),
+                },
+            )
+            self._publisher.wait(delay)
+        self.streams.done(finished)
+
+    def _run(
+        self, todo: Sequence[tuple[Outcome, list[str], list[Any]]], one_by_one: bool
+    ) -> list[Any]:
+        """Run the script for every outcome: a reply or the exception, per outcome."""
+        if one_by_one:
+            # A cluster pipeline cannot run scripts: one call per frame (routed to the
+            # partition's master). Also how one outcome that raises is isolated.
+            replies: list[Any] = []
+            for _item, keys, args in todo:
+                try:
+                    replies.append(self._script(keys=keys, args=args))
+                except Exception as exc:
+                    replies.append(exc)
+            return replies
+        pipe = self.client.pipeline(transaction=False)
+        for _item, keys, args in todo:
+            self._script(keys=keys, args=args, client=pipe)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _item_failed(self, item: Outcome, exc: BaseException) -> int:
+        """An outcome that cannot be published (not a Redis fault). Returns 1 when its
+        slot is free now, 0 when a dead letter replacing it holds the slot."""
+        if item.deadletter_reason or not item.holds_slot:
+            # A dead letter, or a skip record, that fails: nothing further to try; the
+            # entry stays pending (reclaimed later).
+            self._lost(item, "error", exc)
+            return int(item.holds_slot)
+        return 0 if self.streams.entry_failed(item.delivery(), exc, release=False) else 1
+
+    def _lost(self, item: Outcome, reason: str, exc: BaseException) -> None:
+        """A processed frame whose result cannot be published (its entry is gone, or
+        stays pending for another try)."""
+        self.metrics.frames_lost.labels(reason).inc()
+        logger.error(
+            "frame result lost by a fault",
+            extra={
+                "camera_id": item.camera_id,
+                "sid": item.sid,
+                "stream": item.stream,
+                "reason": reason,
+                "error": describe(exc),
+            },
+        )
 
     def _account(self, item: Outcome, reply: Any) -> None:
-        if reply is None:
-            return
-        if isinstance(reply, Exception):  # NOGROUP (group deleted): the entry is gone
-            logger.error("frame not published", extra={"sid": item.sid, "error": str(reply)})
+        if int(reply) == -1:  # the frame entry is gone from the stream: Redis lost it
+            self.metrics.frames_lost.labels("vanished").inc()
+            logger.error(
+                "frame result lost by a fault: its entry vanished from the stream",
+                extra={"camera_id": item.camera_id, "sid": item.sid, "stream": item.stream},
+            )
+            self.streams.invalidate_groups()
             return
         if int(reply) == 0:
             self.metrics.duplicates.inc()
@@ -382,8 +533,9 @@ class StreamConsumer:
     def _lag_tick(self) -> None:
         try:
             self.measure_lag()
-        except CONNECTION_ERRORS:
-            self.metrics.redis_errors.inc()
+        except Exception as exc:
+            if self._fault(exc) == "other":
+                raise
 
     def measure_lag(self) -> dict[str, tuple[int, int]]:
         """Read (lag, pending) of this group on every frame stream into the gauges."""

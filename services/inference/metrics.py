@@ -125,6 +125,20 @@ class InferenceMetrics:
             "Redis connection errors seen by the stream consumer.",
             registry=registry,
         )
+        self.redis_faults = Counter(
+            "facemask_inference_redis_faults_total",
+            "Redis faults survived by the stream consumer (backed off, retried), by kind "
+            "(facemask.infra.redisconn.FAULT_KINDS).",
+            ["kind"],
+            registry=registry,
+        )
+        self.frames_lost = Counter(
+            "facemask_inference_frames_lost_total",
+            "Stream frames processed whose pending entry Redis lost (restarted without "
+            "persistence: nogroup, vanished); their result could not be published.",
+            ["reason"],
+            registry=registry,
+        )
         self.stream_lag = Gauge(
             "facemask_stream_lag",
             "Entries in the stream not yet delivered to the consumer group.",

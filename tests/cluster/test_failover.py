@@ -1,0 +1,77 @@
+"""A Redis Cluster master failover under the inference stream consumer (issue 13, item 2):
+3 masters with a replica each; while frames flow, the replica of the master holding a
+partition takes over (``CLUSTER FAILOVER``: the old master becomes its replica, clients
+get ``MOVED`` / ``READONLY``). The consumer follows the new master by itself, no thread
+dies, and every frame is answered. Stand-in detector (no TensorFlow); bounded."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from redis.cluster import RedisCluster as ClusterClient
+
+from facemask.dev.waiting import wait_until
+from tests.faults.test_redis_faults import LAYOUT, Running, answered, push
+from tests.fixtures.cluster import RedisCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def test_a_master_failover_is_followed_and_every_frame_answered(
+    redis_cluster_replicated: RedisCluster,
+) -> None:
+    nodes = redis_cluster_replicated
+    seed = nodes.nodes[0].port
+    client = ClusterClient(host="127.0.0.1", port=seed)
+    running = Running(nodes.url, detector_delay=0.02)
+    try:
+        first = push(client, 10)
+        wait_until(lambda: set(first) <= answered(client), 30, "frames before the failover")
+        master = nodes.node_of(LAYOUT.frames(0))
+        replica = nodes.replica_of(master)
+        direct = redis.Redis(port=replica)
+        try:
+            second = push(client, 10, start=100)
+            assert direct.execute_command("CLUSTER FAILOVER") in (b"OK", "OK", True)
+        finally:
+            direct.close()
+        wait_until(lambda: nodes.role(replica) == "master", 30, "the replica promoted")
+        wait_until(lambda: nodes.role(master) == "slave", 30, "the old master a replica")
+        third = push(client, 10, start=200)
+        everything = set(first) | set(second) | set(third)
+        wait_until(lambda: everything <= answered(client), 30, "every frame answered")
+        wait_until(lambda: running.consumer.inflight == 0, 10, "every slot free")
+        assert not running.consumer.failed and running.consumer.streams.worker.alive
+        lost = running.value("facemask_inference_frames_lost_total", reason="nogroup")
+        assert lost == 0  # a planned failover loses nothing
+
+        # Now the new master dies with frames in flight: its replica (the old master)
+        # takes over after the node timeout; the consumer rides the outage out.
+        fourth = push(client, 10, start=300)
+        (dead,) = [n for n in nodes.nodes if n.port == replica]
+        dead.stop()
+        wait_until(lambda: nodes.role(master) == "master", 30, "the automatic failover")
+        fifth = push(client, 10, start=400)
+        wait_until(lambda: set(fifth) <= answered(client), 30, "frames after the crash")
+        wait_until(lambda: running.consumer.inflight == 0, 20, "every slot free")
+        missing = (set(fourth) - answered(client)) - everything
+        lost = sum(
+            running.value("facemask_inference_frames_lost_total", reason=r)
+            for r in ("nogroup", "vanished")
+        )
+        # Asynchronous replication may lose the newest writes of the dead master: a frame
+        # whose entry survived is answered (reclaimed), one whose pending entry did not is
+        # counted lost, one that was never replicated is gone with the master.
+        assert not running.consumer.failed and running.consumer.streams.worker.alive
+        faults = {
+            kind: running.value("facemask_inference_redis_faults_total", kind=kind)
+            for kind in ("connection", "timeout", "cluster", "readonly")
+        }
+        print(
+            f"failover: {len(everything)} frames answered; after the crash "
+            f"{len(fourth) - len(missing)}/{len(fourth)} answered, {int(lost)} counted lost; "
+            f"faults survived {faults}"
+        )
+    finally:
+        running.close()
+        client.close()
