@@ -105,6 +105,7 @@ class GroupSettings(Protocol):
     claim_idle: float
     claim_interval: float
     max_deliveries: int
+    entry_attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class GroupOptions:
             claim_idle=settings.claim_idle,
             claim_interval=settings.claim_interval,
             max_deliveries=settings.max_deliveries,
+            entry_attempts=settings.entry_attempts,
             **overrides,
         )
 

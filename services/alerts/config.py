@@ -125,6 +125,13 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
     max_deliveries: int = Field(
         10, ge=1, le=1000, description="deliveries of an entry before it is dead-lettered"
     )
+    entry_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="times an entry's processing may raise (a bug, absurd values) before it "
+        "is dead-lettered with reason error (the rest of its batch is processed)",
+    )
     alerts_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the alerts stream")
     deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of the dead letters")
     max_clock_skew: float = Field(

@@ -256,7 +256,13 @@ class DetectionsConsumer:
                 extra={"camera_id": alert.camera_id, "frame_sid": alert.frame_sid},
             )
         else:
-            image = render(frame, alert.detections)
+            image = render(
+                frame,
+                alert.detections,
+                on_reject=lambda reason: self.metrics.frames_rejected.labels(
+                    "snapshot", reason
+                ).inc(),
+            )
             if image is None:
                 logger.warning("alert frame does not decode", extra={"frame_sid": alert.frame_sid})
             else:

@@ -140,6 +140,13 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
     max_deliveries: int = Field(
         5, ge=1, le=1000, description="deliveries before a frame goes to the dead-letter stream"
     )
+    entry_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="times an entry's processing may raise (a bug, absurd values) before it "
+        "is dead-lettered with reason error (the rest of its batch is processed)",
+    )
     detections_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of detections streams")
     deadletter_maxlen: int = Field(10_000, ge=10, description="MAXLEN ~ of dead-letter streams")
     lag_interval: float = Field(5.0, gt=0.0, description="seconds between stream lag readings")

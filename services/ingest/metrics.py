@@ -109,6 +109,13 @@ class IngestMetrics:
             "Successful reconnections to Redis after it was unreachable.",
             registry=r,
         )
+        self.redis_refusals = Counter(
+            "facemask_ingest_redis_refusals",
+            "Batches of frames Redis refused for now, by kind (oom at maxmemory, readonly "
+            "during a failover, ...): the frames stay buffered and are sent again.",
+            ["kind"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "facemask_ingest_redis_up", "1 while Redis accepts the node's writes.", registry=r
         )

@@ -25,11 +25,21 @@ from typing import Any
 
 from facemask.contracts.streams import LayoutMismatchError
 from facemask.infra.backoff import Backoff
-from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient
+from facemask.infra.redisconn import CONNECTION_ERRORS, RedisClient, classify, is_fault
 from facemask.infra.worker import Worker
 from services.ingest.metrics import IngestMetrics
 
 logger = logging.getLogger(__name__)
+
+
+class WritesRefusedError(Exception):
+    """Redis answered but refused to add frames for now (``OOM`` at ``maxmemory``,
+    ``READONLY`` during a failover, ...): the frames are kept and sent again later."""
+
+    def __init__(self, frames: list[OutgoingFrame], cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.frames = frames
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,7 @@ class Publisher:
         self._ever_connected = False
         self._outage_drops = 0
         self._outage_logged = False
+        self._refusing = False
         self._worker = Worker("publisher", self._run)  # a stop interrupts a backoff wait
         self.last_published: dict[str, int] = {}  # camera id -> last frame id in Redis
         self.published: dict[str, int] = {}  # camera id -> frames published
@@ -217,15 +228,33 @@ class Publisher:
         self._connected = False
         self.metrics.redis_up.set(0)
 
+    def _refused(self, exc: BaseException) -> None:
+        """Redis is up but refuses writes: keep the frames, back off, count the kind."""
+        kind = classify(exc)
+        self.metrics.redis_refusals.labels(kind).inc()
+        self.metrics.redis_up.set(0)
+        if not self._refusing:
+            self._refusing = True
+            logger.warning(
+                "redis refuses frames; buffering them (oldest dropped when full)",
+                extra={"kind": kind, "error": str(exc), "capacity": self.capacity},
+            )
+
     def _send(self, batch: list[OutgoingFrame]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for frame in batch:
             fields: dict[Any, Any] = frame.fields  # redis-py's typing of field maps is narrow
             pipe.xadd(frame.stream, fields, maxlen=self.maxlen, approximate=True)
         results = pipe.execute(raise_on_error=False)
+        refused: list[OutgoingFrame] = []
+        cause: BaseException | None = None
         for frame, result in zip(batch, results, strict=True):
             if isinstance(result, CONNECTION_ERRORS):
                 raise result
+            if isinstance(result, Exception) and is_fault(result):
+                refused.append(frame)  # Redis will take it later: keep it, in order
+                cause = cause or result
+                continue
             if isinstance(result, Exception):
                 self._drop(frame, "redis_error")
                 logger.error(
@@ -237,6 +266,13 @@ class Publisher:
             self.metrics.published_bytes.labels(frame.camera_id).inc(frame.nbytes)
             self.last_published[frame.camera_id] = frame.frame_id
             self.published[frame.camera_id] = self.published.get(frame.camera_id, 0) + 1
+        if cause is not None:
+            raise WritesRefusedError(refused, cause)
+        if self._refusing:
+            self._refusing = False
+            self._backoff.reset()
+            self.metrics.redis_up.set(1)
+            logger.info("redis accepts frames again", extra={"buffered": self.pending()})
 
     def _run(self, _worker: Worker) -> None:
         while not self._abort:
@@ -254,6 +290,11 @@ class Publisher:
             except CONNECTION_ERRORS as exc:
                 self._requeue(batch)
                 self._lost(exc)
+                continue
+            except WritesRefusedError as exc:
+                self._requeue(exc.frames)
+                self._refused(exc.cause)
+                self._worker.wait(self._backoff.next())
                 continue
             except Exception:
                 logger.exception("unexpected error while publishing; batch dropped")

@@ -446,6 +446,7 @@ def test_group_options_from_a_services_settings() -> None:
         claim_idle=9.0,
         claim_interval=2.0,
         max_deliveries=4,
+        entry_attempts=2,
     )
     options = GroupOptions.from_settings(settings, start_id="0", max_inflight=16)  # type: ignore[arg-type]
     assert options == GroupOptions(
@@ -457,6 +458,7 @@ def test_group_options_from_a_services_settings() -> None:
         claim_idle=9.0,
         claim_interval=2.0,
         max_deliveries=4,
+        entry_attempts=2,
         max_inflight=16,
     )
 

@@ -157,3 +157,32 @@ def test_layout_mismatch_is_fatal(redis_server: RedisProcess, redis_client: redi
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         make("redis://127.0.0.1:1/0", IngestMetrics(), capacity=0)
+
+
+def test_redis_at_maxmemory_keeps_the_frames_and_sends_them_once_it_accepts_again(
+    redis_server: RedisProcess, redis_client: redis.Redis
+) -> None:
+    metrics = IngestMetrics()
+    pub = make(redis_server.url, metrics, capacity=50)
+    pub.start()
+    pub.put(frame("cam-m", 0))
+    wait_until(lambda: ids_in_stream(redis_client, "cam-m") == [0], 10)
+    used = int(redis_client.info("memory")["used_memory"])
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", used // 2)  # every XADD now gets -OOM
+    try:
+        for i in range(1, 11):
+            pub.put(frame("cam-m", i))
+        refusals = "facemask_ingest_redis_refusals_total"
+        wait_until(lambda: metrics.value(refusals, {"kind": "oom"}) >= 2, 10, "OOM refusals")
+        assert metrics.value("facemask_ingest_redis_up") == 0
+        assert pub.pending() == 10  # kept, none dropped as an error
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    wait_until(lambda: ids_in_stream(redis_client, "cam-m") == list(range(11)), 10, "resumed")
+    assert metrics.value("facemask_ingest_redis_up") == 1
+    dropped = metrics.value(
+        "facemask_ingest_frames_dropped_total", {"camera_id": "cam-m", "reason": "redis_error"}
+    )
+    assert dropped == 0
+    assert pub.close(2.0) == 0
