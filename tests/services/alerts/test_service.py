@@ -513,3 +513,28 @@ def test_a_blocked_consumer_is_a_stall_on_the_injected_clock_then_ready_again(
     finally:
         release.set()
         assert service.stop()
+
+
+def test_a_full_disk_raises_the_alert_without_its_picture_and_counts_it(
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    sample_jpeg: tuple[bytes, int, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def disk_full(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("services.alerts.snapshots.SnapshotStore.save", disk_full)
+    settings = fast_settings(redis_server.url, tmp_path / "state")
+    with running(settings) as service:
+        Feeder(redis_client, "lobby", sample_jpeg, start_ts=time.time() - 5).frames(
+            8, [bare(PERSON_A)]
+        )
+        wait_until(lambda: redis_client.xlen(LAYOUT.alerts) == 1, 10, "alert delivered")
+        wait_until(lambda: drained(redis_client), 10, "every entry consumed")
+        (alert,) = alerts_of(service)
+        assert alert["snapshot_url"] is None
+        labels = {"camera_id": "lobby"}
+        assert metric(service, "facemask_alert_snapshots_missing_total", labels) == 1
+        assert service.readiness()["consumer"]  # the service goes on
