@@ -20,6 +20,7 @@ Writes ``bench/results/inference.json`` and prints a table. ``--quick`` is a smo
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import threading
@@ -230,7 +231,8 @@ def stream_run(
         client.delete(key)
     for key in LAYOUT.all_frames():
         client.xtrim(key, maxlen=0)
-    ids = [f"bench-{name.replace(' ', '-')}-{c}" for c in range(cameras)]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("%", "pct"))  # a valid camera id
+    ids = [f"bench-{slug}-{c}" for c in range(cameras)]
     period = 1.0 / fps
     stop_at = time.time() + seconds
     published = 0

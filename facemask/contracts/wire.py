@@ -98,7 +98,9 @@ def validate_camera_id(camera_id: str) -> str:
         return camera_id
     if not camera_id:
         raise WireError("bad_camera", "empty camera id")
-    shown = repr(camera_id[:MAX_CAMERA_ID_LEN]) + ("..." if len(camera_id) > 64 else "")
+    shown = ascii(camera_id[:MAX_CAMERA_ID_LEN])
+    if len(shown) > 80 or len(camera_id) > MAX_CAMERA_ID_LEN:  # the message stays short
+        shown = shown[:77] + "..."
     if len(camera_id) > MAX_CAMERA_ID_LEN:
         problem = f"is longer than {MAX_CAMERA_ID_LEN} characters"
     elif not camera_id[0].isascii() or not camera_id[0].isalnum():
