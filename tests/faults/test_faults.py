@@ -387,7 +387,24 @@ def test_overload_3x_capacity_bounded_memory_and_latency_then_back_to_real_time(
 
     entries = [e for _s, e in pipe.detections() if e.camera_id.startswith("sim")]
     frame_keys = Counter((e.camera_id, e.frame_id) for e in entries)
-    assert len(entries) == cams.published, "a simulated frame got no detections entry"
+    if len(entries) != cams.published:  # say which frames and what the service counted
+        seen = {(e.camera_id, e.frame_id) for e in entries}
+        missing = [
+            (cid, n)
+            for i, cid in enumerate(cams.ids)
+            for n in range(cams._next[i])
+            if (cid, n) not in seen
+        ]
+        letters = [(d.get(b"reason"), d.get(b"camera")) for d in pipe.deadletters()]
+        counted = {
+            k: v
+            for k, v in inference.metrics().items()
+            if "lost" in k[0] or "deadletter" in k[0] or "skipped" in k[0]
+        }
+        raise AssertionError(
+            f"{len(missing)} simulated frames got no detections entry: {missing[:10]}; "
+            f"dead letters {letters[:10]}; inference counted {counted}"
+        )
     assert max(frame_keys.values()) == 1
     loaded = [e for e in entries if overload_start <= e.capture_ts < drop]
     ok = [e for e in loaded if e.status == "ok"]
