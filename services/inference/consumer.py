@@ -168,6 +168,9 @@ class StreamConsumer:
             deadletter_maxlen=settings.deadletter_maxlen,
         )
         self._outbox: queue.Queue[Outcome] = queue.Queue()
+        self._publishing = 0
+        self.published_total = 0
+        """Outcomes whose publish round trip ended (published, lost, failed or given up)."""
         self._script = client.register_script(PUBLISH_AND_ACK)
         self._publisher = Worker("stream-publisher", self._publish_loop)
         self._lag = Worker.every("stream-lag", settings.lag_interval, self._lag_tick)
@@ -208,6 +211,13 @@ class StreamConsumer:
                 extra={"inflight": self.inflight},
             )
         return drained
+
+    @property
+    def unpublished(self) -> int:
+        """Outcomes (results, skips, dead letters) waiting for or in a publish round trip;
+        with :attr:`published_total`, what a progress watch sees stall while Redis refuses
+        the results (``OOM``...)."""
+        return self._outbox.qsize() + self._publishing
 
     @property
     def inflight(self) -> int:
@@ -363,6 +373,7 @@ class StreamConsumer:
                     batch.append(self._outbox.get_nowait())
                 except queue.Empty:
                     break
+            self._publishing = len(batch)
             try:
                 self._publish(batch)
             except Exception:  # a bug: the thread goes on, the frames stay pending
@@ -370,6 +381,9 @@ class StreamConsumer:
                     "publish failed; frames left pending", extra={"frames": len(batch)}
                 )
                 self.streams.done(sum(item.holds_slot for item in batch))
+            finally:
+                self.published_total += len(batch)
+                self._publishing = 0
 
     def _script_call(self, item: Outcome) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of the publish-and-ack script for one outcome."""

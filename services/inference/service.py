@@ -204,6 +204,9 @@ class InferenceService:
             taken=lambda: streams.taken,
             pending=lambda: consumer.inflight,
         )
+        self.supervisor.watch_progress(
+            "publish", done=lambda: consumer.published_total, pending=lambda: consumer.unpublished
+        )
         self.supervisor.require("stream-groups", lambda: streams.groups_ready)
         self.supervisor.require("stream-threads", lambda: not consumer.failed)
 

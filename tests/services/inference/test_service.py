@@ -138,3 +138,29 @@ def test_a_verdict_is_not_serving_and_exit_70(make: Any, redis_client: redis.Red
     runner.start()
     runner.join(30.0)
     assert code == [70]
+
+
+def test_results_redis_refuses_are_a_stall_not_serving_until_it_accepts_them(
+    make: Any, redis_client: redis.Redis
+) -> None:
+    service = make(stall_timeout=1.0)
+    assert health_status(service.port) == SERVING
+    data = (SHARED_DIR / "data" / "samples" / "demo2.jpg").read_bytes()
+    with redis_client.pipeline(transaction=True) as tx:  # the frames, then at once: full
+        for i in range(30):
+            entry = FrameEntry("cam", i, time.time(), "jpeg", 464, 330, data)
+            tx.xadd(LAYOUT.frames_for("cam"), entry.to_fields())  # type: ignore[arg-type]
+        tx.config_set("maxmemory-policy", "noeviction")
+        tx.config_set("maxmemory", 1)  # every write refused with -OOM from now on
+        tx.execute()
+    try:
+        wait_until(lambda: "publish" in service.supervisor.stalled(), 20, "publish stall")
+        assert health_status(service.port) == NOT_SERVING and ready_gauge(service) == 0
+        stalled = ("facemask_inference_stalled", {"watch": "publish"})
+        assert service.registry.get_sample_value(*stalled) == 1
+        assert answered(redis_client) == []
+    finally:
+        redis_client.config_set("maxmemory", 0)
+    wait_until(lambda: answered(redis_client) == list(range(30)), 30, "every frame published")
+    wait_until(lambda: health_status(service.port) == SERVING, 10, "SERVING again")
+    assert service.registry.get_sample_value(*stalled) == 0
