@@ -503,6 +503,11 @@ def find_stalls(ledger: Ledger, gap: float, start: float, end: float) -> list[St
     return stalls
 
 
+def overlaps(stall: Stall, fault: FaultRun) -> bool:
+    """Whether ``stall`` happened during ``fault`` or its first seconds of recovery."""
+    return fault.started - 1 <= stall.ended and stall.started <= fault.ended + 5
+
+
 def attach_detection(
     stalls: list[Stall], probes: Sequence[tuple[float, str]], faults: Sequence[FaultRun]
 ) -> None:
@@ -512,9 +517,7 @@ def attach_detection(
             t, who = min(seen)
             stall.detected_after_s = max(0.0, t - stall.started)
             stall.detected_by = who
-        during = [
-            f.name for f in faults if f.started - 1 <= stall.ended and stall.started <= f.ended + 5
-        ]
+        during = [f.name for f in faults if overlaps(stall, f)]
         stall.fault = ",".join(during) or "-"
 
 
@@ -721,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     over = {n: p for n, p in peaks.items() if limits.get(n) and p > limits[n]}
     rows = []
     for run in chaos.runs:
-        mine = [s for s in stalls if run.name in s.fault.split(",")]
+        mine = [s for s in stalls if overlaps(s, run)]
         detected = [s.detected_after_s for s in mine if s.detected_after_s is not None]
         rows.append(
             [
