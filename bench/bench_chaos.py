@@ -691,9 +691,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         publisher.join()
         stop_offer = now()
         drain_until = time.monotonic() + 60
+        wipes = [f.wiped for f in chaos.runs if f.destructive]
         while time.monotonic() < drain_until:
-            with ledger.lock:
-                waiting = sum(1 for k in ledger.offered if k not in ledger.resolved)
+            with ledger.lock:  # frames a wipe destroyed will never be answered
+                waiting = sum(
+                    1
+                    for k, added in ledger.offered.items()
+                    if k not in ledger.resolved and not any(added <= w for w in wipes)
+                )
             if not waiting:
                 break
             time.sleep(0.5)
