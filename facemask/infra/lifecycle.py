@@ -10,6 +10,10 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from facemask.infra.watchdog import EXIT_UNHEALTHY, Supervisor
+
+logger = logging.getLogger(__name__)
+
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
@@ -74,3 +78,27 @@ def module_main(
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     configure(parser)
     return run(parser.parse_args(argv))
+
+
+def serve_supervised(
+    supervisor: Supervisor,
+    stop: threading.Event,
+    stop_service: Callable[[], bool],
+    *,
+    poll: float = 0.5,
+) -> int:
+    """Wait for ``stop`` (a signal) or a fatal verdict of ``supervisor``, then stop the
+    service (``stop_service()``: True when it drained cleanly). The process's exit code:
+    0 clean, 1 unclean, :data:`~facemask.infra.watchdog.EXIT_UNHEALTHY` (70) after a
+    verdict, so the orchestrator restarts it."""
+    supervisor.on_fatal(lambda _reason: stop.set())
+    while not stop.wait(poll):
+        pass
+    if supervisor.verdict is not None:
+        stop_service()
+        logger.critical(
+            "exiting: the supervisor declared the service unhealthy",
+            extra={"reason": supervisor.verdict, "exit_code": EXIT_UNHEALTHY},
+        )
+        return EXIT_UNHEALTHY
+    return 0 if stop_service() else 1

@@ -9,10 +9,9 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from facemask.infra.lifecycle import module_main, stop_on_signals
+from facemask.infra.lifecycle import module_main, serve_supervised, stop_on_signals
 from facemask.infra.log import setup_logging
 from facemask.infra.settings import ConfigError, check_config_and_exit
-from facemask.infra.watchdog import EXIT_UNHEALTHY
 
 if TYPE_CHECKING:
     from services.inference.service import InferenceService
@@ -83,19 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(service: InferenceService, stop: threading.Event) -> int:
-    """Wait for ``stop`` (a signal) or a fatal supervisor verdict, then stop the service;
-    the exit code (0 clean drain, 1 unclean, 70 unhealthy)."""
-    service.supervisor.on_fatal(lambda _reason: stop.set())
-    while not stop.wait(1.0):
-        pass
-    if service.supervisor.verdict is not None:
-        service.stop()
-        logger.critical(
-            "exiting: the supervisor declared the service unhealthy",
-            extra={"reason": service.supervisor.verdict, "exit_code": EXIT_UNHEALTHY},
-        )
-        return EXIT_UNHEALTHY
-    return 0 if service.stop() else 1
+    """Serve until ``stop`` (a signal) or a fatal supervisor verdict; the exit code (0 clean
+    drain, 1 unclean, 70 unhealthy: :func:`facemask.infra.lifecycle.serve_supervised`)."""
+    return serve_supervised(service.supervisor, stop, service.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
