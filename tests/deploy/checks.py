@@ -756,12 +756,11 @@ def pod_security_problems(docs: list[dict[str, Any]]) -> list[str]:
         if ctx.get("runAsUser") == 0:
             problems.append(f"{where}: runAsUser 0")
         for container in _containers(pod):
-            uid = (container.get("securityContext") or {}).get("runAsUser", ctx.get("runAsUser"))
-            if uid is None:  # the image's USER decides: state the non-root uid instead
-                problems.append(f"{where} container {container['name']}: runAsUser not set")
-        for container in _containers(pod):
             cwhere = f"{where} container {container['name']}"
-            sc = container.get("securityContext", {})
+            sc = container.get("securityContext") or {}
+            if sc.get("runAsUser", ctx.get("runAsUser")) is None:
+                # the image's USER would decide: state the non-root uid instead
+                problems.append(f"{cwhere}: runAsUser not set")
             if not (sc.get("runAsNonRoot") or ctx.get("runAsNonRoot")):
                 problems.append(f"{cwhere}: runAsNonRoot must be true")
             if sc.get("runAsUser") == 0:
@@ -1136,7 +1135,7 @@ def compose_root_problems(services: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: needs security_opt no-new-privileges:true")
     redis = services.get("redis", {})
     command = redis.get("command") or []
-    argv0 = command[0] if isinstance(command, list) and command else str(command).split()[0:1]
+    argv0 = command[0] if isinstance(command, list) and command else None
     if argv0 != "redis-server":
         problems.append("redis: command must run redis-server itself (no shell wrapper)")
     if "--aclfile" not in command:

@@ -17,7 +17,6 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from facemask.contracts.streams import StreamLayout
-from facemask.contracts.wire import DetectionsEntry
 from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
 from facemask.infra.redisconn import connect
@@ -25,7 +24,7 @@ from services.inference.batcher import DynamicBatcher
 from services.inference.config import InferenceSettings
 from services.inference.consumer import StreamConsumer
 from services.inference.metrics import InferenceMetrics
-from tests.faults.test_poison import StandInDetector, frame_fields
+from tests.faults.test_poison import StandInDetector, frame_fields, results
 
 pytestmark = [pytest.mark.timeout(90)]
 
@@ -92,11 +91,8 @@ def push(client: Any, frames: int, start: int = 0) -> list[tuple[str, str]]:
 
 
 def answered(client: Any) -> set[tuple[str, str]]:
-    out = set()
-    for partition in range(LAYOUT.partitions):
-        for _sid, fields in client.xrange(LAYOUT.detections(partition)):
-            out.add((LAYOUT.frames(partition), DetectionsEntry.from_fields(fields).frame_sid))
-    return out
+    """The frame entries answered by a detections entry."""
+    return set(results(client))
 
 
 def test_redis_restarted_without_persistence_groups_recreated_losses_counted(

@@ -45,7 +45,7 @@ def _jpeg_header(width: int, height: int, *, sof: int = 0xC0, before_sof: bytes 
     return b"\xff\xd8" + app0 + before_sof + frame
 
 
-def _png_header(width: int, height: int) -> bytes:
+def png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = struct.pack(">I", 13) + b"IHDR" + ihdr
     return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
@@ -86,7 +86,7 @@ def test_jpeg_size_none(data: bytes) -> None:
 
 def test_png_size() -> None:
     assert png_size(_encode(_noise(30, 50), ".png")) == (50, 30)
-    assert png_size(_png_header(7, 9)) == (7, 9)
+    assert png_size(png_header(7, 9)) == (7, 9)
     assert png_size(b"\x89PNG\r\n\x1a\n") is None
     assert png_size(_jpeg_header(7, 9)) is None
 
@@ -152,7 +152,7 @@ def test_decode_keeps_colour_order() -> None:
         (b"\xff\xd8\xff\xe0garbage", "corrupt_image"),
         (_jpeg_header(64, 64) + b"\x00" * 200, "corrupt_image"),
         (b"\x89PNG\r\n\x1a\n" + bytes(30), "corrupt_image"),
-        (_png_header(64, 64) + b"\x00" * 50, "corrupt_image"),
+        (png_header(64, 64) + b"\x00" * 50, "corrupt_image"),
     ],
 )
 def test_decode_errors(data: bytes, reason: str) -> None:
@@ -172,7 +172,7 @@ def test_truncated_jpeg_is_corrupt() -> None:
 def test_decompression_bomb_rejected_before_decoding() -> None:
     # Only headers follow: decoding would fail as corrupt, so too_large proves the size
     # check comes first.
-    for data in (_jpeg_header(20000, 20000) + bytes(64), _png_header(100_000, 100_000)):
+    for data in (_jpeg_header(20000, 20000) + bytes(64), png_header(100_000, 100_000)):
         with pytest.raises(ImageDecodeError) as info:
             decode_image(data)
         assert info.value.reason == "too_large"
@@ -295,12 +295,12 @@ _TINY_PROGRESSIVE = _encode(_noise(48, 64), params=[cv2.IMWRITE_JPEG_PROGRESSIVE
         # within the limit, but not what the sender declared
         (patch_jpeg_size(_TINY, 4000, 3000), (640, 480), "size_mismatch"),
         (patch_jpeg_size(_TINY_PROGRESSIVE, 4000, 3000), (640, 480), "size_mismatch"),
-        (_png_header(4000, 3000) + bytes(64), (640, 480), "size_mismatch"),
-        (_png_header(100_000, 100_000), (640, 480), "too_large"),
+        (png_header(4000, 3000) + bytes(64), (640, 480), "size_mismatch"),
+        (png_header(100_000, 100_000), (640, 480), "too_large"),
         # truncated or garbled headers
         (_TINY[:40], None, "corrupt_image"),
         (_jpeg_header(64, 48)[:-4], None, "corrupt_image"),
-        (_png_header(64, 48)[:20], None, "corrupt_image"),
+        (png_header(64, 48)[:20], None, "corrupt_image"),
         (b"\xff\xd8" + bytes(64), None, "corrupt_image"),
         # not an image format the project takes
         (b"RIFF\x00\x00\x00\x00WEBPVP8 ", None, "unsupported_format"),
@@ -335,7 +335,7 @@ def test_honest_small_images_decode(data: bytes) -> None:
         (_TINY[:40], "corrupt_image"),
         (patch_jpeg_size(_TINY, 16000, 16000), "too_large"),
         (
-            _png_header(64, 48) + bytes(HEADER_PROBE_BYTES + 4 * 64 * 48 + ENCODED_SLACK_BYTES),
+            png_header(64, 48) + bytes(HEADER_PROBE_BYTES + 4 * 64 * 48 + ENCODED_SLACK_BYTES),
             "too_large",
         ),
     ],

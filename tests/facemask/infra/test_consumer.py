@@ -684,4 +684,3 @@ def test_faults_are_classified_by_type_and_error_code(client: Any) -> None:
         assert classify(in_script.value) == "oom"
     finally:
         client.config_set("maxmemory", "0")
-    client.config_set("replica-read-only", "yes")

@@ -344,5 +344,5 @@ def test_latest_frame_that_lies_about_its_size_is_refused_and_counted(
     wait_until(lambda: drained(redis_client), 10, "all entries consumed")
     picture = get(service, "/api/cameras/door/latest.jpg")
     assert picture.status_code == 404, picture.text  # no picture rather than a wrong one
-    rejected = service.metrics.frames_rejected.labels("latest", "size_mismatch")
-    assert rejected._value.get() == 1
+    labels = {"where": "latest", "reason": "size_mismatch"}
+    assert metric(service, "facemask_alerts_frames_rejected_total", labels) == 1

@@ -31,7 +31,7 @@ from services.inference.batcher import (
     ShuttingDownError,
     job_cost,
 )
-from tests.facemask.core.test_preprocess import patch_jpeg_size
+from tests.facemask.core.test_preprocess import patch_jpeg_size, png_header
 
 N_ANCHORS = len(generate_anchors())
 
@@ -232,17 +232,6 @@ class GatedRuntime(BrightnessRuntime):
         return super().infer(batch)
 
 
-def _png_header(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (
-        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    )
-
-
 @pytest.mark.parametrize(
     ("tiles", "size", "inputs"),
     [
@@ -257,7 +246,7 @@ def _png_header(width: int, height: int) -> bytes:
 def test_job_cost_counts_every_model_input(
     tiles: TileSpec | None, size: tuple[int, int], inputs: int
 ) -> None:
-    data = _png_header(*size) + bytes(32)  # a header is all the cost needs
+    data = png_header(*size) + bytes(32)  # a header is all the cost needs
     cost = job_cost(Job(data=data, conf=0.5, iou=0.4, tiles=tiles))
     assert cost.inputs == inputs
     assert cost.nbytes == len(data) + 3 * size[0] * size[1]  # PNG: decoded at full size
@@ -271,7 +260,7 @@ def test_job_cost_of_reduced_jpeg_and_unreadable_bytes() -> None:
     assert full.nbytes == len(jpeg) + 3 * 2080 * 1560
     assert job_cost(Job(data=b"garbage", conf=0.5, iou=0.4)) == batcher_module.JobCost(1, 7)
     # over the pixel limit: refused on the header by its decode (too_large), costs nothing
-    bomb = _png_header(100_000, 100_000)
+    bomb = png_header(100_000, 100_000)
     assert job_cost(Job(data=bomb, conf=0.5, iou=0.4, tiles=TileSpec(2, 2))) == (
         batcher_module.JobCost(1, len(bomb))
     )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import struct
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from facemask.core.preprocess import decode_image
 from facemask.v1 import detector_pb2
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService
+from tests.facemask.core.test_preprocess import png_header
 from tests.fixtures.inference import health_status
 
 pytestmark = pytest.mark.model
@@ -54,18 +53,6 @@ def _sample(service: InferenceService, name: str) -> float:
 def _request(*blobs: bytes, **kw: Any) -> detector_pb2.DetectRequest:
     return detector_pb2.DetectRequest(
         images=[detector_pb2.Image(data=b, frame_id=str(i)) for i, b in enumerate(blobs)], **kw
-    )
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares ``width`` x ``height`` (a decompression-bomb probe)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", len(ihdr))
-        + chunk
-        + struct.pack(">I", zlib.crc32(chunk))
     )
 
 
@@ -149,7 +136,7 @@ def test_concurrent_clients_batch_without_mixing(
         (b"", "empty image bytes"),
         (b"\xff\xd8\xff\xe0 this is not really a jpeg", "image 0"),
         (b"GIF89a not an image we take", "image 0"),
-        (_png_header(30000, 30000), "too_large"),
+        (png_header(30000, 30000), "too_large"),
     ],
     ids=["empty", "corrupt-jpeg", "unsupported", "huge-declared"],
 )

@@ -26,6 +26,7 @@ from services.ingest.sources import (
     parse_source,
     redact,
 )
+from tests.facemask.core.test_preprocess import patch_jpeg_size
 from tests.services.ingest.conftest import write_clip
 
 NEVER = threading.Event()
@@ -261,18 +262,11 @@ def test_image_loaded_matches_file(samples: Path) -> None:
     assert np.array_equal(captured.image, expected)
 
 
-def _claims_size(jpeg: bytes, width: int, height: int) -> bytes:
-    """``jpeg`` with its start-of-frame header claiming ``width`` x ``height``."""
-    at = jpeg.index(b"\xff\xc0")
-    head = jpeg[: at + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    return head + jpeg[at + 9 :]
-
-
 def test_slideshow_skips_a_decompression_bomb_and_refuses_unchecked_formats(
     samples: Path,
 ) -> None:
     small = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
-    (samples / "0_bomb.jpg").write_bytes(_claims_size(small, 16000, 16000))
+    (samples / "0_bomb.jpg").write_bytes(patch_jpeg_size(small, 16000, 16000))
     source = open_source(parse_source(str(samples)), 100, realtime=False)
     source.open()
     frames = [source.read(NEVER) for _ in range(3)]
