@@ -302,9 +302,7 @@ def client_tls(args: argparse.Namespace) -> ClientTLS | None:
     }
     if not any(values.values()):
         return None
-    tls = ClientTLS(**values)
-    tls.credentials()  # every file readable before the first image is read
-    return tls
+    return ClientTLS(**values)  # its files are read when the channel opens, before any image
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
@@ -332,19 +330,23 @@ def detect_images(
 ) -> Iterator[tuple[InputImage, Detections]]:
     """Run ``backend`` on ``images`` in chunks of ``batch_size`` images and at most
     ``max_chunk_bytes`` of pixels (one image at least); yield results in order."""
+
+    def run(chunk: list[InputImage]) -> Iterator[tuple[InputImage, Detections]]:
+        return zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
+
     chunk: list[InputImage] = []
     nbytes = 0
     for image in images:
         if chunk and nbytes + image.rgb.nbytes > max_chunk_bytes:
-            yield from zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
+            yield from run(chunk)
             chunk, nbytes = [], 0
         chunk.append(image)
         nbytes += image.rgb.nbytes
         if len(chunk) >= batch_size:
-            yield from zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
+            yield from run(chunk)
             chunk, nbytes = [], 0
     if chunk:
-        yield from zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
+        yield from run(chunk)
 
 
 def result_json(image: InputImage, detections: Detections) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from facemask.contracts.streams import RedisClient, StreamLayout
-from facemask.contracts.wire import is_valid_camera_id
+from facemask.contracts.wire import as_text, is_valid_camera_id
 
 DEFAULT_MAX_CAMERAS = 1000
 """Cameras a reader lists at most, unless it says otherwise."""
@@ -54,16 +54,9 @@ def registered_ids(
 ) -> tuple[list[str], int]:
     """The valid camera ids of the registry set, sorted, at most ``limit``; and the number
     of members left out (invalid ids and those beyond ``limit``)."""
-    members: Iterable[Any] = cast(Any, client.smembers(layout.cameras))
-    total = 0
-    valid: list[str] = []
-    for member in members:
-        total += 1
-        text = member.decode("utf-8", "replace") if isinstance(member, bytes) else str(member)
-        if is_valid_camera_id(text):
-            valid.append(text)
-    ids = sorted(valid)[: max(0, limit)]
-    return ids, total - len(ids)
+    members = [as_text(m) for m in cast(Iterable[Any], client.smembers(layout.cameras))]
+    ids = sorted(filter(is_valid_camera_id, members))[: max(0, limit)]
+    return ids, len(members) - len(ids)
 
 
 def read_cameras(

@@ -62,6 +62,11 @@ class StreamLayout:
             raise ValueError(f"partition {partition} outside 0..{self.partitions - 1}")
         return f"{self.prefix}:{{p{partition}}}:{name}"
 
+    def every_partition(self, name: str) -> str:
+        """A glob matching the ``name`` key of every partition (``prefix:{p*}:name``),
+        e.g. for Redis ACL key patterns."""
+        return f"{self.prefix}:{{p*}}:{name}"
+
     def frames(self, partition: int) -> str:
         """Frame stream of a partition."""
         return self._tagged(partition, "frames")

@@ -172,11 +172,6 @@ def stream_id(sid: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def is_nogroup(exc: BaseException) -> bool:
-    """True for Redis' "no such key or consumer group" error."""
-    return classify(exc) == "nogroup"
-
-
 def describe(exc: BaseException, limit: int = 500) -> str:
     """``"Type: message"`` of an exception, bounded (a dead letter's detail)."""
     text = f"{type(exc).__name__}: {exc}"

@@ -84,15 +84,13 @@ def serve_supervised(
     supervisor: Supervisor,
     stop: threading.Event,
     stop_service: Callable[[], bool],
-    *,
-    poll: float = 0.5,
 ) -> int:
     """Wait for ``stop`` (a signal) or a fatal verdict of ``supervisor``, then stop the
     service (``stop_service()``: True when it drained cleanly). The process's exit code:
     0 clean, 1 unclean, :data:`~facemask.infra.watchdog.EXIT_UNHEALTHY` (70) after a
     verdict, so the orchestrator restarts it."""
     supervisor.on_fatal(lambda _reason: stop.set())
-    while not stop.wait(poll):
+    while not stop.wait(0.5):
         pass
     if supervisor.verdict is not None:
         stop_service()

@@ -38,12 +38,19 @@ class JsonFormatter(logging.Formatter):
         }
         if self.service:
             payload["service"] = self.service
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                payload[key] = value
+        payload.update(extras(record))
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
+
+
+def extras(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields of ``record`` (what ``extra=`` gave it)."""
+    return {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _STANDARD_ATTRS and not key.startswith("_")
+    }
 
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -61,8 +68,7 @@ class TextFormatter(logging.Formatter):
             f"{key}={value!r}"
             if isinstance(value, str) and (" " in value or not value)
             else f"{key}={value}"
-            for key, value in vars(record).items()
-            if key not in _STANDARD_ATTRS and not key.startswith("_")
+            for key, value in extras(record).items()
         ]
         if not fields:
             return text

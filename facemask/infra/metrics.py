@@ -14,6 +14,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
+from facemask.contracts.registry import DEFAULT_MAX_CAMERAS
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,7 +49,6 @@ def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0")
 OVERFLOW_LABEL = "_other"
 """The label value under which cameras beyond a service's limit (or invalid ids) are counted;
 no valid camera id starts with ``_``."""
-DEFAULT_MAX_CAMERAS = 1000
 
 
 class LabelLimiter:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 
@@ -20,18 +19,7 @@ _USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?P<pw>
 
 def redact_url(url: str) -> str:
     """``url`` with the password of its user info masked (unchanged without one)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not parseable as a URL: mask anything that looks like user info
-        return redact_text(url)
-    if password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(
-        (parts.scheme, f"{name}:{MASK}@{host}", parts.path, parts.query, parts.fragment)
-    )
+    return redact_text(url)
 
 
 def redact_text(text: str) -> str:

@@ -52,18 +52,12 @@ GROUP_READER = (
 LAYOUT = "+hsetnx +hget"  # StreamLayout.check_meta
 
 
-def _partitioned(layout: StreamLayout, name: str) -> str:
-    """The pattern of every partition's ``name`` key: ``facemask:{p*}:frames``."""
-    example = layout.frames(0).replace(":frames", f":{name}")
-    return example.replace("{p0}", "{p*}")
-
-
 def selectors(layout: StreamLayout) -> dict[str, list[tuple[str, str]]]:
     """Per user: ``(key patterns, commands)`` selectors (key patterns may be empty)."""
-    frames = "~" + _partitioned(layout, "frames")
+    frames = "~" + layout.every_partition("frames")
     frames_read = "%R" + frames
-    detections = "~" + _partitioned(layout, "detections")
-    deadletter = "~" + _partitioned(layout, "deadletter")
+    detections = "~" + layout.every_partition("detections")
+    deadletter = "~" + layout.every_partition("deadletter")
     alerts = "~" + layout.alerts
     delivered = "~{" + layout.alerts + "}:delivered"  # services.alerts.sinks.redisstream
     camera = "~" + layout.camera("*")

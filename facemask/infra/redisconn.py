@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from facemask.contracts.streams import RedisClient
+from facemask.contracts.wire import as_text
 
 CLUSTER_SCHEME = "redis+cluster://"
 
@@ -216,7 +217,7 @@ def read_new(
     got: dict[Any, list[tuple[Any, Any]]] = {}
     out = _read_shares(client, group, consumer, shares, None if cluster else block)
     for stream, entries in out:
-        got.setdefault(_text(stream), []).extend(entries)
+        got.setdefault(as_text(stream), []).extend(entries)
     if cluster and not out:
         wait(block)
         return []
@@ -231,15 +232,11 @@ def read_new(
         more = _read_shares(client, group, consumer, more_shares, None)
         counts: dict[str, int] = {}
         for stream, entries in more:
-            counts[_text(stream)] = len(entries)
-            got.setdefault(_text(stream), []).extend(entries)
+            counts[as_text(stream)] = len(entries)
+            got.setdefault(as_text(stream), []).extend(entries)
         left -= sum(counts.values())
         candidates = [k for k, n in more_shares.items() if counts.get(k, 0) >= n]
     return [(key, got[key]) for key in keys if got.get(key)]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _read_shares(

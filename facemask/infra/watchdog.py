@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, Field
@@ -194,7 +194,6 @@ class ProgressWatch:
     since: float = 0.0
     """When the work last progressed (or was last idle)."""
     stalled_since: float | None = None
-    snapshot: dict[str, int] = field(default_factory=dict)
 
     def stalled(self) -> bool:
         return self.stalled_since is not None
@@ -226,7 +225,7 @@ class Supervisor:
         self.verdict: str | None = None
         """Why the service gave up (None: it has not)."""
         self.fatal = threading.Event()
-        """Set with the fatal verdict (a service's main loop waits on it)."""
+        """Set with the fatal verdict (see :meth:`on_fatal` for acting on it)."""
         self._loops: dict[str, _Loop] = {}
         self._watches: dict[str, ProgressWatch] = {}
         self._conditions: dict[str, Callable[[], bool]] = {}
@@ -261,8 +260,6 @@ class Supervisor:
 
     def adopt(self, worker: Worker, policy: RestartPolicy | None = None) -> Worker:
         """Watch ``worker`` (restarted per ``policy``); returns it."""
-        if worker is self._worker:
-            return worker
         with self._lock:
             name = self._unique(worker.name)
             self._loops[name] = _Loop(name, policy or RestartPolicy(), worker=worker)
@@ -500,7 +497,6 @@ class Supervisor:
             if watch.stalled_since is not None:
                 self._stall_ended(watch, now, "idle")
             return
-        watch.snapshot = {"done": done, "pending": pending, "taken_since_progress": new}
         if watch.stalled_since is None and now - watch.since >= self.stall_timeout:
             watch.stalled_since = now
             if self.metrics is not None:
@@ -512,7 +508,9 @@ class Supervisor:
                     "service": self.service,
                     "watch": watch.name,
                     "seconds": round(now - watch.since, 2),
-                    **watch.snapshot,
+                    "done": done,
+                    "pending": pending,
+                    "taken_since_progress": new,
                 },
             )
         if (
@@ -554,14 +552,15 @@ class Supervisor:
                 logger.exception("fatal-verdict callback failed")
 
     def _evaluate(self) -> bool:
-        ready = not self.problems()
+        problems = self.problems()
+        ready = not problems
         if ready != self._ready:
             previous, self._ready = self._ready, ready
             if previous is not None or not ready:
                 log = logger.info if ready else logger.warning
                 log(
                     "service ready" if ready else "service not ready",
-                    extra={"service": self.service, "problems": self.problems()},
+                    extra={"service": self.service, "problems": problems},
                 )
             for callback in self._on_ready:
                 try:

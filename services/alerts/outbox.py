@@ -69,6 +69,8 @@ class OutboxWorker:
         self.ttl = ttl
         self.clock = clock
         self._backoff = retry_backoff(initial, cap, rng)
+        self.handled = 0
+        """Deliveries this worker finished with any outcome (a progress watch reads it)."""
         self.worker = Worker(f"outbox-{sink.name}", self._run)
 
     @property
@@ -144,6 +146,7 @@ class OutboxWorker:
         return self._outcome(row, "delivered")
 
     def _outcome(self, row: Delivery, outcome: str, error: str = "", delay: float = 0.0) -> str:
+        self.handled += 1
         self.metrics.deliveries.labels(self.name, outcome).inc()
         extra = {
             "sink": self.name,

@@ -177,7 +177,7 @@ class AlertService:
                     initial=self.settings.retry_initial,
                     cap=self.settings.retry_max,
                 )
-            self._watch_outbox(sink.name)
+            self._watch_outbox(worker)
             self.workers.append(worker)
             worker.start()
         with self.supervisor.adopting():
@@ -328,22 +328,17 @@ class AlertService:
     def _ready_now(self) -> int:
         return 1 if all(self.readiness().values()) else 0
 
-    def _watch_outbox(self, sink: str) -> None:
-        """Rows due for ``sink`` vs rows handled (any outcome) by its worker."""
-        registry = self.metrics.registry
-
-        def handled() -> int:
-            total = 0.0
-            for outcome in ("delivered", "retry", "rejected", "expired"):
-                labels = {"sink": sink, "outcome": outcome}
-                total += registry.get_sample_value("facemask_sink_deliveries_total", labels) or 0
-            return int(total)
+    def _watch_outbox(self, worker: OutboxWorker) -> None:
+        """Rows due for the worker's sink vs rows it handled (any outcome)."""
+        sink = worker.name
 
         def due() -> int:
             when = self.store.next_due(sink)
             return 1 if when is not None and when <= time.time() else 0
 
-        self.supervisor.watch_progress(f"outbox-{sink}", done=handled, pending=due, readiness=False)
+        self.supervisor.watch_progress(
+            f"outbox-{sink}", done=lambda: worker.handled, pending=due, readiness=False
+        )
 
     # -- maintenance -----------------------------------------------------------------
 

@@ -57,3 +57,16 @@ def test_check_meta_records_and_enforces_the_partition_count(redis_client: redis
     StreamLayout(prefix="t", partitions=4).check_meta(redis_client)  # the same: fine
     with pytest.raises(LayoutMismatchError, match="FACEMASK_STREAM_PARTITIONS=4"):
         StreamLayout(prefix="t", partitions=8).check_meta(redis_client)
+
+
+@pytest.mark.parametrize("prefix", ["facemask", "cam:frames", "site-a:detections"])
+def test_every_partition_pattern_matches_each_partitions_key_and_nothing_else(
+    prefix: str,
+) -> None:
+    import fnmatch
+
+    layout = StreamLayout(prefix, 3)
+    pattern = layout.every_partition("frames")
+    assert all(fnmatch.fnmatchcase(layout.frames(p), pattern) for p in range(3))
+    assert not fnmatch.fnmatchcase(layout.detections(0), pattern)
+    assert layout.every_partition("detections") != pattern
