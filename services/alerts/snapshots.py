@@ -44,7 +44,7 @@ import numpy as np
 
 from facemask.contracts.wire import FrameEntry, WireError, parse_detections
 from facemask.core.annotate import annotate
-from facemask.core.preprocess import MAX_PIXELS, ImageDecodeError, decode_image
+from facemask.core.preprocess import ImageDecodeError, decode_image
 from facemask.core.types import Detections
 from facemask.infra.redisconn import RedisClient
 
@@ -76,7 +76,6 @@ def decode_bgr(
     frame: FrameEntry,
     max_side: int = 0,
     *,
-    max_pixels: int = MAX_PIXELS,
     on_reject: RejectObserver | None = None,
 ) -> np.ndarray | None:
     """The frame's pixels (BGR), scaled down so the longer side is at most ``max_side``;
@@ -100,7 +99,6 @@ def decode_bgr(
             frame.data,
             reduce=reduce,
             min_size=min_size,
-            max_pixels=max_pixels,
             expect_size=(frame.width, frame.height),
             bgr=True,
         ).rgb
@@ -130,7 +128,6 @@ def render(
     detections: Detections,
     *,
     max_side: int = SNAPSHOT_MAX_SIDE,
-    max_pixels: int = MAX_PIXELS,
     on_reject: RejectObserver | None = None,
 ) -> np.ndarray | None:
     """The frame with its detections drawn (BGR), its longer side at most ``max_side``
@@ -139,7 +136,7 @@ def render(
 
     The boxes are image-relative, so they land right on a frame decoded at reduced scale.
     """
-    image = decode_bgr(frame, max_side, max_pixels=max_pixels, on_reject=on_reject)
+    image = decode_bgr(frame, max_side, on_reject=on_reject)
     if image is None:
         return None
     return annotate(image, detections, bgr=True, copy=False)
@@ -268,7 +265,6 @@ class LatestFrames:
         max_entries: int = 256,
         max_bytes: int = 32 * 1024 * 1024,
         max_concurrent: int = 2,
-        max_pixels: int = MAX_PIXELS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 1 or max_bytes < 1 or max_concurrent < 1:
@@ -281,7 +277,6 @@ class LatestFrames:
         self.on_reject = on_reject
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
         self.clock = clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._bytes = 0
@@ -349,7 +344,6 @@ class LatestFrames:
                         frame,
                         parse_detections(latest["dets"], int(latest["w"]), int(latest["h"])),
                         max_side=self.max_side,
-                        max_pixels=self.max_pixels,
                         on_reject=self.on_reject,
                     )
             if image is None:  # trimmed, or rejected (counted once): keep what there was

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -315,14 +316,25 @@ def encode_cursor(ts: float, seq: int) -> str:
     return base64.urlsafe_b64encode(f"{ts!r}|{seq}".encode()).decode().rstrip("=")
 
 
+MAX_SEQ = 2**63 - 1
+"""Largest alert seq (SQLite INTEGER); larger ids and cursors are refused."""
+MAX_CURSOR_TS = 1e11
+"""Latest time a cursor may name (year 5138): a larger one was not made by this service."""
+
+
 def decode_cursor(cursor: str) -> tuple[float, int]:
-    """Inverse of :func:`encode_cursor`; raises :class:`CursorError`."""
+    """Inverse of :func:`encode_cursor` (a time 0..``MAX_CURSOR_TS``, a seq 0..``MAX_SEQ``);
+    raises :class:`CursorError` for anything this service would not make."""
+    problem = f"invalid cursor {cursor[:40]!r}: use next_cursor of a page"
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        ts, seq = raw.split("|")
-        return float(ts), int(seq)
+        text_ts, text_seq = raw.split("|")
+        ts, seq = float(text_ts), int(text_seq)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CursorError(f"invalid cursor {cursor[:40]!r}: use next_cursor of a page") from exc
+        raise CursorError(problem) from exc
+    if not (math.isfinite(ts) and 0 <= ts <= MAX_CURSOR_TS and 0 <= seq <= MAX_SEQ):
+        raise CursorError(problem)
+    return ts, seq
 
 
 class AlertStore:

@@ -20,10 +20,10 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.alerts.api.deps import Hub, Settings, Store
-from services.alerts.api.models import MAX_SEQ, AlertOut, problems
+from services.alerts.api.models import AlertOut, problems
 from services.alerts.hub import AlertHub
 from services.alerts.records import AlertRecord
-from services.alerts.store import AlertStore
+from services.alerts.store import MAX_SEQ, AlertStore
 
 REPLAY_PAGE = 200
 MAX_SEQ_DIGITS = len(str(MAX_SEQ))

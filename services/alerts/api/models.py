@@ -40,10 +40,6 @@ PROBLEM_DESCRIPTIONS = {
 }
 
 
-MAX_SEQ = 2**63 - 1
-"""Largest alert seq (SQLite INTEGER); larger ids and cursors are refused with 400."""
-
-
 def _camera_id(value: str) -> str:
     try:
         return validate_camera_id(value)

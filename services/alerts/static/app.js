@@ -108,8 +108,9 @@ function updateTile(tile, camera) {
   el.classList.toggle("alerting", Boolean(alerting));
 }
 
-const CAMERA_PAGE = 200;      // cameras per /api/cameras request
 const MAX_TILES = 1000;       // the dashboard shows at most this many cameras
+const CAMERA_PAGE = MAX_TILES; // cameras per /api/cameras request (the API's largest page):
+                               // one request per refresh, each builds the whole board
 
 // Every page of /api/cameras (ids sorted, next_cursor = the last id of a page), up to
 // MAX_TILES cameras; null when a page failed (the next tick tries again).

@@ -9,8 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from services.alerts.api.models import MAX_SEQ
-from services.alerts.store import encode_cursor
+from services.alerts.store import MAX_SEQ, encode_cursor
 from tests.services.alerts.api.conftest import NOW, Api
 from tests.services.alerts.api.test_cameras import detections
 
