@@ -175,13 +175,18 @@ def read_image_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXEL
 
 
 def decoded_bytes(
-    data: bytes, *, reduce: str = "auto", min_size: tuple[int, int] = INPUT_SIZE
+    data: bytes,
+    *,
+    reduce: str = "auto",
+    min_size: tuple[int, int] = INPUT_SIZE,
+    size: tuple[int, int] | None = None,
 ) -> int:
     """Bytes of the pixels :func:`decode_image` would make of ``data`` (3 bytes per pixel,
-    reduced JPEG scale included), from the header alone; 0 when the header is unreadable
+    reduced JPEG scale included), from the header alone (``size``: its
+    :func:`header_size`, when the caller read it already); 0 when the header is unreadable
     (such bytes fail before any decode). For admission control: memory is reserved before
     a decode is scheduled."""
-    size = header_size(data)
+    size = size or header_size(data)
     if size is None:
         return 0
     width, height = size

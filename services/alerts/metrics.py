@@ -34,7 +34,6 @@ class AlertMetrics:
         self.supervision = SupervisorMetrics("alerts", r)
         # At most max_cameras camera_id values per service; the rest count as _other.
         self.cameras = cams = LabelLimiter(max_cameras, registry=r, valid=is_valid_camera_id)
-        self.label_overflow = cams.overflow
         self.alerts = limit_labels(
             Counter(
                 "facemask_alerts",

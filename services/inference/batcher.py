@@ -146,8 +146,8 @@ class Job:
     pending: int = 0
     started: float | None = None  # when its first item entered the model
     compute_seconds: float = 0.0
-    inputs: int = 0  # model inputs reserved at admission (tiles + full frame)
-    cost_bytes: int = 0  # bytes reserved at admission (encoded + decoded pixels)
+    inputs: int = 0  # model inputs its admission reserves (tiles + full frame); 0: not costed
+    cost_bytes: int = 0  # bytes its admission reserves (encoded + decoded pixels)
     image: np.ndarray | None = None  # a tiled job's decoded frame, until its last tile ran
 
 
@@ -179,23 +179,28 @@ def job_cost(
     if size is not None and size[0] * size[1] > max_pixels:
         size = None
     inputs = 1
-    min_size: tuple[int, int] | None = INPUT_SIZE
     if job.tiles is not None:
         try:
             job.tiles.check(max_tiles)
         except TileSpecError as exc:
             raise InvalidJobError(str(exc)) from None
-        min_size = job.tiles.decode_min_size
         if size is not None:
             inputs = job.tiles.inputs(*size, max_tiles)
     decoded = 0
     if size is not None:
-        decoded = decoded_bytes(
-            job.data,
-            reduce="full" if min_size is None else decode_reduce,
-            min_size=min_size or INPUT_SIZE,
-        )
+        reduce, min_size = decode_options(job.tiles, decode_reduce)
+        decoded = decoded_bytes(job.data, reduce=reduce, min_size=min_size, size=size)
     return JobCost(inputs, len(job.data) + decoded)
+
+
+def decode_options(tiles: TileSpec | None, decode_reduce: str) -> tuple[str, tuple[int, int]]:
+    """``(reduce, min_size)`` of a job's decode (:func:`decode_image`): the model input
+    size, or what its tiles need (a tile grid that needs every pixel decodes in full).
+    Admission reserves the memory of exactly this decode."""
+    min_size = INPUT_SIZE if tiles is None else tiles.decode_min_size
+    if min_size is None:
+        return "full", INPUT_SIZE
+    return decode_reduce, min_size
 
 
 @dataclass(slots=True)
@@ -300,19 +305,29 @@ class DynamicBatcher:
         return self._inputs
 
     @property
+    def model_alive(self) -> bool:
+        """Whether the model thread runs (it is never restarted: its death is fatal)."""
+        return self._thread.is_alive()
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes reserved by the jobs admitted (at most ``max_queue_bytes``)."""
         return self._bytes
 
     def cost(self, job: Job) -> JobCost:
-        """What admitting ``job`` would reserve (:func:`job_cost` with this batcher's
-        limits); raises :class:`InvalidJobError` for a tile grid over ``max_tiles``."""
-        return job_cost(
-            job,
-            max_tiles=self.max_tiles,
-            decode_reduce=self.decode_reduce,
-            max_pixels=self.max_pixels,
-        )
+        """What admitting ``job`` reserves (:func:`job_cost` with this batcher's limits),
+        worked out once per job and kept in it (a stream frame submitted again while the
+        queue is full is not parsed again); raises :class:`InvalidJobError` for a tile grid
+        over ``max_tiles``."""
+        if not job.inputs:
+            cost = job_cost(
+                job,
+                max_tiles=self.max_tiles,
+                decode_reduce=self.decode_reduce,
+                max_pixels=self.max_pixels,
+            )
+            job.inputs, job.cost_bytes = cost.inputs, cost.nbytes
+        return JobCost(job.inputs, job.cost_bytes)
 
     def submit(self, job: Job) -> Future[JobResult]:
         """Admit a job; its future resolves with a :class:`JobResult` or an exception.
@@ -364,8 +379,6 @@ class DynamicBatcher:
             self._inputs += inputs
             self._bytes += nbytes
             self._decoding += len(jobs)
-            for job, cost in zip(jobs, costs, strict=True):
-                job.inputs, job.cost_bytes = cost.inputs, cost.nbytes
         for job in jobs:
             job.future.add_done_callback(lambda _f, job=job: self._release(job))  # type: ignore[misc]
             self._pool.submit(self._decode_counted, job)
@@ -392,12 +405,12 @@ class DynamicBatcher:
         if self._expired(job, start):  # do not spend decode time on a frame already stale
             return
         try:
-            min_size = INPUT_SIZE if job.tiles is None else job.tiles.decode_min_size
+            reduce, min_size = decode_options(job.tiles, self.decode_reduce)
             image = decode_image(
                 job.data,
-                reduce="full" if min_size is None else self.decode_reduce,
+                reduce=reduce,
                 max_pixels=self.max_pixels,
-                min_size=min_size or INPUT_SIZE,
+                min_size=min_size,
                 expect_size=job.declared_size,
             )
             job.width, job.height = image.width, image.height

@@ -256,11 +256,10 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
             tiles = parse_tiles(spec)
             if tiles is None or tiles.auto_min_face_px is not None:
                 continue  # automatic grids are capped by max_tiles when resolved
-            if tiles.rows * tiles.cols > self.max_tiles:
-                raise ValueError(
-                    f"tiles[{camera!r}]: {spec} is {tiles.rows * tiles.cols} tiles; "
-                    f"max_tiles is {self.max_tiles}"
-                )
+            try:
+                tiles.check(self.max_tiles)
+            except TileSpecError as exc:
+                raise ValueError(f"tiles[{camera!r}]: {exc}") from None
             if tiles.windows_per_frame > self.max_queue_size:
                 raise ValueError(
                     f"tiles[{camera!r}]: a {spec} frame is {tiles.windows_per_frame} model "

@@ -164,8 +164,7 @@ class StreamConsumer:
             on_reclaimed=metrics.reclaimed.inc,
             reject=self._reject,
             fair_key=_camera_of,
-            deadletter_key=lambda stream: layout.deadletter(layout.partition_of_key(stream)),
-            deadletter_maxlen=settings.deadletter_maxlen,
+            # dead letters: published by this service's own script (``_reject``)
         )
         self._outbox: queue.Queue[Outcome] = queue.Queue()
         self._publishing = 0

@@ -26,7 +26,6 @@ class InferenceMetrics:
         self.supervision = SupervisorMetrics("inference", registry)
         # At most max_cameras camera_id values per service; the rest count as _other.
         self.cameras = cams = LabelLimiter(max_cameras, registry=registry, valid=is_valid_camera_id)
-        self.label_overflow = cams.overflow
         self.requests = Counter(
             "facemask_inference_requests_total",
             "Images handled, by source (grpc, stream) and outcome.",

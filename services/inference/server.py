@@ -21,7 +21,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -85,9 +85,11 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
 
     def _fail(
         self, context: grpc.ServicerContext, code: grpc.StatusCode, outcome: str, msg: str
-    ) -> None:
+    ) -> NoReturn:
+        """Count the outcome and end the call with ``code`` (``abort`` raises)."""
         self.metrics.requests.labels("grpc", outcome).inc()
         context.abort(code, msg)
+        raise AssertionError("unreachable: context.abort raises")
 
     def _thresholds(
         self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
@@ -120,7 +122,6 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 "invalid",
                 f"malformed {message.DESCRIPTOR.name} ({len(raw)} bytes): {exc}",
             )
-        raise AssertionError("unreachable: _fail aborts the call")
 
     def Detect(  # noqa: N802 (gRPC method name)
         self, request: detector_pb2.DetectRequest, context: grpc.ServicerContext
@@ -235,7 +236,6 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", str(exc))
         except ShuttingDownError as exc:
             self._fail(context, grpc.StatusCode.UNAVAILABLE, "unavailable", str(exc))
-        raise AssertionError("unreachable: _fail aborts the call")
 
 
 def add_detector_service(servicer: DetectorServicer, server: grpc.Server) -> None:

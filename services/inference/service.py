@@ -180,17 +180,16 @@ class InferenceService:
             )
 
     def _set_ready(self, ready: bool) -> None:
-        if self.stopped.is_set() or self._stopping:
+        if self._stopping:  # set before stopped, never cleared
             ready = False
         self.grpc.set_ready(ready)
         self.metrics.ready.set(1 if ready else 0)
 
     def _supervise_batcher(self, batcher: DynamicBatcher) -> None:
         """The model thread cannot be restarted (its death is fatal); jobs admitted must
-        be resolved (each model run, or its jobs' queue / decode timing, is progress)."""
-        model_thread = batcher._thread  # the batcher's own thread, watched from here
+        be resolved (each model run is progress)."""
         self.supervisor.watch_thread(
-            "batcher-model", model_thread.is_alive, stopping=lambda: self._stopping
+            "batcher-model", lambda: batcher.model_alive, stopping=lambda: self._stopping
         )
         self.supervisor.watch_progress(
             "batcher", done=lambda: self._jobs_resolved, pending=lambda: batcher.depth
@@ -208,10 +207,8 @@ class InferenceService:
             "publish", done=lambda: consumer.published_total, pending=lambda: consumer.unpublished
         )
         self.supervisor.require("stream-groups", lambda: streams.groups_ready)
-        self.supervisor.require("stream-threads", lambda: not consumer.failed)
 
     def _observe_job(self, queue_seconds: float, decode_seconds: float) -> None:
-        self._jobs_resolved += 1
         self.metrics.queue_seconds.observe(queue_seconds)
         self.metrics.decode_seconds.observe(decode_seconds)
 
@@ -232,8 +229,7 @@ class InferenceService:
         deadline = time.monotonic() + self.settings.drain_timeout
         self._stopping = True
         self.supervisor.stop()
-        self.grpc.set_ready(False)
-        self.metrics.ready.set(0)
+        self._set_ready(False)
         logger.info("draining", extra={"timeout": self.settings.drain_timeout})
         if self.consumer is not None:
             self.consumer.stop_reading()

@@ -47,7 +47,6 @@ class IngestMetrics:
         self.supervision = SupervisorMetrics("ingest", r)
         # At most max_cameras camera_id values per service; the rest count as _other.
         self.cameras = cams = LabelLimiter(max_cameras, registry=r, valid=is_valid_camera_id)
-        self.label_overflow = cams.overflow
         self.frames_captured = limit_labels(
             Counter(
                 "facemask_ingest_frames_captured",

@@ -87,7 +87,7 @@ class IngestWorker:
     ) -> None:
         self.settings = settings
         self.layout = settings.layout
-        self.metrics = metrics or IngestMetrics()
+        self.metrics = metrics or IngestMetrics(max_cameras=settings.max_cameras)
         self.client = connect(settings.redis_url)
         self.source_factory = source_factory
         self.metrics_port: int | None = None
@@ -184,7 +184,7 @@ class IngestWorker:
         """Progress of the frames (buffered vs published) and Redis as a condition."""
         publisher = self.publisher
         self.supervisor.watch_progress(
-            "frames", done=lambda: sum(publisher.published.values()), pending=publisher.pending
+            "frames", done=lambda: publisher.published_total, pending=publisher.pending
         )
         self.supervisor.require("redis", lambda: publisher.connected)
 
@@ -218,9 +218,7 @@ class IngestWorker:
     def wait(self, timeout: float | None = None) -> None:
         """Block until a stop request, a fatal error, every camera ended, or ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._stop.wait(0.5):
-            if self.supervisor.fatal.is_set():
-                return
+        while not self._stop.wait(0.5):  # a fatal verdict sets _stop (on_fatal)
             if self.cameras and all(c.finished for c in self.cameras):
                 logger.info("every camera has ended; stopping")
                 return
