@@ -172,12 +172,6 @@ def ensure_groups(client: RedisClient, keys: Sequence[str], group: str, start_id
                 raise
 
 
-def split(count: int, ways: int) -> list[int]:
-    """``count`` split into ``ways`` shares differing by at most one (larger first)."""
-    base, extra = divmod(count, ways)
-    return [base + (1 if i < extra else 0) for i in range(ways)]
-
-
 MAX_TOP_UPS = 4
 """Extra non-blocking reads of one :func:`read_new` for the streams that had more."""
 
@@ -195,12 +189,13 @@ def read_new(
     """At most ``count`` new entries (``>``) of ``keys`` for ``consumer``, blocking up to
     ``block`` seconds, shared fairly among the streams.
 
-    ``count`` is split over the streams (the first ones in ``keys`` get the remainder,
-    so a caller rotating ``keys`` spreads it; every stream gets at least one, so with
-    fewer than ``len(keys)`` to take up to ``len(keys) - 1`` more come back). A stream
-    that filled its share may have more: what the others left is asked of those
-    (non-blocking, a few rounds). A busy stream thus never takes the share of the
-    others, and an idle one never wastes it.
+    Every stream is asked for an equal share of ``count`` in one XREADGROUP (at least
+    one entry each, so with fewer than ``len(keys)`` to take up to ``len(keys) - 1``
+    more come back). A stream that filled its share may have more: what the others left
+    is asked of those in equal shares (non-blocking, a few rounds; the first ones in
+    ``keys`` first, so a caller rotating ``keys`` spreads any remainder). A busy stream
+    thus never takes the share of the others, and an idle one never wastes it; an idle
+    poll is one blocking round trip.
 
     A Redis Cluster cannot serve one XREADGROUP over keys in several slots: there each
     stream is asked without blocking, and ``wait(block)`` runs when all were empty.
@@ -209,71 +204,58 @@ def read_new(
     if not keys or count < 1:
         return []
     cluster = is_cluster(client)
-    # Every stream is asked for at least one entry: with fewer than len(keys) to take a
-    # read may return up to len(keys) - 1 more than count (as one XREADGROUP over several
-    # streams always could), so a nearly full in-flight window still reads every stream
-    # per round trip instead of one.
-    shares = dict(zip(keys, [max(1, n) for n in split(count, len(keys))], strict=True))
-    got: dict[Any, list[tuple[Any, Any]]] = {}
-    out = _read_shares(client, group, consumer, shares, None if cluster else block)
+    # Every stream is asked for the same share, at least one entry: with fewer than
+    # len(keys) to take a read may return up to len(keys) - 1 more than count (as one
+    # XREADGROUP over several streams always could), so a nearly full in-flight window
+    # still reads every stream per round trip instead of one.
+    share = max(1, count // len(keys))
+    got: dict[str, list[tuple[Any, Any]]] = {}
+    out = _read(client, group, consumer, keys, share, None if cluster else block)
     for stream, entries in out:
         got.setdefault(as_text(stream), []).extend(entries)
     if cluster and not out:
         wait(block)
         return []
     left = count - sum(len(e) for e in got.values())
-    # Streams that filled their share may have more.
-    candidates = [k for k in keys if len(got.get(k, [])) >= shares[k]]
+    # Streams that filled their share may have more: what is left, in equal shares.
+    candidates = [k for k in keys if len(got.get(k, [])) >= share]
     for _ in range(MAX_TOP_UPS):
         if left <= 0 or not candidates:
             break
         ways = min(len(candidates), left)
-        more_shares = dict(zip(candidates[:ways], split(left, ways), strict=True))
-        more = _read_shares(client, group, consumer, more_shares, None)
+        share = left // ways
+        asked = candidates[:ways]
         counts: dict[str, int] = {}
-        for stream, entries in more:
+        for stream, entries in _read(client, group, consumer, asked, share, None):
             counts[as_text(stream)] = len(entries)
             got.setdefault(as_text(stream), []).extend(entries)
         left -= sum(counts.values())
-        candidates = [k for k, n in more_shares.items() if counts.get(k, 0) >= n]
+        candidates = [k for k in asked if counts.get(k, 0) >= share]
     return [(key, got[key]) for key in keys if got.get(key)]
 
 
-def _read_shares(
+def _read(
     client: RedisClient,
     group: str,
     consumer: str,
-    shares: dict[str, int],
+    keys: Sequence[str],
+    share: int,
     block: float | None,
 ) -> StreamReply:
-    """One XREADGROUP per distinct share (a single server) or per stream (a cluster)."""
+    """Up to ``share`` new entries of each of ``keys``: one XREADGROUP on a single server
+    (blocking up to ``block`` seconds when given), one per stream without blocking on a
+    cluster (its keys live in several slots)."""
     redis_client: Any = client  # redis-py's stubs do not type stream replies
-    out: StreamReply = []
     if is_cluster(client):
-        for key, share in shares.items():
+        out: StreamReply = []
+        for key in keys:
             out.extend(redis_client.xreadgroup(group, consumer, {key: ">"}, count=share) or [])
         return out
-    by_share: dict[int, list[str]] = {}
-    for key, share in shares.items():
-        by_share.setdefault(share, []).append(key)
-    blocking = block is not None and len(by_share) == 1
-    for share, streams in by_share.items():
-        reply = redis_client.xreadgroup(
-            group,
-            consumer,
-            dict.fromkeys(streams, ">"),
-            count=share,
-            block=int(block * 1000) if blocking and block is not None else None,
-        )
-        out.extend(reply or [])
-    if block is not None and not blocking and not out:
-        # Shares differ (count not a multiple of the streams): block on them all once.
-        reply = redis_client.xreadgroup(
-            group,
-            consumer,
-            dict.fromkeys(shares, ">"),
-            count=min(shares.values()),
-            block=int(block * 1000),
-        )
-        out.extend(reply or [])
-    return out
+    reply = redis_client.xreadgroup(
+        group,
+        consumer,
+        dict.fromkeys(keys, ">"),
+        count=share,
+        block=None if block is None else int(block * 1000),
+    )
+    return list(reply or [])
