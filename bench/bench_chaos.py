@@ -289,7 +289,8 @@ def publish(
 
 def collect(url: str, ledger: Ledger, stop: threading.Event) -> None:
     """Follow the detections and dead-letter streams (plain XREAD: no group to lose)."""
-    keys = [*LAYOUT.all_detections(), *(LAYOUT.deadletter(p) for p in range(LAYOUT.partitions))]
+    frames_of = {LAYOUT.detections(p): LAYOUT.frames(p) for p in range(LAYOUT.partitions)}
+    keys = [*frames_of, *(LAYOUT.deadletter(p) for p in range(LAYOUT.partitions))]
     keys.append(LAYOUT.alerts_deadletter)
     cursors = dict.fromkeys(keys, "0-0")
     client = client_for(url)
@@ -306,22 +307,15 @@ def collect(url: str, ledger: Ledger, stop: threading.Event) -> None:
                     cursors[name] = as_text(sid)
                     fields = {as_text(k): v for k, v in raw.items()}
                     at = sid_time(as_text(sid))
-                    if name == LAYOUT.alerts_deadletter:
-                        origin = (
-                            as_text(fields.get("stream", b"")),
-                            as_text(fields.get("sid", b"")),
-                        )
-                        ledger.detections_poison_resolved.add(origin)
-                    elif name in LAYOUT.all_detections():
-                        partition = LAYOUT.partition_of_key(name)
+                    if name in frames_of:  # a detections entry answers its frame
                         frame_sid = as_text(fields.get("frame_sid", b""))
                         status = as_text(fields.get("status", b"ok"))
-                        ledger.resolved[(LAYOUT.frames(partition), frame_sid)] = (status, at)
+                        ledger.resolved[(frames_of[name], frame_sid)] = (status, at)
+                        continue
+                    origin = (as_text(fields.get("stream", b"")), as_text(fields.get("sid", b"")))
+                    if name == LAYOUT.alerts_deadletter:
+                        ledger.detections_poison_resolved.add(origin)
                     else:
-                        origin = (
-                            as_text(fields.get("stream", b"")),
-                            as_text(fields.get("sid", b"")),
-                        )
                         ledger.resolved[origin] = ("deadletter", at)
 
 

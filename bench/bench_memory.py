@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import itertools
-import json
 import shutil
 import struct
 import sys
@@ -44,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -56,6 +55,9 @@ from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
+
+if TYPE_CHECKING:
+    from services.inference.config import InferenceSettings
 
 LAYOUT = StreamLayout("facemask", 4)
 SERVICES = ("inference", "alerts")
@@ -297,10 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         alerts.wait_ready()
         assert redis.proc is not None
         settings = _inference_settings(extra)
-        max_tiles = int(settings.get("max_tiles", 64))  # 64: before the setting existed
-        grid = _largest_grid(max_tiles)
+        grid = _largest_grid(settings.max_tiles)
         inputs_per_image = grid[0] * grid[1] + 1
-        images = args.images or max(1, int(settings["max_queue_size"]) // inputs_per_image)
+        images = args.images or max(1, settings.max_queue_size // inputs_per_image)
         pids = {
             "inference": inference.proc.pid,
             "alerts": alerts.proc.pid,
@@ -444,12 +445,12 @@ def _largest_grid(max_tiles: int) -> tuple[int, int]:
     return max(grids, key=lambda g: (g[0] * g[1], -abs(g[0] - g[1])))
 
 
-def _inference_settings(extra: dict[str, str]) -> dict[str, Any]:
+def _inference_settings(extra: dict[str, str]) -> InferenceSettings:
     """The inference service's effective settings for the bench's environment."""
     from services.inference.config import InferenceSettings
 
     keys = {k.removeprefix("FACEMASK_INFERENCE_").lower(): v for k, v in extra.items()}
-    return json.loads(InferenceSettings(**keys).model_dump_json())  # type: ignore[arg-type]
+    return InferenceSettings(**keys)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

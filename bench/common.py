@@ -379,39 +379,20 @@ class ServiceChild:
 # -- deploy memory limits ----------------------------------------------------------------
 
 MIB_BYTES = 1024 * 1024
-_UNITS = {
-    "": 1,
-    "k": 1000,
-    "m": 1000**2,
-    "g": 1000**3,
-    "t": 1000**4,
-    "ki": 1024,
-    "mi": 1024**2,
-    "gi": 1024**3,
-    "ti": 1024**4,
-    "b": 1,
-    "kb": 1024,
-    "mb": 1024**2,
-    "gb": 1024**3,
-}
+K8S_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+K8S_UNITS |= {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+COMPOSE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+COMPOSE_UNITS |= {"kb": 1024, "mb": 1024**2, "gb": 1024**3}
+"""Compose (like docker's ``--memory``) counts ``512M`` in binary units: 512 MiB."""
 
 
-def parse_quantity(text: str | int) -> int:
-    """Bytes of a memory quantity: Kubernetes (``512Mi``, ``4Gi``, ``1G``) or compose
-    (``512M``, ``4G``: binary units in compose, like docker's ``--memory``)."""
+def parse_quantity(text: str | int, units: Mapping[str, int] = K8S_UNITS) -> int:
+    """Bytes of a memory quantity: Kubernetes by default (``512Mi``, ``4Gi``, ``1G`` =
+    10**9), compose with ``units=COMPOSE_UNITS`` (``512M`` = 512 MiB)."""
     match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in _UNITS:
+    if not match or match.group(2).lower() not in units:
         raise ValueError(f"not a memory quantity: {text!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def _compose_quantity(text: str | int) -> int:
-    """Compose memory strings use binary units (``512M`` = 512 MiB)."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]?)[Bb]?\s*", str(text))
-    if not match:
-        raise ValueError(f"not a compose memory quantity: {text!r}")
-    unit = {"": 1, "k": 1024, "m": MIB_BYTES, "g": 1024 * MIB_BYTES}[match.group(2).lower()]
-    return int(float(match.group(1)) * unit)
+    return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
 def deploy_limits(
@@ -438,6 +419,6 @@ def deploy_limits(
             spec = yaml.safe_load(compose.read_text()).get("services", {}).get(name, {})
             memory = spec.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")
             if memory is not None:
-                sources["docker-compose.yml"] = _compose_quantity(memory)
+                sources["docker-compose.yml"] = parse_quantity(memory, COMPOSE_UNITS)
         out[name] = {"sources": sources, "limit": min(sources.values()) if sources else None}
     return out
