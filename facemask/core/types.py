@@ -180,6 +180,8 @@ class Detections:
         (a tracked face, an alert's ``box``) finds its row again by equality.
         """
         wanted = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        if not len(self):
+            return np.full(len(wanted), -1, dtype=np.int64)
         same = (wanted[:, None, :] == self.pixels(width, height)[None, :, :]).all(axis=2)
         found: IntArray = np.where(same.any(axis=1), same.argmax(axis=1), -1)
         return found

@@ -6,7 +6,8 @@ is "this batch of detections entries, its alerts, their deliveries, the trackers
 and the stream position" - one local transaction (``synchronous=FULL``), no network round
 trip, readable with the ``sqlite3`` shell. Tables::
 
-    alerts        one row per alert (seq: insertion order, id: deterministic uuid)
+    alerts        one row per alert (seq: insertion order, id: deterministic uuid) and its
+                  review (state, by, at, note, label), set by the API only
     outbox        one row per (alert, sink): pending / delivered / failed / expired
     camera_state  serialised engine state per camera (tracker, cooldown, recent frames)
     offsets       last detections entry id processed per stream
@@ -18,7 +19,8 @@ database applies the missing ones in order, in one transaction (a database of a 
 build is refused), so a database of any earlier release opens and is brought up to date.
 
 The consumer commits a batch with :meth:`AlertStore.commit_batch` and only then
-acknowledges the entries; an entry whose id is at or below the stored offset of its
+acknowledges the entries; an alert already stored (a batch processed again) is left as it
+is, its review included. An entry whose id is at or below the stored offset of its
 stream was already processed and is acknowledged without being processed again. An
 outbox row refers to its alert; the outbox workers read the alert from ``alerts`` (one
 record from the consumer to every sink). Each thread gets its own connection; writers
