@@ -574,8 +574,12 @@ class AlertStore:
         if camera_id is not None:
             where.append("a.camera_id = ?")
             args.append(camera_id)
+        source = "alerts a"
         if state == "reviewed":
             where.append(f"a.{_REVIEWED_TERM}")
+            # Without statistics the planner prefers the state index and a sort.
+            index = "alerts_camera_reviewed_ts" if camera_id is not None else "alerts_reviewed_ts"
+            source = f"alerts a INDEXED BY {index}"
         elif state is not None:
             where.append("a.review_state = ?")
             args.append(state)
@@ -589,7 +593,7 @@ class AlertStore:
             ts, seq = decode_cursor(cursor)
             where.append("(a.ts, a.seq) < (?, ?)")  # a row value: a range on the index
             args.extend([ts, seq])
-        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts a"
+        sql = f"SELECT {_ALERT_COLUMNS} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY a.ts DESC, a.seq DESC LIMIT ?"
