@@ -327,7 +327,7 @@ def export(
         "annotations": annotations,
         "categories": CATEGORIES,
     }
-    _write_atomic(out / "annotations.json", json.dumps(document, indent=1).encode() + b"\n")
+    _write_atomic(out / "annotations.json", json.dumps(document).encode() + b"\n")
     return summary
 
 

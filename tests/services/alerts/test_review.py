@@ -1,17 +1,41 @@
-"""Review of alerts in the store: who/when/note/label round trip, labels that fit the state,
-reviews kept when a batch is processed again and across a restart, pruned with their
-alerts, pages filtered by state on an index (every filter combination, no sort)."""
+"""Review of alerts: in the store (who/when/note/label round trip, labels that fit the
+state, reviews kept when a batch is processed again and across a restart, pruned with
+their alerts, pages filtered by state on an index: every filter combination, no sort), and
+in the running service (real Redis and detections entries: the clean frame, the violator
+singled out on the snapshot, the token, a restart that processes every entry again)."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import httpx
+import numpy as np
 import pytest
+import redis
 
+from facemask.core.annotate import HIGHLIGHT_RGB
+from facemask.dev.localredis import RedisProcess
+from facemask.dev.waiting import wait_until
 from services.alerts.records import REVIEW_STATES, Review
 from services.alerts.store import AlertStore
+from tests.services.alerts.conftest import (
+    GROUP,
+    LAYOUT,
+    PERSON_A,
+    PERSON_B,
+    PERSON_C,
+    Feeder,
+    bare,
+    drained,
+    fast_settings,
+    masked,
+    metric,
+    running,
+)
 from tests.services.alerts.test_store import record
 
 
@@ -182,3 +206,75 @@ def test_old_alerts_are_new_after_the_migration(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "alerts.sqlite3")
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"alerts_state_ts", "alerts_reviewed_ts", "alerts_camera_reviewed_ts"} <= indexes
+
+
+# -- the running service: real Redis, real detections entries, HTTP ------------------------
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AMBER_BGR = np.array(HIGHLIGHT_RGB[::-1])
+
+
+def _near(image: np.ndarray, x: int, y: int, colour: np.ndarray) -> bool:
+    patch = image[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).astype(int)
+    return bool((np.abs(patch - colour).sum(axis=1) < 120).any())
+
+
+def test_the_service_keeps_reviews_through_restart_and_reprocessing(
+    redis_server: RedisProcess,
+    redis_client: redis.Redis,
+    sample_jpeg: tuple[bytes, int, int],
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(
+        redis_server.url, tmp_path / "state", api_token=TOKEN, rule_k=2, rule_n=3, cooldown=0.0
+    )
+    faces = [bare(PERSON_A), masked(PERSON_B), bare(PERSON_C, 0.3)]  # C: below min_score
+    width = sample_jpeg[1]
+    with running(settings) as service:
+        base = f"http://127.0.0.1:{service.port}"
+        Feeder(redis_client, "lobby", sample_jpeg).frames(2, faces)
+        wait_until(lambda: drained(redis_client), 10, "entries consumed")
+        (alert,) = httpx.get(f"{base}/api/alerts", headers=AUTH).json()["alerts"]
+        assert alert["box"] == list(PERSON_A) and alert["review"]["state"] == "new"
+        # The clean frame is the frame stream's JPEG, byte for byte.
+        frame = httpx.get(f"{base}{alert['frame_url']}", headers=AUTH)
+        assert frame.status_code == 200 and frame.content == sample_jpeg[0]
+        # The snapshot singles the violator out (amber) beside a crop; C stays red.
+        shot = httpx.get(f"{base}{alert['snapshot_url']}", headers=AUTH).content
+        image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape[1] == width + round(width / 3)
+        assert _near(image, PERSON_A[0], 80, AMBER_BGR)
+        assert _near(image, PERSON_C[0], 100, np.array([0, 0, 255]))
+        # A review needs the token.
+        url = f"{base}/api/alerts/{alert['id']}/review"
+        body = {"state": "false_positive", "label": "none", "by": "ana", "note": "poster"}
+        assert httpx.post(url, json=body).status_code == 401
+        done = httpx.post(url, json=body, headers=AUTH)
+        assert done.status_code == 200, done.text
+        review = done.json()["review"]
+        assert review["state"] == "false_positive" and review["label"] == "none"
+        assert abs(review["at"] - time.time()) < 60
+    # Process every entry again from scratch (engine state and offsets wiped, the group
+    # rewound): the same alert comes out, is stored once, and keeps its review.
+    db = sqlite3.connect(tmp_path / "state" / "alerts.sqlite3")
+    with db:
+        db.execute("DELETE FROM camera_state")
+        db.execute("DELETE FROM offsets")
+    db.close()
+    for key in LAYOUT.all_detections():
+        if redis_client.exists(key):
+            redis_client.xgroup_setid(key, GROUP, "0")
+    with running(settings) as service:
+        wait_until(
+            lambda: metric(service, "facemask_alerts_detections_consumed_total") == 2,
+            10,
+            "entries processed again",
+        )
+        assert metric(service, "facemask_alerts_replayed_total") == 0
+        base = f"http://127.0.0.1:{service.port}"
+        (again,) = httpx.get(f"{base}/api/alerts", headers=AUTH).json()["alerts"]
+        assert again["id"] == alert["id"] and again["seq"] == alert["seq"]
+        assert again["review"] == review
+        reviewed = httpx.get(f"{base}/api/alerts?state=reviewed", headers=AUTH).json()
+        assert [a["id"] for a in reviewed["alerts"]] == [alert["id"]]
