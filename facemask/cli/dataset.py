@@ -269,6 +269,10 @@ def export(
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for alert in alerts:
+        if not isinstance(alert.get("review"), dict):
+            raise ExportError(
+                f"the alert service at {api.shown} does not review alerts (an older version)"
+            )
         if alert["review"]["state"] not in EXPORTED_STATES:
             continue  # an alert whose review changed between two pages
         faces = labelled_faces(alert)

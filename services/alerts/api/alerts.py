@@ -3,6 +3,7 @@ its review (acknowledged, confirmed, false positive: who, when, the true label).
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -25,6 +26,8 @@ from services.alerts.hub import ReviewChange
 from services.alerts.records import AlertRecord
 from services.alerts.snapshots import SnapshotStore
 from services.alerts.store import AlertStore, CursorError
+
+logger = logging.getLogger(__name__)
 
 ALERT_ID = r"^[0-9a-f]{32}$"
 MAX_LIMIT = 500
@@ -127,6 +130,16 @@ def review(store: Store, hub: Hub, clock: Clock, alert_id: AlertId, body: Review
     )
     if record is None:
         raise HTTPException(404, f"alert {alert_id!r} not found")
+    logger.info(
+        "alert reviewed",
+        extra={
+            "alert_id": alert_id,
+            "camera_id": record.camera_id,
+            "state": body.state,
+            "label": record.review.label,
+            "by": body.by,
+        },
+    )
     hub.publish(ReviewChange(record))
     return AlertDetail.with_deliveries(record, store.deliveries(alert_id))
 
