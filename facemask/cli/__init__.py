@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("facemask.cli.detect", "detect masked / unmasked faces in images and videos"),
     "eval": ("facemask.cli.evaluate", "COCO evaluation of the detector on an annotated set"),
     "run": ("facemask.cli.run", "run the whole pipeline locally"),
+    "dataset": ("facemask.cli.dataset", "training data from reviewed alerts (COCO export)"),
 }
 
 

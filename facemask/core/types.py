@@ -172,6 +172,20 @@ class Detections:
         px = np.trunc(self.xyxy * scale).astype(np.int64)
         return np.clip(px, 0, scale.astype(np.int64))
 
+    def index_of(self, boxes: npt.ArrayLike, width: int, height: int) -> IntArray:
+        """For each integer pixel box ``[K, 4]`` of a ``width`` x ``height`` image, the
+        first row whose :meth:`pixels` are that box; -1 where no row has it.
+
+        Pixel boxes are exact (:data:`PIXEL_NUDGE`), so a box read from the frame's faces
+        (a tracked face, an alert's ``box``) finds its row again by equality.
+        """
+        wanted = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        if not len(self):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        same = (wanted[:, None, :] == self.pixels(width, height)[None, :, :]).all(axis=2)
+        found: IntArray = np.where(same.any(axis=1), same.argmax(axis=1), -1)
+        return found
+
     def pixels_float(self, width: int, height: int) -> FloatArray:
         """Unrounded pixel boxes ``[N, 4]`` (``v * W``), clipped to the image."""
         scale = np.array([width, height, width, height], dtype=np.float64)

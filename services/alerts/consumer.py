@@ -16,7 +16,8 @@ of any other reader of the detections streams. Each loop:
    already seen are dropped. The rest feed the
    :class:`~services.alerts.engine.AlertEngine`;
 3. each new alert gets its snapshot (frame fetched by id from the partition's frame
-   stream, boxes drawn) and the camera's name and place from the registry;
+   stream, boxes drawn, the violator singled out) and its clean frame, and the camera's
+   name and place from the registry;
 4. ONE SQLite transaction stores the alerts, their outbox rows, the touched cameras'
    engine state and the streams' offsets (:meth:`AlertStore.commit_batch`);
 5. only then ``XACK``; then the outbox workers and the live feed are notified.
@@ -50,7 +51,7 @@ from facemask.infra.redisconn import RedisClient, classify
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine, NewAlert
 from services.alerts.metrics import AlertMetrics
-from services.alerts.snapshots import SnapshotStore, fetch_frame, render
+from services.alerts.snapshots import SnapshotStore, fetch_frame, render_alert
 from services.alerts.store import AlertRecord, AlertStore, parse_sid
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ class DetectionsConsumer:
         info = self.camera_info(alert.camera_id)
         name = info.get("name") or alert.camera_id
         place = info.get("location", "")
-        snapshot = thumbnail = None
+        snapshot = thumbnail = clean = None
         frames = self.layout.frames(self.layout.partition_of_key(alert.stream))
         frame = fetch_frame(self.client, frames, alert.frame_sid)
         if frame is None:
@@ -256,19 +257,26 @@ class DetectionsConsumer:
                 extra={"camera_id": alert.camera_id, "frame_sid": alert.frame_sid},
             )
         else:
-            image = render(
+            pictures = render_alert(
                 frame,
                 alert.detections,
+                [alert.box],  # the violators the alert names
                 on_reject=lambda reason: self.metrics.frames_rejected.labels(
                     "snapshot", reason
                 ).inc(),
             )
-            if image is None:
+            if pictures is None:
                 logger.warning("alert frame does not decode", extra={"frame_sid": alert.frame_sid})
             else:
                 try:
-                    saved = self.snapshots.save(alert.alert_id, alert.ts, image)
-                    snapshot, thumbnail = saved.image, saved.thumbnail
+                    saved = self.snapshots.save(
+                        alert.alert_id,
+                        alert.ts,
+                        pictures.image,
+                        thumbnail=pictures.thumbnail,
+                        frame=frame,
+                    )
+                    snapshot, thumbnail, clean = saved.image, saved.thumbnail, saved.frame
                 except OSError as exc:  # disk full, permissions: the alert matters more
                     logger.error(
                         "cannot write the snapshot; alert raised without it",
@@ -296,6 +304,7 @@ class DetectionsConsumer:
             snapshot=snapshot,
             thumbnail=thumbnail,
             rule=alert.rule.to_dict(),
+            frame=clean,
         )
 
     def _deadletter(self, items: Sequence[tuple[Delivery, str, str]]) -> None:

@@ -1,11 +1,13 @@
-"""Fan-out of new alerts to the open server-sent event streams.
+"""Fan-out of new alerts and review changes to the open server-sent event streams.
 
 The consumer thread publishes stored alerts (:class:`~services.alerts.records.AlertRecord`,
-rendered by the events route); each SSE client owns an ``asyncio.Queue``
+rendered by the events route), the review route each changed review
+(:class:`ReviewChange`); each SSE client owns an ``asyncio.Queue``
 on the HTTP server's event loop, filled with ``call_soon_threadsafe``. A client that
 falls more than ``maxsize`` alerts behind is disconnected (``None`` in its queue); its
 browser reconnects with ``Last-Event-ID`` and the API replays the missed alerts from the
-database, so nothing is lost and a slow client never holds anything up.
+database, so no alert is lost and a slow client never holds anything up. Review changes
+are not replayed: the history (``/api/alerts``) holds every alert's current review.
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ from dataclasses import dataclass, field
 
 from services.alerts.records import AlertRecord
 
-Event = AlertRecord
+# --- review (issue 14) ---
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewChange:
+    """An alert whose review changed (the ``review`` event), as stored now."""
+
+    alert: AlertRecord
+
+
+# --- end review ---
+
+Event = AlertRecord | ReviewChange
 
 
 @dataclass(eq=False)

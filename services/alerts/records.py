@@ -10,10 +10,53 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from facemask.contracts.wire import AlertEvent
 from facemask.core.types import Detections
+
+# --- review (issue 14) ---
+
+ReviewState = Literal["new", "acknowledged", "confirmed", "false_positive"]
+ReviewLabel = Literal["mask", "no_mask", "none"]
+REVIEW_STATES: tuple[ReviewState, ...] = ("new", "acknowledged", "confirmed", "false_positive")
+REVIEWED: tuple[ReviewState, ...] = ("confirmed", "false_positive")
+"""The states a person decided the alert's truth in (``?state=reviewed``, the export)."""
+REVIEW_LABELS: dict[ReviewState, tuple[ReviewLabel, ...]] = {
+    "new": (),
+    "acknowledged": (),
+    "confirmed": ("no_mask",),
+    "false_positive": ("mask", "none"),
+}
+"""The labels of the violator's face a state allows, the default first (none: no label).
+
+A confirmed alert's face is ``no_mask``; a false positive's is ``mask`` (the person wore
+one) or ``none`` (no person's face at all: a poster, a reflection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """What a person said about an alert: its state, who and when (server clock), a note,
+    and for a decided alert the true label of the violator's face."""
+
+    state: ReviewState = "new"
+    by: str | None = None
+    at: float | None = None
+    note: str = ""
+    label: ReviewLabel | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``review`` object of the alert JSON."""
+        return {
+            "state": self.state,
+            "by": self.by,
+            "at": self.at,
+            "note": self.note,
+            "label": self.label,
+        }
+
+
+# --- end review ---
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +85,12 @@ class AlertRecord:
     thumbnail: str | None = None
     rule: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    # --- review (issue 14) ---
+    frame: str | None = None
+    """The clean frame (the frame stream's bytes, as captured), relative to the snapshot
+    directory; None when it was not kept."""
+    review: Review = field(default_factory=Review)
+    # --- end review ---
 
     @property
     def has_snapshot(self) -> bool:

@@ -2,11 +2,19 @@
 
 A snapshot is the alert's frame, fetched from the partition's frame stream by id
 (``XRANGE sid sid``), with every face of its detections entry drawn by
-:func:`facemask.core.annotate.annotate` (green ``mask`` / red ``no_mask``, label and score).
-Files: ``<snapshot_dir>/<YYYY-MM-DD>/<alert id>.jpg`` plus a 320 px wide
-``<alert id>.thumb.jpg`` for the dashboard's alert feed, written atomically (temporary
-file, then rename). Retention deletes files older than ``max_age`` seconds, then the oldest
-files until the total is at most ``max_bytes``.
+:func:`facemask.core.annotate.annotate` (green ``mask`` / red ``no_mask``, each with its
+label and score, "no_mask 0.93"), the violator(s) in their own colour (amber) on top, and a
+crop of each violator's face in a panel beside the frame
+(:func:`facemask.core.annotate.crops_beside`): :func:`render_alert`. The 320 px wide
+thumbnail is drawn at its own size (not shrunk from the snapshot), labelling only the
+violators, so its boxes and labels stay legible.
+
+Files: ``<snapshot_dir>/<YYYY-MM-DD>/<alert id>.jpg``, the thumbnail
+``<alert id>.thumb.jpg`` for the dashboard's alert feed, and the clean frame
+``<alert id>.frame.jpg`` (``.png`` for a PNG frame): the frame stream's bytes exactly as
+captured, never re-encoded, for review and the training export. All are written atomically
+(temporary file, then rename) and share one retention: files older than ``max_age``
+seconds are deleted, then the oldest files until the total is at most ``max_bytes``.
 
 The frame streams are trimmed (``MAXLEN ~``); an alert whose frame is already gone is
 still raised, without a picture, and counted by ``facemask_alert_snapshots_missing_total``.
@@ -34,7 +42,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +51,7 @@ import cv2
 import numpy as np
 
 from facemask.contracts.wire import FrameEntry, WireError, parse_detections
-from facemask.core.annotate import annotate
+from facemask.core.annotate import annotate, crops_beside
 from facemask.core.preprocess import ImageDecodeError, decode_image
 from facemask.core.types import Detections
 from facemask.infra.redisconn import RedisClient
@@ -51,6 +59,12 @@ from facemask.infra.redisconn import RedisClient
 logger = logging.getLogger(__name__)
 
 THUMB_WIDTH = 320
+"""Width of a thumbnail, its crop panel included."""
+PANEL_SHARE = 1 / 3
+"""Width of the violators' crop panel, as a share of the frame's width."""
+FRAME_SUFFIX = {"jpeg": ".frame.jpg", "png": ".frame.png"}
+"""File name ending of a kept clean frame, by frame encoding."""
+PICTURE_SUFFIXES = (".jpg", ".png")
 SNAPSHOT_MAX_SIDE = 1920
 """Longest side of an alert snapshot (larger frames are decoded reduced, then scaled)."""
 LOCK_STRIPES = 64
@@ -142,6 +156,71 @@ def render(
     return annotate(image, detections, bgr=True, copy=False)
 
 
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPictures:
+    """The drawn pictures of an alert (BGR)."""
+
+    image: np.ndarray
+    """The frame (longer side at most ``max_side``) with the crop panel beside it."""
+    thumbnail: np.ndarray
+    """:data:`THUMB_WIDTH` wide, panel included."""
+
+
+def _alert_picture(
+    clean: np.ndarray,
+    detections: Detections,
+    rows: np.ndarray,
+    violators: np.ndarray,
+    *,
+    thumbnail: bool,
+) -> np.ndarray:
+    """One size of an alert's picture: faces drawn on a copy of ``clean``, ``rows``
+    highlighted, crops of ``violators`` (pixel boxes of ``clean``) beside it."""
+    drawn = annotate(
+        clean, detections, bgr=True, highlight=rows, labelled=rows if thumbnail else None
+    )
+    return crops_beside(drawn, clean, violators, share=PANEL_SHARE, bgr=True)
+
+
+def render_alert(
+    frame: FrameEntry,
+    detections: Detections,
+    violators: Sequence[Box],
+    *,
+    max_side: int = SNAPSHOT_MAX_SIDE,
+    on_reject: RejectObserver | None = None,
+) -> AlertPictures | None:
+    """The snapshot and thumbnail of an alert (see the module docstring); None when the
+    frame does not decode or is not the size its entry declares (see :func:`decode_bgr`).
+
+    ``violators`` are the pixel boxes (of the frame's declared size) of the people the
+    alert names, e.g. ``[alert.box]``: each face of ``detections`` with one of these boxes
+    is drawn in the highlight colour, and each box gets a crop beside the frame.
+    """
+    clean = decode_bgr(frame, max_side, on_reject=on_reject)
+    if clean is None:
+        return None
+    rows = detections.index_of(violators, frame.width, frame.height)
+    rows = rows[rows >= 0]
+    boxes = np.asarray(violators, dtype=np.float64).reshape(-1, 4)
+
+    def scaled(image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        scale = np.array([width / frame.width, height / frame.height] * 2)
+        return np.rint(boxes * scale).astype(np.int64)
+
+    image = _alert_picture(clean, detections, rows, scaled(clean), thumbnail=False)
+    height, width = clean.shape[:2]
+    thumb_w = max(1, round(THUMB_WIDTH / (1 + PANEL_SHARE)) if len(boxes) else THUMB_WIDTH)
+    thumb_h = max(1, round(height * thumb_w / width))
+    small = cv2.resize(clean, (thumb_w, thumb_h), interpolation=cv2.INTER_AREA)
+    thumbnail = _alert_picture(small, detections, rows, scaled(small), thumbnail=True)
+    return AlertPictures(image, thumbnail)
+
+
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     """JPEG bytes of a BGR image."""
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -162,6 +241,8 @@ class SavedSnapshot:
 
     image: str
     thumbnail: str
+    frame: str | None = None
+    """The clean frame (None: not kept)."""
 
 
 class SnapshotStore:
@@ -177,17 +258,32 @@ class SnapshotStore:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
-    def save(self, alert_id: str, ts: float, image: np.ndarray) -> SavedSnapshot:
-        """Write the snapshot and its thumbnail; returns their relative paths."""
+    def save(
+        self,
+        alert_id: str,
+        ts: float,
+        image: np.ndarray,
+        *,
+        thumbnail: np.ndarray | None = None,
+        frame: FrameEntry | None = None,
+    ) -> SavedSnapshot:
+        """Write the snapshot, its thumbnail (None: ``image`` scaled to
+        :data:`THUMB_WIDTH`) and, given the alert's ``frame``, its bytes as they came (the
+        clean frame); returns their relative paths."""
         day = time.strftime("%Y-%m-%d", time.gmtime(ts))
         folder = self.dir / day
         folder.mkdir(parents=True, exist_ok=True)
-        height, width = image.shape[:2]
-        thumb_h = max(1, round(height * THUMB_WIDTH / width))
-        thumb = cv2.resize(image, (THUMB_WIDTH, thumb_h), interpolation=cv2.INTER_AREA)
+        if thumbnail is None:
+            height, width = image.shape[:2]
+            thumb_h = max(1, round(height * THUMB_WIDTH / width))
+            thumbnail = cv2.resize(image, (THUMB_WIDTH, thumb_h), interpolation=cv2.INTER_AREA)
+        kept = None
+        if frame is not None:
+            kept = f"{day}/{alert_id}{FRAME_SUFFIX[frame.encoding]}"
+            _write_atomic(self.dir / kept, frame.data)
         _write_atomic(folder / f"{alert_id}.jpg", encode_jpeg(image, self.quality))
-        _write_atomic(folder / f"{alert_id}.thumb.jpg", encode_jpeg(thumb, 80))
-        return SavedSnapshot(f"{day}/{alert_id}.jpg", f"{day}/{alert_id}.thumb.jpg")
+        _write_atomic(folder / f"{alert_id}.thumb.jpg", encode_jpeg(thumbnail, 80))
+        return SavedSnapshot(f"{day}/{alert_id}.jpg", f"{day}/{alert_id}.thumb.jpg", kept)
 
     def path(self, relative: str | None) -> Path | None:
         """Absolute path of a stored snapshot; None when absent (never saved or deleted)."""
@@ -199,13 +295,14 @@ class SnapshotStore:
         return path
 
     def files(self) -> list[tuple[float, int, Path]]:
-        """Every snapshot file as ``(mtime, size, path)``, oldest first."""
+        """Every picture (snapshot, thumbnail, clean frame) as ``(mtime, size, path)``,
+        oldest first."""
         out = []
         for folder in self.dir.iterdir():
             if not folder.is_dir():
                 continue
             for entry in os.scandir(folder):
-                if entry.is_file() and entry.name.endswith(".jpg"):
+                if entry.is_file() and entry.name.endswith(PICTURE_SUFFIXES):
                     st = entry.stat()
                     out.append((st.st_mtime, st.st_size, Path(entry.path)))
         out.sort()

@@ -6,7 +6,8 @@ is "this batch of detections entries, its alerts, their deliveries, the trackers
 and the stream position" - one local transaction (``synchronous=FULL``), no network round
 trip, readable with the ``sqlite3`` shell. Tables::
 
-    alerts        one row per alert (seq: insertion order, id: deterministic uuid)
+    alerts        one row per alert (seq: insertion order, id: deterministic uuid) and its
+                  review (state, by, at, note, label), set by the API only
     outbox        one row per (alert, sink): pending / delivered / failed / expired
     camera_state  serialised engine state per camera (tracker, cooldown, recent frames)
     offsets       last detections entry id processed per stream
@@ -18,7 +19,8 @@ database applies the missing ones in order, in one transaction (a database of a 
 build is refused), so a database of any earlier release opens and is brought up to date.
 
 The consumer commits a batch with :meth:`AlertStore.commit_batch` and only then
-acknowledges the entries; an entry whose id is at or below the stored offset of its
+acknowledges the entries; an alert already stored (a batch processed again) is left as it
+is, its review included. An entry whose id is at or below the stored offset of its
 stream was already processed and is acknowledged without being processed again. An
 outbox row refers to its alert; the outbox workers read the alert from ``alerts`` (one
 record from the consumer to every sink). Each thread gets its own connection; writers
@@ -38,12 +40,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from facemask.contracts.wire import WireError, parse_detections
 from facemask.core.types import Detections
 from facemask.infra.consumer import stream_id
-from services.alerts.records import AlertRecord
+from services.alerts.records import REVIEW_LABELS, REVIEWED, AlertRecord, Review, ReviewState
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ class Migration:
     summary: str
     statements: tuple[str, ...]
 
+
+_REVIEWED_TERM = "review_state IN ({})".format(", ".join(f"'{s}'" for s in REVIEWED))
+"""``?state=reviewed`` (:data:`~services.alerts.records.REVIEWED`); SQLite uses a partial
+index only for a query that holds its WHERE term exactly, so both are this string."""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -169,6 +175,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX outbox_due ON outbox (sink, status, next_attempt)",
         ),
     ),
+    # --- review (issue 14) ---
+    Migration(
+        3,
+        "alerts are reviewed (state, by, at, note, label) and keep their clean frame; "
+        "pages filtered by review state stay on an index",
+        (
+            "ALTER TABLE alerts ADD COLUMN review_state TEXT NOT NULL DEFAULT 'new'",
+            "ALTER TABLE alerts ADD COLUMN review_by TEXT",
+            "ALTER TABLE alerts ADD COLUMN review_at REAL",
+            "ALTER TABLE alerts ADD COLUMN review_note TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE alerts ADD COLUMN review_label TEXT",
+            "ALTER TABLE alerts ADD COLUMN frame TEXT",
+            "CREATE INDEX alerts_state_ts ON alerts (review_state, ts, seq)",
+            "CREATE INDEX alerts_camera_state_ts ON alerts (camera_id, review_state, ts, seq)",
+            # ?state=reviewed: partial indexes whose WHERE is the query's term, word for word
+            f"CREATE INDEX alerts_reviewed_ts ON alerts (ts, seq) WHERE {_REVIEWED_TERM}",
+            f"CREATE INDEX alerts_camera_reviewed_ts ON alerts (camera_id, ts, seq)"
+            f" WHERE {_REVIEWED_TERM}",
+        ),
+    ),
+    # --- end review ---
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -214,13 +241,17 @@ _ALERT_COLUMNS = (
     "a.seq, a.id, a.camera_id, a.ts, a.created, a.kind, a.frame_id, a.frame_sid, a.stream,"
     " a.track_id, a.score, a.box, a.width, a.height, a.detections, a.camera_name, a.place,"
     " a.message, a.snapshot, a.thumbnail, a.rule"
+    # --- review (issue 14) ---
+    ", a.frame, a.review_state, a.review_by, a.review_at, a.review_note, a.review_label"
+    # --- end review ---
 )
+# An alert already stored (a batch redone) is left as it is: its review is kept.
 _INSERT_ALERT = (
     "INSERT OR IGNORE INTO alerts (id, camera_id, ts, created, kind, frame_id, frame_sid,"
     " stream, track_id, score, box, width, height, detections, camera_name, place, message,"
-    " snapshot, thumbnail, rule) VALUES (:id, :camera_id, :ts, :created, :kind, :frame_id,"
-    " :frame_sid, :stream, :track_id, :score, :box, :width, :height, :detections,"
-    " :camera_name, :place, :message, :snapshot, :thumbnail, :rule)"
+    " snapshot, thumbnail, rule, frame) VALUES (:id, :camera_id, :ts, :created, :kind,"
+    " :frame_id, :frame_sid, :stream, :track_id, :score, :box, :width, :height, :detections,"
+    " :camera_name, :place, :message, :snapshot, :thumbnail, :rule, :frame)"
 )
 # An outbox row with its alert; outbox columns renamed where alerts has the same name.
 _DELIVERY_SELECT = (
@@ -254,6 +285,7 @@ def _alert_row(alert: AlertRecord) -> dict[str, Any]:
         "snapshot": alert.snapshot,
         "thumbnail": alert.thumbnail,
         "rule": json.dumps(alert.rule),
+        "frame": alert.frame,
     }
 
 
@@ -294,7 +326,25 @@ def _alert_from_row(row: sqlite3.Row) -> AlertRecord:
         snapshot=row["snapshot"],
         thumbnail=row["thumbnail"],
         rule=json.loads(row["rule"]),
+        frame=row["frame"],
+        review=_review_from_row(row),
     )
+
+
+# --- review (issue 14) ---
+
+
+def _review_from_row(row: sqlite3.Row) -> Review:
+    return Review(
+        state=row["review_state"],
+        by=row["review_by"],
+        at=None if row["review_at"] is None else float(row["review_at"]),
+        note=row["review_note"],
+        label=row["review_label"],
+    )
+
+
+# --- end review ---
 
 
 def _delivery_from_row(row: sqlite3.Row) -> Delivery:
@@ -511,13 +561,28 @@ class AlertStore:
         until: float | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        state: ReviewState | Literal["reviewed"] | None = None,
     ) -> tuple[list[AlertRecord], str | None]:
-        """Alerts newest first (capture time) with an opaque cursor to the next page."""
+        """Alerts newest first (capture time) with an opaque cursor to the next page.
+
+        ``state``: only alerts in this review state (``reviewed``: confirmed or false
+        positive). Every combination of filters reads one index in order (no sort): camera,
+        state, time range and cursor are constraints on ``(camera_id, state, ts, seq)``.
+        """
         where: list[str] = []
         args: list[Any] = []
         if camera_id is not None:
             where.append("a.camera_id = ?")
             args.append(camera_id)
+        source = "alerts a"
+        if state == "reviewed":
+            where.append(f"a.{_REVIEWED_TERM}")
+            # Without statistics the planner prefers the state index and a sort.
+            index = "alerts_camera_reviewed_ts" if camera_id is not None else "alerts_reviewed_ts"
+            source = f"alerts a INDEXED BY {index}"
+        elif state is not None:
+            where.append("a.review_state = ?")
+            args.append(state)
         if since is not None:
             where.append("a.ts >= ?")
             args.append(since)
@@ -526,9 +591,9 @@ class AlertStore:
             args.append(until)
         if cursor:
             ts, seq = decode_cursor(cursor)
-            where.append("(a.ts < ? OR (a.ts = ? AND a.seq < ?))")
-            args.extend([ts, ts, seq])
-        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts a"
+            where.append("(a.ts, a.seq) < (?, ?)")  # a row value: a range on the index
+            args.extend([ts, seq])
+        sql = f"SELECT {_ALERT_COLUMNS} FROM {source}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY a.ts DESC, a.seq DESC LIMIT ?"
@@ -539,6 +604,41 @@ class AlertStore:
         if len(rows) > limit and alerts:
             next_cursor = encode_cursor(alerts[-1].ts, alerts[-1].seq)
         return alerts, next_cursor
+
+    # --- review (issue 14) ---
+
+    def review(
+        self,
+        alert_id: str,
+        state: ReviewState,
+        *,
+        by: str,
+        at: float,
+        note: str = "",
+        label: str | None = None,
+    ) -> AlertRecord | None:
+        """Set an alert's review (who, when, note, the violator's true label); returns the
+        alert as stored now, None when unknown. ``label`` must be one of the state's
+        (:data:`~services.alerts.records.REVIEW_LABELS`; None: its default)."""
+        allowed = REVIEW_LABELS[state]
+        if label is None and allowed:
+            label = allowed[0]
+        if (label is not None or allowed) and label not in allowed:
+            raise ValueError(
+                f"label {label!r} does not go with state {state!r}"
+                + (f" (one of {', '.join(allowed)})" if allowed else " (no label)")
+            )
+        with self.transaction() as cur:
+            cur.execute(
+                "UPDATE alerts SET review_state=?, review_by=?, review_at=?, review_note=?,"
+                " review_label=? WHERE id=?",
+                (state, by, at, note, label, alert_id),
+            )
+            if cur.rowcount == 0:
+                return None
+        return self.get_alert(alert_id)
+
+    # --- end review ---
 
     def alerts_after(self, seq: int, limit: int = 100) -> list[AlertRecord]:
         """Alerts stored after ``seq`` (oldest first): SSE resume with Last-Event-ID."""

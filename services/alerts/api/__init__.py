@@ -6,13 +6,16 @@ Routes, one router per domain::
                   GET /metrics                   Prometheus
     cameras.py    GET /api/cameras               status, last seen, fps, compliance per camera
                   GET /api/cameras/{id}/latest.jpg   latest frame with its boxes (ETag / 304)
-    alerts.py     GET /api/alerts                newest first; camera_id, since, until, limit,
-                                                 cursor (opaque, from next_cursor)
+    alerts.py     GET /api/alerts                newest first; camera_id, state, since, until,
+                                                 limit, cursor (opaque, from next_cursor)
                   GET /api/alerts/{id}           one alert with its deliveries
+                  POST /api/alerts/{id}/review   acknowledge / confirm / false positive / new
                   GET /api/alerts/{id}/snapshot.jpg    the annotated frame of the alert
                   GET /api/alerts/{id}/thumbnail.jpg   320 px wide version
-    events.py     GET /api/events                server-sent events: "alert" per new alert;
-                                                 resumes after Last-Event-ID (or ?last_event_id)
+                  GET /api/alerts/{id}/frame.jpg       the clean frame, as captured
+    events.py     GET /api/events                server-sent events: "alert" per new alert,
+                                                 "review" per review change; resumes after
+                                                 Last-Event-ID (or ?last_event_id)
     dashboard.py  GET /, /static/...             dashboard (static HTML/CSS/JS, no CDN)
                   GET /api/config                settings the dashboard needs
 

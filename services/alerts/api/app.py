@@ -3,6 +3,8 @@ collaborators (no reference to the service that owns them)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Security
@@ -34,10 +36,12 @@ def create_app(
     hub: AlertHub,
     registry: CollectorRegistry,
     readiness: ReadinessCheck,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The FastAPI application of the alert service.
 
-    ``readiness`` returns the checks of ``/readyz`` (``redis``, ``consumer``, ``http``).
+    ``readiness`` returns the checks of ``/readyz`` (``redis``, ``consumer``, ``http``);
+    ``clock`` is the server's time (when a review was made).
     With ``settings.api_token`` (or ``allow_anonymous_read``) every router but the health
     checks' runs the :class:`~services.alerts.api.auth.TokenAuth` security dependency;
     cookies set over TLS are ``Secure`` (:class:`~services.alerts.api.auth.SecureCookies`).
@@ -64,6 +68,7 @@ def create_app(
         registry=registry,
         readiness=readiness,
         auth=auth,
+        clock=clock,
     )
     install_error_handlers(app)
     app.add_middleware(

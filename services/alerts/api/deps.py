@@ -8,6 +8,7 @@ replace any of them (``app.dependency_overrides``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, cast
@@ -38,6 +39,8 @@ class Collaborators:
     registry: CollectorRegistry
     readiness: ReadinessCheck
     auth: TokenAuth | None
+    clock: Callable[[], float] = time.time
+    """The server's clock (review times)."""
 
 
 def collaborators(conn: HTTPConnection) -> Collaborators:
@@ -77,6 +80,10 @@ def _auth(conn: HTTPConnection) -> TokenAuth | None:
     return collaborators(conn).auth
 
 
+def _clock(conn: HTTPConnection) -> Callable[[], float]:
+    return collaborators(conn).clock
+
+
 Settings = Annotated[AlertSettings, Depends(_settings)]
 Store = Annotated[AlertStore, Depends(_store)]
 Snapshots = Annotated[SnapshotStore, Depends(_snapshots)]
@@ -85,3 +92,4 @@ Hub = Annotated[AlertHub, Depends(_hub)]
 Registry = Annotated[CollectorRegistry, Depends(_registry)]
 ReadinessProbe = Annotated[ReadinessCheck, Depends(_readiness)]
 Auth = Annotated[TokenAuth | None, Depends(_auth)]
+Clock = Annotated[Callable[[], float], Depends(_clock)]

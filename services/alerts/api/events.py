@@ -1,11 +1,14 @@
-"""The live feed: server-sent events, one ``alert`` event per new alert.
+"""The live feed: server-sent events, one ``alert`` event per new alert and one ``review``
+event per review change.
 
 The stream starts with ``retry: 2000``; with a resume point (``Last-Event-ID`` or
 ``?last_event_id``) it first replays the stored alerts after it, then says ``: connected``
 and passes on what the :class:`~services.alerts.hub.AlertHub` publishes, with a
 ``: ping`` comment every ``sse_heartbeat`` seconds. Each event's id is the alert's ``seq``
 and its data the alert as ``/api/alerts`` shows it (:class:`~services.alerts.api.models.
-AlertOut`).
+AlertOut`). A ``review`` event carries the reviewed alert (the same document, its
+``review`` changed) and no id, so the resume point stays the last alert's seq; review
+events are not replayed on resume (the history holds every current review).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.alerts.api.deps import Hub, Settings, Store
 from services.alerts.api.models import AlertOut, problems
-from services.alerts.hub import AlertHub
+from services.alerts.hub import AlertHub, ReviewChange
 from services.alerts.records import AlertRecord
 from services.alerts.store import MAX_SEQ, AlertStore
 
@@ -47,10 +50,18 @@ def parse_last_event_id(raw: str) -> int:
 router = APIRouter(tags=["alerts"])
 
 
+def _data(record: AlertRecord) -> str:
+    return json.dumps(AlertOut.of(record).model_dump(mode="json"), separators=(",", ":"))
+
+
 def sse_event(record: AlertRecord) -> str:
     """One ``alert`` event."""
-    data = json.dumps(AlertOut.of(record).model_dump(mode="json"), separators=(",", ":"))
-    return f"id: {record.seq}\nevent: alert\ndata: {data}\n\n"
+    return f"id: {record.seq}\nevent: alert\ndata: {_data(record)}\n\n"
+
+
+def review_event(change: ReviewChange) -> str:
+    """One ``review`` event (no id: the resume point stays with the alerts)."""
+    return f"event: review\ndata: {_data(change.alert)}\n\n"
 
 
 async def event_stream(
@@ -80,6 +91,9 @@ async def event_stream(
                 continue
             if event is None:
                 return
+            if isinstance(event, ReviewChange):
+                yield review_event(event)
+                continue
             if event.seq <= seen:
                 continue
             seen = event.seq
@@ -90,12 +104,14 @@ async def event_stream(
 
 @router.get(
     "/api/events",
-    summary="Server-sent events: one 'alert' event per new alert",
+    summary="Server-sent events: one 'alert' event per new alert, one 'review' event per "
+    "review change",
     response_class=StreamingResponse,
     responses={
         200: {
             "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/AlertOut"}}},
-            "description": "id: the alert's seq, event: alert, data: the alert (AlertOut)",
+            "description": "id: the alert's seq, event: alert, data: the alert (AlertOut); "
+            "event: review (no id), data: the reviewed alert (AlertOut)",
         },
         **problems(400, 422),
     },

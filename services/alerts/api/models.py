@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from facemask.contracts.wire import CAMERA_ID_PATTERN, WireError, validate_camera_id
-from services.alerts.records import AlertRecord
+from services.alerts.records import REVIEW_LABELS, AlertRecord
 from services.alerts.store import Delivery
 
 # -- errors ------------------------------------------------------------------------------
@@ -107,6 +107,51 @@ class DetectionOut(BaseModel):
     box: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the frame")
 
 
+# --- review (issue 14) ---
+
+
+class ReviewOut(BaseModel):
+    """What a person said about the alert."""
+
+    state: Literal["new", "acknowledged", "confirmed", "false_positive"]
+    by: str | None = Field(description="who reviewed it last (None: never reviewed)")
+    at: float | None = Field(description="when (unix seconds, the server's clock)")
+    note: str
+    label: Literal["mask", "no_mask", "none"] | None = Field(
+        description="the violator's true label: no_mask (confirmed), mask or none (false "
+        "positive; none: not a person's face, e.g. a poster), None otherwise"
+    )
+
+
+REVIEWER_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+
+
+class ReviewIn(BaseModel):
+    """A review of an alert (``POST /api/alerts/{alert_id}/review``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["new", "acknowledged", "confirmed", "false_positive"]
+    by: str = Field("api", min_length=1, max_length=64, pattern=REVIEWER_PATTERN, description="who")
+    note: str = Field("", max_length=500)
+    label: Literal["mask", "no_mask", "none"] | None = Field(
+        None,
+        description="false_positive: the violator's true label, mask (default) or none (not "
+        "a person's face); confirmed: no_mask (default); no label for the other states",
+    )
+
+    @model_validator(mode="after")
+    def _label_fits_state(self) -> ReviewIn:
+        allowed = REVIEW_LABELS[self.state]
+        if self.label is not None and self.label not in allowed:
+            takes = f"one of {', '.join(allowed)}" if allowed else "no label"
+            raise ValueError(f"state {self.state} takes {takes}, not {self.label!r}")
+        return self
+
+
+# --- end review ---
+
+
 class AlertOut(BaseModel):
     """One alert (also the data of each ``alert`` server-sent event)."""
 
@@ -131,6 +176,10 @@ class AlertOut(BaseModel):
     rule: RuleOut | dict[str, Any] = Field(description="the camera's rule when it alerted")
     snapshot_url: str | None = Field(description="the annotated frame (None: no snapshot)")
     thumbnail_url: str | None
+    # --- review (issue 14) ---
+    frame_url: str | None = Field(description="the clean frame (None: not kept)")
+    review: ReviewOut
+    # --- end review ---
 
     @staticmethod
     def fields_of(record: AlertRecord) -> dict[str, Any]:
@@ -140,6 +189,8 @@ class AlertOut(BaseModel):
             **record.to_json(),
             "snapshot_url": f"{base}/snapshot.jpg" if record.snapshot else None,
             "thumbnail_url": f"{base}/thumbnail.jpg" if record.thumbnail else None,
+            "frame_url": f"{base}/frame.jpg" if record.frame else None,
+            "review": record.review.to_json(),
         }
 
     @classmethod

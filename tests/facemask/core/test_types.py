@@ -108,3 +108,32 @@ def test_rows_and_immutability() -> None:
     with pytest.raises(ValueError):
         dets.scores[0] = 0.0  # read-only columns
     assert "no_mask 0.800" in repr(dets)
+
+
+FACES = Detections.from_pixels(
+    [(10, 10, 50, 60), (100, 20, 140, 70), (10, 10, 50, 60)], [0.9, 0.8, 0.7], [1, 0, 1], 640, 480
+)
+
+
+@pytest.mark.parametrize(
+    ("boxes", "rows"),
+    [
+        ([(100, 20, 140, 70)], [1]),
+        ([(10, 10, 50, 60)], [0]),  # a repeated box: its first row
+        ([(100, 20, 140, 70), (10, 10, 50, 60)], [1, 0]),
+        ([(100, 20, 140, 71)], [-1]),  # one pixel off: not that face
+        (np.empty((0, 4)), []),
+    ],
+)
+def test_index_of_finds_a_pixel_box_again(boxes: object, rows: list[int]) -> None:
+    assert FACES.index_of(boxes, 640, 480).tolist() == rows
+
+
+def test_index_of_an_empty_detections_and_of_every_round_tripped_box() -> None:
+    assert Detections.empty().index_of([(1, 2, 3, 4)], 10, 10).tolist() == [-1]
+    rng = np.random.default_rng(7)
+    x, y = rng.integers(0, 1281, (300, 2)), rng.integers(0, 721, (300, 2))
+    boxes = np.stack([x.min(1), y.min(1), x.max(1) + 1, y.max(1) + 1], axis=1)
+    boxes = np.unique(np.minimum(boxes, [1280, 720, 1280, 720]), axis=0)
+    dets = Detections.from_pixels(boxes, np.full(len(boxes), 0.5), np.zeros(len(boxes)), 1280, 720)
+    assert dets.index_of(boxes[::-1], 1280, 720).tolist() == list(range(len(boxes)))[::-1]

@@ -96,14 +96,15 @@ def test_unmasked_person_for_3s_gives_one_alert_delivered_once_everywhere(
         _sid, fifth_bare = feed.entries[10 + 4]
         assert alert["frame_id"] == fifth_bare.frame_id
 
-        # Snapshot: the frame with B's box drawn in red.
+        # Snapshot: the frame with B's box drawn in the violator's amber, B's crop beside.
         snap = api(service, alert["snapshot_url"])
         assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg"
         image = cv2.imdecode(np.frombuffer(snap.content, np.uint8), cv2.IMREAD_COLOR)
-        assert image.shape[:2] == (330, 464)
+        assert image.shape[:2] == (330, 464 + 155)
         x1, y1, _x2, y2 = PERSON_B
         edge = image[y1 + 10 : y2 - 10, x1 - 1 : x1 + 2].reshape(-1, 3).astype(int)
-        assert (edge[:, 2] > 180).mean() > 0.8 and (edge[:, 1] < 90).mean() > 0.8
+        amber = (edge[:, 2] > 200) & (np.abs(edge[:, 1] - 191) < 40) & (edge[:, 0] < 90)
+        assert amber.mean() > 0.8
         thumb = api(service, alert["thumbnail_url"])
         assert thumb.status_code == 200
 

@@ -1,4 +1,5 @@
-"""Snapshots: drawing, files, retention by age and size; the cached live frame."""
+"""Snapshots: drawing (the violator singled out, a crop beside), files (the clean frame
+kept as captured), retention by age and size; the cached live frame."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import pytest
 import redis
 
 from facemask.contracts.wire import FrameEntry
+from facemask.core.annotate import HIGHLIGHT_RGB
 from facemask.dev.localredis import RedisProcess
 from services.alerts.snapshots import (
     SNAPSHOT_MAX_SIDE,
+    THUMB_WIDTH,
     LatestFrames,
     SnapshotStore,
     fetch_frame,
     render,
+    render_alert,
 )
 from tests.facemask.core.test_preprocess import patch_jpeg_size
 from tests.services.alerts.conftest import LAYOUT, faces_of
@@ -297,3 +301,69 @@ def test_latest_frame_decodes_are_bounded_whatever_the_cameras(
             thread.join(10)
     assert len(results) == 5 and all(r is not None and r[0] == sid for r in results)
     assert state["peak"] == 2
+
+
+# -- issue 14: the violator singled out, the clean frame kept ----------------------------
+
+AMBER = np.array(HIGHLIGHT_RGB[::-1])  # BGR
+
+
+def test_alert_pictures_single_out_the_violator_with_a_crop_beside() -> None:
+    faces = [
+        ("mask", 0.9, (20, 60, 100, 160)),
+        ("no_mask", 0.8, (120, 60, 180, 160)),
+        ("no_mask", 0.93, (200, 60, 280, 160)),  # the violator
+    ]
+    dets = faces_of(faces, 320, 240)
+    data = grey_jpeg()
+    pictures = render_alert(frame(data), dets, [(200, 60, 280, 160)])
+    assert pictures is not None
+    image, thumb = pictures.image, pictures.thumbnail
+    assert image.shape == (240, 320 + 107, 3)  # the frame and a panel a third as wide
+    assert colour_near(image, 20, 120, GREEN)
+    assert colour_near(image, 120, 120, RED)  # another bare face: still red
+    assert colour_near(image, 200, 120, AMBER) and not colour_near(image, 200, 120, RED)
+    # The crop (the grey frame around the face, framed amber) fills the panel.
+    panel = image[:, 320:]
+    assert colour_near(panel, 53, 120, np.array([128, 128, 128]))
+    assert (np.abs(panel.reshape(-1, 3).astype(int) - AMBER).sum(axis=1) < 60).any()
+    # The thumbnail is THUMB_WIDTH wide in all, drawn at its own size (boxes not blurred).
+    assert thumb.shape[1] == THUMB_WIDTH and thumb.shape[0] == round(240 * 240 / 320)
+    assert colour_near(thumb, 150, 90, AMBER)  # 200 * 0.75: the violator's left edge
+
+
+def test_alert_pictures_of_a_large_frame_and_of_a_box_that_is_no_face() -> None:
+    dets = faces_of([("no_mask", 0.9, (800, 400, 1200, 900))], 2560, 1920)
+    pictures = render_alert(frame(grey_jpeg(2560, 1920), 2560, 1920), dets, [(800, 400, 1200, 900)])
+    assert pictures is not None
+    assert pictures.image.shape == (1440, 1920 + 640, 3)  # decoded reduced to 1920
+    assert colour_near(pictures.image, 600, 500, AMBER)  # 800 * 0.75
+    # A violator box not among the faces still gets its crop; no face is highlighted.
+    other = render_alert(frame(grey_jpeg()), faces_of([], 320, 240), [(10, 10, 50, 50)])
+    assert other is not None and other.image.shape == (240, 427, 3)
+    # Without violators there is no panel.
+    plain = render_alert(frame(grey_jpeg()), dets, [])
+    assert plain is not None and plain.image.shape == (240, 320, 3)
+    assert plain.thumbnail.shape[1] == THUMB_WIDTH
+    rejected: list[str] = []
+    assert render_alert(frame(b"junk"), dets, [], on_reject=rejected.append) is None
+    assert rejected == ["unsupported_format"]
+
+
+@pytest.mark.parametrize(("encoding", "suffix"), [("jpeg", ".frame.jpg"), ("png", ".frame.png")])
+def test_the_clean_frame_is_kept_byte_for_byte(tmp_path: Path, encoding: str, suffix: str) -> None:
+    store = SnapshotStore(tmp_path, max_age=3600, max_bytes=1 << 20)
+    ok, png = cv2.imencode(".png", np.full((240, 320, 3), 7, np.uint8))
+    assert ok
+    data = grey_jpeg() if encoding == "jpeg" else png.tobytes()
+    entry = FrameEntry("lobby", 1, 1714564800.0, encoding, 320, 240, data)
+    image = np.zeros((240, 427, 3), np.uint8)
+    saved = store.save("f" * 32, 1714564800.0, image, frame=entry)
+    assert saved.frame == f"2024-05-01/{'f' * 32}{suffix}"
+    kept = store.path(saved.frame)
+    assert kept is not None and kept.read_bytes() == data
+    assert store.save("e" * 32, 1714564800.0, image).frame is None  # no frame given
+    # The clean frame is one more picture under the same retention.
+    assert kept in [p for _m, _s, p in store.files()]
+    os.utime(kept, (time.time() - 7200, time.time() - 7200))
+    assert store.enforce_retention()["age"] == 1 and store.path(saved.frame) is None

@@ -77,6 +77,8 @@ class Api:
     checks: dict[str, bool] = field(
         default_factory=lambda: {"redis": True, "consumer": True, "http": True, "supervisor": True}
     )
+    now: float = NOW + 60.0
+    """The server's clock (review times)."""
 
     def add_alert(
         self, alert_id: str, camera: str = "lobby", ts: float = NOW, **kw: Any
@@ -133,6 +135,7 @@ def build(tmp_path: Path, token: str = "") -> Api:
         hub=hub,
         registry=metrics.registry,
         readiness=lambda: dict(api.checks),
+        clock=lambda: api.now,
     )
     api.client = TestClient(app, base_url="http://testserver")
     return api

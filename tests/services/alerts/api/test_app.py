@@ -13,22 +13,29 @@ from services.alerts.api import models
 from tests.fixtures.paths import REPO_ROOT
 from tests.services.alerts.api.conftest import Api
 
-# Each JSON route and the model of its 200 answer.
+# Each JSON route (method, path) and the model of its 200 answer.
 JSON_ROUTES = {
-    "/healthz": "Health",
-    "/readyz": "Readiness",
-    "/api/cameras": "CameraList",
-    "/api/alerts": "AlertPage",
-    "/api/alerts/{alert_id}": "AlertDetail",
-    "/api/config": "DashboardConfig",
+    ("get", "/healthz"): "Health",
+    ("get", "/readyz"): "Readiness",
+    ("get", "/api/cameras"): "CameraList",
+    ("get", "/api/alerts"): "AlertPage",
+    ("get", "/api/alerts/{alert_id}"): "AlertDetail",
+    ("post", "/api/alerts/{alert_id}/review"): "AlertDetail",
+    ("get", "/api/config"): "DashboardConfig",
 }
-OTHER_ROUTES = {  # path: media type of the 200 answer
-    "/metrics": "text/plain; version=1.0.0; charset=utf-8",
-    "/api/cameras/{camera_id}/latest.jpg": "image/jpeg",
-    "/api/alerts/{alert_id}/snapshot.jpg": "image/jpeg",
-    "/api/alerts/{alert_id}/thumbnail.jpg": "image/jpeg",
-    "/api/events": "text/event-stream",
+OTHER_ROUTES = {  # GET path: media types of the 200 answer
+    "/metrics": ["text/plain; version=1.0.0; charset=utf-8"],
+    "/api/cameras/{camera_id}/latest.jpg": ["image/jpeg"],
+    "/api/alerts/{alert_id}/snapshot.jpg": ["image/jpeg"],
+    "/api/alerts/{alert_id}/thumbnail.jpg": ["image/jpeg"],
+    "/api/alerts/{alert_id}/frame.jpg": ["image/jpeg", "image/png"],
+    "/api/events": ["text/event-stream"],
 }
+
+
+def operations(schema: dict) -> dict[tuple[str, str], dict]:  # type: ignore[type-arg]
+    """Every documented operation by (method, path)."""
+    return {(m, path): op for path, ops in schema["paths"].items() for m, op in ops.items()}
 
 
 def ref(name: str) -> dict[str, str]:
@@ -41,24 +48,22 @@ def schema(api: Api) -> dict:  # type: ignore[type-arg]
 
 
 def test_the_documented_routes_are_the_routes(schema: dict) -> None:  # type: ignore[type-arg]
-    assert set(schema["paths"]) == set(JSON_ROUTES) | set(OTHER_ROUTES)
-    assert all(list(ops) == ["get"] for ops in schema["paths"].values())
+    ops = operations(schema)
+    assert set(ops) == set(JSON_ROUTES) | {("get", path) for path in OTHER_ROUTES}
     # Every route answering JSON names a model for it (none is an untyped object).
     json_routes = {
-        path
-        for path, ops in schema["paths"].items()
-        if "application/json" in ops["get"]["responses"]["200"].get("content", {})
+        key for key, op in ops.items() if "application/json" in op["responses"]["200"]["content"]
     }
     assert json_routes == set(JSON_ROUTES)
 
 
-@pytest.mark.parametrize(("path", "model"), JSON_ROUTES.items())
+@pytest.mark.parametrize(("route", "model"), JSON_ROUTES.items())
 def test_each_json_route_documents_its_response_model(
     schema: dict,  # type: ignore[type-arg]
-    path: str,
+    route: tuple[str, str],
     model: str,
 ) -> None:
-    ok = schema["paths"][path]["get"]["responses"]["200"]
+    ok = operations(schema)[route]["responses"]["200"]
     assert ok["content"] == {"application/json": {"schema": ref(model)}}
     assert model in schema["components"]["schemas"]
     assert hasattr(models, model)
@@ -68,18 +73,18 @@ def test_each_json_route_documents_its_response_model(
 def test_pictures_metrics_and_events_document_their_media_type(
     schema: dict,  # type: ignore[type-arg]
     path: str,
-    media: str,
+    media: list[str],
 ) -> None:
-    assert list(schema["paths"][path]["get"]["responses"]["200"]["content"]) == [media]
+    assert list(schema["paths"][path]["get"]["responses"]["200"]["content"]) == media
 
 
 def test_every_error_answer_is_documented_as_a_problem(schema: dict) -> None:  # type: ignore[type-arg]
     seen = set()
-    for path, ops in schema["paths"].items():
-        for status, answer in ops["get"]["responses"].items():
+    for route, op in operations(schema).items():
+        for status, answer in op["responses"].items():
             if status.startswith("4"):
                 assert answer["content"] == {"application/json": {"schema": ref("Problem")}}, (
-                    path,
+                    route,
                     status,
                 )
                 seen.add(status)

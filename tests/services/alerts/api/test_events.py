@@ -22,11 +22,15 @@ from tests.services.alerts.test_store import record
 
 
 def old_alert_json(alert: AlertRecord) -> dict[str, object]:
-    """The first release's ``AlertService.alert_json``: what its feed and API sent."""
+    """The first release's ``AlertService.alert_json`` (what its feed and API sent), with the
+    fields added since at the end."""
     doc = alert.to_json()
     base = f"/api/alerts/{alert.alert_id}"
     doc["snapshot_url"] = f"{base}/snapshot.jpg" if alert.snapshot else None
     doc["thumbnail_url"] = f"{base}/thumbnail.jpg" if alert.thumbnail else None
+    # issue 14, after the first release's fields: the clean frame and the (new) review
+    doc["frame_url"] = f"{base}/frame.jpg" if alert.frame else None
+    doc["review"] = {"state": "new", "by": None, "at": None, "note": "", "label": None}
     return doc
 
 
