@@ -78,7 +78,7 @@ def test_a_local_directory_or_a_file_with_an_equals_sign_is_a_source(tmp_path: P
 @pytest.mark.model
 def test_the_default_slideshow_is_named_samples(tmp_path: Path) -> None:
     slideshow = default_source(tmp_path)
-    assert sorted(p.suffix for p in slideshow.iterdir())  # the sample images were copied
+    assert any(slideshow.iterdir())  # the sample images were copied there
     assert CameraSource.parse(str(slideshow)).camera_id(0) == "cam1-samples"
 
 
