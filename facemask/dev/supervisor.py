@@ -15,7 +15,12 @@ its output goes (a log file, and/or the supervisor's stream with a per-child pre
   period, then SIGKILL for the child's whole process group.
 * :meth:`Supervisor.watch` (or :meth:`Supervisor.poll_once`, one step of it) restarts the
   children whose spec asks for it, with a capped exponential backoff (1, 2, 4 .. 30 s; the
-  count resets once a child has run for a minute).
+  count resets once a child has run for a minute) - except a child that exits with one of
+  its spec's ``fatal_exits`` (a configuration error) before it became ready: a restart
+  cannot help, so it is given up on and recorded in :attr:`Supervisor.failures` (and
+  :attr:`Supervisor.failed` is set) for the caller to stop.
+* :meth:`Supervisor.wait_all_ready` waits for several children at once, through their
+  restarts, until each is ready, one of them is given up on, or the caller cancels.
 
 Every wait runs on the supervisor's ``clock`` and ``sleep`` (:func:`~facemask.dev.waiting.
 wait_until`), so tests drive grace periods and backoffs with a fake clock.
@@ -85,7 +90,7 @@ def describe_exit(code: int | None) -> str:
 
 
 class ChildExitedError(RuntimeError):
-    """A child ended while it was waited for (to become ready)."""
+    """A child ended while it was waited for (to become ready), or was given up on."""
 
     def __init__(self, name: str, returncode: int, tail: str = "") -> None:
         self.name = name
@@ -93,6 +98,17 @@ class ChildExitedError(RuntimeError):
         self.tail = tail
         message = f"{name} exited early with {describe_exit(returncode)}"
         super().__init__(f"{message}:\n{tail}" if tail else message)
+
+    @property
+    def error_line(self) -> str:
+        """The line of its output that says why: the last one mentioning an error (a
+        service's ``configuration error: ...``), else its last non-blank line ("" when it
+        printed nothing)."""
+        lines = [line.strip() for line in self.tail.splitlines() if line.strip()]
+        for line in reversed(lines):
+            if "error" in line.lower():
+                return line
+        return lines[-1] if lines else ""
 
 
 # -- readiness probes -------------------------------------------------------------------------
@@ -248,7 +264,10 @@ class ChildSpec:
     the child over its stdin / stdout (text lines, :attr:`Child.stdin` /
     :attr:`Child.stdout`); only its stderr is treated as output. ``grace``: seconds between
     SIGTERM and SIGKILL when stopping. ``restart``: start it again when it dies (see
-    :meth:`Supervisor.watch`).
+    :meth:`Supervisor.watch`). ``fatal_exits``: exit statuses after which a ``restart``
+    child is not restarted when it had not become ready since its latest start (its
+    ``ready`` probe never said so; a child without a probe counts as ready once it runs):
+    the supervisor gives up on it (:attr:`Supervisor.failures`).
     """
 
     name: str
@@ -263,6 +282,7 @@ class ChildSpec:
     restart: bool = False
     grace: float = 20.0
     pipes: bool = False
+    fatal_exits: frozenset[int] = frozenset()
 
 
 class Child:
@@ -277,6 +297,8 @@ class Child:
         self.killed = False  # the latest stop needed SIGKILL
         self.stopped = False  # stopped on purpose: not restarted
         self.restart_due: float | None = None
+        self.ready_seen = False  # its probe said ready since its latest start
+        self.failure: ChildExitedError | None = None  # given up on (a fatal exit)
         self._pumps: list[threading.Thread] = []
         self._listeners: list[Callable[[str], None]] = []
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -419,6 +441,10 @@ class Supervisor:
         self.poll_interval = poll_interval
         self.children: list[Child] = []
         self.stopping = threading.Event()
+        self.failures: list[ChildExitedError] = []
+        """Children given up on (see ``ChildSpec.fatal_exits``), in order."""
+        self.failed = threading.Event()
+        """Set with the first of :attr:`failures`."""
         self._out_lock = threading.Lock()
         self._state = threading.RLock()
         self._watcher: threading.Thread | None = None
@@ -461,8 +487,9 @@ class Supervisor:
         if child.alive():
             raise RuntimeError(f"{child.name} is already running")
         child.join_output(0.5)
-        child.killed = child.stopped = False
+        child.killed = child.stopped = child.ready_seen = False
         child.restart_due = None
+        child.failure = None
         child._listeners = []
         child._tail.clear()
         if spec.ready is not None:
@@ -539,7 +566,7 @@ class Supervisor:
             if code is not None:
                 child.join_output(2.0)
                 raise ChildExitedError(child.name, code, child.log_tail())
-            return probe is None or probe.check(child)
+            return self.check_ready(child)
 
         wait_until(
             ready,
@@ -550,13 +577,70 @@ class Supervisor:
             sleep=self.sleep,
         )
 
+    def check_ready(self, child: Child) -> bool:
+        """True when ``child`` runs and is ready: its probe said so since its latest start
+        (remembered in :attr:`Child.ready_seen`), or says so now; a running child without
+        a probe is ready."""
+        if not child.alive():
+            return False
+        if not child.ready_seen:
+            probe = child.spec.ready
+            child.ready_seen = probe is None or probe.check(child)
+        return child.ready_seen
+
+    def wait_all_ready(
+        self,
+        children: Sequence[Child],
+        timeout: float,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> bool:
+        """Until each of ``children`` is ready (:meth:`check_ready`); True then, False
+        when ``cancel`` is set first. A ``restart`` child that dies meanwhile is waited
+        for again once the watcher has restarted it. Raises the first of
+        :attr:`failures` (a child given up on: see ``ChildSpec.fatal_exits``),
+        :class:`ChildExitedError` when a child that is not restarted ends, and
+        :class:`WaitTimeoutError` naming the children not ready after ``timeout``."""
+        pending = list(children)
+
+        def done() -> bool:
+            if self.failures:
+                raise self.failures[0]
+            if cancel is not None and cancel.is_set():
+                return True
+            for child in pending:
+                code = child.poll()
+                if code is not None and not child.spec.restart:
+                    child.join_output(2.0)
+                    raise ChildExitedError(child.name, code, child.log_tail())
+            pending[:] = [child for child in pending if not self.check_ready(child)]
+            return not pending
+
+        interval = min((child.spec.ready_interval for child in children), default=0.1)
+        try:
+            wait_until(done, timeout, "children", interval, clock=self.clock, sleep=self.sleep)
+        except WaitTimeoutError:
+            waiting = "; ".join(
+                f"{child.name}: {child.spec.ready.what if child.spec.ready else 'start'}"
+                for child in pending
+            )
+            raise WaitTimeoutError(f"timed out after {timeout:g}s waiting for {waiting}") from None
+        return not pending
+
     # -- restarting -------------------------------------------------------------------------
 
     def poll_once(self) -> None:
-        """One step of :meth:`watch`: note the ``restart`` children that died, and start
-        those whose backoff has passed."""
+        """One step of :meth:`watch`: note the readiness of the running ``restart``
+        children that have ``fatal_exits``; give up on those that died with one of them
+        before they became ready; note the other dead ``restart`` children, and start those
+        whose backoff has passed."""
         with self._state:
-            for child in list(self.children):
+            children = list(self.children)
+        for child in children:  # probes may take a moment: not under the lock
+            if child.spec.restart and child.spec.fatal_exits and not child.stopped:
+                self.check_ready(child)
+        with self._state:
+            for child in children:
                 if self.stopping.is_set():
                     return
                 if not child.spec.restart or child.stopped or child.proc is None:
@@ -566,17 +650,34 @@ class Supervisor:
                     code = child.proc.poll()
                     if code is None:
                         continue
+                    if code in child.spec.fatal_exits and not child.ready_seen:
+                        self._give_up(child, code)
+                        continue
                     if now - child.started_at > RESTART_RESET_AFTER_S:
                         child.restarts = 0
                     delay = RESTART_BACKOFF.delay(child.restarts + 1)
                     self.say(
                         self.name,
-                        f"{child.name} exited with {code}; restart in {delay:g}s",
+                        f"{child.name} exited with {describe_exit(code)}; restart in {delay:g}s",
                     )
                     child.restart_due = now + delay
                 elif now >= child.restart_due:
                     child.restarts += 1
                     self.launch(child)
+
+    def _give_up(self, child: Child, code: int) -> None:
+        """``child`` ended with one of its ``fatal_exits`` before it was ready: no restart;
+        recorded in :attr:`failures`."""
+        child.join_output(2.0)
+        child.stopped = True
+        child.failure = ChildExitedError(child.name, code, child.log_tail())
+        self.failures.append(child.failure)
+        self.failed.set()
+        self.say(
+            self.name,
+            f"{child.name} exited with {describe_exit(code)} before it was ready; "
+            "not restarting it",
+        )
 
     def watch(self, interval: float = 0.5) -> None:
         """Restart dead ``restart`` children until :meth:`stop_all` (blocks)."""
@@ -603,7 +704,8 @@ class Supervisor:
     def stop(self, child: Child, grace: float | None = None) -> int | None:
         """SIGTERM, up to ``grace`` seconds (default: the spec's) for it to exit, then
         SIGKILL; anything left in its process group is killed too. The exit status (None
-        when never started). A stopped child is not restarted."""
+        when never started). A stopped child is not restarted. When it was running, says
+        ``NAME stopped in 0.4s (exit status 0)``."""
         proc = child.proc
         if proc is None:
             return None
@@ -612,7 +714,9 @@ class Supervisor:
         child.stopped = True
         child.restart_due = None
         grace = child.spec.grace if grace is None else grace
-        if not _ended(proc):
+        running = not _ended(proc)
+        began = self.clock()
+        if running:
             self.signal_group(child, signal.SIGTERM)
             try:
                 wait_until(
@@ -633,6 +737,11 @@ class Supervisor:
             if proc.stdin is not None:
                 proc.stdin.close()
         child.join_output(2.0)
+        if running:
+            self.say(
+                self.name,
+                f"{child.name} stopped in {self.clock() - began:.1f}s ({describe_exit(code)})",
+            )
         return int(code)
 
     def stop_all(self) -> None:

@@ -1,8 +1,11 @@
 """One structured logging setup for every service and the CLI.
 
 Services log one JSON object per line on stderr (``FACEMASK_LOG_FORMAT=json``, the default
-for services); the CLI defaults to a short human format. Modules use
-``logging.getLogger(__name__)`` and pass structured fields with ``extra={...}``.
+for services); the CLI (and ``facemask run``'s children) a short human format,
+``LEVEL logger: message key=value ...``. Modules use ``logging.getLogger(__name__)`` and
+pass structured fields with ``extra={...}``; both formats show them, built in one place
+(:func:`extras`), URL passwords masked (:mod:`facemask.infra.redact`) even when a handler
+lacks the :class:`~facemask.infra.redact.RedactingFilter`.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
 
-from facemask.infra.redact import RedactingFilter
+from facemask.infra.redact import RedactingFilter, redact_text
 
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
@@ -45,31 +49,59 @@ class JsonFormatter(logging.Formatter):
 
 
 def extras(record: logging.LogRecord) -> dict[str, Any]:
-    """The structured fields of ``record`` (what ``extra=`` gave it)."""
+    """The structured fields of ``record`` (what ``extra=`` gave it), URL passwords in
+    strings masked (also inside lists, tuples and dicts)."""
     return {
-        key: value
+        key: _redacted(value)
         for key, value in vars(record).items()
         if key not in _STANDARD_ATTRS and not key.startswith("_")
     }
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(item) for item in value]
+    return value
+
+
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f]')
+
+
+def text_value(value: Any) -> str:
+    """A field value as the text format shows it: a string as it is, in double quotes
+    (JSON escapes) when it is empty or holds whitespace, ``"``, ``=``, a backslash or a
+    control character; numbers as Python prints them; booleans, None, lists and dicts as
+    compact JSON (quoted as a whole when that holds whitespace); anything else as its
+    ``str``."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool) or value is None or isinstance(value, list | dict):
+        text = json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(text, ensure_ascii=False) if re.search(r"\s", text) else text
+    else:
+        text = str(value)
+    if not text or _NEEDS_QUOTES.search(text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class TextFormatter(logging.Formatter):
-    """``LEVEL logger: message key=value ...``: the human format, structured fields kept."""
+    """``LEVEL logger: message key=value ...``: the human format, structured fields kept
+    (:func:`text_value`), a traceback below them."""
 
     def __init__(self) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        fields = [
-            f"{key}={value!r}"
-            if isinstance(value, str) and (" " in value or not value)
-            else f"{key}={value}"
-            for key, value in extras(record).items()
-        ]
+        fields = [f"{key}={text_value(value)}" for key, value in extras(record).items()]
         if not fields:
             return text
         first, newline, rest = text.partition("\n")  # keep a traceback below the fields

@@ -21,6 +21,7 @@ import pytest
 from facemask.dev.localredis import free_port
 from facemask.dev.supervisor import (
     CallableProbe,
+    Child,
     ChildExitedError,
     ChildSpec,
     GrpcHealthProbe,
@@ -40,6 +41,16 @@ print(f"hello from {mode}", flush=True)
 if mode == "exit":
     print("boom", file=sys.stderr, flush=True)
     sys.exit(3)
+if mode == "config":
+    print("loading settings", flush=True)
+    print("configuration error: FOO must be >= 1", file=sys.stderr, flush=True)
+    sys.exit(2)
+if mode == "unhealthy":  # ready, exits 70 on SIGUSR1; started again: 70 before ready
+    if os.path.exists(os.environ["MARKER"]):
+        print("unhealthy again", flush=True)
+        sys.exit(70)
+    open(os.environ["MARKER"], "w").close()
+    signal.signal(signal.SIGUSR1, lambda *_: os._exit(70))
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("ignoring SIGTERM", flush=True)
@@ -287,7 +298,7 @@ def test_a_restart_child_is_restarted_with_backoff_and_a_stopped_one_is_not(
         first_pid = child.pid
         child.kill()  # a crash
         sup.poll_once()
-        assert "sup        | worker exited with -9; restart in 1s\n" in out.getvalue()
+        assert "sup        | worker exited with signal SIGKILL; restart in 1s\n" in out.getvalue()
         sup.poll_once()
         assert not child.alive()  # the backoff has not passed yet
         clock.advance(1.0)
@@ -297,7 +308,7 @@ def test_a_restart_child_is_restarted_with_backoff_and_a_stopped_one_is_not(
 
         child.kill()  # again, soon after: the delay doubles
         sup.poll_once()
-        assert "worker exited with -9; restart in 2s" in out.getvalue()
+        assert "worker exited with signal SIGKILL; restart in 2s" in out.getvalue()
         clock.advance(2.0)
         sup.poll_once()
         assert child.alive() and child.restarts == 2
@@ -306,7 +317,7 @@ def test_a_restart_child_is_restarted_with_backoff_and_a_stopped_one_is_not(
         clock.advance(61.0)  # it ran for over a minute: the count starts again
         child.kill()
         sup.poll_once()
-        assert out.getvalue().endswith("worker exited with -9; restart in 1s\n")
+        assert out.getvalue().endswith("worker exited with signal SIGKILL; restart in 1s\n")
         clock.advance(1.0)
         sup.poll_once()
         child.wait_ready(timeout=10_000)
@@ -370,3 +381,134 @@ def test_wait_ready_times_out_on_the_supervisor_clock(script: Path) -> None:
         with pytest.raises(WaitTimeoutError, match="quiet: a line matching 'never'"):
             child.wait_ready(timeout=5)
         assert child.alive()
+
+
+def _exited(child: Child) -> None:
+    wait_until(lambda: child.poll() is not None, 60, f"{child.name} to exit")
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "given_up"),
+    [("config", 2, True), ("exit", 3, False)],
+)
+def test_a_fatal_exit_before_ready_is_given_up_on_and_another_exit_restarted(
+    script: Path, mode: str, code: int, given_up: bool
+) -> None:
+    clock = FakeClock()
+    out = io.StringIO()
+    sup = Supervisor(out, name="sup", clock=clock, sleep=clock.sleep)
+    child = sup.start(
+        spec(
+            script,
+            "svc",
+            mode,
+            ready=LogLineProbe("^ready$"),
+            restart=True,
+            fatal_exits=frozenset({2, 70}),
+        )
+    )
+    try:
+        _exited(child)
+        sup.poll_once()
+        assert sup.failed.is_set() is given_up
+        clock.advance(1.0)
+        sup.poll_once()
+        if not given_up:
+            assert f"svc exited with exit status {code}; restart in 1s" in out.getvalue()
+            assert child.restarts == 1 and not sup.failures
+            return
+        assert child.restarts == 0 and not child.alive()
+        assert sup.failures == [child.failure]
+        failure = child.failure
+        assert failure is not None and failure.returncode == 2
+        assert failure.error_line == "configuration error: FOO must be >= 1"
+        assert (
+            "sup        | svc exited with exit status 2 before it was ready; not restarting it\n"
+            in out.getvalue()
+        )
+        with pytest.raises(ChildExitedError) as caught:
+            sup.wait_all_ready([child], 10)  # a waiter learns it at once
+        assert caught.value is failure
+    finally:
+        sup.stop_all()
+
+
+def test_unhealthy_after_ready_is_restarted_but_unhealthy_before_ready_is_given_up_on(
+    script: Path, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    out = io.StringIO()
+    sup = Supervisor(out, name="sup", clock=clock, sleep=clock.sleep)
+    child = sup.start(
+        spec(
+            script,
+            "svc",
+            "unhealthy",
+            env={"MARKER": str(tmp_path / "started")},
+            ready=LogLineProbe("^ready$"),
+            restart=True,
+            fatal_exits=frozenset({70}),
+        )
+    )
+    try:
+        wait_until(lambda: sup.poll_once() or child.ready_seen, 60, "the watcher to see it ready")
+        child.send_signal(signal.SIGUSR1)  # its watchdog's fatal verdict: exit 70
+        _exited(child)
+        sup.poll_once()
+        assert "svc exited with exit status 70; restart in 1s" in out.getvalue()
+        clock.advance(1.0)
+        sup.poll_once()
+        assert child.restarts == 1 and not sup.failed.is_set()
+        _exited(child)  # 70 again, before it was ready this time
+        sup.poll_once()
+        assert sup.failed.is_set() and child.failure is not None
+        assert child.failure.returncode == 70 and child.failure.error_line == "unhealthy again"
+    finally:
+        sup.stop_all()
+
+
+def test_wait_all_ready_waits_through_a_restart_names_the_late_and_can_be_cancelled(
+    script: Path,
+) -> None:
+    clock = FakeClock()
+    sup = Supervisor(clock=clock, sleep=clock.sleep)
+    worker = sup.start(
+        spec(script, "worker", "worker", ready=LogLineProbe("^ready$"), restart=True)
+    )
+    quiet = sup.start(spec(script, "quiet", "worker", ready=LogLineProbe("never")))
+    try:
+        assert sup.wait_all_ready([worker], 10_000)
+        worker.kill()  # a crash: the watcher restarts it after its backoff (fake seconds)
+        sup.watch_in_background(interval=0.05)
+        assert sup.wait_all_ready([worker], 10_000)
+        assert worker.restarts == 1 and worker.alive()
+        with pytest.raises(WaitTimeoutError, match="waiting for quiet: a line matching 'never'"):
+            sup.wait_all_ready([worker, quiet], 5)
+        cancel = threading.Event()
+        cancel.set()
+        assert sup.wait_all_ready([quiet], 10_000, cancel=cancel) is False
+    finally:
+        sup.stop_all()
+
+
+def test_stop_says_how_each_child_stopped(script: Path) -> None:
+    out = io.StringIO()
+    with Supervisor(out, name="sup") as sup:
+        child = sup.start(spec(script, "worker", "worker", ready=LogLineProbe("^ready$")))
+        child.wait_ready(timeout=60)
+    assert re.search(
+        r"^sup {8}\| worker stopped in \d+\.\ds \(exit status 0\)$", out.getvalue(), re.M
+    )
+
+
+@pytest.mark.parametrize(
+    ("tail", "line"),
+    [
+        ("", ""),
+        ("starting\nconfiguration error: bad\n", "configuration error: bad"),
+        ("ERROR x: failed\nshutting down\n", "ERROR x: failed"),
+        ("one\n  two  \n\n", "two"),
+    ],
+)
+def test_the_error_line_of_an_exited_child(tail: str, line: str) -> None:
+    assert ChildExitedError("svc", 2, tail).error_line == line
