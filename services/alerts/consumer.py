@@ -19,7 +19,8 @@ of any other reader of the detections streams. Each loop:
    stream, boxes drawn) and the camera's name and place from the registry;
 4. ONE SQLite transaction stores the alerts, their outbox rows, the touched cameras'
    engine state and the streams' offsets (:meth:`AlertStore.commit_batch`);
-5. only then ``XACK``; then the outbox workers and the live feed are notified.
+5. only then ``XACK``; then the outbox workers and the live feed are notified, and
+   ``on_entries`` gets the batch's new entries (the camera board's arrival times).
 
 Any failure before the commit rolls the engine back to the committed state
 (``on_error``). A Redis fault (gone, OOM, failover; see
@@ -82,6 +83,7 @@ class DetectionsConsumer:
         *,
         camera_info: CameraInfo,
         on_alerts: Callable[[list[AlertRecord]], None],
+        on_entries: Callable[[Sequence[DetectionsEntry]], None] | None = None,
     ) -> None:
         self.client: Any = client  # redis-py's stubs do not model stream replies
         self.layout = layout
@@ -93,6 +95,7 @@ class DetectionsConsumer:
         self.sinks = list(sinks)
         self.camera_info = camera_info
         self.on_alerts = on_alerts
+        self.on_entries = on_entries
         self.offsets: dict[str, str] = {}
         self.streams = StreamGroupConsumer(
             client,
@@ -160,6 +163,7 @@ class DetectionsConsumer:
         suppressed: Counter[str] = Counter()
         replayed = duplicates = consumed = 0
         last_capture = None
+        arrived: list[DetectionsEntry] = []
         for item in items:
             acks[item.stream].append(item.sid)
             committed = self.offsets.get(item.stream)
@@ -190,6 +194,7 @@ class DetectionsConsumer:
                 duplicates += 1
                 continue
             last_capture = entry.capture_ts
+            arrived.append(entry)
             for label in outcome.faces:
                 faces[(entry.camera_id, label)] += 1
             if outcome.suppressed:
@@ -241,6 +246,8 @@ class DetectionsConsumer:
             )
         if stored:
             self.on_alerts(stored)
+        if arrived and self.on_entries is not None:
+            self.on_entries(arrived)
         return stored
 
     def _materialise(self, alert: NewAlert) -> AlertRecord:
