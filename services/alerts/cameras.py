@@ -33,8 +33,8 @@ state                   when
 ``live``                frames arrive and detections follow
 ======================  ===========================================================
 
-Both timeouts grow to three frame intervals for cameras configured below 1/3 (or 1/10)
-fps, so a slow camera does not flap. ``online`` in the API is ``live`` or
+Both timeouts grow to three frame intervals of the camera's configured ``fps`` when that
+is longer (``fps=0.1``: 30 s), so a slow camera does not flap. ``online`` in the API is ``live`` or
 ``not_analysed`` (frames arrive); ``status`` keeps the node's status word (compatibility).
 
 Both classes are bounded: the directory lists only valid camera ids, at most
@@ -341,15 +341,16 @@ def camera_health(
         return CameraHealth(NO_FRAMES, error or _NODE_STATUS.get(status, status))
     fps = _number(registry.get("fps"))
     slow = SLOW_FRAMES / fps if fps > 0 else 0.0
+    last_error = f" (last error: {error})" if error else ""  # the source is open again
     if "last_frame_ts" in registry:  # nodes before the field: status alone
         last_frame = _number(registry["last_frame_ts"])
         if not last_frame:
-            return CameraHealth(NO_FRAMES, error or "waiting for the first frame")
+            return CameraHealth(NO_FRAMES, "waiting for the first frame" + last_error)
         gap = (seen or last_frame) - last_frame  # both on the node's clock
         if gap > max(rules.frame_timeout, slow):
-            return CameraHealth(NO_FRAMES, error or f"no frame published for {_ago(gap)}")
+            return CameraHealth(NO_FRAMES, f"no frame published for {_ago(gap)}{last_error}")
     elif registry.get("frames_published") == "0":
-        return CameraHealth(NO_FRAMES, error or "waiting for the first frame")
+        return CameraHealth(NO_FRAMES, "waiting for the first frame" + last_error)
     analysed = arrival.analysed if arrival else None
     quiet_since = max(analysed or 0.0, expect_since)
     quiet = now - quiet_since

@@ -240,12 +240,12 @@ HEALTH_CASES: list[tuple[str, Any, Any, Any, float, tuple[str, str, float | None
         ("no_frames", "no frame published for 12 s", None),
     ),
     (
-        "up, no frame: the last error wins",
+        "up, no frame since: the last error told too",
         beating(last_frame_ts=str(NOW - 40), last_error="read timeout"),
         None,
         None,
         100,
-        ("no_frames", "read timeout", None),
+        ("no_frames", "no frame published for 39 s (last error: read timeout)", None),
     ),
     (
         "node clock 1 h ahead: only its own difference counts",
