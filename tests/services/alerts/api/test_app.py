@@ -52,8 +52,7 @@ def test_the_documented_routes_are_the_routes(schema: dict) -> None:  # type: ig
     json_routes = {
         path
         for path, ops in schema["paths"].items()
-        if "get" in ops
-        and "application/json" in ops["get"]["responses"]["200"].get("content", {})
+        if "get" in ops and "application/json" in ops["get"]["responses"]["200"].get("content", {})
     }
     assert json_routes == set(JSON_ROUTES)
 
@@ -85,9 +84,11 @@ def test_every_error_answer_is_documented_as_a_problem(schema: dict) -> None:  #
         for method, op in ops.items():
             for status, answer in op["responses"].items():
                 if status.startswith(("4", "5")) and (path, status) != ("/readyz", "503"):
-                    assert answer["content"] == {
-                        "application/json": {"schema": ref("Problem")}
-                    }, (path, method, status)
+                    assert answer["content"] == {"application/json": {"schema": ref("Problem")}}, (
+                        path,
+                        method,
+                        status,
+                    )
                     seen.add(status)
     assert seen == {"400", "404", "409", "422", "503"}  # (401 only with a token: test_auth)
     assert "HTTPValidationError" not in schema["components"]["schemas"]
