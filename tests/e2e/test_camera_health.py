@@ -42,7 +42,11 @@ def test_a_stopped_inference_service_turns_the_camera_not_analysed_within_10_s(
         return next((c for c in cameras if c["id"] == "door"), {"state": None})
 
     def settled(state: str) -> Any:
-        return lambda: (doc := door())["state"] == state and doc["has_frame"] and doc
+        # registered (the registry is cached for a second: at first the camera may be
+        # listed from its detections alone), in the state, with a picture
+        return lambda: (
+            (doc := door())["state"] == state and doc["has_frame"] and doc["node"] and doc
+        )
 
     live = wait_until(settled("live"), 90, "the camera live with a picture", 0.2)
     assert (live["name"], live["online"], live["status"]) == ("Front door", True, "up")
