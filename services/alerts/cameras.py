@@ -697,7 +697,10 @@ class CameraBoard:
         self._drop_series(camera_id)
         if self.metrics is not None:
             self.metrics.cameras_removed.labels(reason).inc()
-        logger.info("camera forgotten", extra={"camera_id": camera_id, "reason": reason})
+        logger.info(
+            "camera forgotten",
+            extra={"camera_id": camera_id, "reason": reason, "retention_s": self.retention},
+        )
 
     def expire(self, now: float | None = None) -> list[str]:
         """Forget the cameras offline for longer than ``retention`` seconds (0: never);

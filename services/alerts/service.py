@@ -384,12 +384,7 @@ class AlertService:
                 if result[reason]:
                     self.metrics.snapshots_deleted.labels(reason).inc(result[reason])
             self.metrics.snapshot_bytes.set(result["bytes"])
-            expired = self.board.expire(now)
-            if expired:
-                logger.info(
-                    "stale cameras forgotten",
-                    extra={"cameras": expired, "retention_s": self.settings.camera_retention},
-                )
+            self.board.expire(now)  # cameras offline beyond camera_retention (logged, counted)
         if now - self._last_prune >= PRUNE_INTERVAL:
             self._last_prune = now
             pruned = self.store.prune_alerts(now - self.settings.history_days * 86400)
