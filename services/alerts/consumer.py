@@ -19,8 +19,8 @@ of any other reader of the detections streams. Each loop:
    stream, boxes drawn) and the camera's name and place from the registry;
 4. ONE SQLite transaction stores the alerts, their outbox rows, the touched cameras'
    engine state and the streams' offsets (:meth:`AlertStore.commit_batch`);
-5. only then ``XACK``; then the outbox workers and the live feed are notified, and
-   ``on_entries`` gets the batch's new entries (the camera board's arrival times).
+5. ``on_entries`` gets the batch's new entries (the camera board's arrival times); only
+   then ``XACK``; then the outbox workers and the live feed are notified.
 
 Any failure before the commit rolls the engine back to the committed state
 (``on_error``). A Redis fault (gone, OOM, failover; see
@@ -214,6 +214,8 @@ class DetectionsConsumer:
         if records or states or offsets:
             stored = self.store.commit_batch(records, self.sinks, states, offsets)
         self.offsets.update(offsets)
+        if arrived and self.on_entries is not None:
+            self.on_entries(arrived)  # before the ack: an acknowledged entry has arrived
         self._ack(acks)
         # accounting, after the commit (a rolled-back batch is counted when redone)
         self.metrics.consumed.inc(consumed)
@@ -246,8 +248,6 @@ class DetectionsConsumer:
             )
         if stored:
             self.on_alerts(stored)
-        if arrived and self.on_entries is not None:
-            self.on_entries(arrived)
         return stored
 
     def _materialise(self, alert: NewAlert) -> AlertRecord:

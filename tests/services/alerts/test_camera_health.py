@@ -39,6 +39,7 @@ from tests.services.alerts.conftest import (
     LAYOUT,
     PERSON_A,
     Feeder,
+    drained,
     fast_settings,
     masked,
 )
@@ -331,9 +332,10 @@ def test_the_service_shows_not_analysed_when_detections_stop(
     feed = Feeder(redis_client, "lobby", sample_jpeg)
     heartbeat(redis_client, "lobby", at=time.time())
     feed.frames(3, [masked(PERSON_A)])
-    wait_until(lambda: camera(service, "lobby")["has_frame"], 10, "lobby analysed")
+    wait_until(lambda: drained(redis_client), 10, "the entries consumed (and noted)")
     live = camera(service, "lobby")
     assert (live["state"], live["name"], live["online"]) == ("live", "Lobby", True)
+    assert live["has_frame"] is True
     # Inference stops: frames keep coming (the heartbeat says so), no detections entry.
     skew[0] += 6.0
     heartbeat(redis_client, "lobby", at=time.time())
