@@ -18,12 +18,19 @@ strings)::
     started, last_seen        unix seconds
     last_frame_id             last frame id published (seeds the next process's ids)
     frames_published          frames published by this process
+    last_frame_ts             unix seconds (the node's clock, like last_seen) of the last
+                              frame published to Redis; empty before the first one. A
+                              reader compares it with last_seen (one clock, no skew) to
+                              tell a node that heart-beats but publishes no frame; nodes
+                              before this field have only status and frames_published
 
 :func:`read_cameras` lists them for the other services and the dashboard; the ingest
-service's ``CameraRegistry`` writes them. Readers trust no member of the set: an id that
-is not a valid camera id (:func:`facemask.contracts.wire.validate_camera_id`) is left
-out, and a reader lists at most ``limit`` cameras (the first ids in sorted order), so a
-hostile writer cannot make the camera list grow without bound.
+service's ``CameraRegistry`` writes them; :func:`unregister` removes a stale camera (the
+alert service's ``DELETE /api/cameras/{id}`` and its retention). Readers trust no member
+of the set: an id that is not a valid camera id
+(:func:`facemask.contracts.wire.validate_camera_id`) is left out, and a reader lists at
+most ``limit`` cameras (the first ids in sorted order), so a hostile writer cannot make
+the camera list grow without bound.
 """
 
 from __future__ import annotations
@@ -85,3 +92,13 @@ def read_cameras(
         fields["online"] = "1" if raw else "0"
         out.append(fields)
     return out
+
+
+def unregister(client: RedisClient, layout: StreamLayout, camera_id: str) -> None:
+    """Remove a camera from the registry: its id leaves the set and its hash (if any) is
+    deleted. A node still running the camera registers it again at its next heartbeat, so
+    a reader removes only cameras that stopped heart-beating (stale cameras)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.srem(layout.cameras, camera_id)
+    pipe.delete(layout.camera(camera_id))
+    pipe.execute()

@@ -17,7 +17,8 @@ inference  read frames through its consumer group (``XREADGROUP``/``XACK``/claim
            ``XPENDING``/``XINFO GROUPS``/``XRANGE``); ``XADD`` detections and dead letters;
            its publish-and-ack script; the layout hash
 alerts     read detections through its group; ``XRANGE`` frames (snapshots); read the
-           camera registry; ``XADD`` its dead letters and (deduplicated, by script) alerts
+           camera registry and remove a stale camera from it (``SREM`` the camera set,
+           ``DEL`` its hash); ``XADD`` its dead letters and (deduplicated, by script) alerts
 keda       read-only stream state of the frame streams (``XINFO GROUPS``, ``XPENDING``,
            ``XLEN``) for the autoscaler
 =========  ==================================================================================
@@ -84,6 +85,7 @@ def selectors(layout: StreamLayout) -> dict[str, list[tuple[str, str]]]:
             (detections, GROUP_READER),
             (frames_read, "+xrange"),
             (f"%R{camera} %R{cameras}", "+smembers +hgetall +hget"),
+            (f"{camera} {cameras}", "+srem +del"),  # registry.unregister (stale cameras)
             ("~" + layout.alerts_deadletter, "+xadd"),
             (f"{alerts} {delivered}", f"+xadd +zadd +zremrangebyscore {script}"),
             (meta, LAYOUT),

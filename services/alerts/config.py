@@ -163,6 +163,27 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
         15.0, gt=0.0, description="a camera outside the registry counts online this long"
     )
 
+    # camera health (states live / not_analysed / no_frames / offline; README "Camera states")
+    analysis_timeout: float = Field(
+        5.0,
+        gt=0.0,
+        le=3600.0,
+        description="a camera whose frames arrive but whose detections stop for this long "
+        "(seconds, this service's clock) is not_analysed",
+    )
+    frame_timeout: float = Field(
+        10.0,
+        gt=0.0,
+        le=3600.0,
+        description="a heart-beating camera whose node published no frame for this long "
+        "(seconds) shows no_frames",
+    )
+    camera_retention: float = Field(
+        7 * 86400.0,
+        ge=0.0,
+        description="cameras offline longer than this (seconds) are forgotten (0: never)",
+    )
+
     # sinks
     webhook_url: str = Field("", description="webhook endpoint (empty: webhook sink off)")
     webhook_secret: str = Field(

@@ -20,7 +20,8 @@ of any other reader of the detections streams. Each loop:
    name and place from the registry;
 4. ONE SQLite transaction stores the alerts, their outbox rows, the touched cameras'
    engine state and the streams' offsets (:meth:`AlertStore.commit_batch`);
-5. only then ``XACK``; then the outbox workers and the live feed are notified.
+5. ``on_entries`` gets the batch's new entries (the camera board's arrival times); only
+   then ``XACK``; then the outbox workers and the live feed are notified.
 
 Any failure before the commit rolls the engine back to the committed state
 (``on_error``). A Redis fault (gone, OOM, failover; see
@@ -83,6 +84,7 @@ class DetectionsConsumer:
         *,
         camera_info: CameraInfo,
         on_alerts: Callable[[list[AlertRecord]], None],
+        on_entries: Callable[[Sequence[DetectionsEntry]], None] | None = None,
     ) -> None:
         self.client: Any = client  # redis-py's stubs do not model stream replies
         self.layout = layout
@@ -94,6 +96,7 @@ class DetectionsConsumer:
         self.sinks = list(sinks)
         self.camera_info = camera_info
         self.on_alerts = on_alerts
+        self.on_entries = on_entries
         self.offsets: dict[str, str] = {}
         self.streams = StreamGroupConsumer(
             client,
@@ -161,6 +164,7 @@ class DetectionsConsumer:
         suppressed: Counter[str] = Counter()
         replayed = duplicates = consumed = 0
         last_capture = None
+        arrived: list[DetectionsEntry] = []
         for item in items:
             acks[item.stream].append(item.sid)
             committed = self.offsets.get(item.stream)
@@ -191,6 +195,7 @@ class DetectionsConsumer:
                 duplicates += 1
                 continue
             last_capture = entry.capture_ts
+            arrived.append(entry)
             for label in outcome.faces:
                 faces[(entry.camera_id, label)] += 1
             if outcome.suppressed:
@@ -210,6 +215,8 @@ class DetectionsConsumer:
         if records or states or offsets:
             stored = self.store.commit_batch(records, self.sinks, states, offsets)
         self.offsets.update(offsets)
+        if arrived and self.on_entries is not None:
+            self.on_entries(arrived)  # before the ack: an acknowledged entry has arrived
         self._ack(acks)
         # accounting, after the commit (a rolled-back batch is counted when redone)
         self.metrics.consumed.inc(consumed)

@@ -332,3 +332,12 @@ class AlertEngine:
                     tracks=len(state.tracker.tracks),
                 )
             return out
+
+    # -- forgetting (camera health) --------------------------------------------------
+
+    def forget(self, camera_id: str) -> bool:
+        """Drop a camera's state (a stale camera removed); True when it had one. The caller
+        deletes the stored state too (:meth:`AlertStore.forget_camera`)."""
+        with self._lock:
+            self._dirty.discard(camera_id)
+            return self._cameras.pop(camera_id, None) is not None

@@ -1,7 +1,7 @@
 """Prometheus metrics of the alert service (``facemask_`` prefix, base units).
 
 Labels are bounded: ``camera_id`` (one per camera), ``label`` (mask | no_mask), ``sink``
-(the enabled sinks), ``outcome`` / ``reason`` (fixed vocabularies). Each
+(the enabled sinks), ``outcome`` / ``reason`` / ``state`` (fixed vocabularies). Each
 :class:`AlertMetrics` owns its registry, so several services can live in one test process.
 
 Delivery outcomes: ``delivered``; ``retry`` (an attempt failed, the delivery is tried
@@ -178,5 +178,23 @@ class AlertMetrics:
         self.ready = Gauge(
             "facemask_alerts_ready",
             "1 when Redis answers and the consumer is running.",
+            registry=r,
+        )
+        # -- camera health ---------------------------------------------------------------
+        self.camera_state = limit_labels(
+            Gauge(
+                "facemask_alerts_camera_state",
+                "1 for the camera's current state, 0 for the others (state: live, "
+                "not_analysed, no_frames, offline; see the README's Camera states).",
+                ["camera_id", "state"],
+                registry=r,
+            ),
+            cams,
+        )
+        self.cameras_removed = Counter(
+            "facemask_alerts_cameras_removed",
+            "Stale cameras forgotten, by reason (api: DELETE /api/cameras/{id}; retention: "
+            "offline longer than camera_retention).",
+            ["reason"],
             registry=r,
         )

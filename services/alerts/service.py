@@ -6,8 +6,9 @@ workers and the consumer - and hands the HTTP API exactly what it uses
 (:func:`services.alerts.api.create_app`); nothing else reaches into the service.
 
 Threads: the detections consumer, one outbox worker per enabled sink, a maintenance
-thread (compliance gauges and MQTT compliance states every ``maintenance_interval``,
-outbox depth, snapshot retention every minute, history pruning every hour), and the
+thread (camera states, compliance gauges and MQTT compliance states every
+``maintenance_interval``, outbox depth, snapshot retention and stale cameras
+(``camera_retention``) every minute, history pruning every hour), and the
 HTTP server (uvicorn, in-process, in its own thread: API, dashboard, SSE, ``/metrics``).
 
 Supervision (:class:`~facemask.infra.watchdog.Supervisor`): the consumer, outbox and
@@ -43,7 +44,7 @@ from facemask.infra.redisconn import CONNECTION_ERRORS, connect
 from facemask.infra.watchdog import RestartPolicy, Supervisor
 from facemask.infra.worker import Worker
 from services.alerts.api import create_app
-from services.alerts.cameras import CameraBoard, CameraDirectory
+from services.alerts.cameras import CameraBoard, CameraDirectory, HealthRules
 from services.alerts.config import AlertSettings
 from services.alerts.consumer import DetectionsConsumer
 from services.alerts.engine import AlertEngine
@@ -122,6 +123,13 @@ class AlertService:
             self.layout,
             online_window=settings.online_window,
             max_cameras=settings.max_cameras,
+            rules=HealthRules(
+                analysis_timeout=settings.analysis_timeout,
+                frame_timeout=settings.frame_timeout,
+                online_window=settings.online_window,
+            ),
+            retention=settings.camera_retention,
+            metrics=self.metrics,
         )
         self.sinks: list[Sink] = []
         self.workers: list[OutboxWorker] = []
@@ -192,6 +200,7 @@ class AlertService:
                 [s.name for s in self.sinks],
                 camera_info=self.directory.info,
                 on_alerts=self._on_alerts,
+                on_entries=self.board.record,
             )
         streams = self.consumer.streams
         # A death mid-batch may leave the engine half-updated: reload the committed state
@@ -343,8 +352,8 @@ class AlertService:
     # -- maintenance -----------------------------------------------------------------
 
     def maintain_once(self, now: float | None = None) -> None:
-        """Update gauges and compliance states; run retention when due."""
-        now = time.time() if now is None else now
+        """Update gauges, camera states and compliance states; run retention when due."""
+        now = self.board.clock() if now is None else now
         self.metrics.ready.set(self._ready_now())  # first: a Redis error below cannot skip it
         for cam in self.board.cameras(now):
             if cam["compliance"] is None:
@@ -356,6 +365,7 @@ class AlertService:
                 "camera_id": cam["id"],
                 "online": cam["online"],
                 "status": cam["status"],
+                "state": cam["state"],
                 "compliance": cam["compliance"],
                 "masked": cam["masked"],
                 "faces": cam["faces"],
@@ -374,6 +384,7 @@ class AlertService:
                 if result[reason]:
                     self.metrics.snapshots_deleted.labels(reason).inc(result[reason])
             self.metrics.snapshot_bytes.set(result["bytes"])
+            self.board.expire(now)  # cameras offline beyond camera_retention (logged, counted)
         if now - self._last_prune >= PRUNE_INTERVAL:
             self._last_prune = now
             pruned = self.store.prune_alerts(now - self.settings.history_days * 86400)

@@ -743,3 +743,12 @@ class AlertStore:
             "SELECT sink, COUNT(*) AS pending FROM outbox WHERE status=? GROUP BY sink", (PENDING,)
         )
         return {r["sink"]: int(r["pending"]) for r in rows}
+
+    # -- forgetting a camera (camera health) -----------------------------------------
+
+    def forget_camera(self, camera_id: str) -> None:
+        """Delete a stale camera's stored registry fields and engine state (its alerts
+        stay in the history until pruned)."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM camera_info WHERE camera_id = ?", (camera_id,))
+            cur.execute("DELETE FROM camera_state WHERE camera_id = ?", (camera_id,))

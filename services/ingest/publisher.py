@@ -92,6 +92,7 @@ class Publisher:
         self._worker = Worker("publisher", self._run)  # a stop interrupts a backoff wait
         self.last_published: dict[str, int] = {}  # camera id -> last frame id in Redis
         self.published: dict[str, int] = {}  # camera id -> frames published
+        self.published_at: dict[str, float] = {}  # camera id -> unix time of its last XADD
         self.published_total = 0  # all cameras (read by the progress watch's thread)
         metrics.buffer_capacity.set(capacity)
         metrics.buffer_frames.set(0)
@@ -249,6 +250,7 @@ class Publisher:
         results = pipe.execute(raise_on_error=False)
         refused: list[OutgoingFrame] = []
         cause: BaseException | None = None
+        sent_at = time.time()
         for frame, result in zip(batch, results, strict=True):
             if isinstance(result, CONNECTION_ERRORS):
                 raise result
@@ -267,6 +269,7 @@ class Publisher:
             self.metrics.published_bytes.labels(frame.camera_id).inc(frame.nbytes)
             self.last_published[frame.camera_id] = frame.frame_id
             self.published[frame.camera_id] = self.published.get(frame.camera_id, 0) + 1
+            self.published_at[frame.camera_id] = sent_at
             self.published_total += 1
         if cause is not None:
             raise WritesRefusedError(refused, cause)

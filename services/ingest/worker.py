@@ -299,5 +299,7 @@ class IngestWorker:
             if last is not None:
                 fields["last_frame_id"] = str(last)
             fields["frames_published"] = str(self.publisher.published.get(camera.id, 0))
+            sent_at = self.publisher.published_at.get(camera.id)
+            fields["last_frame_ts"] = f"{sent_at:.3f}" if sent_at is not None else ""
             out[camera.id] = fields
         return out

@@ -276,6 +276,7 @@ def test_rules_cover_the_required_alerts_with_runbooks() -> None:
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     for required in (
         "FacemaskCameraOffline",
+        "FacemaskCameraNotAnalysed",
         "FacemaskInferenceLagGrowing",
         "FacemaskFramesSkipped",
         "FacemaskSinkFailures",
@@ -287,7 +288,12 @@ def test_rules_cover_the_required_alerts_with_runbooks() -> None:
     covered = {
         case["alertname"] for test in tested["tests"] for case in test.get("alert_rule_test", [])
     }
-    assert {"FacemaskCameraOffline", "FacemaskLowCompliance", "FacemaskSinkFailures"} <= covered
+    assert {
+        "FacemaskCameraOffline",
+        "FacemaskCameraNotAnalysed",
+        "FacemaskLowCompliance",
+        "FacemaskSinkFailures",
+    } <= covered
 
 
 # --------------------------------------------------------------------------- metrics

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from facemask.contracts.registry import read_cameras
+from facemask.contracts.registry import read_cameras, unregister
 from facemask.contracts.streams import StreamLayout
 from facemask.dev.localredis import RedisProcess
 from facemask.infra import redisacl
@@ -136,6 +136,11 @@ def test_alerts(server: RedisProcess) -> None:
     allowed(lambda: c.xinfo_groups(D0))
     allowed(lambda: c.xrange(F0, min="-", max="+", count=1))  # snapshots / latest frame
     assert "lobby" in [cam.get("id") for cam in read_cameras(c, LAYOUT)]
+    admin = login(server, "ingest")  # a stale camera for the alert service to remove
+    admin.hset(LAYOUT.camera("stale"), mapping={"id": "stale"})
+    admin.sadd(LAYOUT.cameras, "stale")
+    allowed(lambda: unregister(c, LAYOUT, "stale"))  # DELETE /api/cameras/stale, retention
+    assert "stale" not in [cam.get("id") for cam in read_cameras(c, LAYOUT)]
     allowed(lambda: c.xadd(LAYOUT.alerts_deadletter, {"reason": "malformed"}))
     sink = c.register_script(XADD_ONCE)
     assert sink(keys=[LAYOUT.alerts, DELIVERED], args=["a1", 100.0, 60.0, 100, "k", "v"]) == 1
@@ -145,7 +150,9 @@ def test_alerts(server: RedisProcess) -> None:
     refused(lambda: c.xadd(D0, {"fake": "detections"}))
     refused(lambda: c.hset(LAYOUT.camera("lobby"), "name", "x"))
     refused(lambda: c.sadd(LAYOUT.cameras, "ghost"))
+    refused(lambda: c.expire(LAYOUT.camera("lobby"), 1))
     refused(lambda: c.delete(LAYOUT.alerts))
+    refused(lambda: c.delete(F0))
     refused(lambda: c.keys("*"))
 
 

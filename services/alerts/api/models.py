@@ -36,7 +36,9 @@ PROBLEM_DESCRIPTIONS = {
     400: "Bad parameter (time, cursor, Last-Event-ID)",
     401: "Missing or invalid token",
     404: "Not found",
+    409: "Conflict with the current state (e.g. the camera is online)",
     422: "Invalid parameter",
+    503: "A dependency is unavailable (e.g. Redis unreachable); try again",
 }
 
 
@@ -243,17 +245,63 @@ class AlertDetail(AlertOut):
         return cls(**AlertOut.fields_of(record), deliveries=[DeliveryOut.of(d) for d in deliveries])
 
 
+# --- camera health (H3) ----------------------------------------------------------------
+
+CameraState = Literal["live", "not_analysed", "no_frames", "offline"]
+"""A camera's state (services.alerts.cameras.STATES)."""
+
+
+class CameraProblem(BaseModel):
+    """A camera that is not live."""
+
+    id: str
+    name: str
+    state: CameraState
+    state_reason: str
+    state_since: float | None
+
+
+class PipelineHealth(BaseModel):
+    """The pipeline as this service sees it (not a probe: /readyz is the service's own)."""
+
+    status: Literal["ok", "degraded"] = Field(
+        description="degraded: a camera heart-beats but is not live (no_frames, "
+        "not_analysed); offline cameras are counted but do not degrade"
+    )
+    ready: bool = Field(description="the alert service itself is ready (as /readyz)")
+    cameras: dict[CameraState, int] = Field(description="cameras per state")
+    problems: list[CameraProblem] = Field(description="every camera not live, by id")
+    now: float
+
+
 # -- cameras -----------------------------------------------------------------------------
 
 
 class CameraOut(BaseModel):
-    """One camera: registry facts plus the engine's statistics."""
+    """One camera: registry facts, the engine's statistics and its state."""
 
     id: str
-    name: str
+    name: str = Field(description="the registry's name (ingest config), else the id")
     location: str
-    status: str = Field(description="the node's status (up, reconnecting, ...) or offline")
-    online: bool
+    status: str = Field(
+        description="the node's status (up, reconnecting, ...) or offline (compatibility: "
+        "see state)"
+    )
+    online: bool = Field(description="frames arrive: state live or not_analysed")
+    state: CameraState = Field(
+        description="live: frames arrive and detections follow; not_analysed: frames arrive "
+        "but no detections for analysis_timeout; no_frames: the node heart-beats but "
+        "publishes no frame; offline: no heartbeat"
+    )
+    state_reason: str = Field(
+        description="why, for people (no_frames: the node's last_error when it has one)"
+    )
+    state_since: float | None = Field(
+        description="when the state (or its cause) began, unix seconds; null: unknown"
+    )
+    has_frame: bool = Field(
+        description="whether latest.jpg answers 200 now (poll it only while true)"
+    )
     last_seen: float | None
     last_frame_ts: float | None
     fps: float = Field(description="detections entries per second, measured")

@@ -5,7 +5,9 @@ Topics (``<prefix>`` is ``FACEMASK_ALERTS_MQTT_TOPIC_PREFIX``, default ``facemas
 
     <prefix>/<camera>/alert        one JSON message per alert, QoS 1, not retained
     <prefix>/<camera>/compliance   JSON state, QoS 1, retained: {"camera_id", "online",
-                                   "compliance", "masked", "faces", "window_s", "ts"}
+                                   "status", "state", "compliance", "masked", "faces",
+                                   "window_s"} (state: live | not_analysed | no_frames |
+                                   offline)
     <prefix>/alerts/status         "online" (retained) / "offline" (last will)
 
 The client connects in the background and reconnects by itself (1 s to 30 s back-off).

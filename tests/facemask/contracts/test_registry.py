@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from facemask.contracts.registry import last_frame_id, read_cameras, registered_ids
+from facemask.contracts.registry import last_frame_id, read_cameras, registered_ids, unregister
 from facemask.contracts.streams import StreamLayout
 
 LAYOUT = StreamLayout(prefix="reg")
@@ -54,3 +54,12 @@ def test_a_hash_cannot_claim_another_camera_id(redis_client: redis.Redis) -> Non
     register(redis_client, "door", id="lobby\nfake")
     (camera,) = read_cameras(redis_client, LAYOUT)
     assert camera["id"] == "door"
+
+
+def test_unregister_removes_the_member_and_its_hash(redis_client: redis.Redis) -> None:
+    register(redis_client, "lobby")
+    register(redis_client, "door")
+    unregister(redis_client, LAYOUT, "lobby")
+    unregister(redis_client, LAYOUT, "attic")  # unknown: nothing to do
+    assert [c["id"] for c in read_cameras(redis_client, LAYOUT)] == ["door"]
+    assert not redis_client.exists(LAYOUT.camera("lobby"))

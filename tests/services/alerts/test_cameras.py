@@ -1,16 +1,25 @@
 """What the service knows of each camera: the registry cache (an injected clock), names
-kept for offline cameras, and one camera's status from registry + engine statistics."""
+kept for offline cameras, one camera's state from registry + arrivals (a table with an
+injected "now"), and its status document."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import redis
 
 from facemask.contracts.streams import StreamLayout
-from services.alerts.cameras import CameraDirectory, camera_status
+from services.alerts.cameras import (
+    Arrival,
+    CameraDirectory,
+    CameraHealth,
+    HealthRules,
+    camera_health,
+    camera_status,
+)
 from services.alerts.engine import CameraSummary
 from services.alerts.store import AlertStore
 
@@ -96,10 +105,10 @@ def test_an_offline_camera_keeps_its_name_across_restarts(tmp_path: Path) -> Non
     offline = cameras.info("lobby")
     assert (offline["online"], offline["name"], offline["location"]) == ("0", "Lobby", "Main hall")
     assert offline["last_seen"] == "123.5"
-    # A new process knows the name from the database (not the last_seen: it was not there).
+    # A new process knows the name and when it was last seen from the database.
     restarted = CameraDirectory(client, LAYOUT, store, clock=clock)  # type: ignore[arg-type]
     again = restarted.info("lobby")
-    assert (again["name"], again["online"]) == ("Lobby", "0") and "last_seen" not in again
+    assert (again["name"], again["online"], again["last_seen"]) == ("Lobby", "0", "123.5")
     assert restarted.info("never") == {}
 
 
@@ -118,22 +127,270 @@ def summary(**kw: Any) -> CameraSummary:
     return CameraSummary(**{**values, **kw})
 
 
+RULES = HealthRules(analysis_timeout=5.0, frame_timeout=10.0, online_window=15.0)
+BEATING = {  # a registered camera whose node heart-beats and publishes frames
+    "id": "lobby",
+    "online": "1",
+    "status": "up",
+    "fps": "5",
+    "last_seen": str(NOW - 1),
+    "last_frame_ts": str(NOW - 1.2),
+    "frames_published": "120",
+}
+
+
+def beating(**fields: str) -> dict[str, str]:
+    return {**BEATING, **fields}
+
+
+def arrived(entry: float, analysed: float | None = None, skipped: str = "") -> Arrival:
+    return Arrival(NOW - entry, None if analysed is None else NOW - analysed, skipped)
+
+
+# (registry, arrival, summary, expect_since: seconds before NOW) -> (state, reason, since)
+HEALTH_CASES: list[tuple[str, Any, Any, Any, float, tuple[str, str, float | None]]] = [
+    (
+        "frames arrive, detections follow",
+        beating(),
+        arrived(0.5, 0.5),
+        None,
+        100,
+        ("live", "frames arrive and detections follow", None),
+    ),
+    (
+        "detections stopped 6 s ago (inference down)",
+        beating(),
+        arrived(6, 6),
+        None,
+        100,
+        ("not_analysed", "no detections for 6 s while frames arrive", NOW - 6),
+    ),
+    ("exactly the timeout: still live", beating(), arrived(5, 5), None, 100, ("live", ANY, None)),
+    (
+        "entries arrive but every frame is skipped as too old",
+        beating(),
+        arrived(0.3, 8, "too_old"),
+        None,
+        100,
+        ("not_analysed", "inference skips every frame (too_old) for 8 s", NOW - 8),
+    ),
+    (
+        "no entry since the service started 7 s ago",
+        beating(),
+        None,
+        None,
+        7,
+        ("not_analysed", "no detections for 7 s while frames arrive", NOW - 7),
+    ),
+    ("no entry yet, started 3 s ago: grace", beating(), None, None, 3, ("live", ANY, None)),
+    (
+        "restored capture times do not count: wall-clock arrivals only",
+        beating(),
+        None,
+        summary(last_ts=NOW - 0.1),
+        60,
+        ("not_analysed", ANY, NOW - 60),
+    ),
+    (
+        "a 0.1 fps camera gets three frame intervals",
+        beating(fps="0.1", last_frame_ts=str(NOW - 21)),
+        arrived(20, 20),
+        None,
+        100,
+        ("live", ANY, None),
+    ),
+    (
+        "source failing: the node's last error",
+        beating(status="reconnecting", last_error="rtsp://cam: connection refused"),
+        arrived(30, 30),
+        None,
+        100,
+        ("no_frames", "rtsp://cam: connection refused", None),
+    ),
+    (
+        "source opening",
+        beating(status="starting", last_frame_ts=""),
+        None,
+        None,
+        100,
+        ("no_frames", "connecting to the source", None),
+    ),
+    (
+        "file without loop ended",
+        beating(status="ended"),
+        None,
+        None,
+        100,
+        ("no_frames", "the source ended (a file without loop)", None),
+    ),
+    (
+        "up, nothing published yet",
+        beating(last_frame_ts=""),
+        None,
+        None,
+        100,
+        ("no_frames", "waiting for the first frame", None),
+    ),
+    (
+        "up, last frame 12 s before the heartbeat (node clock)",
+        beating(last_seen=str(NOW - 1), last_frame_ts=str(NOW - 13)),
+        arrived(13, 13),
+        None,
+        100,
+        ("no_frames", "no frame published for 12 s", None),
+    ),
+    (
+        "up, no frame since: the last error told too",
+        beating(last_frame_ts=str(NOW - 40), last_error="read timeout"),
+        None,
+        None,
+        100,
+        ("no_frames", "no frame published for 39 s (last error: read timeout)", None),
+    ),
+    (
+        "node clock 1 h ahead: only its own difference counts",
+        beating(last_seen=str(NOW + 3600), last_frame_ts=str(NOW + 3599.5)),
+        arrived(0.2, 0.2),
+        None,
+        100,
+        ("live", ANY, None),
+    ),
+    (
+        "an old node (no last_frame_ts) before its first frame",
+        {k: v for k, v in beating(frames_published="0").items() if k != "last_frame_ts"},
+        None,
+        None,
+        100,
+        ("no_frames", "waiting for the first frame", None),
+    ),
+    (
+        "an old node (status only): judged by its detections",
+        {"id": "lobby", "online": "1", "status": "up", "last_seen": str(NOW - 2)},
+        arrived(1, 1),
+        None,
+        100,
+        ("live", ANY, None),
+    ),
+    (
+        "hash expired",
+        {"id": "lobby", "online": "0", "name": "Lobby", "last_seen": str(NOW - 600)},
+        arrived(600, 600),
+        None,
+        100,
+        ("offline", "no heartbeat from its ingest node (last seen 10 min ago)", NOW - 600),
+    ),
+    (
+        "hash expired, never seen",
+        {"id": "lobby", "online": "0"},
+        None,
+        None,
+        100,
+        ("offline", "no heartbeat from its ingest node", None),
+    ),
+    (
+        "stopped by its node (hash not yet expired)",
+        beating(status="stopped"),
+        None,
+        None,
+        100,
+        ("offline", "stopped by its ingest node", NOW - 1),
+    ),
+    (
+        "garbage in the registry",
+        beating(fps="fast", last_seen="soon", last_frame_ts="nan"),
+        None,
+        None,
+        100,
+        ("no_frames", "waiting for the first frame", None),
+    ),
+    (
+        "not registered, detections arrive",
+        None,
+        arrived(1, 1),
+        None,
+        100,
+        ("live", "not registered; its detections arrive", None),
+    ),
+    (
+        "not registered, frames skipped",
+        None,
+        arrived(1, 7, "too_old"),
+        None,
+        100,
+        ("not_analysed", "inference skips every frame (too_old) for 7 s", NOW - 7),
+    ),
+    (
+        "not registered, entries stopped 8 s ago",
+        None,
+        arrived(8, 8),
+        None,
+        100,
+        ("not_analysed", "no detections for 8 s", NOW - 8),
+    ),
+    (
+        "not registered, entries stopped 16 s ago",
+        None,
+        arrived(16, 16),
+        None,
+        100,
+        ("offline", "not registered and no detections for 16 s", NOW - 16),
+    ),
+    (
+        "not registered, restored state (capture time) before the first arrival",
+        None,
+        None,
+        summary(last_ts=NOW - 2),
+        100,
+        ("live", ANY, None),
+    ),
+    (
+        "not registered, restored state of an earlier run",
+        None,
+        None,
+        summary(last_ts=NOW - 86400 * 3),
+        100,
+        ("offline", "not registered and no detections for 3 d", NOW - 86400 * 3),
+    ),
+    (
+        "nothing at all",
+        None,
+        None,
+        None,
+        100,
+        ("offline", "not registered and no detections", None),
+    ),
+]
+
+
 @pytest.mark.parametrize(
-    ("registry", "stats", "expected"),
+    ("registry", "arrival", "stats", "expect", "expected"),
+    [case[1:] for case in HEALTH_CASES],
+    ids=[case[0] for case in HEALTH_CASES],
+)
+def test_camera_health(
+    registry: dict[str, str] | None,
+    arrival: Arrival | None,
+    stats: CameraSummary | None,
+    expect: float,
+    expected: tuple[str, str, float | None],
+) -> None:
+    health = camera_health(
+        registry, arrival, stats, now=NOW, expect_since=NOW - expect, rules=RULES
+    )
+    assert (health.state, health.reason, health.since) == expected
+
+
+@pytest.mark.parametrize(
+    ("registry", "health", "known", "expected"),
     [
-        (  # registered and up, with statistics
-            {
-                "id": "lobby",
-                "online": "1",
-                "status": "up",
-                "name": "Lobby",
-                "fps": "5",
-                "last_seen": str(NOW - 1),
-            },
-            summary(),
+        (  # registered and live, with statistics
+            beating(name="Lobby"),
+            CameraHealth("live", "ok"),
+            None,
             {
                 "status": "up",
                 "online": True,
+                "state": "live",
                 "name": "Lobby",
                 "last_seen": NOW - 1,
                 "compliance": 0.75,
@@ -142,52 +399,61 @@ def summary(**kw: Any) -> CameraSummary:
                 "tracks": 2,
             },
         ),
-        (  # registered, online but its source is failing
-            {"id": "lobby", "online": "1", "status": "reconnecting", "last_error": "EOF"},
+        (  # frames but no detections: online (frames arrive), state says why not live
+            beating(name="  Lobby\n door "),
+            CameraHealth("not_analysed", "no detections for 9 s while frames arrive", NOW - 9),
             None,
             {
-                "status": "reconnecting",
-                "online": False,
-                "last_error": "EOF",
-                "fps": 0.0,
-                "compliance": None,
-                "last_seen": None,
-                "name": "lobby",
+                "status": "up",
+                "online": True,
+                "state": "not_analysed",
+                "state_reason": "no detections for 9 s while frames arrive",
+                "name": "Lobby door",
             },
         ),
-        (  # registered once, hash expired
-            {"id": "lobby", "online": "0", "name": "Lobby"},
-            summary(),
-            {"status": "offline", "online": False, "last_seen": NOW - 2},
-        ),
-        (  # never registered, frames recently: up by the detections alone
+        (  # source failing: not online, the error shown
+            beating(status="reconnecting", last_error="EOF", name=""),
+            CameraHealth("no_frames", "EOF"),
             None,
-            summary(),
-            {"status": "up", "online": True, "last_frame_ts": NOW - 2},
+            {"status": "reconnecting", "online": False, "last_error": "EOF", "name": "lobby"},
         ),
-        (  # never registered, frames too long ago
+        (  # hash expired: the stored name and last_seen (merged by the directory)
+            {"id": "lobby", "online": "0", "name": "Lobby", "last_seen": str(NOW - 60)},
+            CameraHealth("offline", "no heartbeat", NOW - 60),
             None,
-            summary(last_ts=NOW - 16),
-            {"status": "offline", "online": False},
+            {"status": "offline", "online": False, "last_seen": NOW - 2, "name": "Lobby"},
         ),
-        (  # no faces in the window: compliance unknown, not 0
+        (  # only in the detections: the stored name, status by the state
             None,
-            summary(masked=0, faces=0),
-            {"compliance": None, "faces": 0},
+            CameraHealth("live", "ok"),
+            {"name": "Garage", "location": "Basement"},
+            {"status": "up", "online": True, "name": "Garage", "location": "Basement"},
+        ),
+        (
+            None,
+            CameraHealth("offline", "gone"),
+            None,
+            {"status": "offline", "online": False, "name": "lobby", "compliance": 0.75},
         ),
         (  # garbage in the registry does not break the API
             {"id": "lobby", "online": "1", "fps": "fast", "last_seen": "soon"},
+            CameraHealth("live", "ok"),
             None,
-            {"configured_fps": None, "last_seen": None, "status": "up"},
+            {"configured_fps": None, "last_seen": NOW - 2, "status": "up"},
         ),
     ],
 )
 def test_camera_status(
-    registry: dict[str, str] | None, stats: CameraSummary | None, expected: dict[str, Any]
+    registry: dict[str, str] | None,
+    health: CameraHealth,
+    known: dict[str, str] | None,
+    expected: dict[str, Any],
 ) -> None:
-    doc = camera_status("lobby", registry, stats, now=NOW, online_window=15.0)
+    doc = camera_status(
+        "lobby", registry, summary(), health=health, since=health.since, known=known
+    )
     assert {k: doc[k] for k in expected} == expected
-    assert doc["id"] == "lobby"
+    assert (doc["id"], doc["state_since"], doc["has_frame"]) == ("lobby", health.since, False)
 
 
 def test_hostile_ids_cannot_grow_the_camera_list(tmp_path: Path) -> None:

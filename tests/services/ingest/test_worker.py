@@ -106,6 +106,9 @@ def test_video_published_at_rate_in_format_and_bounded(
     assert (lobby["fps"], lobby["resolution"]) == ("5", "960x506")
     assert lobby["stream"] == LAYOUT.frames_for("lobby") and lobby["version"]
     assert float(lobby["last_seen"]) >= started
+    # Frames flow: the last publish time is on the heartbeat (same clock as last_seen).
+    assert started <= float(lobby["last_frame_ts"]) <= float(lobby["last_seen"]) + 0.5
+    assert int(lobby["frames_published"]) > 0
     assert 0 < ttl <= settings.camera_ttl
     assert registry["small"]["resolution"] == "480x253"
     assert redis_client.hget(LAYOUT.meta, "partitions") == b"4"

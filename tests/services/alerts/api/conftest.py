@@ -45,6 +45,9 @@ class Registry:
     def info(self, camera_id: str) -> Mapping[str, str]:
         return next((c for c in self.cameras if c["id"] == camera_id), {})
 
+    def known(self, camera_id: str) -> Mapping[str, str]:
+        return {}
+
 
 class Pictures:
     """Stand-in for the latest-frame renderer: a JPEG per frame sid."""

@@ -153,6 +153,15 @@ def test_latest_picture_path_parameter(api: Api, path: str, status: int) -> None
         assert len(response.text) < 2000
 
 
+@pytest.mark.parametrize(
+    "camera_id", ["bad%0Aid", "%E2%80%AEevil", "a%20b", "_other", "c" * 65, "c" * 5000, "%00"]
+)
+def test_forgetting_a_camera_checks_its_id_first(api: Api, camera_id: str) -> None:
+    response = api.client.delete(f"/api/cameras/{camera_id}")
+    assert response.status_code == 422, response.text
+    assert "A-Za-z0-9" in response.json()["message"] and len(response.text) < 2000
+
+
 @pytest.mark.parametrize("camera_id", ["cam.1", "door-2", "a_b", "X", "9" * 64])
 def test_every_valid_camera_id_gets_its_picture(api: Api, camera_id: str) -> None:
     api.engine.process("facemask:{p0}:detections", "1-0", detections(camera_id, 0))
