@@ -230,6 +230,9 @@ class Supervisor:
         self._watches: dict[str, ProgressWatch] = {}
         self._conditions: dict[str, Callable[[], bool]] = {}
         self._failed_conditions: frozenset[str] = frozenset()
+        self._ever_true: set[str] = set()  # conditions that held at least once
+        self._late: set[str] = set()  # never true and warned about after the start grace
+        self._started_at: float | None = None
         self._on_ready: list[Callable[[bool], object]] = []
         self._on_fatal: list[Callable[[str], object]] = []
         self._ready: bool | None = None
@@ -365,7 +368,7 @@ class Supervisor:
             now = self.clock()
             for loop in list(self._loops.values()):
                 self._check_loop(loop, now)
-            conditions_ok = self._check_conditions()
+            conditions_ok = self._check_conditions(now)
             for watch in list(self._watches.values()):
                 self._check_progress(watch, now, conditions_ok)
             ready = self._evaluate()
@@ -459,20 +462,39 @@ class Supervisor:
             },
         )
 
-    def _check_conditions(self) -> bool:
+    def _check_conditions(self, now: float) -> bool:
+        """Evaluate the readiness conditions. A condition that has not held yet since the
+        start (Redis still connecting) is only logged at INFO; it is a WARNING when a
+        condition that held turns false, or one still false ``stall_timeout`` after the
+        first check."""
+        if self._started_at is None:
+            self._started_at = now
+        held_before = set(self._ever_true)
         failed = set()
         for name, check in self._conditions.items():
             try:
                 ok = bool(check())
             except Exception:
                 ok = False
-            if not ok:
+            if ok:
+                self._ever_true.add(name)
+            else:
                 failed.add(name)
-        if failed != self._failed_conditions:
-            for name in failed - self._failed_conditions:
+        for name in failed - self._failed_conditions:
+            if name in held_before:
                 logger.warning("readiness condition false", extra={"condition": name})
-            for name in self._failed_conditions - failed:
-                logger.info("readiness condition true again", extra={"condition": name})
+            else:
+                logger.info("waiting for readiness condition", extra={"condition": name})
+        for name in self._failed_conditions - failed:
+            again = " again" if name in held_before else ""
+            logger.info(f"readiness condition true{again}", extra={"condition": name})
+        for name in failed - self._ever_true - self._late:
+            if now - self._started_at >= self.stall_timeout:
+                self._late.add(name)
+                logger.warning(
+                    "readiness condition still false after start",
+                    extra={"condition": name, "seconds": round(now - self._started_at, 2)},
+                )
         self._failed_conditions = frozenset(failed)
         return not failed
 
@@ -557,7 +579,9 @@ class Supervisor:
         if ready != self._ready:
             previous, self._ready = self._ready, ready
             if previous is not None or not ready:
-                log = logger.info if ready else logger.warning
+                # the first verdict (start-up, usually a connection still being made) is
+                # INFO; the conditions warn themselves when they stay false too long
+                log = logger.info if ready or previous is None else logger.warning
                 log(
                     "service ready" if ready else "service not ready",
                     extra={"service": self.service, "problems": problems},

@@ -446,3 +446,59 @@ def test_a_periodic_tick_that_hangs_is_a_stall(workers: list[Worker]) -> None:
     wait_until(lambda: worker.ticks_done >= 2, 5.0, "tick done")
     clock.now += 1.0
     assert sup.check()
+
+
+@pytest.mark.parametrize(
+    ("states", "advance", "expected"),
+    [
+        # (condition value per check, seconds between checks) -> (level, message) logged
+        (
+            [False, True],
+            1.0,
+            [("INFO", "waiting for readiness condition"), ("INFO", "readiness condition true")],
+        ),
+        (
+            [False, False, False],
+            6.0,
+            [
+                ("INFO", "waiting for readiness condition"),
+                ("WARNING", "readiness condition still false after start"),
+            ],
+        ),
+        (
+            [True, False, True],
+            1.0,
+            [
+                ("WARNING", "readiness condition false"),
+                ("INFO", "readiness condition true again"),
+            ],
+        ),
+        ([True, True], 1.0, []),
+    ],
+)
+def test_a_condition_still_connecting_at_start_is_not_a_warning(
+    caplog: pytest.LogCaptureFixture,
+    states: list[bool],
+    advance: float,
+    expected: list[tuple[str, str]],
+) -> None:
+    clock = Clock()
+    sup, _ = make(clock)
+    current = {"value": False}
+    sup.require("redis", lambda: current["value"])
+    with caplog.at_level(logging.INFO, logger="facemask.infra.watchdog"):
+        for value in states:
+            current["value"] = value
+            sup.check()
+            clock.now += advance
+    logged = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "condition" in r.getMessage()
+    ]
+    assert logged == expected
+    verdicts = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.getMessage().startswith("service ")
+    ]
+    if not states[0]:  # the start-up verdict is no warning
+        assert verdicts[0] == ("INFO", "service not ready")
