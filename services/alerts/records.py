@@ -42,6 +42,11 @@ class AlertRecord:
     thumbnail: str | None = None
     rule: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    # --- grouping (engine) ---
+    violators: int = 1
+    """People this alert names (more than 1: violators merged by the grouping window)."""
+    track_ids: tuple[int, ...] = ()
+    """Their track ids (empty in alerts stored before grouping: ``track_id`` alone)."""
 
     @property
     def has_snapshot(self) -> bool:
@@ -76,6 +81,8 @@ class AlertRecord:
             "detections": self.detections.to_json(self.width, self.height, digits=6),
             "has_snapshot": self.has_snapshot,
             "rule": self.rule,
+            "violators": self.violators,
+            "track_ids": list(self.track_ids or (self.track_id,)),
         }
 
     def to_event(self) -> AlertEvent:

@@ -11,6 +11,7 @@ Routes, one router per domain::
                   GET /api/alerts/{id}           one alert with its deliveries
                   GET /api/alerts/{id}/snapshot.jpg    the annotated frame of the alert
                   GET /api/alerts/{id}/thumbnail.jpg   320 px wide version
+    zones.py      GET, PUT /api/cameras/{id}/zones   ignore masks / include zones (stored)
     events.py     GET /api/events                server-sent events: "alert" per new alert;
                                                  resumes after Last-Event-ID (or ?last_event_id)
     dashboard.py  GET /, /static/...             dashboard (static HTML/CSS/JS, no CDN)

@@ -22,6 +22,7 @@ from services.alerts.config import AlertSettings
 from services.alerts.hub import AlertHub
 from services.alerts.snapshots import SnapshotStore
 from services.alerts.store import AlertStore
+from services.alerts.zones import ZoneBook
 
 ReadinessCheck = Callable[[], Mapping[str, bool]]
 
@@ -38,6 +39,7 @@ class Collaborators:
     registry: CollectorRegistry
     readiness: ReadinessCheck
     auth: TokenAuth | None
+    zones: ZoneBook
 
 
 def collaborators(conn: HTTPConnection) -> Collaborators:
@@ -77,6 +79,10 @@ def _auth(conn: HTTPConnection) -> TokenAuth | None:
     return collaborators(conn).auth
 
 
+def _zones(conn: HTTPConnection) -> ZoneBook:
+    return collaborators(conn).zones
+
+
 Settings = Annotated[AlertSettings, Depends(_settings)]
 Store = Annotated[AlertStore, Depends(_store)]
 Snapshots = Annotated[SnapshotStore, Depends(_snapshots)]
@@ -85,3 +91,4 @@ Hub = Annotated[AlertHub, Depends(_hub)]
 Registry = Annotated[CollectorRegistry, Depends(_registry)]
 ReadinessProbe = Annotated[ReadinessCheck, Depends(_readiness)]
 Auth = Annotated[TokenAuth | None, Depends(_auth)]
+Zones = Annotated[ZoneBook, Depends(_zones)]

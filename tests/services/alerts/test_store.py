@@ -414,7 +414,7 @@ def test_rows_are_read_by_column_name(tmp_path: Path) -> None:
         ALTER TABLE alerts_reversed RENAME TO alerts;
         """
     )
-    assert db.execute("PRAGMA table_info(alerts)").fetchone()[1] == "rule"
+    assert db.execute("PRAGMA table_info(alerts)").fetchone()[1] == names[-1]
     db.close()
     reopened = AlertStore(tmp_path)
     assert reopened.get_alert("a" * 32) == alert
