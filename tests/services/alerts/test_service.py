@@ -319,7 +319,12 @@ def test_the_clip_alerts_once_per_person_and_a_masked_poster_never(
     poster on the wall: with the default settings one alert per person and one for the
     mask-off moment; the poster alerts too, unless an ignore mask set through the API
     (token required, kept across a restart) covers it."""
-    settings = fast_settings(redis_server.url, tmp_path / "state", api_token=TOKEN)
+    settings = fast_settings(
+        redis_server.url,
+        tmp_path / "state",
+        api_token=TOKEN,
+        rules={"grouped": {"group_window": 2.0}},
+    )
     auth = {"Authorization": f"Bearer {TOKEN}"}
     url = "/api/cameras/masked/zones"
     body = {"ignore": [{"name": "poster", "points": POSTER_MASK}]}
@@ -334,6 +339,7 @@ def test_the_clip_alerts_once_per_person_and_a_masked_poster_never(
         start = time.time() - 20
         feed_clip(redis_client, "masked", group4_clip, start)
         feed_clip(redis_client, "plain", group4_clip, start)
+        feed_clip(redis_client, "grouped", group4_clip, start)
         wait_until(lambda: drained(redis_client), 30, "all entries consumed")
         for camera, poster in (("masked", False), ("plain", True)):
             answer = api(service, "/api/alerts", params={"camera_id": camera}, headers=auth)
@@ -343,6 +349,13 @@ def test_the_clip_alerts_once_per_person_and_a_masked_poster_never(
             assert all(a["has_snapshot"] and a["violators"] == 1 for a in alerts)
             assert all(a["track_ids"] == [a["track_id"]] for a in alerts)
             assert all(a["message"].startswith("Person without a mask") for a in alerts)
+        # A camera with a grouping window: everyone at the start in one alert.
+        answer = api(service, "/api/alerts", params={"camera_id": "grouped"}, headers=auth)
+        mask_off, grouped = answer.json()["alerts"]  # newest first
+        assert grouped["violators"] == 5 and len(set(grouped["track_ids"])) == 5
+        assert grouped["message"] == "5 people without a mask at grouped"
+        assert grouped["track_ids"][0] == grouped["track_id"] == mask_off["track_id"]
+        assert grouped["has_snapshot"] and mask_off["violators"] == 1
         ignored = "facemask_alerts_faces_ignored_total"
         frames = len(group4_clip.frames)
         assert metric(service, ignored, {"camera_id": "masked", "reason": "ignore_mask"}) == frames
