@@ -2,9 +2,11 @@
 
 Pipeline: :mod:`~services.alerts.consumer` reads every partition's detections stream with
 its own consumer group (``alerts``); :mod:`~services.alerts.engine` tracks faces per
-camera (:mod:`~services.alerts.tracker`, a greedy IoU tracker) and applies the rule of
-:mod:`~services.alerts.rules` (a track ``no_mask`` in K of its last N frames, score >= s,
-face >= m px, one alert per track, per-camera cooldown); :mod:`~services.alerts.snapshots`
+camera (:mod:`~services.alerts.zones` drops faces in ignore masks or outside include
+zones, :mod:`~services.alerts.tracker` is a greedy IoU tracker with re-entry) and applies
+the rule of :mod:`~services.alerts.rules` (a track ``no_mask`` in K of its last N frames,
+score >= s, face >= m px, one alert per track and violation, a cooldown per track, an
+optional per-camera grouping window); :mod:`~services.alerts.snapshots`
 draws the alert's frame; :mod:`~services.alerts.outbox` delivers each stored
 :class:`~services.alerts.records.AlertRecord` to the sinks of :mod:`~services.alerts.sinks`
 (webhook, Slack, MQTT, the Redis alerts stream); :mod:`~services.alerts.cameras` joins the
@@ -34,5 +36,6 @@ checks a set of delivered ids). Run ONE alert service per consumer group: tracki
 all frames of a camera in one process.
 
 Defaults: K=5 of N=8 frames (1 to 1.6 s at 5 fps), score >= 0.6, face >= 24 px,
-cooldown 30 s, compliance window 60 s, HTTP port 8080. Nothing here imports TensorFlow.
+cooldown 5 s per track, no grouping, track re-entry 5 s, compliance window 60 s, HTTP
+port 8080. Nothing here imports TensorFlow.
 """

@@ -3,9 +3,16 @@
 Every setting is ``FACEMASK_ALERTS_<NAME>`` (the shared ones - Redis URL, stream layout,
 logging - may also be given once as ``FACEMASK_<NAME>``). Per-camera rule overrides are a
 JSON object keyed by camera id, each value overriding any of ``k``, ``n``, ``min_score``,
-``min_face``, ``cooldown``::
+``min_face``, ``cooldown``, ``group_window``::
 
     FACEMASK_ALERTS_RULES='{"lobby": {"k": 3, "n": 5}, "door": {"min_face": 40}}'
+
+Zones (ignore masks, include zones; :mod:`services.alerts.zones`) are a JSON object keyed
+by camera id too, polygons in frame-relative coordinates (zones set through the API
+replace a camera's configured ones)::
+
+    FACEMASK_ALERTS_ZONES='{"lobby": {"ignore": [{"name": "poster",
+        "points": [[0.47, 0.18], [0.54, 0.18], [0.54, 0.3], [0.47, 0.3]]}]}}'
 
 Sinks are enabled by configuring them: ``WEBHOOK_URL`` (+ ``WEBHOOK_SECRET``, required),
 ``SLACK_WEBHOOK_URL``, ``MQTT_URL`` (``mqtt://[user:pass@]host[:1883]`` or ``mqtts://``);
@@ -37,6 +44,7 @@ from facemask.contracts.wire import DEFAULT_MAX_CLOCK_SKEW, WireError, validate_
 from facemask.infra.netaddr import is_loopback
 from facemask.infra.settings import ServiceSettings
 from facemask.infra.watchdog import SupervisionSettings
+from services.alerts.zones import ZoneSpec, zone_problems
 
 
 def _problem(message: str) -> PydanticCustomError:
@@ -63,6 +71,7 @@ class RuleOverride(BaseModel):
     min_score: float | None = Field(None, ge=0.0, le=1.0)
     min_face: int | None = Field(None, ge=0, le=16384)
     cooldown: float | None = Field(None, ge=0.0, le=86400.0)
+    group_window: float | None = Field(None, ge=0.0, le=3600.0)
 
 
 class AlertSettings(ServiceSettings, SupervisionSettings):
@@ -147,7 +156,20 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
     rule_n: int = Field(8, ge=1, le=1000, description="window of a track's last N frames")
     min_score: float = Field(0.6, ge=0.0, le=1.0, description="no_mask score that counts")
     min_face: int = Field(24, ge=0, le=16384, description="smaller face side (px) that counts")
-    cooldown: float = Field(30.0, ge=0.0, le=86400.0, description="seconds between alerts")
+    cooldown: float = Field(
+        5.0,
+        ge=0.0,
+        le=86400.0,
+        description="seconds between two alerts of one person track (other people are "
+        "never held back)",
+    )
+    group_window: float = Field(
+        0.0,
+        ge=0.0,
+        le=3600.0,
+        description="seconds: a camera's violators starting within this window of the first "
+        "share one alert naming them all, sent when it closes (0: one alert per person)",
+    )
     rules: dict[str, RuleOverride] = Field(
         default_factory=dict,
         examples=['{"lobby": {"k": 3, "n": 5}, "door": {"min_face": 40}}'],
@@ -156,8 +178,22 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
 
     # tracking / statistics
     track_iou: float = Field(0.3, gt=0.0, le=1.0, description="IoU to continue a track")
-    track_max_missed: int = Field(10, ge=0, le=10_000, description="frames a track may miss")
-    track_max_gap: float = Field(5.0, gt=0.0, description="seconds a track may go unseen")
+    track_reentry: float = Field(
+        5.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds a lost person track may be resumed by a face where it was last "
+        "seen (dropouts, occlusions); someone back later is a new track",
+    )
+    zones: dict[str, ZoneSpec] = Field(
+        default_factory=dict,
+        examples=[
+            '{"lobby": {"ignore": [{"name": "poster", "points": [[0.4, 0.1], '
+            '[0.6, 0.1], [0.6, 0.3]]}], "include": [], "min_overlap": 0.0}}'
+        ],
+        description="ignore masks / include zones per camera (JSON object by camera id; "
+        "frame-relative polygons)",
+    )
     compliance_window: float = Field(60.0, ge=1.0, le=86400.0, description="seconds")
     online_window: float = Field(
         15.0, gt=0.0, description="a camera outside the registry counts online this long"
@@ -244,7 +280,10 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
                         where = ".".join(str(p) for p in err["loc"])
                         msg = err["msg"]
                         if err["type"] == "extra_forbidden":
-                            msg = "unknown key (valid: k, n, min_score, min_face, cooldown)"
+                            msg = (
+                                "unknown key (valid: k, n, min_score, min_face, cooldown, "
+                                "group_window)"
+                            )
                         problems.append(f"{where}: {msg}" if where else msg)
                     raise _problem(f"rules[{camera_id}]: " + "; ".join(problems)) from None
             k = override.k if override.k is not None else info.data.get("rule_k", 1)
@@ -252,6 +291,25 @@ class AlertSettings(ServiceSettings, SupervisionSettings):
             if k > n:
                 raise _problem(f"rules[{camera_id}]: k ({k}) must be <= n ({n})")
             out[str(camera_id)] = override
+        return out
+
+    @field_validator("zones", mode="before")
+    @classmethod
+    def _zones_object(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for camera_id, raw in value.items():
+            try:
+                validate_camera_id(str(camera_id))
+            except WireError as exc:
+                raise _problem(f"zones: {exc.detail}") from None
+            try:
+                out[str(camera_id)] = (
+                    raw if isinstance(raw, ZoneSpec) else ZoneSpec.model_validate(raw)
+                )
+            except ValidationError as exc:
+                raise _problem(f"zones[{camera_id}]: " + zone_problems(exc)) from None
         return out
 
     @field_validator("api_token")

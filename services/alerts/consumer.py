@@ -162,6 +162,7 @@ class DetectionsConsumer:
         deadletters: list[tuple[Delivery, str, str]] = []
         faces: Counter[tuple[str, str]] = Counter()
         suppressed: Counter[str] = Counter()
+        ignored: Counter[tuple[str, str]] = Counter()
         replayed = duplicates = consumed = 0
         last_capture = None
         arrived: list[DetectionsEntry] = []
@@ -200,6 +201,8 @@ class DetectionsConsumer:
                 faces[(entry.camera_id, label)] += 1
             if outcome.suppressed:
                 suppressed[entry.camera_id] += outcome.suppressed
+            for reason, count in outcome.ignored.items():
+                ignored[(entry.camera_id, reason)] += count
             new_alerts.extend(outcome.alerts)
         records = []
         missing: list[str] = []
@@ -228,6 +231,8 @@ class DetectionsConsumer:
             self.metrics.faces_seen.labels(camera_id, label).inc(count)
         for camera_id, count in suppressed.items():
             self.metrics.alerts_suppressed.labels(camera_id).inc(count)
+        for (camera_id, reason), count in ignored.items():
+            self.metrics.faces_ignored.labels(camera_id, reason).inc(count)
         for _item, reason, _detail in deadletters:
             self.metrics.deadletters.labels(reason).inc()
         for camera_id in missing:
@@ -242,6 +247,7 @@ class DetectionsConsumer:
                     "alert_id": record.alert_id,
                     "camera_id": record.camera_id,
                     "track_id": record.track_id,
+                    "violators": record.violators,
                     "frame_id": record.frame_id,
                     "score": round(record.score, 3),
                     "snapshot": record.snapshot is not None,
@@ -290,6 +296,7 @@ class DetectionsConsumer:
                         extra={"alert_id": alert.alert_id, "error": str(exc)},
                     )
         where = f"{name} ({place})" if place else name
+        who = "Person" if alert.violators == 1 else f"{alert.violators} people"
         return AlertRecord(
             alert_id=alert.alert_id,
             camera_id=alert.camera_id,
@@ -307,11 +314,13 @@ class DetectionsConsumer:
             detections=alert.detections,
             camera_name=name,
             place=place,
-            message=f"Person without a mask at {where}",
+            message=f"{who} without a mask at {where}",
             snapshot=snapshot,
             thumbnail=thumbnail,
             rule=alert.rule.to_dict(),
             frame=clean,
+            violators=alert.violators,
+            track_ids=alert.track_ids,
         )
 
     def _deadletter(self, items: Sequence[tuple[Delivery, str, str]]) -> None:

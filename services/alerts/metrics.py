@@ -46,8 +46,21 @@ class AlertMetrics:
         self.alerts_suppressed = limit_labels(
             Counter(
                 "facemask_alerts_suppressed",
-                "Frames where a violating track was held back by the camera's cooldown.",
+                "Frames where a violating person track was held back by its own cooldown "
+                "(it alerted less than `cooldown` seconds before; other people are never held "
+                "back).",
                 ["camera_id"],
+                registry=r,
+            ),
+            cams,
+        )
+        # --- zones (engine) ---
+        self.faces_ignored = limit_labels(
+            Counter(
+                "facemask_alerts_faces_ignored",
+                "Faces dropped before tracking by the camera's zones, by reason (ignore_mask: "
+                "inside an ignore mask, outside_zone: outside every include zone).",
+                ["camera_id", "reason"],
                 registry=r,
             ),
             cams,

@@ -91,6 +91,11 @@ class AlertRecord:
     directory; None when it was not kept."""
     review: Review = field(default_factory=Review)
     # --- end review ---
+    # --- grouping (engine) ---
+    violators: int = 1
+    """People this alert names (more than 1: violators merged by the grouping window)."""
+    track_ids: tuple[int, ...] = ()
+    """Their track ids (empty in alerts stored before grouping: ``track_id`` alone)."""
 
     @property
     def has_snapshot(self) -> bool:
@@ -125,6 +130,8 @@ class AlertRecord:
             "detections": self.detections.to_json(self.width, self.height, digits=6),
             "has_snapshot": self.has_snapshot,
             "rule": self.rule,
+            "violators": self.violators,
+            "track_ids": list(self.track_ids or (self.track_id,)),
         }
 
     def to_event(self) -> AlertEvent:

@@ -1,21 +1,30 @@
 """The alert rule, as pure functions over a track's recent observations.
 
 A face *counts* as unmasked when its label is ``no_mask``, its score is at least
-``min_score`` and the smaller side of its box is at least ``min_face`` pixels. A track
-*violates* the rule when at least ``k`` of its last ``n`` observations count. An alert is
-raised for a violating track when
+``min_score`` and the smaller side of its box is at least ``min_face`` pixels (faces
+dropped by the camera's ignore masks or include zones never reach a track:
+:mod:`services.alerts.zones`). A track (one person, :mod:`services.alerts.tracker`)
+*violates* the rule when at least ``k`` of its last ``n`` observations count. A violating
+track raises an alert when
 
 - the current observation counts (the snapshot shows the bare face),
-- the track has not alerted before (one alert per person track and violation: a track
-  that alerted is re-armed once it is clearly masked again - ``k`` of its last ``n``
-  faces masked - so putting the mask on and later taking it off alerts again), and
-- the camera's last alert is at least ``cooldown`` seconds old (capture time). A track
-  held back by the cooldown is not marked: it alerts when the cooldown ends if it still
-  violates the rule then.
+- the track has not alerted before, or was *re-armed* since its last alert: ``k`` of its
+  last ``n`` faces confidently masked (same ``min_score`` and ``min_face``), so putting
+  the mask on and later taking it off is a new violation, and
+- its own last alert is at least ``cooldown`` seconds old (capture time). A track held
+  back by its cooldown is not marked (counted in ``facemask_alerts_suppressed_total``):
+  it alerts when its cooldown ends if it still violates the rule then.
+
+Nothing of one track holds another back: every violating person gets an alert. With a
+``group_window`` > 0 (per camera; default 0 = off) the tracks of one camera that raise
+an alert within ``group_window`` seconds of the first one are merged into ONE alert
+that names them all (``violators``, ``track_ids``), sent when the window closes (the
+camera's first entry at or after its end); see :class:`services.alerts.engine.AlertEngine`.
 
 So a masked person never alerts, a flicker of fewer than ``k`` unmasked frames in ``n``
-never alerts, and a person who takes the mask off alerts once their last ``n`` frames
-hold ``k`` unmasked ones.
+never alerts, a person who takes the mask off alerts once their last ``n`` frames hold
+``k`` unmasked ones, and a person who keeps taking it off alerts at most once every
+``cooldown`` seconds.
 """
 
 from __future__ import annotations
@@ -42,7 +51,8 @@ class Rule:
     n: int = 8
     min_score: float = 0.6
     min_face: int = 24
-    cooldown: float = 30.0
+    cooldown: float = 5.0  # seconds between two alerts of one track
+    group_window: float = 0.0  # seconds: violators starting within it share one alert
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n:
@@ -56,6 +66,7 @@ class Rule:
             "min_score": self.min_score,
             "min_face": self.min_face,
             "cooldown": self.cooldown,
+            "group_window": self.group_window,
         }
 
 
@@ -64,7 +75,7 @@ class Decision(Enum):
 
     NONE = "none"  # not violating, or the current face does not count
     ALREADY = "already_alerted"
-    COOLDOWN = "cooldown"
+    COOLDOWN = "cooldown"  # violating, but its own last alert is too recent
     ALERT = "alert"
 
 
@@ -98,15 +109,16 @@ def complies(track: Track, rule: Rule) -> bool:
     return int(confidently_masked(track.history[-rule.n :], track.size, rule).sum()) >= rule.k
 
 
-def evaluate(track: Track, rule: Rule, ts: float, last_alert_ts: float | None) -> Decision:
-    """Whether ``track``, just observed at capture time ``ts``, raises an alert now."""
+def evaluate(track: Track, rule: Rule, ts: float) -> Decision:
+    """Whether ``track``, just observed at capture time ``ts``, raises an alert now
+    (the caller re-arms it first when it :func:`complies`)."""
     if not len(track.history) or not counting(track.last, track.size, rule)[0]:
         return Decision.NONE
     if not violates(track, rule):
         return Decision.NONE
     if track.alerted:
         return Decision.ALREADY
-    if last_alert_ts is not None and ts - last_alert_ts < rule.cooldown:
+    if track.last_alert_ts is not None and ts - track.last_alert_ts < rule.cooldown:
         return Decision.COOLDOWN
     return Decision.ALERT
 

@@ -52,11 +52,10 @@ from services.alerts.hub import AlertHub
 from services.alerts.metrics import AlertMetrics
 from services.alerts.outbox import OutboxWorker
 from services.alerts.records import AlertRecord
-from services.alerts.rules import Rule
 from services.alerts.sinks import Sink, SinkContext, build_sinks
 from services.alerts.snapshots import LatestFrames, SnapshotStore
 from services.alerts.store import AlertStore
-from services.alerts.tracker import TrackerConfig
+from services.alerts.zones import ZoneBook
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +94,8 @@ class AlertService:
             on_render=self.metrics.latest_renders.inc,
             on_reject=lambda reason: self.metrics.frames_rejected.labels("latest", reason).inc(),
         )
-        self.engine = AlertEngine(
-            Rule(
-                k=settings.rule_k,
-                n=settings.rule_n,
-                min_score=settings.min_score,
-                min_face=settings.min_face,
-                cooldown=settings.cooldown,
-            ),
-            {cid: o.model_dump() for cid, o in settings.rules.items()},
-            tracker=TrackerConfig(
-                min_iou=settings.track_iou,
-                max_missed=settings.track_max_missed,
-                max_gap=settings.track_max_gap,
-            ),
-            compliance_window=settings.compliance_window,
-        )
+        self.zones = ZoneBook(settings.zones, self.store)
+        self.engine = AlertEngine.from_settings(settings, self.zones)
         self.hub = AlertHub()
         self.directory = CameraDirectory(
             self.client, self.layout, self.store, max_cameras=settings.max_cameras
@@ -255,6 +240,7 @@ class AlertService:
             hub=self.hub,
             registry=self.metrics.registry,
             readiness=self.readiness,
+            zones=self.zones,
         )
         for name in ("uvicorn", "uvicorn.error"):
             logging.getLogger(name).addFilter(_DropColorMessage())

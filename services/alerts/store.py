@@ -12,6 +12,7 @@ trip, readable with the ``sqlite3`` shell. Tables::
     camera_state  serialised engine state per camera (tracker, cooldown, recent frames)
     offsets       last detections entry id processed per stream
     camera_info   last registry fields seen per camera (names of offline cameras)
+    camera_zones  zones set through the API per camera (they replace the configured ones)
     meta          the schema version for builds that predate ``PRAGMA user_version``
 
 Schema: ``PRAGMA user_version`` is the number of :data:`MIGRATIONS` applied. Opening a
@@ -196,6 +197,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # --- end review ---
+    # --- grouping and zones (engine) ---
+    Migration(
+        4,
+        "alerts name their violators (violators, track_ids: a merged group names several); "
+        "zones set through the API are kept per camera",
+        (
+            "ALTER TABLE alerts ADD COLUMN violators INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE alerts ADD COLUMN track_ids TEXT NOT NULL DEFAULT '[]'",
+            """CREATE TABLE camera_zones (
+                camera_id TEXT PRIMARY KEY,
+                zones TEXT NOT NULL,
+                updated REAL NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -240,7 +256,7 @@ class Delivery:
 _ALERT_COLUMNS = (
     "a.seq, a.id, a.camera_id, a.ts, a.created, a.kind, a.frame_id, a.frame_sid, a.stream,"
     " a.track_id, a.score, a.box, a.width, a.height, a.detections, a.camera_name, a.place,"
-    " a.message, a.snapshot, a.thumbnail, a.rule"
+    " a.message, a.snapshot, a.thumbnail, a.rule, a.violators, a.track_ids"
     # --- review (issue 14) ---
     ", a.frame, a.review_state, a.review_by, a.review_at, a.review_note, a.review_label"
     # --- end review ---
@@ -249,9 +265,10 @@ _ALERT_COLUMNS = (
 _INSERT_ALERT = (
     "INSERT OR IGNORE INTO alerts (id, camera_id, ts, created, kind, frame_id, frame_sid,"
     " stream, track_id, score, box, width, height, detections, camera_name, place, message,"
-    " snapshot, thumbnail, rule, frame) VALUES (:id, :camera_id, :ts, :created, :kind,"
-    " :frame_id, :frame_sid, :stream, :track_id, :score, :box, :width, :height, :detections,"
-    " :camera_name, :place, :message, :snapshot, :thumbnail, :rule, :frame)"
+    " snapshot, thumbnail, rule, violators, track_ids, frame) VALUES (:id, :camera_id, :ts,"
+    " :created, :kind, :frame_id, :frame_sid, :stream, :track_id, :score, :box, :width,"
+    " :height, :detections, :camera_name, :place, :message, :snapshot, :thumbnail, :rule,"
+    " :violators, :track_ids, :frame)"
 )
 # An outbox row with its alert; outbox columns renamed where alerts has the same name.
 _DELIVERY_SELECT = (
@@ -286,6 +303,8 @@ def _alert_row(alert: AlertRecord) -> dict[str, Any]:
         "thumbnail": alert.thumbnail,
         "rule": json.dumps(alert.rule),
         "frame": alert.frame,
+        "violators": alert.violators,
+        "track_ids": json.dumps(list(alert.track_ids)),
     }
 
 
@@ -328,6 +347,8 @@ def _alert_from_row(row: sqlite3.Row) -> AlertRecord:
         rule=json.loads(row["rule"]),
         frame=row["frame"],
         review=_review_from_row(row),
+        violators=int(row["violators"]),
+        track_ids=tuple(int(t) for t in json.loads(row["track_ids"])),
     )
 
 
@@ -541,6 +562,37 @@ class AlertStore:
         """Last registry fields seen of every camera."""
         rows = self._conn().execute("SELECT camera_id, info FROM camera_info")
         return {r["camera_id"]: json.loads(r["info"]) for r in rows}
+
+    # -- camera zones (set through the API) -------------------------------------------
+
+    def save_zones(self, camera_id: str, zones: Mapping[str, Any]) -> None:
+        """Keep the zones of a camera (replacing any stored before)."""
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO camera_zones (camera_id, zones, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT (camera_id) DO UPDATE SET zones=excluded.zones,"
+                " updated=excluded.updated",
+                (camera_id, json.dumps(dict(zones), separators=(",", ":")), time.time()),
+            )
+
+    def load_zones(self) -> dict[str, dict[str, Any]]:
+        """The stored zones of every camera (unreadable rows are logged and left out)."""
+        out = {}
+        for row in self._conn().execute("SELECT camera_id, zones FROM camera_zones"):
+            try:
+                out[row["camera_id"]] = dict(json.loads(row["zones"]))
+            except (ValueError, TypeError) as exc:
+                logger.warning(
+                    "stored zones unreadable",
+                    extra={"camera_id": row["camera_id"], "error": str(exc)},
+                )
+        return out
+
+    def delete_zones(self, camera_id: str) -> bool:
+        """Forget the stored zones of a camera; True when there were any."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM camera_zones WHERE camera_id=?", (camera_id,))
+            return cur.rowcount > 0
 
     # -- alerts ----------------------------------------------------------------------
 

@@ -1,12 +1,20 @@
 """A small IoU tracker: associates the faces of one camera across frames.
 
-Greedy association: every (track, detection) pair whose IoU (of integer pixel boxes, one
-vectorised ``[tracks, faces]`` matrix per frame) reaches ``min_iou`` is a candidate;
-candidates are taken best IoU first, each track and each detection at most once.
-Unmatched detections start new tracks; a track that is not matched for more than
-``max_missed`` frames, or not seen for more than ``max_gap`` seconds, ends. The label is
-not used for association: a face whose label flickers between ``mask`` and ``no_mask``
-stays one track, which is what the K-of-N rule needs.
+Greedy association in two rounds, each over one vectorised ``[tracks, faces]`` IoU matrix
+(of integer pixel boxes): every (track, face) pair whose IoU reaches ``min_iou`` is a
+candidate; candidates are taken best IoU first, each track and each face at most once.
+
+1. the tracks seen in the previous frame take their faces;
+2. the faces left over are matched the same way against the *lost* tracks (not seen in
+   the previous frame, but seen within the last ``reentry`` seconds) by their last box:
+   a face that reappears where a lost track was resumes it, so a detector dropout or a
+   short occlusion does not make a second person (nor a second alert).
+
+Faces still unmatched start new tracks. A track unseen for more than ``reentry`` seconds
+ends: a person who comes back later is a new track. Time, not a frame count, so the rule
+is the same at any frame rate. The label is not used for association: a face whose label
+flickers between ``mask`` and ``no_mask`` stays one track, which is what the K-of-N rule
+needs.
 
 The tracker is pure (no clock, no I/O): time comes from the frames' capture timestamps,
 so replaying the same entries gives the same tracks. A track's recent faces are a
@@ -86,9 +94,10 @@ class Track:
     size: tuple[int, int]
     history: Detections = field(default_factory=Detections.empty)
     history_len: int = HISTORY_CAP
-    missed: int = 0
+    missed: int = 0  # frames since it was last seen (0: seen in the latest frame)
     hits: int = 0
     alerted: bool = False
+    last_alert_ts: float | None = None  # capture time of its last alert (its cooldown)
 
     @property
     def last(self) -> Detections:
@@ -125,6 +134,7 @@ class Track:
             "missed": self.missed,
             "hits": self.hits,
             "alerted": self.alerted,
+            "last_alert_ts": self.last_alert_ts,
             "history": [
                 [LABELS[c], round(s, 4), *px]
                 for c, s, px in zip(
@@ -138,7 +148,8 @@ class Track:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], history_len: int) -> Track:
-        """Inverse of :meth:`to_dict` (also reads states stored before ``size`` existed)."""
+        """Inverse of :meth:`to_dict` (also reads states stored before ``size`` or
+        ``last_alert_ts`` existed)."""
         x1, y1, x2, y2 = raw["box"]
         rows: Sequence[Sequence[Any]] = raw["history"][-history_len:] if history_len else []
         boxes = [[int(v) for v in row[2:6]] for row in rows]
@@ -169,16 +180,16 @@ class Track:
             missed=int(raw["missed"]),
             hits=int(raw["hits"]),
             alerted=bool(raw["alerted"]),
+            last_alert_ts=None if raw.get("last_alert_ts") is None else float(raw["last_alert_ts"]),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class TrackerConfig:
-    """Association parameters."""
+    """Association parameters (see the module docstring)."""
 
     min_iou: float = 0.3
-    max_missed: int = 10
-    max_gap: float = 5.0
+    reentry: float = 5.0  # seconds a lost track may be resumed; later: a new track
     history: int = 8  # observations kept per track (>= the rules' N)
 
 
@@ -192,23 +203,24 @@ class IouTracker:
 
     def update(self, faces: Detections, width: int, height: int, ts: float) -> list[Track]:
         """Associate one ``width`` x ``height`` frame's faces; returns each face's track."""
-        cfg = self.config
-        # End tracks that were away too long before matching, so a new person standing
-        # where someone stood minutes ago does not inherit their history.
-        self.tracks = [t for t in self.tracks if ts - t.last_ts <= cfg.max_gap]
+        # End tracks away too long before matching, so a new person standing where
+        # someone stood minutes ago does not inherit their history.
+        self.tracks = [t for t in self.tracks if ts - t.last_ts <= self.config.reentry]
         boxes = faces.pixels(width, height)
-        track_boxes = np.array([t.box for t in self.tracks], dtype=np.int64).reshape(-1, 4)
-        assigned = greedy_match(iou_matrix(track_boxes, boxes), cfg.min_iou)
-        matched = {self.tracks[row].track_id for row in assigned.values()}
-        by_face = {col: self.tracks[row] for col, row in assigned.items()}
-        survivors: list[Track] = []
+        by_face: dict[int, Track] = {}
+        for lost in (False, True):  # seen in the previous frame first, then lost ones
+            candidates = [t for t in self.tracks if (t.missed > 0) == lost]
+            free = [i for i in range(len(boxes)) if i not in by_face]
+            if not candidates or not free:
+                continue
+            track_boxes = np.array([t.box for t in candidates], dtype=np.int64).reshape(-1, 4)
+            assigned = greedy_match(iou_matrix(track_boxes, boxes[free]), self.config.min_iou)
+            for col, row in assigned.items():
+                by_face[free[col]] = candidates[row]
+        matched = {id(t) for t in by_face.values()}
         for track in self.tracks:
-            if track.track_id not in matched:
+            if id(track) not in matched:
                 track.missed += 1
-                if track.missed > cfg.max_missed:
-                    continue
-            survivors.append(track)
-        self.tracks = survivors
         out: list[Track] = []
         for i, box in enumerate(boxes.tolist()):
             pixel_box: Box = (box[0], box[1], box[2], box[3])
@@ -220,7 +232,7 @@ class IouTracker:
                     first_ts=ts,
                     last_ts=ts,
                     size=(width, height),
-                    history_len=cfg.history,
+                    history_len=self.config.history,
                 )
                 self.next_id += 1
                 self.tracks.append(track)

@@ -19,8 +19,6 @@ from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.dev.waiting import wait_until
 from services.alerts.config import AlertSettings
 from services.alerts.engine import AlertEngine
-from services.alerts.rules import Rule
-from services.alerts.tracker import TrackerConfig
 from tests.fixtures.pipeline import (
     VIDEO,
     Child,
@@ -190,21 +188,7 @@ def test_redis_restart_with_aof_every_service_recovers(pipeline: Pipeline, tmp_p
 def expected_alert_ids(pipe: Pipeline, **overrides: Any) -> list[str]:
     """Replay every detections entry through a fresh engine with the service's settings."""
     settings = AlertSettings(state_dir="unused", **overrides)
-    engine = AlertEngine(
-        Rule(
-            k=settings.rule_k,
-            n=settings.rule_n,
-            min_score=settings.min_score,
-            min_face=settings.min_face,
-            cooldown=settings.cooldown,
-        ),
-        tracker=TrackerConfig(
-            min_iou=settings.track_iou,
-            max_missed=settings.track_max_missed,
-            max_gap=settings.track_max_gap,
-        ),
-        compliance_window=settings.compliance_window,
-    )
+    engine = AlertEngine.from_settings(settings)
     ids = []
     for key in pipe.layout.all_detections():
         for sid, entry in ((s.decode(), f) for s, f in pipe.client.xrange(key)):

@@ -13,6 +13,7 @@ Routes, one router per domain::
                   GET /api/alerts/{id}/snapshot.jpg    the annotated frame of the alert
                   GET /api/alerts/{id}/thumbnail.jpg   320 px wide version
                   GET /api/alerts/{id}/frame.jpg       the clean frame, as captured
+    zones.py      GET, PUT /api/cameras/{id}/zones   ignore masks / include zones (stored)
     events.py     GET /api/events                server-sent events: "alert" per new alert,
                                                  "review" per review change; resumes after
                                                  Last-Event-ID (or ?last_event_id)

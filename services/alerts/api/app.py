@@ -16,6 +16,7 @@ from facemask import __version__
 from services.alerts.api import alerts as alert_routes
 from services.alerts.api import cameras as camera_routes
 from services.alerts.api import dashboard, events, health
+from services.alerts.api import zones as zone_routes
 from services.alerts.api.auth import SecureCookies, TokenAuth
 from services.alerts.api.deps import Collaborators, ReadinessCheck
 from services.alerts.api.errors import install_error_handlers
@@ -25,6 +26,7 @@ from services.alerts.config import AlertSettings
 from services.alerts.hub import AlertHub
 from services.alerts.snapshots import SnapshotStore
 from services.alerts.store import AlertStore
+from services.alerts.zones import ZoneBook
 
 
 def create_app(
@@ -37,11 +39,13 @@ def create_app(
     registry: CollectorRegistry,
     readiness: ReadinessCheck,
     clock: Callable[[], float] = time.time,
+    zones: ZoneBook | None = None,
 ) -> FastAPI:
     """The FastAPI application of the alert service.
 
     ``readiness`` returns the checks of ``/readyz`` (``redis``, ``consumer``, ``http``);
     ``clock`` is the server's time (when a review was made).
+    ``zones`` are the cameras' zones the engine applies (default: the board's engine's).
     With ``settings.api_token`` (or ``allow_anonymous_read``) every router but the health
     checks' runs the :class:`~services.alerts.api.auth.TokenAuth` security dependency;
     cookies set over TLS are ``Secure`` (:class:`~services.alerts.api.auth.SecureCookies`).
@@ -69,6 +73,7 @@ def create_app(
         readiness=readiness,
         auth=auth,
         clock=clock,
+        zones=zones if zones is not None else cameras.engine.zones,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -80,7 +85,8 @@ def create_app(
     guard: list[Depends] = [Security(auth)] if auth else []
     denied: dict[int | str, dict[str, Any]] = problems(401) if auth else {}
     app.include_router(health.public)
-    for router in (health.router, camera_routes.router, alert_routes.router, events.router):
+    routers = (health.router, camera_routes.router, alert_routes.router, events.router)
+    for router in (*routers, zone_routes.router):
         app.include_router(router, dependencies=guard, responses=denied)
     app.include_router(dashboard.page)
     app.include_router(dashboard.router, dependencies=guard, responses=denied)

@@ -23,6 +23,7 @@ from services.alerts.config import AlertSettings
 from services.alerts.hub import AlertHub
 from services.alerts.snapshots import SnapshotStore
 from services.alerts.store import AlertStore
+from services.alerts.zones import ZoneBook
 
 ReadinessCheck = Callable[[], Mapping[str, bool]]
 
@@ -41,6 +42,7 @@ class Collaborators:
     auth: TokenAuth | None
     clock: Callable[[], float] = time.time
     """The server's clock (review times)."""
+    zones: ZoneBook
 
 
 def collaborators(conn: HTTPConnection) -> Collaborators:
@@ -82,6 +84,8 @@ def _auth(conn: HTTPConnection) -> TokenAuth | None:
 
 def _clock(conn: HTTPConnection) -> Callable[[], float]:
     return collaborators(conn).clock
+def _zones(conn: HTTPConnection) -> ZoneBook:
+    return collaborators(conn).zones
 
 
 Settings = Annotated[AlertSettings, Depends(_settings)]
@@ -93,3 +97,4 @@ Registry = Annotated[CollectorRegistry, Depends(_registry)]
 ReadinessProbe = Annotated[ReadinessCheck, Depends(_readiness)]
 Auth = Annotated[TokenAuth | None, Depends(_auth)]
 Clock = Annotated[Callable[[], float], Depends(_clock)]
+Zones = Annotated[ZoneBook, Depends(_zones)]

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from facemask.contracts.wire import CAMERA_ID_PATTERN, WireError, validate_camera_id
 from services.alerts.records import REVIEW_LABELS, AlertRecord
 from services.alerts.store import Delivery
+from services.alerts.zones import ZoneSource, ZoneSpec
 
 # -- errors ------------------------------------------------------------------------------
 
@@ -98,7 +99,10 @@ class RuleOut(BaseModel):
     n: int = Field(description="window of a track's last n frames")
     min_score: float = Field(description="no_mask score that counts")
     min_face: int = Field(description="smaller face side (px) that counts")
-    cooldown: float = Field(description="seconds between alerts of the camera")
+    cooldown: float = Field(description="seconds between two alerts of one person track")
+    group_window: float = Field(
+        description="seconds: violators starting within it share one alert (0: off)"
+    )
 
 
 class DetectionOut(BaseModel):
@@ -176,6 +180,12 @@ class AlertOut(BaseModel):
     detections: list[DetectionOut]
     has_snapshot: bool
     rule: RuleOut | dict[str, Any] = Field(description="the camera's rule when it alerted")
+    violators: int = Field(
+        1, description="people this alert names (more than 1: merged by the grouping window)"
+    )
+    track_ids: list[int] = Field(
+        default_factory=list, description="their person tracks (track_id, the one of box, first)"
+    )
     snapshot_url: str | None = Field(description="the annotated frame (None: no snapshot)")
     thumbnail_url: str | None
     # --- review (issue 14) ---
@@ -340,3 +350,15 @@ class DashboardConfig(BaseModel):
     compliance_window_s: float
     latest_interval_s: float = Field(description="how often to reload the latest pictures")
     auth: bool = Field(description="whether the API needs a token")
+
+
+# --- zones ---
+
+
+class ZonesOut(ZoneSpec):
+    """A camera's ignore masks and include zones, and where they come from."""
+
+    camera_id: str
+    source: ZoneSource = Field(
+        description="api: set through the API (stored), config: the zones setting, none"
+    )

@@ -31,7 +31,6 @@ LAYOUT = StreamLayout()
 GROUP = "alerts"
 SAMPLE = SHARED_DIR / "data" / "samples" / "demo2.jpg"
 VIDEO = SHARED_DIR / "data" / "video" / "group4_masks.mp4"
-RECORDED = Path(__file__).with_name("data") / "group4_detections.json"
 
 
 def fast_settings(redis_url: str, state_dir: Path, **overrides: Any) -> AlertSettings:
@@ -297,46 +296,143 @@ def bare(box: tuple[int, int, int, int], score: float = 0.95) -> Face:
     return ("no_mask", score, box)
 
 
-# -- the recorded detections of a real clip ----------------------------------------------
+# -- the sample clip through the real detector ------------------------------------------------
 
 
-def _clip_frames(step: int) -> list[bytes]:
-    capture = cv2.VideoCapture(str(VIDEO))
-    out = []
-    index = 0
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        if index % step == 0:
-            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-            assert ok
-            out.append(buf.tobytes())
-        index += 1
-    capture.release()
-    return out
+@dataclass(frozen=True)
+class ClipFrame:
+    """One frame of the sample clip as the pipeline sees it."""
+
+    index: int  # frame index in the video
+    t: float  # video time (s): its capture time is the playback start + t
+    jpeg: bytes  # as ingest publishes it
+    width: int
+    height: int
+    detections: Detections  # what the inference service finds in it
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The clip's frames kept by ingest at its default rate, each with its detections."""
+
+    frames: list[ClipFrame]
+    model: str
+
+    def entries(self, camera_id: str, start: float) -> list[DetectionsEntry]:
+        """Its detections entries for ``camera_id``, played from capture time ``start``."""
+        return [
+            DetectionsEntry(
+                camera_id=camera_id,
+                frame_id=i,
+                frame_sid=f"{int((start + f.t) * 1000)}-{i}",
+                capture_ts=start + f.t,
+                done_ts=start + f.t + 0.05,
+                width=f.width,
+                height=f.height,
+                model=self.model,
+                detections=f.detections,
+            )
+            for i, f in enumerate(self.frames)
+        ]
 
 
 @pytest.fixture(scope="session")
-def recorded_clip() -> tuple[dict[str, Any], list[bytes]]:
-    """The real detector's output on group4_masks.mp4 (5 fps) and the matching frames."""
+def group4_clip(detector: Any) -> Clip:
+    """``group4_masks.mp4`` sampled as an ingest node samples a file at its default rate
+    (its :class:`~services.ingest.sources.FileSource`, ``DEFAULT_FPS``), JPEG-encoded at
+    ingest's default quality, decoded and run through the detector as the inference
+    service does (its decode options, the session's TensorFlow detector: conf 0.5,
+    IoU 0.4). Computed once per test session (a few seconds)."""
+    from facemask.core.preprocess import decode_image
+    from services.inference.batcher import decode_options
+    from services.ingest.camera import encode_jpeg
+    from services.ingest.config import DEFAULT_FPS, DEFAULT_QUALITY
+    from services.ingest.sources import FileSource, SourceEnded, parse_source
+
     require(VIDEO)
-    doc = json.loads(RECORDED.read_text())
-    frames = _clip_frames(doc["step"])
-    assert len(frames) == len(doc["frames"])
-    return doc, frames
+    source = FileSource(parse_source(str(VIDEO)), DEFAULT_FPS, realtime=False)
+    source.open()
+    reduce, min_size = decode_options(None, "auto")
+    stop = threading.Event()
+    frames: list[ClipFrame] = []
+    index = -1
+    try:
+        while True:
+            try:
+                captured = source.read(stop)
+            except SourceEnded:
+                break
+            assert captured is not None
+            index += source.take_skipped() + 1  # the frames the rate cap dropped, then this
+            jpeg = encode_jpeg(captured.image, DEFAULT_QUALITY)
+            image = decode_image(jpeg, reduce=reduce, min_size=min_size)
+            (found,) = detector.detect([image.rgb])
+            t = index / source.source_fps
+            frames.append(ClipFrame(index, t, jpeg, image.width, image.height, found))
+    finally:
+        source.close()
+    return Clip(frames, str(detector.model_version))
+
+
+# Who is where in the clip (960 x 506): box centres at its start, in pixels.
+GROUP4_PEOPLE = {
+    "left man": (262, 208),  # takes his mask off again from ~5.4 s to ~9.4 s
+    "front": (455, 332),
+    "right": (580, 246),
+    "far right": (746, 280),
+    "poster": (485, 125),  # the Mona Lisa print on the wall: a no_mask face all along
+}
+POSTER_MASK = [[0.47, 0.18], [0.54, 0.18], [0.54, 0.3], [0.47, 0.3]]
+"""An ignore mask over the poster (frame-relative)."""
+MASK_OFF = (5.4, 9.6)
+"""Video time (s) in which the left man is unmasked again."""
+
+
+def who(box: Sequence[int]) -> str:
+    """The person (or the poster) of the clip whose place a face box is at."""
+    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    name, (px, py) = min(
+        GROUP4_PEOPLE.items(), key=lambda kv: (kv[1][0] - x) ** 2 + (kv[1][1] - y) ** 2
+    )
+    return name if (px - x) ** 2 + (py - y) ** 2 <= 45**2 else f"nobody at {list(box)}"
+
+
+def expected_alerts(poster: bool) -> list[str]:
+    """The alerts of the clip with the default settings, in order of the people's names:
+    everyone unmasked at the start (the poster unless masked), then the mask-off moment."""
+    start = ["far right", "front", "left man", "right"] + (["poster"] if poster else [])
+    return [*sorted(start), "left man (mask off)"]
+
+
+def describe_alerts(alerts: Sequence[tuple[float, Sequence[int]]]) -> list[str]:
+    """``(video time, box)`` of alerts -> names as :func:`expected_alerts` gives them."""
+    start = sorted(who(box) for t, box in alerts if t < MASK_OFF[0])
+    later = [
+        f"{who(box)} (mask off)" if MASK_OFF[0] <= t <= MASK_OFF[1] else f"{who(box)} at {t}"
+        for t, box in sorted(alerts)
+        if t >= MASK_OFF[0]
+    ]
+    return start + later
 
 
 def feed_clip(
-    client: redis.Redis, camera_id: str, clip: tuple[dict[str, Any], list[bytes]], start: float
+    client: redis.Redis, camera_id: str, clip: Clip, start: float
 ) -> list[DetectionsEntry]:
-    doc, frames = clip
-    feed = Feeder(client, camera_id, (frames[0], doc["width"], doc["height"]), start_ts=start)
+    """Publish the clip's frames and detections entries, played from ``start``."""
+    first = clip.frames[0]
+    feed = Feeder(client, camera_id, (first.jpeg, first.width, first.height), start_ts=start)
     out = []
-    for frame, data in zip(doc["frames"], frames, strict=True):
-        feed.ts = start + frame["t"]
-        faces = [(d["label"], d["score"], tuple(d["box"])) for d in frame["dets"]]
-        out.append(feed.frame(faces, data=data)[1])  # type: ignore[arg-type]
+    for frame in clip.frames:
+        feed.ts = start + frame.t
+        faces = list(
+            zip(
+                frame.detections.labels,
+                frame.detections.scores.tolist(),
+                [tuple(b) for b in frame.detections.pixels(frame.width, frame.height).tolist()],
+                strict=True,
+            )
+        )
+        out.append(feed.frame(faces, data=frame.jpeg)[1])  # type: ignore[arg-type]
     return out
 
 

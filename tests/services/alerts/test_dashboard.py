@@ -20,6 +20,7 @@ from tests.services.alerts.conftest import (
     LAYOUT,
     PERSON_A,
     PERSON_B,
+    Clip,
     Feeder,
     bare,
     fast_settings,
@@ -74,7 +75,7 @@ class LiveCamera(threading.Thread):
 def test_dashboard_shows_cameras_and_live_alerts(
     redis_server: RedisProcess,
     redis_client: redis.Redis,
-    recorded_clip: tuple[dict[str, Any], list[bytes]],
+    group4_clip: Clip,
     sample_jpeg: tuple[bytes, int, int],
     browser: Any,
     tmp_path: Path,
@@ -92,7 +93,7 @@ def test_dashboard_shows_cameras_and_live_alerts(
     with running(settings) as service:
         wait_until(lambda: len(service.board.cameras()) == 3, 5, "registry read")
         redis_client.delete(LAYOUT.camera("garage"))  # its node stopped heart-beating
-        feed_clip(redis_client, "entrance", recorded_clip, time.time() - 17)
+        feed_clip(redis_client, "entrance", group4_clip, time.time() - 17)
         live = LiveCamera(redis_client, "reception", sample_jpeg)
         live.start()
         try:
@@ -111,10 +112,11 @@ def test_dashboard_shows_cameras_and_live_alerts(
                 10,
                 "reception compliance",
             )
-            # The two alerts of the recorded clip are in the feed, with thumbnails.
-            page.wait_for_selector("#alerts li >> nth=1", timeout=10000)
+            # The clip's five alerts (four people, one mask-off; the poster is smaller
+            # than min_face) are in the feed, with thumbnails.
+            page.wait_for_selector("#alerts li >> nth=4", timeout=10000)
             before = page.locator("#alerts li").count()
-            assert before == 2
+            assert before == 5
             page.evaluate("window.__noReload = true")
             page.wait_for_selector("#live[data-state=live]", timeout=10000)
 

@@ -1,5 +1,6 @@
-"""The engine, per camera and without I/O: the K-of-N rule over tracks, cooldown,
-re-arming, duplicates, skipped frames, restart from the serialised state, compliance.
+"""The engine, per camera and without I/O: the K-of-N rule over tracks, the cooldown per
+track, the grouping window, re-arming, re-entry, zones, duplicates, skipped frames,
+restart from the serialised state (also one stored by an earlier build), compliance.
 
 Time is the frames' capture time (``T0`` + frame / fps), never the wall clock.
 """
@@ -14,12 +15,15 @@ import pytest
 from facemask.contracts.wire import DetectionsEntry
 from services.alerts.engine import AlertEngine, NewAlert, alert_id_for
 from services.alerts.rules import Rule
+from services.alerts.tracker import TrackerConfig
+from services.alerts.zones import Polygon, ZoneBook, ZoneSpec
 from tests.services.alerts.conftest import faces_of
 
 T0 = 1_700_000_000.0
 STREAM = "facemask:{p0}:detections"
 A = (40, 40, 110, 120)  # 70 x 80 px
 B = (180, 50, 250, 130)
+C = (320, 60, 390, 140)
 TINY = (300, 40, 315, 55)  # 15 px: below min_face
 
 Face = tuple[str, float, tuple[int, int, int, int]]
@@ -127,23 +131,141 @@ def test_an_alert_names_its_frame_track_box_and_best_score() -> None:
     assert len(alert.detections) == 2
 
 
-def test_cooldown_holds_the_next_track_back_by_capture_time() -> None:
-    rule = Rule(k=2, n=3, min_score=0.6, min_face=24, cooldown=2.0)
-    engine = AlertEngine(rule)
-    both = [("no_mask", 0.9, A), ("no_mask", 0.9, B)]
-    run = feed(engine, "lobby", [both] * 12, fps=4.0)  # 0.25 s per frame
-    assert [(frame, alert.track_id) for frame, alert in run.alerts] == [(1, 1), (9, 2)]
-    # Track 2 violated from frame 1 on: held back for 2 s (8 frames), counted each time.
-    assert run.suppressed == dict.fromkeys(range(1, 9), 1)
-    summary = engine.summaries(T0 + 3.0)["lobby"]
-    assert summary.last_alert_ts == T0 + 9 * 0.25
+def people(*rows: str) -> list[list[Face]]:
+    """Frames of several people, one letter row each (``LETTERS``; person i at box i)."""
+    boxes = [A, B, C]
+    return [
+        [(LETTERS[c][0][0], LETTERS[c][0][1], boxes[i]) for i, c in enumerate(col) if c != "."]
+        for col in zip(*rows, strict=True)
+    ]
 
 
-def test_the_cooldown_is_per_camera() -> None:
+@pytest.mark.parametrize(
+    ("rows", "cooldown", "alerts", "suppressed"),
+    [
+        # Three people unmasked at once: three alerts, nobody held back by another's.
+        (("NNNN", "NNNN", "NNNN"), 60.0, [(1, 1), (1, 2), (1, 3)], {}),
+        # B takes the mask off later: alerts at once, whatever A's alert was.
+        (("NNNNNNNN", "MMMMNNNN"), 60.0, [(1, 1), (5, 2)], {}),
+        # A re-armed (masked 2 of 3) and bare again 1.25 s after its alert: held back by
+        # its own 2 s cooldown, counted per frame, and alerts when it ends (frame 9).
+        (("NNMMNNNNNNNN",), 2.0, [(1, 1), (9, 1)], {5: 1, 6: 1, 7: 1, 8: 1}),
+        # ... but not if it masks up before its cooldown ends.
+        (("NNMMNNNMMMMM",), 2.0, [(1, 1)], {5: 1, 6: 1}),
+        # Cooldown 0: every new violation of a re-armed track alerts.
+        (("NNMMNNMMNN",), 0.0, [(1, 1), (5, 1), (9, 1)], {}),
+    ],
+)
+def test_every_person_alerts_and_the_cooldown_is_per_track(
+    rows: tuple[str, ...], cooldown: float, alerts: list[tuple[int, int]], suppressed: dict
+) -> None:
+    engine = AlertEngine(Rule(k=2, n=3, min_score=0.6, min_face=24, cooldown=cooldown))
+    run = feed(engine, "lobby", people(*rows), fps=4.0)  # 0.25 s per frame
+    assert [(frame, alert.track_id) for frame, alert in run.alerts] == alerts
+    assert all(a.violators == 1 and a.track_ids == (a.track_id,) for _f, a in run.alerts)
+    assert run.suppressed == suppressed
+    summary = engine.summaries(T0 + 10.0)["lobby"]
+    assert summary.last_alert_ts == T0 + alerts[-1][0] * 0.25
+
+
+def test_cameras_are_independent() -> None:
     engine = AlertEngine(Rule(k=2, n=3, cooldown=60.0))
     lobby = feed(engine, "lobby", letters("NNN"))
     door = feed(engine, "door", letters("NNN"))
     assert [f for f, _ in lobby.alerts] == [1] and [f for f, _ in door.alerts] == [1]
+
+
+GROUPED = Rule(k=2, n=3, min_score=0.6, min_face=24, cooldown=0.0, group_window=1.0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # Three at once: one alert at the window's end (frame 5 = 1.0 s after frame 1),
+        # showing the frame it opened at, naming all three.
+        (("NNNNNNNN", "NNNNNNNN", "NNNNNNNN"), [(5, 1, 1, (1, 2, 3))]),
+        # C violates 0.75 s after A: still in the window, still one alert.
+        (("NNNNNNNN", "NNNNNNNN", "MMMNNNNN"), [(5, 1, 1, (1, 2, 3))]),
+        # C violates 1.0 s after A (frame 5, as the first window closes): a second
+        # window, a second alert: nobody dropped.
+        (("NNNNNNNNNNNN", "MMMMMMMMMMMM", "MMMMNNNNNNNN"), [(5, 1, 1, (1,)), (9, 5, 3, (3,))]),
+        # A violator who masks up within the window is still named.
+        (("NNMMMMMM", "NNNNNNNN"), [(5, 1, 1, (1, 2))]),
+    ],
+)
+def test_the_grouping_window_merges_violators_into_one_alert(
+    rows: tuple[str, ...], expected: list[tuple[int, int, int, tuple[int, ...]]]
+) -> None:
+    engine = AlertEngine(GROUPED)
+    run = feed(engine, "lobby", people(*rows), fps=4.0)
+    got = [(f, a.frame_id, a.track_id, a.track_ids) for f, a in run.alerts]
+    assert got == expected
+    for _frame, alert in run.alerts:
+        opened = entry("lobby", alert.frame_id, people(*rows)[alert.frame_id])
+        assert alert.violators == len(alert.track_ids)
+        assert (alert.ts, alert.frame_sid) == (opened.capture_ts, opened.frame_sid)
+        assert alert.box == {1: A, 2: B, 3: C}[alert.track_id]
+        assert len(alert.detections) == len(opened.detections)
+        assert alert.alert_id == alert_id_for("lobby", opened.frame_sid, alert.track_id)
+
+
+def test_a_pending_group_survives_a_restart_and_closes_on_any_entry() -> None:
+    frames = people("NNNN", "NNNN")
+    before = AlertEngine(GROUPED)
+    assert feed(before, "lobby", frames).alerts == []  # window open since frame 1
+    stored = json.loads(json.dumps(before.take_dirty()))
+    assert stored["lobby"]["group"]["members"][0][0] == 1
+    after = AlertEngine(GROUPED)
+    after.restore(stored.values())
+    # A skipped frame 1.0 s after the window opened closes it: the alert is not held
+    # back until the model runs again.
+    closing = after.process(STREAM, "99-0", entry("lobby", 5, [], fps=4.0, status="skipped"))
+    (alert,) = closing.alerts
+    assert (alert.frame_id, alert.track_ids, alert.violators) == (1, (1, 2), 2)
+    assert after.take_dirty()["lobby"]["group"] is None
+
+
+@pytest.mark.parametrize(
+    ("gap_s", "alerts"),
+    [
+        (2.0, [0]),  # gone 2 s (a dropout, someone walking past): the same track resumes
+        (5.0, [0]),  # exactly the re-entry time: still the same person
+        (5.5, [0, 1]),  # longer: a new person track, a new alert
+    ],
+)
+def test_a_person_back_after_the_reentry_time_is_a_new_track(
+    gap_s: float, alerts: list[int]
+) -> None:
+    engine = AlertEngine(Rule(k=2, n=3, cooldown=0.0), tracker=TrackerConfig(reentry=5.0))
+    first = feed(engine, "lobby", letters("NN"), fps=4.0)  # alert at frame 1 (0.25 s)
+    back = int((0.25 + gap_s) * 4)
+    again = feed(engine, "lobby", letters("NNNN"), first=back, fps=4.0)
+    tracks = {a.track_id for _f, a in first.alerts + again.alerts}
+    assert [a.track_id - 1 for _f, a in first.alerts + again.alerts] == alerts
+    assert len(tracks) == len(alerts)
+
+
+def test_zones_drop_faces_before_tracking_and_compliance() -> None:
+    poster = Polygon(name="poster", points=[(0.0, 0.0), (0.3, 0.0), (0.3, 0.5), (0.0, 0.5)])
+    book = ZoneBook({"lobby": ZoneSpec(ignore=[poster])})
+    engine = AlertEngine(Rule(k=2, n=3, cooldown=0.0), zones=book, compliance_window=10.0)
+    # A (centre 0.16, 0.24) is under the mask; B (0.47, 0.27) is not.
+    frames = [[("no_mask", 0.9, A), ("mask", 0.9, B)]] * 5
+    run = Run()
+    for frame, faces in enumerate(frames):
+        outcome = engine.process(STREAM, f"{frame + 1}-0", entry("lobby", frame, faces))
+        run.alerts.extend((frame, alert) for alert in outcome.alerts)
+        assert outcome.ignored == {"ignore_mask": 1}
+        assert outcome.faces == ["no_mask", "mask"]  # every face the model found
+    assert run.alerts == []
+    summary = engine.summaries(T0 + 1.0)["lobby"]
+    assert (summary.faces, summary.masked, summary.tracks) == (5, 5, 1)
+    latest = engine.latest("lobby")
+    assert latest is not None and len(latest["dets"]) == 2 and latest["ignored"] == [0]
+    # The same camera without zones (set through the API: effective for the next entry).
+    book.set("lobby", ZoneSpec())
+    assert [f for f, _a in feed(engine, "lobby", frames, first=5).alerts] == [6]
+    assert engine.latest("lobby")["ignored"] == []  # type: ignore[index]
 
 
 def test_duplicate_frames_are_dropped_without_votes() -> None:
@@ -213,3 +335,42 @@ def test_compliance_and_fps_over_the_window() -> None:
     assert summary.tracks == 3 and summary.last_ts == last
     gone = engine.summaries(last + 12.0)["lobby"]  # the window has moved past them
     assert (gone.faces, gone.compliance, gone.fps) == (0, None, 0.0)
+
+
+def test_a_state_stored_by_the_previous_build_still_loads() -> None:
+    """Before tracks had their own cooldown the camera kept one ``last_alert_ts`` and
+    there was no pending group: an alerted track takes the camera's last alert time."""
+    old = {
+        "camera_id": "lobby",
+        "tracker": {
+            "next_id": 2,
+            "tracks": [
+                {
+                    "id": 1,
+                    "box": list(A),
+                    "size": [464, 330],
+                    "first_ts": T0,
+                    "last_ts": T0 + 0.25,
+                    "missed": 0,
+                    "hits": 2,
+                    "alerted": True,
+                    "history": [["no_mask", 0.9, *A], ["no_mask", 0.9, *A]],
+                }
+            ],
+        },
+        "last_alert_ts": T0 + 0.25,
+        "recent": [0, 1],
+        "buckets": {str(int(T0)): [0, 2]},
+        "latest": None,
+        "last_ts": T0 + 0.25,
+        "last_done_ts": T0 + 0.3,
+        "frames": 2,
+    }
+    engine = AlertEngine(Rule(k=2, n=3, cooldown=2.0))
+    engine.restore([old])
+    # Masked (re-armed), bare again 1.25 s after the stored alert: its cooldown holds it
+    # back until 2 s after that alert (frame 9), then it alerts.
+    run = feed(engine, "lobby", letters("MMNNNNNNNN"), first=2, fps=4.0)
+    assert [(f, a.track_id) for f, a in run.alerts] == [(9, 1)]
+    assert run.suppressed == {5: 1, 6: 1, 7: 1, 8: 1}
+    assert engine.take_dirty()["lobby"]["tracker"]["tracks"][0]["last_alert_ts"] == T0 + 9 / 4

@@ -73,6 +73,8 @@ def test_json_document() -> None:
         "detections",
         "has_snapshot",
         "rule",
+        "violators",
+        "track_ids",
     ]
     assert doc["time"] == "2024-05-01T12:00:00.250Z"
     assert doc["box"] == [1, 2, 30, 40] and doc["has_snapshot"] is True

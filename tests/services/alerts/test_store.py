@@ -419,3 +419,17 @@ def test_rows_are_read_by_column_name(tmp_path: Path) -> None:
     reopened = AlertStore(tmp_path)
     assert reopened.get_alert("a" * 32) == alert
     assert reopened.due("redis", time.time() + 1)[0].alert == alert
+
+
+def test_an_alert_keeps_the_violators_it_names(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path)
+    group = replace(record("a" * 32), violators=3, track_ids=(1, 4, 2))
+    (stored,) = store.commit_batch([group, record("b" * 32, ts=1001.0)], ["redis"], {}, {})[:1]
+    store.close()
+    reopened = AlertStore(tmp_path)
+    again = reopened.get_alert("a" * 32)
+    assert again == stored and (again.violators, again.track_ids) == (3, (1, 4, 2))
+    assert (again.to_json()["violators"], again.to_json()["track_ids"]) == (3, [1, 4, 2])
+    single = reopened.get_alert("b" * 32)
+    assert single is not None and (single.violators, single.to_json()["track_ids"]) == (1, [1])
+    reopened.close()

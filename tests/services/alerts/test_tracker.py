@@ -86,21 +86,39 @@ def test_greedy_association_prefers_the_best_overlap() -> None:
     assert [t.track_id for t in out] == [2, 1]
 
 
-def test_unmatched_tracks_expire_after_missed_frames_or_gap() -> None:
-    tracker = IouTracker(TrackerConfig(max_missed=2, max_gap=10.0))
-    tracker.update(frame(obs((0, 0, 50, 50))), W, H, 0.0)
-    for i in range(2):
-        tracker.update(Detections.empty(), W, H, 0.2 * (i + 1))
-    assert len(tracker.tracks) == 1  # missed 2 frames: still there
-    tracker.update(Detections.empty(), W, H, 0.6)
-    assert tracker.tracks == []
-    # A face back at the same place later is a new person track.
-    assert tracker.update(frame(obs((0, 0, 50, 50))), W, H, 0.8)[0].track_id == 2
+@pytest.mark.parametrize(
+    ("gone_frames", "back_box", "same"),
+    [
+        (1, (0, 0, 50, 50), True),  # a one-frame dropout
+        (11, (5, 3, 55, 53), True),  # back 3 s later about where it was (an occlusion)
+        (19, (0, 0, 50, 50), True),  # back exactly the re-entry time (5 s) after last seen
+        (20, (0, 0, 50, 50), False),  # 5.25 s: a new person track
+        (3, (40, 40, 90, 90), False),  # elsewhere (IoU 0.1): someone else
+    ],
+)
+def test_a_lost_track_resumes_within_the_reentry_time(
+    gone_frames: int, back_box: Box, same: bool
+) -> None:
+    tracker = IouTracker(TrackerConfig(reentry=5.0))
+    assert tracker.update(frame(obs((0, 0, 50, 50))), W, H, 0.0)[0].track_id == 1
+    for i in range(1, gone_frames + 1):  # 4 fps: frames 1..gone_frames without the face
+        tracker.update(Detections.empty(), W, H, 0.25 * i)
+    assert [t.missed for t in tracker.tracks] == [gone_frames]  # lost, not ended
+    back = tracker.update(frame(obs(back_box)), W, H, 0.25 * (gone_frames + 1))
+    assert (back[0].track_id == 1) is same
+    if same:
+        assert back[0].missed == 0 and back[0].hits == 2
 
-    gap = IouTracker(TrackerConfig(max_missed=100, max_gap=1.0))
-    gap.update(frame(obs((0, 0, 50, 50))), W, H, 0.0)
-    assert gap.update(frame(obs((0, 0, 50, 50))), W, H, 0.9)[0].track_id == 1
-    assert gap.update(frame(obs((0, 0, 50, 50))), W, H, 2.5)[0].track_id == 2  # unseen 1.6 s
+
+def test_tracks_seen_in_the_previous_frame_are_matched_before_lost_ones() -> None:
+    tracker = IouTracker(TrackerConfig(min_iou=0.1))
+    tracker.update(frame(obs((0, 0, 100, 100)), obs((60, 0, 160, 100))), W, H, 0.0)
+    tracker.update(frame(obs((60, 0, 160, 100))), W, H, 0.2)  # track 1 is lost
+    # The face overlaps lost track 1 best (IoU 0.67 vs 0.54), but track 2 was there a
+    # frame ago: it keeps its person.
+    out = tracker.update(frame(obs((40, 0, 140, 100))), W, H, 0.4)
+    assert [t.track_id for t in out] == [2]
+    assert [(t.track_id, t.missed) for t in tracker.tracks] == [(1, 2), (2, 0)]
 
 
 def test_history_is_bounded_and_state_round_trips_through_json() -> None:

@@ -27,6 +27,7 @@ from services.alerts.records import AlertRecord
 from services.alerts.rules import Rule
 from services.alerts.snapshots import SnapshotStore
 from services.alerts.store import AlertStore
+from services.alerts.zones import ZoneBook
 from tests.services.alerts.test_store import record
 
 TOKEN = "t0ken-for-tests"
@@ -107,7 +108,8 @@ def build(tmp_path: Path, token: str = "") -> Api:
     )
     store = AlertStore(settings.state_dir)
     snapshots = SnapshotStore(tmp_path / "snapshots", max_age=3600, max_bytes=1 << 20)
-    engine = AlertEngine(Rule(k=2, n=3, cooldown=0.0), compliance_window=30.0)
+    zones = ZoneBook(settings.zones, store)
+    engine = AlertEngine(Rule(k=2, n=3, cooldown=0.0), compliance_window=30.0, zones=zones)
     registry, pictures = Registry(), Pictures()
     board = CameraBoard(
         registry,  # type: ignore[arg-type]
@@ -139,6 +141,7 @@ def build(tmp_path: Path, token: str = "") -> Api:
         registry=metrics.registry,
         readiness=lambda: dict(api.checks),
         clock=lambda: api.now,
+        zones=zones,
     )
     api.client = TestClient(app, base_url="http://testserver")
     return api

@@ -15,6 +15,7 @@ GUARDED = [
     "/api/alerts?limit=0",  # the token is checked before the parameters
     f"/api/alerts/{'0' * 32}",
     "/api/config",
+    "/api/cameras/lobby/zones",
     "/api/events?last_event_id=-1",
     "/metrics",
     "/openapi.json",

@@ -55,7 +55,14 @@ def test_camera_list(api: Api) -> None:
     assert (lobby["compliance"], lobby["masked"], lobby["faces"]) == (1.0, 3, 3)
     assert lobby["alerts_24h"] == 1 and lobby["window_s"] == 30.0
     assert lobby["configured_fps"] == 5.0 and lobby["fps"] == 5.0
-    assert lobby["rule"] == {"k": 2, "n": 3, "min_score": 0.6, "min_face": 24, "cooldown": 0.0}
+    assert lobby["rule"] == {
+        "k": 2,
+        "n": 3,
+        "min_score": 0.6,
+        "min_face": 24,
+        "cooldown": 0.0,
+        "group_window": 0.0,
+    }
     garage = cameras["garage"]
     assert (garage["status"], garage["online"], garage["compliance"]) == ("offline", False, None)
 
