@@ -120,6 +120,12 @@ def press(page: Any, size: str, locator: Any, **position: Any) -> None:
 VIEW_OPEN = "document.querySelector('#camera-view').open"
 
 
+def shoot(page: Any, path: Path) -> None:
+    """A screenshot of the whole page, from its top (the sticky header where it belongs)."""
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+
+
 def camera_view_open(page: Any) -> bool:
     return bool(page.evaluate(VIEW_OPEN))
 
@@ -179,7 +185,7 @@ def test_board_camera_view_zones_and_review(
         entrance_row.wait_for()
         assert re.fullmatch(r"no_mask 0\.\d\d", hall_row.locator(".score").inner_text())
         page.wait_for_function("document.querySelector('#alerts li .thumb').naturalWidth > 0")
-        page.screenshot(path=str(shots / f"{size}-board.png"), full_page=True)
+        shoot(page, shots / f"{size}-board.png")
 
         # -- the camera view: the live picture, an ignore mask drawn and saved --------------
         press(page, size, entrance.locator(".frame"))
@@ -246,7 +252,7 @@ def test_board_camera_view_zones_and_review(
         page.select_option("#filters select[name=camera]", "")
         page.wait_for_selector(alert_row(hall_id))
         page.wait_for_timeout(300)  # thumbnails of the reloaded list
-        page.screenshot(path=str(shots / f"{size}-alerts-reviewed.png"), full_page=True)
+        shoot(page, shots / f"{size}-alerts-reviewed.png")
 
         # -- the snapshot, large -----------------------------------------------------------
         press(page, size, page.locator(f"{alert_row(hall_id)} .open"))
@@ -272,7 +278,7 @@ def test_board_camera_view_zones_and_review(
         assert entrance.locator(".stale").inner_text().startswith("not analysed since")
         dimmed = entrance.locator(".picture").evaluate("e => getComputedStyle(e).filter")
         assert "grayscale" in dimmed
-        page.screenshot(path=str(shots / f"{size}-not-analysed.png"), full_page=True)
+        shoot(page, shots / f"{size}-not-analysed.png")
 
         # Pictures were asked for only where there was one; nothing failed anywhere.
         asked = {
@@ -296,11 +302,11 @@ def test_refused_writes_say_why(
 ) -> None:
     """A kiosk (anonymous reads) cannot review or change zones: the page says a token is
     needed; a signed-in user's invalid zone (a bad name) is refused with the reason."""
-    watch = PageWatch(allowed=("/review", "/api/cameras/hall/zones"))
+    kiosk, signed_in = PageWatch(allowed=("/review",)), PageWatch(allowed=("/hall/zones",))
     with board(
         redis_server, redis_client, sample_jpeg, tmp_path / "state", allow_anonymous_read=True
     ) as b:
-        page = new_page(browser, "desktop", watch)
+        page = new_page(browser, "desktop", kiosk)
         page.goto(f"{b.base}/")
         row = page.locator('#alerts li[data-camera="hall"]').first
         press(page, "desktop", row.get_by_role("button", name="Acknowledge"))
@@ -309,7 +315,10 @@ def test_refused_writes_say_why(
         hall_id = row.get_attribute("data-alert")
         assert b.api.get(f"/api/alerts/{hall_id}").json()["review"]["state"] == "new"
         assert row.get_attribute("data-review") == "new"
+        assert kiosk.problems == []
+        page.context.close()
 
+        page = new_page(browser, "desktop", signed_in)
         page.goto(f"{b.base}/?token={TOKEN}#camera/hall")  # signed in, straight to the view
         page.wait_for_function(VIEW_OPEN)
         draw_polygon(page, "desktop", "include zone", MASK)
@@ -326,5 +335,5 @@ def test_refused_writes_say_why(
         page.keyboard.press("Escape")  # unsaved changes: the page asks first, "no" keeps it
         assert asked == ["Discard the unsaved zone changes?"]
         assert camera_view_open(page)
-        assert watch.problems == []
+        assert signed_in.problems == []
         page.context.close()
