@@ -229,11 +229,15 @@ class PictureLoop {
       const blob = await response.blob();
       if (response.status !== 200 || this.stopped || this.camera.id !== camera.id) return;
       const url = URL.createObjectURL(blob);
-      await new Promise((resolve) => { this.img.onload = this.img.onerror = resolve; this.img.src = url; });
+      const shown = await new Promise((resolve) => {
+        this.img.onload = () => resolve(true);
+        this.img.onerror = () => resolve(false);
+        this.img.src = url;
+      });
       if (this.url) URL.revokeObjectURL(this.url);
       this.url = url;
       this.etag = response.headers.get("ETag");
-      this.onPicture(this.img);
+      if (shown) this.onPicture(this.img);
     } catch (err) {
       // offline or restarting: keep the last picture and try again
     }
