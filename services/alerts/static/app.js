@@ -47,6 +47,7 @@ const state = {
   boardOkAt: Date.now(),   // the last successful /api/cameras
   modals: [],              // open modal dialogs, topmost last
   removed: new Map(),      // camera id -> when this page removed it (Date.now())
+  filterKey: "",           // the cameras the camera filter lists
 };
 
 // -- helpers -----------------------------------------------------------------------------
@@ -385,9 +386,9 @@ async function loadCameras() {
 
 function updateCameraFilter(cameras) {
   const select = $("#filters").elements.camera;
-  const key = cameras.map((c) => `${c.id}\u0000${c.name}`).join("\u0001");
-  if (select.dataset.key === key) return;
-  select.dataset.key = key;
+  const key = JSON.stringify(cameras.map((c) => [c.id, c.name]));
+  if (state.filterKey === key) return;   // the same cameras: keep the open list as it is
+  state.filterKey = key;
   const chosen = select.value;
   const options = [new Option("All cameras", "")];
   for (const camera of cameras) options.push(new Option(camera.name || camera.id, camera.id));
