@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.pipeline",
     "tests.fixtures.cluster",
+    "tests.fixtures.browser",
 ]

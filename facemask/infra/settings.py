@@ -60,7 +60,7 @@ NON_SETTINGS_ENV = frozenset(
         "FACEMASK_EXTRAS",
         "FACEMASK_TAG",
         "FACEMASK_IMAGE_PREFIX",
-        "FACEMASK_TEST_OUTPUT",
+        "FACEMASK_SCREENSHOTS",
     }
 )
 """``FACEMASK_*`` variables read outside the settings classes (model store, setup, compose)."""

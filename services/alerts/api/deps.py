@@ -40,9 +40,9 @@ class Collaborators:
     registry: CollectorRegistry
     readiness: ReadinessCheck
     auth: TokenAuth | None
+    zones: ZoneBook
     clock: Callable[[], float] = time.time
     """The server's clock (review times)."""
-    zones: ZoneBook
 
 
 def collaborators(conn: HTTPConnection) -> Collaborators:
@@ -84,6 +84,8 @@ def _auth(conn: HTTPConnection) -> TokenAuth | None:
 
 def _clock(conn: HTTPConnection) -> Callable[[], float]:
     return collaborators(conn).clock
+
+
 def _zones(conn: HTTPConnection) -> ZoneBook:
     return collaborators(conn).zones
 
