@@ -21,6 +21,8 @@ COLOURS_RGB: dict[str, tuple[int, int, int]] = {
 HIGHLIGHT_RGB: tuple[int, int, int] = (255, 191, 0)
 """Amber: the rows :func:`annotate` highlights (an alert's violators) and the borders of
 their crops; distinct from both label colours, and black text stays readable on it."""
+MUTED_RGB: tuple[int, int, int] = (160, 160, 160)
+"""Grey: the rows :func:`annotate` mutes (faces a camera's ignore mask drops)."""
 PANEL_RGB: tuple[int, int, int] = (24, 24, 24)
 """Background of the crop panel."""
 MIN_FONT_SCALE = 0.35
@@ -68,6 +70,7 @@ def annotate(
     copy: bool = True,
     highlight: Rows | None = None,
     labelled: Rows | None = None,
+    muted: Rows | None = None,
 ) -> np.ndarray:
     """Draw each detection's box and ``label score`` on ``image`` (uint8 ``[h, w, 3]``).
 
@@ -75,8 +78,9 @@ def annotate(
     boxes are normalised, so a reduced-scale decode of the frame works as well.
     ``highlight`` rows (indices or a boolean mask) are drawn last, thicker and in
     :data:`HIGHLIGHT_RGB`; ``labelled`` rows get the label strip (None: every row; a
-    thumbnail labels only its highlighted rows). Returns the drawn image: a copy unless
-    ``copy=False``.
+    thumbnail labels only its highlighted rows). ``muted`` rows (faces the alert rule
+    ignores: inside an ignore mask) are drawn first, thin and in :data:`MUTED_RGB`, with
+    ``ignored`` in their label. Returns the drawn image: a copy unless ``copy=False``.
     """
     _check(image)
     out = image.copy() if copy else image
@@ -90,8 +94,10 @@ def annotate(
     text_thickness = max(1, thickness // 2)
     high = _mask(highlight, count, False)
     label = _mask(labelled, count, True)
+    mute = _mask(muted, count, False) & ~high
     boxes = detections.pixels(width, height)
-    order = np.argsort(high, kind="stable")  # highlighted rows last: on top
+    # muted rows first (underneath), highlighted rows last (on top)
+    order = np.argsort(high.astype(np.int8) - mute.astype(np.int8), kind="stable")
     for i, (x1, y1, x2, y2), score, class_id in zip(
         order.tolist(),
         boxes[order].tolist(),
@@ -100,12 +106,16 @@ def annotate(
         strict=True,
     ):
         name = LABELS[class_id]
-        col = _order(HIGHLIGHT_RGB, bgr) if high[i] else colour(name, bgr=bgr)
-        line = thickness + 1 if high[i] else thickness
+        if high[i]:
+            col, line = _order(HIGHLIGHT_RGB, bgr), thickness + 1
+        elif mute[i]:
+            col, line = _order(MUTED_RGB, bgr), max(1, thickness - 1)
+        else:
+            col, line = colour(name, bgr=bgr), thickness
         cv2.rectangle(out, (x1, y1), (x2, y2), col, line)
         if not label[i]:
             continue
-        text = f"{name} {score:.2f}"
+        text = f"{name} {score:.2f}" + (" ignored" if mute[i] else "")
         (tw, th), baseline = cv2.getTextSize(text, _FONT, font, text_thickness)
         # Label on a filled strip above the box, or inside it at the top edge of the image.
         top = y1 - th - baseline - 2 if y1 - th - baseline - 2 >= 0 else y1

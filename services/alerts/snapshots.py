@@ -137,23 +137,37 @@ def decode_bgr(
     return image
 
 
+def ignored_rows(latest: Mapping[str, Any]) -> list[int]:
+    """The rows of a latest-entry record that the camera's zones dropped (its
+    ``ignored`` indices; absent in records of older versions; anything malformed in a
+    stored record is ignored rather than drawn wrong)."""
+    raw = latest.get("ignored") or []
+    count = len(latest.get("dets") or [])
+    if not isinstance(raw, list):
+        return []
+    return [int(i) for i in raw if isinstance(i, int) and 0 <= i < count]
+
+
 def render(
     frame: FrameEntry,
     detections: Detections,
     *,
     max_side: int = SNAPSHOT_MAX_SIDE,
     on_reject: RejectObserver | None = None,
+    muted: Sequence[int] = (),
 ) -> np.ndarray | None:
     """The frame with its detections drawn (BGR), its longer side at most ``max_side``
-    (0: full size); None when the image does not decode or is not the size its entry
-    declares (see :func:`decode_bgr`).
+    (0: full size), the ``muted`` rows (faces an ignore mask drops) in grey; None when the
+    image does not decode or is not the size its entry declares (see :func:`decode_bgr`).
 
     The boxes are image-relative, so they land right on a frame decoded at reduced scale.
     """
     image = decode_bgr(frame, max_side, on_reject=on_reject)
     if image is None:
         return None
-    return annotate(image, detections, bgr=True, copy=False)
+    return annotate(
+        image, detections, bgr=True, copy=False, muted=np.asarray(muted, dtype=np.int64)
+    )
 
 
 Box = tuple[int, int, int, int]
@@ -442,6 +456,7 @@ class LatestFrames:
                         parse_detections(latest["dets"], int(latest["w"]), int(latest["h"])),
                         max_side=self.max_side,
                         on_reject=self.on_reject,
+                        muted=ignored_rows(latest),
                     )
             if image is None:  # trimmed, or rejected (counted once): keep what there was
                 sid = str(latest["frame_sid"])

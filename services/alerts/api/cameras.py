@@ -10,7 +10,8 @@ anything else is answered 422 with the rule, never 500.
 ``DELETE /api/cameras/{id}`` forgets a stale camera (registry entry, stored name, engine
 state; its alerts stay): 204; 404 for a camera the service does not know; 409 while its
 node heart-beats (it would register again at once); 503 when Redis is unreachable
-(nothing forgotten). It is a write: with a token configured it needs the token.
+(nothing forgotten); with ``?zones=true`` the zones set through the API go too. It is a
+write: with a token configured it needs the token.
 
 ``/api/health`` is the pipeline's view (cameras per state, every camera not live); it
 is not a probe: ``/readyz`` stays about the alert service's own ability to work, which a
@@ -26,7 +27,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from facemask.infra.redisconn import CONNECTION_ERRORS
-from services.alerts.api.deps import Cameras, ReadinessProbe
+from services.alerts.api.deps import Cameras, ReadinessProbe, Zones
 from services.alerts.api.models import (
     CAMERA_ID_DESCRIPTION,
     CameraId,
@@ -112,7 +113,11 @@ def latest(
 )
 def forget(
     board: Cameras,
+    book: Zones,
     camera_id: Annotated[CameraId, PathParam(description=CAMERA_ID_DESCRIPTION)],
+    zones: Annotated[
+        bool, Query(description="also drop the camera's zones set through the API")
+    ] = False,
 ) -> Response:
     try:
         board.forget(camera_id, reason="api")
@@ -122,6 +127,8 @@ def forget(
         raise HTTPException(409, f"{exc}; stop it on its node first") from None
     except CONNECTION_ERRORS:
         raise HTTPException(503, "redis unreachable: camera not forgotten") from None
+    if zones:
+        book.forget(camera_id)
     return Response(status_code=204)
 
 

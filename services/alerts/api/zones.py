@@ -7,7 +7,9 @@ SQLite, so they survive a restart and replace the configured ones; an empty body
 them, configured ones included). Polygons are frame-relative (x, y in [0, 1] of the
 frame's width and height); a body with fewer than 3 or more than 64 points in a polygon,
 a coordinate outside [0, 1], more than 32 polygons in a list, a bad or repeated name, or
-an unknown key is answered 422. Like every write, PUT needs the token when one is set.
+an unknown key is answered 422. ``DELETE`` drops the zones set here (the configured
+ones, if any, apply again) and answers the zones then in effect. Like every write, PUT
+and DELETE need the token when one is set.
 A camera need not have sent a frame yet: zones can be prepared before it starts.
 """
 
@@ -47,3 +49,13 @@ def get_zones(book: Zones, camera_id: CameraPath) -> ZonesOut:
 )
 def put_zones(book: Zones, camera_id: CameraPath, body: ZoneSpec) -> ZonesOut:
     return _out(camera_id, book.set(camera_id, body))
+
+
+@router.delete(
+    "/api/cameras/{camera_id}/zones",
+    summary="Drop the zones set through the API (the configured ones apply again)",
+    responses=problems(422),
+)
+def delete_zones(book: Zones, camera_id: CameraPath) -> ZonesOut:
+    book.forget(camera_id)
+    return _out(camera_id, book.get(camera_id))

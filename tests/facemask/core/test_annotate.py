@@ -11,6 +11,7 @@ from facemask.core.annotate import (
     COLOURS_RGB,
     HIGHLIGHT_RGB,
     MIN_FONT_SCALE,
+    MUTED_RGB,
     annotate,
     colour,
     crops_beside,
@@ -97,6 +98,39 @@ def test_highlighted_rows_are_drawn_on_top() -> None:
     for rows in ([0], [1]):
         out = annotate(np.zeros((200, 400, 3), np.uint8), left, highlight=rows)
         assert tuple(out[130, 41]) == AMBER, rows
+
+
+@pytest.mark.parametrize(
+    ("muted", "highlight", "grey_at", "red_at"),
+    [
+        # rows: mask (x1 = 40), no_mask (x1 = 240), no_mask (x1 = 140)
+        ([2], None, [(130, 140)], [(130, 240)]),  # the muted no_mask is grey, the other red
+        (np.array([False, True, False]), None, [(130, 240)], [(130, 140)]),
+        ([1], [1], [], [(130, 140)]),  # highlighted wins over muted
+        ([], None, [], [(130, 140), (130, 240)]),
+    ],
+    ids=["indices", "mask", "highlight-wins", "none"],
+)
+def test_muted_rows_are_grey_and_say_ignored(
+    muted: object,
+    highlight: object,
+    grey_at: list[tuple[int, int]],
+    red_at: list[tuple[int, int]],
+) -> None:
+    out = annotate(np.zeros((200, 400, 3), np.uint8), THREE, muted=muted, highlight=highlight)
+    for y, x in grey_at:
+        assert tuple(out[y, x]) == MUTED_RGB, (y, x)
+    for y, x in red_at:
+        assert tuple(out[y, x]) == COLOURS_RGB["no_mask"], (y, x)
+    assert tuple(out[130, 40]) == COLOURS_RGB["mask"]
+
+
+def test_a_muted_label_is_wider_by_the_word_ignored() -> None:
+    out = annotate(np.zeros((200, 400, 3), np.uint8), NO_MASK, muted=[0])
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (width, _), _ = cv2.getTextSize("no_mask 0.77 ignored", font, MIN_FONT_SCALE, 1)
+    strip = np.nonzero((out[55, :] == MUTED_RGB).all(axis=1))[0]
+    assert strip.max() - strip.min() == width + 4
 
 
 def test_labels_name_the_class_and_score_and_can_be_limited() -> None:

@@ -383,7 +383,11 @@ def test_stale_cameras_are_deleted_through_the_api_and_dropped_by_retention(
         assert conflict.status_code == 409 and "heart-beats" in conflict.json()["message"]
         redis_client.delete(LAYOUT.camera("gone"))  # its node is gone for good
         wait_until(lambda: camera(service, "gone")["state"] == "offline", 5, "gone offline")
-        assert api(service, "DELETE", "/api/cameras/gone").status_code == 204
+        mask = {"name": "m", "points": [[0, 0], [0.5, 0], [0.5, 0.5]]}
+        put = api(service, "PUT", "/api/cameras/gone/zones", json={"ignore": [mask]})
+        assert put.status_code == 200, put.text
+        assert api(service, "DELETE", "/api/cameras/gone?zones=true").status_code == 204
+        assert api(service, "GET", "/api/cameras/gone/zones").json()["source"] == "none"
         assert [c["id"] for c in api(service, "GET", "/api/cameras").json()["cameras"]] == ["lobby"]
         assert api(service, "GET", "/api/cameras/gone/latest.jpg").status_code == 404
         assert api(service, "DELETE", "/api/cameras/gone").status_code == 404

@@ -22,6 +22,7 @@ from services.alerts.snapshots import (
     LatestFrames,
     SnapshotStore,
     fetch_frame,
+    ignored_rows,
     render,
     render_alert,
 )
@@ -367,3 +368,17 @@ def test_the_clean_frame_is_kept_byte_for_byte(tmp_path: Path, encoding: str, su
     assert kept in [p for _m, _s, p in store.files()]
     os.utime(kept, (time.time() - 7200, time.time() - 7200))
     assert store.enforce_retention()["age"] == 1 and store.path(saved.frame) is None
+
+
+@pytest.mark.parametrize(
+    ("latest", "rows"),
+    [
+        ({"dets": [[0], [1], [2]], "ignored": [2, 0]}, [2, 0]),
+        ({"dets": [[0]]}, []),  # stored by an older version: nothing muted
+        ({"dets": [[0]], "ignored": [0, 5, -1, "1", 0.0]}, [0]),  # out of range / not ints
+        ({"dets": [[0]], "ignored": "0"}, []),
+        ({"dets": None, "ignored": [0]}, []),
+    ],
+)
+def test_ignored_rows_of_a_latest_record(latest: dict[str, object], rows: list[int]) -> None:
+    assert ignored_rows(latest) == rows

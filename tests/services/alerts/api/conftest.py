@@ -97,7 +97,7 @@ class Api:
         return stored
 
 
-def build(tmp_path: Path, token: str = "") -> Api:
+def build(tmp_path: Path, token: str = "", **overrides: Any) -> Api:
     settings = AlertSettings(
         state_dir=str(tmp_path / "state"),
         api_token=token,
@@ -105,6 +105,7 @@ def build(tmp_path: Path, token: str = "") -> Api:
         redis_url="redis://127.0.0.1:1/0",
         compliance_window=30.0,
         sse_heartbeat=0.05,
+        **overrides,
     )
     store = AlertStore(settings.state_dir)
     snapshots = SnapshotStore(tmp_path / "snapshots", max_age=3600, max_bytes=1 << 20)

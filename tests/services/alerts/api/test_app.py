@@ -25,6 +25,7 @@ JSON_ROUTES = {
     ("get", "/api/health"): "PipelineHealth",
     ("get", "/api/cameras/{camera_id}/zones"): "ZonesOut",
     ("put", "/api/cameras/{camera_id}/zones"): "ZonesOut",
+    ("delete", "/api/cameras/{camera_id}/zones"): "ZonesOut",
 }
 OTHER_ROUTES = {  # GET path: media types of the 200 answer
     "/metrics": ["text/plain; version=1.0.0; charset=utf-8"],

@@ -44,6 +44,11 @@ def test_put_replaces_the_zones_and_get_shows_them(api: Api) -> None:
     # Cleared: an empty document (the configured zones, if any, stay off).
     cleared = api.client.put(URL, json={}).json()
     assert (cleared["ignore"], cleared["include"], cleared["source"]) == ([], [], "api")
+    # Deleted: the zones set here go, whatever was configured applies again (none here).
+    deleted = api.client.delete(URL)
+    assert deleted.status_code == 200
+    assert deleted.json()["source"] == "none"
+    assert api.client.get(URL).json()["source"] == "none"
 
 
 def entry(frame: int) -> DetectionsEntry:
@@ -124,3 +129,21 @@ def test_zones_survive_a_reopen_of_the_store(tmp_path: Path) -> None:
     finally:
         again.client.close()
         again.store.close()
+
+
+def test_delete_brings_the_configured_zones_back(tmp_path: Path) -> None:
+    api = build(tmp_path, TOKEN, zones={"lobby": {"ignore": [DOOR]}})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        configured = api.client.get(URL, headers=auth).json()
+        assert (configured["ignore"], configured["source"]) == ([DOOR], "config")
+        assert api.client.put(URL, json={"ignore": [POSTER]}, headers=auth).status_code == 200
+        assert api.client.delete(URL).status_code == 401  # a write: the token is needed
+        assert api.engine.zones.get("lobby").source == "api"
+        back = api.client.delete(URL, headers=auth)
+        assert back.status_code == 200
+        assert (back.json()["ignore"], back.json()["source"]) == ([DOOR], "config")
+        assert api.engine.zones.get("lobby").source == "config"
+    finally:
+        api.client.close()
+        api.store.close()
