@@ -81,6 +81,15 @@ DO_NOT_RESTART: dict[int, str] = {
 """Exit statuses of a service that has not become ready which a restart cannot help: they
 stop the run (``ChildSpec.fatal_exits``)."""
 MAX_NAME_LEN = 64
+SCRAPE_JOBS: dict[str, str] = {
+    "inference": "facemask-inference",
+    "alerts": "facemask-alerts",
+    "ingest": "facemask-ingest",
+}
+"""The Prometheus job of each service under ``--prometheus``: named as in
+``deploy/prometheus/prometheus.yml``, so that the rules of ``deploy/prometheus/rules.yml``
+(``up{job=~"facemask-.*"}``) hold for a local run too (checked by
+``python -m tests.deploy.run_jobs``)."""
 _NAMED_SOURCE = re.compile(r"^(?P<name>[^=/\\:?@\x00-\x1f]{1,64})=(?P<source>.+)$", re.DOTALL)
 
 
@@ -236,10 +245,15 @@ def ingest_config(camera: CameraSource, index: int, fps: float, path: Path) -> P
 
 
 def prometheus_config(targets: dict[str, list[str]], path: Path) -> Path:
-    """Write a Prometheus config scraping ``targets`` (job -> host:port list)."""
+    """Write a Prometheus config scraping ``targets`` (service -> host:port list), one job
+    per service, named by :data:`SCRAPE_JOBS`, with the rules of ``deploy/prometheus``."""
     lines = ["global:", "  scrape_interval: 5s", "  evaluation_interval: 5s", "scrape_configs:"]
-    for job, hosts in targets.items():
-        lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: {hosts}"]
+    for service, hosts in targets.items():
+        lines += [
+            f"  - job_name: {SCRAPE_JOBS[service]}",
+            "    static_configs:",
+            f"      - targets: {hosts}",
+        ]
     rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
     if rules.is_file():
         lines[3:3] = ["rule_files:", f"  - {rules}"]
@@ -339,9 +353,10 @@ def run(args: argparse.Namespace) -> int:
             host, args.dashboard_port, "the dashboard", "--dashboard-port", supervisor
         )
         inference_metrics = free_port(host)
+        alerts_metrics = free_port(host)  # the API's /metrics needs the token when one is set
         scrape: dict[str, list[str]] = {
             "inference": [f"{host}:{inference_metrics}"],
-            "alerts": [f"{host}:{http_port}"],
+            "alerts": [f"{host}:{alerts_metrics}"],
             "ingest": [],
         }
         inference = supervisor.start(
@@ -366,6 +381,8 @@ def run(args: argparse.Namespace) -> int:
                     **base_env,
                     "FACEMASK_ALERTS_HOST": host,
                     "FACEMASK_ALERTS_PORT": str(http_port),
+                    "FACEMASK_ALERTS_METRICS_HOST": host,
+                    "FACEMASK_ALERTS_METRICS_PORT": str(alerts_metrics),
                     "FACEMASK_ALERTS_STATE_DIR": str(state / "alerts"),
                     "FACEMASK_ALERTS_PUBLIC_BASE_URL": f"http://{host}:{http_port}",
                     **alerts_env,
@@ -412,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
                 f"dashboard: http://{host}:{http_port}/{token_note}\n"
                 f"api:       http://{host}:{http_port}/api/cameras (schema: /openapi.json)\n"
                 f"metrics:   http://{host}:{inference_metrics}/metrics (inference), "
-                f"http://{host}:{http_port}/metrics (alerts), "
+                f"http://{host}:{alerts_metrics}/metrics (alerts), "
                 + ", ".join(f"http://{t}/metrics" for t in scrape["ingest"])
                 + " (ingest)\n"
                 f"grpc:      {host}:{grpc_port}\n"
