@@ -109,9 +109,10 @@ LOCAL_STREAM_LIMITS: dict[str, str] = {
 }
 """Stream lengths of a run with its own Redis, unless set in the environment: 200 frames
 per partition stream (40 s of one camera at 5 fps; production keeps 1000) and 100 dead
-letters (a dead letter keeps up to 64 KB of its frame). With ``MAXLEN ~`` a stream holds
-up to one radix-tree node more (``stream-node-max-entries``, 100): at 40-60 KB a frame,
-about 12-18 MB per partition stream, well below :data:`LOCAL_REDIS_MAXMEMORY`."""
+letters (a dead letter keeps up to 64 KB of its frame). ``MAXLEN ~`` trims whole
+radix-tree nodes, which hold 4 KB at most (``stream-node-max-bytes``): a stream of frames
+stays at about 200, 8-12 MB at 40-60 KB a frame (measured: 9.9 MiB of Redis memory for a
+full stream of 41 KB frames), well below :data:`LOCAL_REDIS_MAXMEMORY` for 4 partitions."""
 _MEMORY = re.compile(r"^\d+(?:[kmg]b?|b)?$", re.IGNORECASE)
 _NAMED_SOURCE = re.compile(r"^(?P<name>[^=/\\:?@\x00-\x1f]{1,64})=(?P<source>.+)$", re.DOTALL)
 
@@ -361,17 +362,19 @@ def start_local_redis(state: Path, supervisor: Supervisor, maxmemory: str) -> Re
             "redis", f"removed {old} ({size / 1e6:.1f} MB): the run's Redis keeps no files"
         )
     password_file = workdir / "password"
+    unbounded = int(re.sub(r"\D", "", maxmemory) or 0) == 0  # 0, 0mb: Redis's "no limit"
     redis = RedisProcess(
         workdir,
         appendonly=False,
         supervisor=supervisor,
         password=load_password(password_file),
-        maxmemory=maxmemory if maxmemory != "0" else None,
+        maxmemory=None if unbounded else maxmemory,
     ).start()
+    limit = "no maxmemory" if unbounded else f"maxmemory {maxmemory}, noeviction"
     supervisor.say(
         "redis",
         f"redis-server {redis.binary} at {redis.redacted_url} (password in {password_file}; "
-        f"maxmemory {maxmemory}, noeviction, no persistence)",
+        f"{limit}, no persistence)",
     )
     return redis
 

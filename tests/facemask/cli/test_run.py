@@ -182,6 +182,29 @@ def _bytes(size: str) -> int:
     return int(number.group()) * unit[size[number.end() :]]
 
 
+@pytest.mark.parametrize(
+    ("maxmemory", "config", "said"),
+    [
+        ("64mb", str(64 * 2**20), "maxmemory 64mb, noeviction, no persistence"),
+        ("0", "0", "no maxmemory, no persistence"),
+        ("0gb", "0", "no maxmemory, no persistence"),
+    ],
+)
+def test_redis_maxmemory_reaches_the_local_redis(
+    tmp_path: Path, maxmemory: str, config: str, said: str
+) -> None:
+    out = io.StringIO()
+    supervisor = Supervisor(out, name="run")
+    server = start_local_redis(tmp_path / "state", supervisor, memory_size(maxmemory))
+    try:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("maxmemory") == {"maxmemory": config}
+        client.close()
+        assert f"; {said})\n" in out.getvalue() and "removed" not in out.getvalue()
+    finally:
+        supervisor.stop_all()
+
+
 def test_the_local_redis_is_bounded_and_keeps_the_frame_streams_short(tmp_path: Path) -> None:
     """The Redis of ``facemask run`` (started by the same function) under a real ingest
     process with the run's stream limits, fed as fast as it can read the sample video: the
