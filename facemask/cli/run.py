@@ -382,7 +382,8 @@ def start_local_redis(state: Path, supervisor: Supervisor, maxmemory: str) -> Re
 def run(args: argparse.Namespace) -> int:
     """Start the pipeline and supervise it until a signal or ``--duration``: 0. A service
     that cannot start (a :data:`DO_NOT_RESTART` status before it was ready) stops the run:
-    its exit status; Redis or a service not ready within ``READY_TIMEOUT_S``: 1."""
+    its exit status; Redis or a service not ready within ``READY_TIMEOUT_S``: 1; the state
+    directory locked by another run: 1, before anything is started."""
     state = args.state_dir.resolve()
     lock = StateLock(state)
     try:
