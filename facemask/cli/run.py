@@ -20,6 +20,17 @@ the whole run, which prints the child's error line and exits with the child's st
 orchestrator.) The process handling is :mod:`facemask.dev.supervisor`'s; this module says
 what to start.
 
+One launcher per state directory: it takes an exclusive lock on ``<state-dir>/run.lock``
+(:mod:`facemask.dev.statelock`) before it starts anything; a second ``facemask run`` on
+the same directory names the holder's pid and exits 1. The kernel drops the lock when the
+launcher exits, however it exits.
+
+The Redis it starts is bounded: ``maxmemory`` (``--redis-maxmemory``, 256 MB) with
+``noeviction`` as in production, shorter streams (:data:`LOCAL_STREAM_LIMITS`: the
+services' ``MAXLEN ~`` keeps them below it), and nothing on disk (no append-only file, no
+snapshot): frames and detections are seconds-old working data; alerts, reviews, zones and
+camera names live in the alert service's SQLite database under ``<state-dir>/alerts``.
+
 Cameras are named from their source (file stem, ``device 0``, URL host and path - never
 its user, password or query), or ``--source NAME=SRC``; each ingest process reads its
 camera from a 0600 JSON file under ``<state-dir>/ingest/`` (a URL password stays off the
@@ -49,6 +60,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from facemask.dev.localredis import RedisProcess, free_port, load_password
+from facemask.dev.statelock import StateDirLockedError, StateLock
 from facemask.dev.supervisor import (
     ChildExitedError,
     ChildSpec,
@@ -81,6 +93,27 @@ DO_NOT_RESTART: dict[int, str] = {
 """Exit statuses of a service that has not become ready which a restart cannot help: they
 stop the run (``ChildSpec.fatal_exits``)."""
 MAX_NAME_LEN = 64
+SCRAPE_JOBS: dict[str, str] = {
+    "inference": "facemask-inference",
+    "alerts": "facemask-alerts",
+    "ingest": "facemask-ingest",
+}
+"""The Prometheus job of each service under ``--prometheus``: named as in
+``deploy/prometheus/prometheus.yml``, so that the rules of ``deploy/prometheus/rules.yml``
+(``up{job=~"facemask-.*"}``) hold for a local run too (checked by
+``python -m tests.deploy.run_jobs``)."""
+LOCAL_REDIS_MAXMEMORY = "256mb"
+LOCAL_STREAM_LIMITS: dict[str, str] = {
+    "FACEMASK_INGEST_STREAM_MAXLEN": "200",
+    "FACEMASK_INFERENCE_DEADLETTER_MAXLEN": "100",
+}
+"""Stream lengths of a run with its own Redis, unless set in the environment: 200 frames
+per partition stream (40 s of one camera at 5 fps; production keeps 1000) and 100 dead
+letters (a dead letter keeps up to 64 KB of its frame). ``MAXLEN ~`` trims whole
+radix-tree nodes, which hold 4 KB at most (``stream-node-max-bytes``): a stream of frames
+stays at about 200, 8-12 MB at 40-60 KB a frame (measured: 9.9 MiB of Redis memory for a
+full stream of 41 KB frames), well below :data:`LOCAL_REDIS_MAXMEMORY` for 4 partitions."""
+_MEMORY = re.compile(r"^\d+(?:[kmg]b?|b)?$", re.IGNORECASE)
 _NAMED_SOURCE = re.compile(r"^(?P<name>[^=/\\:?@\x00-\x1f]{1,64})=(?P<source>.+)$", re.DOTALL)
 
 
@@ -137,6 +170,14 @@ def source_name(source: str) -> str:
     return (name or "camera")[:MAX_NAME_LEN]
 
 
+def memory_size(text: str) -> str:
+    """A Redis memory size (``256mb``, ``1gb``, ``0``: no limit), as redis-server takes it."""
+    value = text.strip()
+    if not _MEMORY.match(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: a size such as 256mb or 1gb (0: no limit)")
+    return value.lower()
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """``facemask run`` options."""
     parser.add_argument(
@@ -155,7 +196,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--redis-url", help="use this Redis instead of starting one (redis://host:port/0)"
     )
     parser.add_argument(
-        "--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="Redis data, alerts DB, logs"
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="alerts database, snapshots, Redis password and log; one run at a time each "
+        "(a lock): give a second run its own",
+    )
+    parser.add_argument(
+        "--redis-maxmemory",
+        type=memory_size,
+        default=LOCAL_REDIS_MAXMEMORY,
+        help="memory limit of the Redis the run starts (noeviction: writes beyond it are "
+        "refused and retried; 0: none)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address the services bind")
     parser.add_argument(
@@ -236,10 +288,15 @@ def ingest_config(camera: CameraSource, index: int, fps: float, path: Path) -> P
 
 
 def prometheus_config(targets: dict[str, list[str]], path: Path) -> Path:
-    """Write a Prometheus config scraping ``targets`` (job -> host:port list)."""
+    """Write a Prometheus config scraping ``targets`` (service -> host:port list), one job
+    per service, named by :data:`SCRAPE_JOBS`, with the rules of ``deploy/prometheus``."""
     lines = ["global:", "  scrape_interval: 5s", "  evaluation_interval: 5s", "scrape_configs:"]
-    for job, hosts in targets.items():
-        lines += [f"  - job_name: {job}", "    static_configs:", f"      - targets: {hosts}"]
+    for service, hosts in targets.items():
+        lines += [
+            f"  - job_name: {SCRAPE_JOBS[service]}",
+            "    static_configs:",
+            f"      - targets: {hosts}",
+        ]
     rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yml"
     if rules.is_file():
         lines[3:3] = ["rule_files:", f"  - {rules}"]
@@ -280,28 +337,71 @@ def failure_message(exc: ChildExitedError) -> str:
     return f"{text} before it was ready" + (f": {line}" if line else "")
 
 
-def _start_redis(state: Path, supervisor: Supervisor) -> str:
-    """Start the password-protected Redis of the run; its URL."""
-    password_file = state / "redis" / "password"
+PROMETHEUS_RETENTION = "256MB"
+"""The most the local Prometheus keeps under ``<state-dir>/prometheus`` (oldest blocks go)."""
+OLD_REDIS_FILES = ("appendonlydir", "appendonly.aof", "dump.rdb")
+"""What the Redis of an earlier version of ``facemask run`` left on disk (up to hundreds
+of MB, never read again now that the run's Redis keeps nothing)."""
+
+
+def start_local_redis(state: Path, supervisor: Supervisor, maxmemory: str) -> RedisProcess:
+    """Start the password-protected, memory-bounded Redis of the run, which keeps nothing
+    on disk (the files of an earlier version's are removed, and that is said)."""
+    workdir = state / "redis"
+    for name in OLD_REDIS_FILES:
+        old = workdir / name
+        if old.is_dir():
+            size = sum(f.stat().st_size for f in old.rglob("*") if f.is_file())
+            shutil.rmtree(old)
+        elif old.exists():
+            size = old.stat().st_size
+            old.unlink()
+        else:
+            continue
+        supervisor.say(
+            "redis", f"removed {old} ({size / 1e6:.1f} MB): the run's Redis keeps no files"
+        )
+    password_file = workdir / "password"
+    unbounded = int(re.sub(r"\D", "", maxmemory) or 0) == 0  # 0, 0mb: Redis's "no limit"
     redis = RedisProcess(
-        state / "redis",
-        appendonly=True,
+        workdir,
+        appendonly=False,
         supervisor=supervisor,
         password=load_password(password_file),
+        maxmemory=None if unbounded else maxmemory,
     ).start()
+    limit = "no maxmemory" if unbounded else f"maxmemory {maxmemory}, noeviction"
     supervisor.say(
         "redis",
-        f"redis-server {redis.binary} at {redis.redacted_url} (password in {password_file})",
+        f"redis-server {redis.binary} at {redis.redacted_url} (password in {password_file}; "
+        f"{limit}, no persistence)",
     )
-    return redis.url
+    return redis
 
 
 def run(args: argparse.Namespace) -> int:
     """Start the pipeline and supervise it until a signal or ``--duration``: 0. A service
     that cannot start (a :data:`DO_NOT_RESTART` status before it was ready) stops the run:
-    its exit status; Redis or a service not ready within ``READY_TIMEOUT_S``: 1."""
+    its exit status; Redis or a service not ready within ``READY_TIMEOUT_S``: 1; the state
+    directory locked by another run: 1, before anything is started."""
     state = args.state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    lock = StateLock(state)
+    try:
+        lock.acquire()
+    except StateDirLockedError as exc:
+        sys.stderr.write(
+            f"facemask run: error: {exc}: stop that one first, or give this run its own "
+            "state directory (--state-dir DIR)\n"
+        )
+        return 1
+    try:
+        return _run(args, state)
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, state: Path) -> int:
+    """:func:`run` once ``state`` is locked."""
     try:
         cameras: list[CameraSource] = args.source or [
             CameraSource.parse(str(default_source(state)))
@@ -316,10 +416,13 @@ def run(args: argparse.Namespace) -> int:
     code = 0
     try:
         try:
-            redis_url = args.redis_url or _start_redis(state, supervisor)
+            redis_url = (
+                args.redis_url or start_local_redis(state, supervisor, args.redis_maxmemory).url
+            )
         except RuntimeError as exc:  # no binary, or it did not start: said why
             raise _RunError(str(exc), 1) from None
         base_env = {
+            **({} if args.redis_url else LOCAL_STREAM_LIMITS),
             **os.environ,
             "FACEMASK_REDIS_URL": redis_url,
             "FACEMASK_LOG_FORMAT": os.environ.get("FACEMASK_LOG_FORMAT", "text"),
@@ -339,9 +442,10 @@ def run(args: argparse.Namespace) -> int:
             host, args.dashboard_port, "the dashboard", "--dashboard-port", supervisor
         )
         inference_metrics = free_port(host)
+        alerts_metrics = free_port(host)  # the API's /metrics needs the token when one is set
         scrape: dict[str, list[str]] = {
             "inference": [f"{host}:{inference_metrics}"],
-            "alerts": [f"{host}:{http_port}"],
+            "alerts": [f"{host}:{alerts_metrics}"],
             "ingest": [],
         }
         inference = supervisor.start(
@@ -366,6 +470,8 @@ def run(args: argparse.Namespace) -> int:
                     **base_env,
                     "FACEMASK_ALERTS_HOST": host,
                     "FACEMASK_ALERTS_PORT": str(http_port),
+                    "FACEMASK_ALERTS_METRICS_HOST": host,
+                    "FACEMASK_ALERTS_METRICS_PORT": str(alerts_metrics),
                     "FACEMASK_ALERTS_STATE_DIR": str(state / "alerts"),
                     "FACEMASK_ALERTS_PUBLIC_BASE_URL": f"http://{host}:{http_port}",
                     **alerts_env,
@@ -412,7 +518,7 @@ def run(args: argparse.Namespace) -> int:
                 f"dashboard: http://{host}:{http_port}/{token_note}\n"
                 f"api:       http://{host}:{http_port}/api/cameras (schema: /openapi.json)\n"
                 f"metrics:   http://{host}:{inference_metrics}/metrics (inference), "
-                f"http://{host}:{http_port}/metrics (alerts), "
+                f"http://{host}:{alerts_metrics}/metrics (alerts), "
                 + ", ".join(f"http://{t}/metrics" for t in scrape["ingest"])
                 + " (ingest)\n"
                 f"grpc:      {host}:{grpc_port}\n"
@@ -472,6 +578,7 @@ def _start_prometheus(
                 binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={state / 'prometheus'}",
+                f"--storage.tsdb.retention.size={PROMETHEUS_RETENTION}",
                 f"--web.listen-address={host}:{prom_port}",
             ],
             env,

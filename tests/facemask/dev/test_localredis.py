@@ -103,3 +103,32 @@ def test_a_password_protected_server(binary: str, tmp_path: Path) -> None:
         assert not wrong.ping()
     with pytest.raises(ValueError, match="quotes"):
         RedisProcess(tmp_path / "r2", binary=binary, password='a"b').spec()
+
+
+@pytest.mark.parametrize("maxmemory", [None, "4mb"])
+def test_maxmemory_refuses_writes_and_never_evicts_a_stream(
+    binary: str, tmp_path: Path, maxmemory: str | None
+) -> None:
+    """With ``maxmemory`` a write beyond it is refused (``OOM``) and what the streams hold
+    stays (``noeviction``, as in production); without it nothing is refused."""
+    payload = b"x" * 100_000
+    with RedisProcess(tmp_path / "redis", binary=binary, maxmemory=maxmemory) as server:
+        client = redis.Redis.from_url(server.url)
+        config = client.config_get("maxmemory*")
+        if maxmemory is None:
+            assert config["maxmemory"] == "0"
+            for _ in range(100):  # 10 MB
+                client.xadd("s", {"jpeg": payload})
+            assert client.xlen("s") == 100
+            return
+        assert config["maxmemory"] == str(4 * 1024 * 1024)
+        assert config["maxmemory-policy"] == "noeviction"
+        added = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
+            for _ in range(100):
+                client.xadd("s", {"jpeg": payload})
+                added += 1
+        assert 0 < added < 100 and client.xlen("s") == added  # nothing evicted
+        client.xtrim("s", maxlen=0)  # what MAXLEN ~ does: room again
+        client.xadd("s", {"jpeg": payload})
+        client.close()
