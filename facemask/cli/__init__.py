@@ -7,7 +7,9 @@ Those modules import heavy libraries (TensorFlow, gRPC) inside ``run`` only, so
 The library's own commands are listed here; the services add theirs through the
 ``facemask.commands`` entry-point group (``pyproject.toml``), so the library never names,
 let alone imports, :mod:`services`, and a node without a service's extras simply lacks
-that command.
+that command. Every command's ``--help`` shows its options' defaults and examples
+(:class:`CliParser`; the library's examples are in :mod:`facemask.cli.examples`, a
+service's in the ``EXAMPLES`` of its module).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import importlib.util
 from collections.abc import Sequence
 
 from facemask import __version__
-from facemask.infra.log import setup_logging
+from facemask.cli.examples import EXAMPLES
+from facemask.infra.helpformat import CommandParser
+from facemask.infra.log import LOG_LEVEL_HELP, setup_logging
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,18 +53,37 @@ def _commands() -> dict[str, tuple[str, str]]:
     return found
 
 
+class CliParser(CommandParser):
+    """The parser of ``facemask`` and of each of its (sub-)commands: defaults shown, and
+    the examples of :data:`facemask.cli.examples.EXAMPLES` for its ``prog``."""
+
+    def examples_for(self, prog: str | None) -> Sequence[str] | None:
+        return EXAMPLES.get(prog or "")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available sub-command."""
-    parser = argparse.ArgumentParser(prog="facemask", description=__doc__.splitlines()[0])
+    """The top-level parser with every available sub-command.
+
+    Every parser in the tree is a :class:`CliParser`; a service's command takes its
+    examples from the ``EXAMPLES`` of its module.
+    """
+    parser = CliParser(
+        prog="facemask",
+        description="Face-mask detection: cameras through Redis Streams to batched inference "
+        "and alerts, or images and videos on the command line. One command per task; "
+        "`facemask COMMAND --help` describes each.",
+    )
     parser.add_argument("--version", action="version", version=f"facemask {__version__}")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", default=None, help=LOG_LEVEL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in _commands().items():
         if not _available(module_name):
             continue
         module = importlib.import_module(module_name)
         text = help_text or getattr(module, "HELP", name)
-        child = sub.add_parser(name, help=text, description=text)
+        child = sub.add_parser(
+            name, help=text, description=text, examples=getattr(module, "EXAMPLES", None)
+        )
         module.configure(child)
         child.set_defaults(_module=module)
     return parser

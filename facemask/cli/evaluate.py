@@ -2,7 +2,11 @@
 
 Runs the detector at a low confidence threshold (0.01 by default, as COCO evaluation wants
 the whole precision/recall curve) and scores with pycocotools. ``--json`` prints one JSON
-object on one line; otherwise a table. TensorFlow is imported inside :func:`run` only.
+object on one line; otherwise a table. On a terminal a progress bar on stderr counts the
+images whose detections are done (after each model batch, so ``--batch-size`` sets its
+step; with ``--tiles`` a batch is the images whose tiles fill it) with the rate and ETA,
+then shows the scoring; one summary line is logged at the end. TensorFlow is imported
+inside :func:`run` only.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import logging
 import sys
 
+from facemask.cli.progress import add_progress_argument, progress, progress_wanted
 from facemask.cli.runtime_args import (
     add_runtime_arguments,
     positive_int,
@@ -84,29 +89,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="full: decode every image at full size (exactly the reference); auto: let large "
         "JPEGs decode at a reduced scale (default %(default)s)",
     )
+    add_progress_argument(parser, "images")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; one clear error line on stderr and exit 1 on bad inputs."""
     try:
         coco = evaluation.load_annotations(args.annotations)
-        evaluation.ground_truth_images(coco, args.images)  # fail on missing files before TF
+        # fail on missing files before TensorFlow loads
+        total = len(evaluation.ground_truth_images(coco, args.images))
         try:
             options = runtime_options(args)
         except ValueError as exc:
             raise evaluation.EvaluationError(str(exc)) from None
         detector = evaluation.get_detector(args.runtime, **options)
-        result = evaluation.evaluate(
-            coco,
-            args.images,
-            detector=detector,
-            conf=args.conf,
-            iou=args.iou,
-            unrounded=args.unrounded,
-            batch_size=args.batch_size,
-            decode=args.decode,
-            tiles=args.tiles,
-        )
+        with progress(
+            total, unit="image", desc="eval", enabled=progress_wanted(args.progress)
+        ) as bar:
+
+            def on_progress(done: int, of: int) -> None:
+                bar.update(done, of)
+                if done == of:
+                    bar.stage("eval (scoring)")
+
+            result = evaluation.evaluate(
+                coco,
+                args.images,
+                detector=detector,
+                conf=args.conf,
+                iou=args.iou,
+                unrounded=args.unrounded,
+                batch_size=args.batch_size,
+                decode=args.decode,
+                progress=on_progress,
+                tiles=args.tiles,
+            )
+        logger.info(bar.summary(detections=result.detections, AP50=round(result.ap50, 3)))
     except (evaluation.EvaluationError, modelstore.ModelStoreError) as exc:
         sys.stderr.write(f"facemask eval: error: {exc}\n")
         return 1

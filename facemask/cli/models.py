@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``models`` sub-commands."""
     sub = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    fetch = sub.add_parser("fetch", help="fetch (mirror or download) and verify artifacts")
+    text = "fetch (mirror or download) and verify artifacts"
+    fetch = sub.add_parser("fetch", help=text, description=text)
     fetch.add_argument(
         "--group",
         action="append",
@@ -26,13 +27,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     fetch.add_argument("--all", action="store_true", help="include optional artifacts (caffe)")
     fetch.add_argument("--force", action="store_true", help="fetch again even when cached")
-    sub.add_parser("list", help="list the manifest and what is cached")
-    sub.add_parser("dir", help="print the cache directory")
-    build = sub.add_parser(
-        "build",
-        aliases=["quantize"],
-        help="convert the frozen graph to TFLite float32 and int8 (skipped when up to date)",
-    )
+    for name, text in (
+        ("list", "list the manifest and what is cached"),
+        ("dir", "print the cache directory"),
+    ):
+        sub.add_parser(name, help=text, description=text)
+    text = "convert the frozen graph to TFLite float32 and int8 (skipped when up to date)"
+    build = sub.add_parser("build", aliases=["quantize"], help=text, description=text)
     build.add_argument(
         "--variant",
         action="append",

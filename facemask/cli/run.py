@@ -427,7 +427,6 @@ def _run(args: argparse.Namespace, state: Path) -> int:
             "FACEMASK_REDIS_URL": redis_url,
             "FACEMASK_LOG_FORMAT": os.environ.get("FACEMASK_LOG_FORMAT", "text"),
             "PYTHONUNBUFFERED": "1",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
             "OPENCV_FFMPEG_LOGLEVEL": "8",
         }
         host = args.host

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+from facemask.infra.helpformat import CommandParser
+from facemask.infra.log import LOG_LEVEL_HELP
 from facemask.infra.watchdog import EXIT_UNHEALTHY, Supervisor
 
 logger = logging.getLogger(__name__)
@@ -70,12 +72,13 @@ def module_main(
     configure: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace], int],
     argv: Sequence[str] | None = None,
+    *,
+    examples: Sequence[str] | None = None,
 ) -> int:
-    """``python -m services.X``: the same options and behaviour as ``facemask X``."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    """``python -m services.X``: the same options, behaviour and ``--help`` (defaults,
+    ``examples``) as ``facemask X``."""
+    parser = CommandParser(prog=prog, description=description, examples=examples)
+    parser.add_argument("--log-level", default=None, help=LOG_LEVEL_HELP)
     configure(parser)
     return run(parser.parse_args(argv))
 

@@ -119,6 +119,10 @@ def check_level(level: str | int) -> str | int:
     )
 
 
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING or ERROR (default: $FACEMASK_LOG_LEVEL, else INFO)"
+"""Help of the ``--log-level`` option of the CLI and the services (see :func:`setup_logging`)."""
+
+
 def setup_logging(
     level: str | int | None = None, *, fmt: str | None = None, service: str | None = None
 ) -> None:

@@ -287,6 +287,12 @@ class ServiceSettings(BaseSettings):
         return "\n".join(lines)
 
 
+def setting_default(settings_cls: type[BaseModel], name: str) -> Any:
+    """The default of the setting ``name`` of ``settings_cls`` (a default factory called):
+    what a service's ``--help`` shows for the option that overrides it."""
+    return settings_cls.model_fields[name].get_default(call_default_factory=True)
+
+
 _SETTINGS_CLASSES: set[type[ServiceSettings]] = set()
 """Every settings class defined in this process (their names count as known)."""
 JSON_SHAPE_ERRORS = frozenset(

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facemask.core.preprocess import DECODE_MODES, ImageDecodeError, decode_image
-from facemask.core.tiling import TileSpec
+from facemask.core.preprocess import DECODE_MODES, DecodedImage, ImageDecodeError, decode_image
+from facemask.core.tiling import TileSpec, tile_windows
 from facemask.core.types import Detections
 
 if TYPE_CHECKING:
@@ -307,9 +307,48 @@ class ImageDetections:
     detections: Detections
 
 
-def _chunks(items: Sequence[GroundTruthImage], size: int) -> Iterator[Sequence[GroundTruthImage]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+ProgressCallback = Callable[[int, int], None]
+"""``progress(done, total)``: ``done`` of ``total`` images have their detections."""
+
+
+def _decoded(item: GroundTruthImage, decode: str) -> DecodedImage:
+    """The image of ``item`` (:class:`EvaluationError` when unreadable), its size checked
+    against the annotations (a warning: scoring uses the image's own size)."""
+    try:
+        image = decode_image(item.path.read_bytes(), reduce=decode)
+    except (OSError, ImageDecodeError) as exc:
+        raise EvaluationError(f"cannot read image {item.path}: {exc}") from exc
+    declared = (item.width, item.height)
+    if all(declared) and (image.width, image.height) != declared:
+        logger.warning(
+            "%s is %dx%d but the annotations say %dx%d; scoring in the image's size",
+            item.path,
+            image.width,
+            image.height,
+            item.width,
+            item.height,
+        )
+    return image
+
+
+def _model_runs(
+    images: Sequence[GroundTruthImage], decode: str, batch_size: int, tiles: TileSpec | None
+) -> Iterator[list[tuple[GroundTruthImage, DecodedImage]]]:
+    """The images decoded, in chunks of one model run each: at most ``batch_size`` model
+    inputs (an image untiled, its windows tiled), so that finishing a chunk is finishing
+    a batch of the model (an image with more windows than that is a chunk of its own)."""
+    chunk: list[tuple[GroundTruthImage, DecodedImage]] = []
+    inputs = 0
+    for item in images:
+        image = _decoded(item, decode)
+        windows = len(tile_windows(image.width, image.height, tiles))
+        if chunk and inputs + windows > batch_size:
+            yield chunk
+            chunk, inputs = [], 0
+        chunk.append((item, image))
+        inputs += windows
+    if chunk:
+        yield chunk
 
 
 def detect_images(
@@ -321,7 +360,7 @@ def detect_images(
     iou: float = DEFAULT_IOU,
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode: str = "full",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     tiles: TileSpec | None = None,
 ) -> list[ImageDetections]:
     """Run ``detector`` on every image of ``coco`` (files under ``images_dir``).
@@ -330,8 +369,11 @@ def detect_images(
     :mod:`facemask.core.tiling`); None runs exactly the untiled detector.
 
     Images are decoded (``decode``: ``full`` is exactly the reference; ``auto`` may decode
-    large JPEGs at a reduced scale) and detected ``batch_size`` at a time, so memory stays
-    bounded on large sets. Raises :class:`EvaluationError` for missing or unreadable files.
+    large JPEGs at a reduced scale) and detected one model batch at a time - ``batch_size``
+    images, or with ``tiles`` the images whose windows fill at most ``batch_size`` model
+    inputs - so memory stays bounded on large sets. ``progress(done, total)`` is called
+    after each batch with the images whose detections are done. Raises
+    :class:`EvaluationError` for missing or unreadable files.
     """
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}")
@@ -339,33 +381,16 @@ def detect_images(
         raise ValueError("batch_size must be >= 1")
     images = ground_truth_images(coco, images_dir)
     out: list[ImageDetections] = []
-    for chunk in _chunks(images, batch_size):
-        decoded = []
-        for item in chunk:
-            try:
-                image = decode_image(item.path.read_bytes(), reduce=decode)
-            except (OSError, ImageDecodeError) as exc:
-                raise EvaluationError(f"cannot read image {item.path}: {exc}") from exc
-            declared = (item.width, item.height)
-            if all(declared) and (image.width, image.height) != declared:
-                logger.warning(
-                    "%s is %dx%d but the annotations say %dx%d; scoring in the image's size",
-                    item.path,
-                    image.width,
-                    image.height,
-                    item.width,
-                    item.height,
-                )
-            decoded.append(image)
+    for chunk in _model_runs(images, decode, batch_size, tiles):
         per_image = detector.detect(
-            [d.rgb for d in decoded],
+            [image.rgb for _, image in chunk],
             conf=conf,
             iou=iou,
             batch_size=batch_size,
             tiles=tiles,
-            sizes=[(d.width, d.height) for d in decoded],
+            sizes=[(image.width, image.height) for _, image in chunk],
         )
-        for item, image, dets in zip(chunk, decoded, per_image, strict=True):
+        for (item, image), dets in zip(chunk, per_image, strict=True):
             out.append(ImageDetections(item.image_id, image.width, image.height, dets))
         if progress is not None:
             progress(len(out), len(images))
@@ -416,7 +441,7 @@ def evaluate(
     unrounded: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     decode: str = "full",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     tiles: TileSpec | None = None,
 ) -> EvalResult:
     """Detect on every annotated image and score the detections with COCOeval.
@@ -444,7 +469,7 @@ def evaluate(
     detect_s = time.perf_counter() - started
     result = score(coco, per_image, unrounded=unrounded)
     seconds = time.perf_counter() - started
-    logger.info(
+    logger.debug(
         "evaluated %d images, %d detections: detection %.1f s, scoring %.1f s",
         result.images,
         result.detections,

@@ -26,6 +26,7 @@ import numpy as np
 
 from facemask.core.preprocess import INPUT_SIZE, decode_image, preprocess
 from facemask.model import store as modelstore
+from facemask.model.native import import_tensorflow
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +119,10 @@ def _files_digest(files: Sequence[Path]) -> str:
 
 
 def _import_tensorflow() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf
+        return import_tensorflow()  # without its start-up banners
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise QuantizeError("building TFLite models needs TensorFlow") from exc
-    return tf
 
 
 def convert(tf: Any, source: Path, variant: str, files: Sequence[Path]) -> bytes:

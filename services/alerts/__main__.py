@@ -1,11 +1,5 @@
 """``python -m services.alerts`` / ``facemask serve-alerts``: run the alert service.
 
-Examples::
-
-    facemask serve-alerts --port 8080 --state-dir /var/lib/facemask/alerts
-    FACEMASK_ALERTS_WEBHOOK_URL=https://hooks.example/x FACEMASK_ALERTS_WEBHOOK_SECRET=s3cret \\
-        python -m services.alerts --check-config
-
 Exit codes: 0 after SIGTERM / SIGINT, 2 for a configuration error (also a stream layout
 that differs from the one in Redis), 1 for an unexpected failure, 70 after a fatal verdict
 of the supervisor (a background loop died too often, or the HTTP server thread ended).
@@ -18,12 +12,13 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from facemask.infra.helpformat import show_default
 from facemask.infra.lifecycle import module_main, serve_supervised, stop_on_signals
 from facemask.infra.log import setup_logging
-from facemask.infra.settings import ConfigError, check_config_and_exit
+from facemask.infra.settings import ConfigError, check_config_and_exit, setting_default
 
 if TYPE_CHECKING:
     from services.alerts.service import AlertService
@@ -31,17 +26,39 @@ if TYPE_CHECKING:
 logger = logging.getLogger("services.alerts")
 
 HELP = "run the alert service and dashboard"
+EXAMPLES = (
+    "facemask serve-alerts --port 8080 --state-dir /var/lib/facemask/alerts",
+    "# validate the settings (FACEMASK_ALERTS_* variables too), print them and exit",
+    "FACEMASK_ALERTS_WEBHOOK_URL=https://hooks.example/x FACEMASK_ALERTS_WEBHOOK_SECRET=s3cret "
+    "facemask serve-alerts --check-config",
+)
+
+
+def _default(name: str) -> Callable[[], Any]:
+    """The default of setting ``name``, for ``--help`` (imports the settings only then)."""
+
+    def default() -> Any:
+        from services.alerts.config import AlertSettings
+
+        return setting_default(AlertSettings, name)
+
+    return default
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Command-line options (each overrides its FACEMASK_ALERTS_ variable)."""
-    parser.add_argument("--host", help="HTTP bind address (FACEMASK_ALERTS_HOST)")
-    parser.add_argument("--port", type=int, help="HTTP port (FACEMASK_ALERTS_PORT)")
-    parser.add_argument("--redis-url", help="Redis URL (FACEMASK_ALERTS_REDIS_URL)")
-    parser.add_argument("--state-dir", help="database directory (FACEMASK_ALERTS_STATE_DIR)")
-    parser.add_argument(
-        "--metrics-port", type=int, help="extra Prometheus port (FACEMASK_ALERTS_METRICS_PORT)"
-    )
+    for option, name, kwargs in (
+        ("--host", "host", {"help": "HTTP bind address (FACEMASK_ALERTS_HOST)"}),
+        ("--port", "port", {"type": int, "help": "HTTP port (FACEMASK_ALERTS_PORT)"}),
+        ("--redis-url", "redis_url", {"help": "Redis URL (FACEMASK_ALERTS_REDIS_URL)"}),
+        ("--state-dir", "state_dir", {"help": "database directory (FACEMASK_ALERTS_STATE_DIR)"}),
+        (
+            "--metrics-port",
+            "metrics_port",
+            {"type": int, "help": "extra Prometheus port, 0: none (FACEMASK_ALERTS_METRICS_PORT)"},
+        ),
+    ):
+        show_default(parser.add_argument(option, **kwargs), _default(name))
     parser.add_argument(
         "--check-config",
         action="store_true",
@@ -109,7 +126,9 @@ def serve(service: AlertService, stop: threading.Event) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.alerts``."""
-    return module_main("python -m services.alerts", __doc__, configure, run, argv)
+    return module_main(
+        "python -m services.alerts", __doc__, configure, run, argv, examples=EXAMPLES
+    )
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from facemask.infra.helpformat import show_default
 from facemask.infra.lifecycle import module_main, serve_supervised, stop_on_signals
 from facemask.infra.log import setup_logging
-from facemask.infra.settings import ConfigError, check_config_and_exit
+from facemask.infra.settings import ConfigError, check_config_and_exit, setting_default
 
 if TYPE_CHECKING:
     from services.inference.service import InferenceService
@@ -19,17 +20,40 @@ if TYPE_CHECKING:
 logger = logging.getLogger("services.inference")
 
 HELP = "run the gRPC inference service"
+EXAMPLES = (
+    "facemask serve-inference --port 50051 --metrics-port 9101",
+    "# validate the settings (FACEMASK_INFERENCE_* variables too), print them and exit",
+    "FACEMASK_INFERENCE_RUNTIME=tflite facemask serve-inference --check-config",
+    "# gRPC only: answer Detect calls without consuming the Redis frame streams",
+    "facemask serve-inference --no-streams --port 50052",
+)
+
+
+def _default(name: str) -> Callable[[], Any]:
+    """The default of setting ``name``, for ``--help`` (imports the settings only then)."""
+
+    def default() -> Any:
+        from services.inference.config import InferenceSettings
+
+        return setting_default(InferenceSettings, name)
+
+    return default
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Command-line options (each overrides its FACEMASK_INFERENCE_ variable)."""
-    parser.add_argument("--port", type=int, help="gRPC port (FACEMASK_INFERENCE_PORT)")
-    parser.add_argument("--host", help="gRPC bind address (FACEMASK_INFERENCE_HOST)")
-    parser.add_argument(
-        "--metrics-port", type=int, help="Prometheus port (FACEMASK_INFERENCE_METRICS_PORT)"
-    )
-    parser.add_argument("--redis-url", help="Redis URL (FACEMASK_INFERENCE_REDIS_URL)")
-    parser.add_argument("--runtime", help="detector runtime (FACEMASK_INFERENCE_RUNTIME)")
+    for option, name, kwargs in (
+        ("--port", "port", {"type": int, "help": "gRPC port (FACEMASK_INFERENCE_PORT)"}),
+        ("--host", "host", {"help": "gRPC bind address (FACEMASK_INFERENCE_HOST)"}),
+        (
+            "--metrics-port",
+            "metrics_port",
+            {"type": int, "help": "Prometheus port, 0: none (FACEMASK_INFERENCE_METRICS_PORT)"},
+        ),
+        ("--redis-url", "redis_url", {"help": "Redis URL (FACEMASK_INFERENCE_REDIS_URL)"}),
+        ("--runtime", "runtime", {"help": "detector runtime (FACEMASK_INFERENCE_RUNTIME)"}),
+    ):
+        show_default(parser.add_argument(option, **kwargs), _default(name))
     parser.add_argument(
         "--no-streams", action="store_true", help="gRPC only: do not consume Redis streams"
     )
@@ -89,7 +113,9 @@ def serve(service: InferenceService, stop: threading.Event) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.inference``."""
-    return module_main("python -m services.inference", __doc__, configure, run, argv)
+    return module_main(
+        "python -m services.inference", __doc__, configure, run, argv, examples=EXAMPLES
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """``facemask ingest`` / ``python -m services.ingest``: run an ingest node.
 
-Examples::
-
-    facemask ingest --camera id=lobby,source=rtsp://cam1/stream,fps=5,location=hall
-    facemask ingest --camera id=demo,source=clip.mp4,loop=true --camera id=door,source=0
-    facemask ingest --config ingest.toml --check-config
+Cameras and settings come from ``--camera`` options, a ``--config`` file (TOML or JSON;
+``deploy/examples/ingest.toml`` documents every setting) and ``FACEMASK_INGEST_*``
+variables (:mod:`services.ingest.config`).
 
 Exit codes: 0 after SIGTERM / SIGINT (or when every non-looping file has ended), 2 for a
 configuration error (also a stream layout that differs from the one in Redis), 1 for an
@@ -16,16 +14,36 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from facemask.infra.helpformat import show_default
 from facemask.infra.lifecycle import module_main
 from facemask.infra.log import setup_logging
-from facemask.infra.settings import ConfigError, check_config_and_exit
+from facemask.infra.settings import ConfigError, check_config_and_exit, setting_default
 
 logger = logging.getLogger(__name__)
 
 HELP = "run an ingest node (cameras to Redis Streams)"
+EXAMPLE_CONFIG = "deploy/examples/ingest.toml"
+"""The example settings file, every setting documented (validated by the tests)."""
+EXAMPLES = (
+    "facemask ingest --camera id=lobby,source=rtsp://cam1/stream,fps=5,location=hall",
+    "facemask ingest --camera id=demo,source=clip.mp4,loop=true --camera id=door,source=0",
+    f"# a settings file: {EXAMPLE_CONFIG} documents every setting; check it and exit",
+    f"facemask ingest --config {EXAMPLE_CONFIG} --check-config",
+)
+
+
+def _default(name: str) -> Callable[[], Any]:
+    """The default of setting ``name``, for ``--help`` (imports the settings only then)."""
+
+    def default() -> Any:
+        from services.ingest.config import IngestSettings
+
+        return setting_default(IngestSettings, name)
+
+    return default
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,14 +57,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "or image directory)",
     )
     parser.add_argument(
-        "--config", metavar="FILE", help="settings file (JSON, or TOML when named *.toml)"
+        "--config",
+        metavar="FILE",
+        help=f"settings file: TOML when named *.toml, else JSON (any setting by its name; "
+        f"{EXAMPLE_CONFIG} documents them all)",
     )
-    parser.add_argument("--redis-url", help="Redis URL (FACEMASK_INGEST_REDIS_URL)")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus port (0: none)")
-    parser.add_argument("--node-name", help="node name in the registry (default: hostname)")
-    parser.add_argument(
-        "--voice", action="store_true", default=None, help="enable the voice prompt"
-    )
+    for option, name, kwargs in (
+        ("--redis-url", "redis_url", {"help": "Redis URL (FACEMASK_INGEST_REDIS_URL)"}),
+        (
+            "--metrics-port",
+            "metrics_port",
+            {"type": int, "help": "Prometheus port, 0: none (FACEMASK_INGEST_METRICS_PORT)"},
+        ),
+        (
+            "--node-name",
+            "node_name",
+            {"help": "name of this node: the hostname unless set (FACEMASK_INGEST_NODE_NAME)"},
+        ),
+        (
+            "--voice",
+            "voice_enabled",
+            {
+                "action": "store_true",
+                "default": None,
+                "help": "enable the voice prompt (FACEMASK_INGEST_VOICE_ENABLED)",
+            },
+        ),
+    ):
+        show_default(parser.add_argument(option, **kwargs), _default(name))
     parser.add_argument(
         "--check-config",
         action="store_true",
@@ -98,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m services.ingest``."""
-    return module_main("python -m services.ingest", __doc__, configure, run, argv)
+    return module_main(
+        "python -m services.ingest", __doc__, configure, run, argv, examples=EXAMPLES
+    )
 
 
 if __name__ == "__main__":

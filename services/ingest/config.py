@@ -10,7 +10,8 @@ Cameras come from (highest precedence first) repeated ``--camera`` options, a
     FACEMASK_INGEST_CAMERAS='[{"id": "lobby", "source": "0", "fps": 5}]'
 
 A config file holds any setting by its field name (``redis_url``, ``stream_maxlen``,
-``cameras = [...]`` ...). Precedence of the other settings: command line, then config
+``cameras = [...]`` ...); ``deploy/examples/ingest.toml`` documents every one of them (a
+test keeps it complete and valid). Precedence of the other settings: command line, then config
 file, then ``FACEMASK_INGEST_<NAME>``, then ``FACEMASK_<NAME>`` for the shared ones.
 
 Per-camera keys: ``id`` (required), ``source`` (required, see

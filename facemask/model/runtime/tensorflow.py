@@ -1,13 +1,13 @@
 """TensorFlow runtime: the upstream frozen graph, run as a pruned concrete function.
 
-This is the only module that imports TensorFlow, and only when a runtime is created
-(:func:`_import_tensorflow`): discovering the runtime plugins imports this module cheaply.
+TensorFlow is imported only when a runtime is created (:func:`_import_tensorflow`, through
+:func:`facemask.model.native.import_tensorflow`, which keeps its start-up banners off
+stderr): discovering the runtime plugins imports this module cheaply.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from facemask.model import store as modelstore
+from facemask.model.native import import_tensorflow
 from facemask.model.runtime.base import (
     RuntimeConfig,
     check_batch,
@@ -32,15 +33,12 @@ CLS_TENSOR = "cls_branch_concat_1/concat:0"
 
 
 def _import_tensorflow() -> Any:
-    # TensorFlow prints C++ banners at import; keep them out of the CLI's stderr unless asked.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf
+        return import_tensorflow()  # without its start-up banners
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(
             "the tensorflow runtime needs TensorFlow: pip install 'facemask[inference]'"
         ) from exc
-    return tf
 
 
 _PROCESS_STATE: dict[str, str] = {}

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from facemask.model import store as modelstore
+from facemask.model.native import banners_filtered
 from facemask.model.runtime.base import RuntimeConfig, check_batch, usable_cpus
 
 logger = logging.getLogger(__name__)
@@ -135,10 +136,11 @@ class TFLiteRuntime:
         interpreter_class = _load_interpreter_class()
         self.interpreters = interpreters
         self.num_threads = num_threads or threads or max(1, usable_cpus() // interpreters)
-        self._pool_members = [
-            _Interpreter(interpreter_class, self.model_path, self.num_threads)
-            for _ in range(interpreters)
-        ]
+        with banners_filtered():  # LiteRT's "Created ... XNNPACK delegate" INFO line
+            self._pool_members = [
+                _Interpreter(interpreter_class, self.model_path, self.num_threads)
+                for _ in range(interpreters)
+            ]
         sizes = {member.input_size for member in self._pool_members}
         (self.input_size,) = sizes
         self._executor: ThreadPoolExecutor | None = (

@@ -1,0 +1,68 @@
+"""The ``Examples:`` of the library's commands' ``--help``, by the command's ``prog``.
+
+One place for all of them (the services' commands bring their own ``EXAMPLES``, as the
+library never names the services). Each entry is a sequence of lines: a command as a user
+would type it, or a ``# comment`` saying what the next one does. ``tests/facemask/cli/
+test_help.py`` parses every command here with the real parser, so an example that no
+longer parses fails the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+DEV_SET = "../shared/data/facemask-dev"
+
+EXAMPLES: Mapping[str, Sequence[str]] = {
+    "facemask": (
+        "# the whole pipeline on this machine: dashboard at http://127.0.0.1:8080",
+        "facemask run",
+        "# faces in a photo, one JSON line",
+        "facemask detect photo.jpg",
+    ),
+    "facemask models": (
+        "facemask models fetch",
+        "facemask models list",
+    ),
+    "facemask models fetch": (
+        "# verify the cached weights, download what is missing (FACEMASK_MODEL_MIRROR first)",
+        "facemask models fetch",
+        "facemask models fetch --group model --force",
+    ),
+    "facemask models list": ("facemask models list",),
+    "facemask models dir": ("facemask models dir",),
+    "facemask models build": (
+        "facemask models build",
+        "facemask models build --variant int8 --calibration ../shared/data/facemask-dev/images",
+    ),
+    "facemask detect": (
+        "# one JSON line per image on stdout",
+        "facemask detect photo.jpg",
+        "# a directory and a video, annotated copies under out/",
+        "facemask detect --annotate out/ images/ clip.mp4",
+        "# through a running inference service (facemask run, serve-inference)",
+        "facemask detect --server 127.0.0.1:50051 images/",
+    ),
+    "facemask eval": (
+        "# COCO AP on the dev set; a progress bar on a terminal, the table on stdout",
+        f"facemask eval --annotations {DEV_SET}/annotations.json --images {DEV_SET}/images",
+        "# tiled inference for small faces, one JSON object",
+        f"facemask eval --annotations {DEV_SET}/annotations.json --images {DEV_SET}/images "
+        "--tiles 2x2 --json",
+    ),
+    "facemask run": (
+        "# the sample images as a camera; Ctrl-C stops everything",
+        "facemask run",
+        "# two cameras, the first one named",
+        "facemask run --source lobby=rtsp://user:secret@cam1.local/stream --source 0",
+        "facemask run --source clip.mp4 --prometheus --duration 120",
+    ),
+    "facemask dataset": ("facemask dataset export --reviewed --out train/",),
+    "facemask dataset export": (
+        "# the reviewed alerts of the local dashboard as a COCO set",
+        "facemask dataset export --reviewed --out train/",
+        "facemask dataset export --reviewed --url http://alerts:8080 --camera lobby "
+        "--since 2025-01-01 --out train/",
+    ),
+}
+"""``prog`` -> its example lines."""
