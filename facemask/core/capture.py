@@ -68,7 +68,7 @@ def parse_source_text(text: str) -> CaptureSpec:
     normalisation: ``rtsp://host/x`` stays ``rtsp://host/x``). Raises
     :class:`SourceTextError`; does not check that a path exists."""
     if not text.strip():
-        raise SourceTextError("empty source")
+        raise SourceTextError("empty source (expected a device index, a URL or a path)")
     stripped = text.strip()
     if re.fullmatch(r"[+-]?\d+", stripped):
         index = int(stripped)
