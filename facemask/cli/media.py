@@ -5,7 +5,8 @@
 * an image file: JPEG, PNG, BMP or WebP (its size header judged before it is read whole or
   decoded: :func:`~facemask.core.preprocess.read_image_file`, the project's pixel limit);
 * a video file (by extension, :data:`VIDEO_SUFFIXES`; a file with another extension that is
-  no image is probed with OpenCV);
+  no image is probed with OpenCV; other still-image formats, :data:`OTHER_IMAGE_SUFFIXES`,
+  are refused by name, and frames over the pixel limit by the size the container declares);
 * a directory: its images and videos, recursively (``recursive=False``: only its own
   files), hidden entries skipped, sorted by relative path (case-insensitively, directory
   by directory: ``a.jpg``, ``B/c.jpg``, ``d.jpg``); ``glob`` keeps the files whose
@@ -59,6 +60,7 @@ from facemask.core.capture import (
 )
 from facemask.core.preprocess import (
     IMAGE_FORMATS,
+    MAX_PIXELS,
     ImageDecodeError,
     decode_image,
     image_format,
@@ -73,6 +75,12 @@ an annotated image keeps its extension, so its format."""
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
 )
+OTHER_IMAGE_SUFFIXES = frozenset(
+    {".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".jp2", ".j2k", ".exr"}
+    | {".hdr", ".pic", ".sr", ".ras", ".avif", ".heic", ".heif"}
+)
+"""Still-image formats refused by name: FFmpeg would open them as one-frame videos, past
+the size-header check that guards the image formats."""
 InputKind = Literal["image", "video", "live"]
 ErrorHandler = Callable[[str, str], None]
 """``on_error(source name, message)``: one input failed; the others go on."""
@@ -223,6 +231,10 @@ def _add_file(out: Inputs, path: Path, anchor: Path) -> None:
     if suffix in IMAGE_SUFFIXES or (suffix not in VIDEO_SUFFIXES and _sniff_image(path)):
         out.items.append(Input("image", str(path), path=path, anchor=anchor))
         return
+    if suffix in OTHER_IMAGE_SUFFIXES:
+        message = "unsupported image format (JPEG, PNG, BMP and WebP are read)"
+        out.errors.append((str(path), message))
+        return
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
@@ -232,6 +244,13 @@ def _add_file(out: Inputs, path: Path, anchor: Path) -> None:
                     str(path),
                     "cannot open this video" if known else "not an image or a video OpenCV reads",
                 )
+            )
+            return
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width * height > MAX_PIXELS:
+            out.errors.append(
+                (str(path), f"{width}x{height} frames exceed the {MAX_PIXELS} pixel limit")
             )
             return
         item = Input("video", str(path), path=path, anchor=anchor)

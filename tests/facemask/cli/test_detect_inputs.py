@@ -212,8 +212,10 @@ def test_a_glob_takes_files_of_any_extension_and_probes_them(tree: Path, tmp_pat
 
 
 def test_missing_and_empty_inputs_are_named_as_given(tree: Path) -> None:
+    assert cv2.imwrite(str(tree / "scan.tif"), np.zeros((8, 8, 3), np.uint8))
     inputs = resolve_inputs(
         [
+            str(tree / "scan.tif"),  # FFmpeg would read it as a video, past the size check
             str(tree / "missing"),
             str(tree / "empty"),
             "rtsp:/mangled/by/pathlib",
@@ -223,6 +225,7 @@ def test_missing_and_empty_inputs_are_named_as_given(tree: Path) -> None:
     )
     assert [i.name for i in inputs.items] == [str(tree / "a.png")]
     assert inputs.errors == [
+        (str(tree / "scan.tif"), "unsupported image format (JPEG, PNG, BMP and WebP are read)"),
         (str(tree / "missing"), "no such file or directory"),
         (str(tree / "empty"), "no images or videos in this directory"),
         ("rtsp:/mangled/by/pathlib", "no such file or directory"),
