@@ -239,7 +239,9 @@ def run(args: argparse.Namespace, *, backend: Backend | None = None) -> int:
 
     # Everything about the inputs is checked before the model is loaded (seconds).
     quiet_video_logs()
-    inputs = resolve_inputs(args.paths, glob=args.glob, recursive=args.recursive)
+    inputs = resolve_inputs(
+        args.paths, glob=args.glob, recursive=args.recursive, skip=args.annotate
+    )
     try:
         for source, message in inputs.errors:
             report(source, message)

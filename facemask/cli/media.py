@@ -161,11 +161,16 @@ def resolve_inputs(
     *,
     glob: str | None = None,
     recursive: bool = True,
+    skip: Path | None = None,
     open_live: bool = True,
 ) -> Inputs:
     """Classify, expand and check ``args`` without loading the model (see the module
-    docstring); ``open_live=False`` leaves devices and streams closed (for tests)."""
+    docstring). Directories are searched without entering ``skip`` (the ``--annotate``
+    directory: a run over ``photos/`` writing into ``photos/annotated/`` does not read its
+    earlier outputs back); ``open_live=False`` leaves devices and streams closed (for tests).
+    """
     out = Inputs()
+    skipped = os.path.abspath(skip) if skip is not None else None
     for arg in args:
         name = display_name(arg)
         try:
@@ -181,7 +186,7 @@ def resolve_inputs(
             continue
         path = Path(spec.target)
         if path.is_dir():
-            files = list(_walk(path, glob, recursive, out.errors))
+            files = list(_walk(path, glob, recursive, skipped, out.errors))
             if not files:
                 what = f"no files matching {glob!r}" if glob else "no images or videos"
                 out.errors.append((name, f"{what} in this directory"))
@@ -197,7 +202,11 @@ def resolve_inputs(
 
 
 def _walk(
-    root: Path, glob: str | None, recursive: bool, errors: list[tuple[str, str]]
+    root: Path,
+    glob: str | None,
+    recursive: bool,
+    skip: str | None,
+    errors: list[tuple[str, str]],
 ) -> Iterator[Path]:
     """The files of ``root`` to read, sorted by relative path."""
 
@@ -207,8 +216,14 @@ def _walk(
     pattern = glob.lower() if glob else None
     found: list[tuple[tuple[tuple[str, ...], tuple[str, ...]], Path]] = []
     for directory, subdirs, names in os.walk(root, onerror=failed):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")) if recursive else []
         base = Path(directory)
+        subdirs[:] = (
+            sorted(
+                d for d in subdirs if not d.startswith(".") and os.path.abspath(base / d) != skip
+            )
+            if recursive
+            else []
+        )
         for name in names:
             if name.startswith("."):
                 continue

@@ -200,6 +200,14 @@ def test_directories_are_searched_recursively_in_a_fixed_order(
         assert inputs.errors == [(str(tree), "no files matching '*.webp' in this directory")]
 
 
+def test_the_annotate_directory_is_not_read_back(tree: Path) -> None:
+    write_image(tree / "out" / "a.png")  # an earlier run's output
+    names = [Path(i.name).name for i in resolve_inputs([str(tree)], skip=tree / "out").items]
+    assert names == ["a.png", "b.jpg", "c.bmp", "clip.mp4", "d.webp", "Z.JPG"]
+    names = [Path(i.name).name for i in resolve_inputs([str(tree)]).items]
+    assert names.count("a.png") == 2
+
+
 def test_a_glob_takes_files_of_any_extension_and_probes_them(tree: Path, tmp_path: Path) -> None:
     write_video(tmp_path / "clip.mp4", 4).rename(tree / "clip.data")  # a video all the same
     (tree / "photo.data").write_bytes((tree / "a.png").read_bytes())  # an image
