@@ -399,19 +399,18 @@ def detect_inputs(
     )
     images = _prefetch(reading, depth=2 * batch_size)
     try:
-        for image, detections in detect_images(
-            backend, images, conf=conf, iou=iou, batch_size=batch_size
-        ):
-            line = json.dumps(result_json(image, detections))
+        for results in detect_chunks(backend, images, conf=conf, iou=iou, batch_size=batch_size):
+            text = "\n".join(json.dumps(result_json(*result)) for result in results)
             if same_screen:
-                progress.write(line, out)
+                progress.write(text, out)
             else:
-                out.write(line + "\n")
+                out.write(text + "\n")
                 out.flush()  # stream results while a long video is still running
-            if writer is not None:
-                writer.write(image, detections)
-            summary.add(image, detections)
-            progress.advance()
+            for image, detections in results:
+                if writer is not None:
+                    writer.write(image, detections)
+                summary.add(image, detections)
+            progress.advance(len(results))  # finished: the backend answered
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -531,23 +530,40 @@ def detect_images(
 ) -> Iterator[tuple[InputImage, Detections]]:
     """Run ``backend`` on ``images`` in chunks of ``batch_size`` images and at most
     ``max_chunk_bytes`` of pixels (one image at least); yield results in order."""
+    for chunk in detect_chunks(
+        backend, images, conf=conf, iou=iou, batch_size=batch_size, max_chunk_bytes=max_chunk_bytes
+    ):
+        yield from chunk
 
-    def run(chunk: list[InputImage]) -> Iterator[tuple[InputImage, Detections]]:
-        return zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
+
+def detect_chunks(
+    backend: Backend,
+    images: Iterable[InputImage],
+    *,
+    conf: float,
+    iou: float,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
+) -> Iterator[list[tuple[InputImage, Detections]]]:
+    """:func:`detect_images`, one list per backend call (the results that came back
+    together)."""
+
+    def run(chunk: list[InputImage]) -> list[tuple[InputImage, Detections]]:
+        return list(zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True))
 
     chunk: list[InputImage] = []
     nbytes = 0
     for image in images:
         if chunk and nbytes + image.rgb.nbytes > max_chunk_bytes:
-            yield from run(chunk)
+            yield run(chunk)
             chunk, nbytes = [], 0
         chunk.append(image)
         nbytes += image.rgb.nbytes
         if len(chunk) >= batch_size:
-            yield from run(chunk)
+            yield run(chunk)
             chunk, nbytes = [], 0
     if chunk:
-        yield from run(chunk)
+        yield run(chunk)
 
 
 def result_json(image: InputImage, detections: Detections) -> dict[str, Any]:
