@@ -12,8 +12,9 @@
   by directory: ``a.jpg``, ``B/c.jpg``, ``d.jpg``); ``glob`` keeps the files whose
   name (or, for a pattern with ``/``, whose path relative to the directory) matches it,
   case-insensitively, whatever their extension;
-* a capture device (``0``, ``/dev/video0``) or a stream URL (``rtsp://``, ``http(s)://``
-  MJPEG or anything FFmpeg reads...): :func:`facemask.core.capture.parse_source_text`.
+* a capture device (``0``, ``/dev/video0``; digits always name a device: ``./0`` is a
+  file) or a stream URL (``rtsp://``, ``http(s)://`` MJPEG or anything FFmpeg reads...):
+  :func:`facemask.core.capture.parse_source_text`.
 
 :func:`resolve_inputs` does all of this before the model is loaded: a missing path, an
 empty directory, an unknown URL scheme or a camera that does not open is reported at once.
