@@ -28,7 +28,10 @@ from facemask.infra.log import LOG_LEVEL_HELP, setup_logging
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("facemask.cli.models", "fetch and verify the model artifacts"),
-    "detect": ("facemask.cli.detect", "detect masked / unmasked faces in images and videos"),
+    "detect": (
+        "facemask.cli.detect",
+        "detect masked / unmasked faces in images, videos, cameras and streams",
+    ),
     "eval": ("facemask.cli.evaluate", "COCO evaluation of the detector on an annotated set"),
     "run": ("facemask.cli.run", "run the whole pipeline locally"),
     "dataset": ("facemask.cli.dataset", "training data from reviewed alerts (COCO export)"),
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog="facemask",
         description="Face-mask detection: cameras through Redis Streams to batched inference "
-        "and alerts, or images and videos on the command line. One command per task; "
+        "and alerts, or images, videos and streams on the command line. One command per task; "
         "`facemask COMMAND --help` describes each.",
     )
     parser.add_argument("--version", action="version", version=f"facemask {__version__}")

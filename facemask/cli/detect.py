@@ -1,15 +1,25 @@
-"""``facemask detect``: detect masked / unmasked faces in images, directories and videos.
+"""``facemask detect``: detect masked / unmasked faces in images, videos, directories,
+cameras and network streams.
 
 Prints one JSON object per image or video frame on stdout::
 
     {"source": "img/a.jpg", "frame": null, "width": 640, "height": 480,
      "detections": [{"label": "mask", "score": 0.93, "box": [x1, y1, x2, y2]}]}
 
-``frame`` is null for still images and the 0-based frame index for videos. A file that
+``frame`` is null for still images and the 0-based frame index for videos and streams.
+What can be read, and how ``--annotate`` mirrors it, is :mod:`facemask.cli.media`: every
+argument is checked before the model is loaded, so a typo fails at once. An input that
 cannot be read gets one error line on stderr; the others are still processed and the exit
-code is 1. Detection goes through a *backend* (the local detector, or a remote inference
-service with ``--server``), so reading inputs and writing results do not depend on where
-the model runs.
+code is 1 (130 after Ctrl-C, which still finishes the annotated videos and the summary).
+
+On a terminal, a progress bar on stderr counts the images and frames whose detections are
+*done* (with ``--server``: answered by the service), with the rate and, when the total is
+known, the time left; ``--progress`` / ``--no-progress`` force it on or off. A summary line
+on stderr ends every run: items, faces by label, time, rate, failures.
+
+Detection goes through a *backend* (the local detector, or a remote inference service
+with ``--server``), so reading inputs and writing results do not depend on where the
+model runs.
 
 Memory is bounded whatever the inputs: a file's size header is judged before the file is
 read whole or decoded (:func:`~facemask.core.preprocess.read_image_file`: the one pixel
@@ -23,61 +33,48 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import cv2
-import numpy as np
 
+from facemask.cli.media import (
+    AnnotatedWriter,
+    ErrorHandler,
+    InputImage,
+    Inputs,
+    iter_inputs,
+    plan_outputs,
+    resolve_inputs,
+)
+from facemask.cli.progress import Progress, progress_enabled
 from facemask.cli.runtime_args import (
     add_runtime_arguments,
     positive_int,
     runtime_options,
 )
-from facemask.core.preprocess import (
-    DECODE_MODES,
-    ImageDecodeError,
-    decode_image,
-    read_image_file,
-)
+from facemask.core.capture import quiet_video_logs
+from facemask.core.preprocess import DECODE_MODES
 from facemask.core.tiling import TileSpec, TileSpecError, parse_tiles
-from facemask.core.types import Detections
+from facemask.core.types import LABELS, Detections
 from facemask.model.store import ModelStoreError
 
 if TYPE_CHECKING:  # gRPC is imported for --server only
     from facemask.infra.client import ClientTLS
 
-logger = logging.getLogger(__name__)
+__all__ = ["Backend", "InputImage", "LocalBackend", "RemoteBackend", "detect_inputs", "run"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png"})
-VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts"}
-)
 DEFAULT_BATCH_SIZE = 32
 MAX_CHUNK_BYTES = 256 << 20
 """Decoded pixels sent to the backend in one chunk (at least one image)."""
 MAX_BUFFER_BYTES = 256 << 20
 """Decoded pixels read ahead while the model runs (at least one image)."""
-
-ErrorHandler = Callable[[str, str], None]
-
-
-@dataclass(slots=True)
-class InputImage:
-    """One still image or video frame to run detection on (RGB uint8)."""
-
-    source: str
-    frame: int | None
-    rgb: np.ndarray
-    width: int
-    height: int
 
 
 class Backend(Protocol):
@@ -125,41 +122,64 @@ class LocalBackend:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``detect`` options."""
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image, directory or video")
-    parser.add_argument("--conf", type=_fraction, default=0.5, help="score threshold (> conf)")
-    parser.add_argument("--iou", type=_fraction, default=0.4, help="NMS IoU threshold")
     parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=DEFAULT_BATCH_SIZE,
-        help=f"images per model run (default {DEFAULT_BATCH_SIZE})",
+        "paths",
+        nargs="+",
+        metavar="SOURCE",
+        help="image (JPEG, PNG, BMP, WebP), video file, directory (searched recursively), "
+        "camera index or device (0, /dev/video0), or stream URL (rtsp://, http(s):// MJPEG...)",
     )
-    add_runtime_arguments(parser)
-    parser.add_argument(
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument(
+        "--glob",
+        metavar="PATTERN",
+        help="in directories, read only the files whose name matches PATTERN (or, with a /, "
+        "whose path below the directory does), case-insensitively: '*.jpg', 'cam1/*' "
+        "(default: every image and video file)",
+    )
+    inputs.add_argument(
+        "--recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search directories recursively (default %(default)s)",
+    )
+    inputs.add_argument(
         "--decode",
         choices=DECODE_MODES,
         default="full",
-        help="full: decode images at full size (reference-exact, default); auto: let libjpeg "
-        "decode large JPEGs at 1/2..1/8 scale (faster, nearly identical results)",
+        help="full: decode images at full size (reference-exact); auto: let libjpeg "
+        "decode large JPEGs at 1/2..1/8 scale (faster, nearly identical results) "
+        "(default %(default)s)",
     )
-    parser.add_argument(
-        "--max-frames", type=positive_int, default=None, help="stop each video after N frames"
+    inputs.add_argument(
+        "--max-frames",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="stop each video, camera or stream after N frames (default: to its end)",
     )
-    parser.add_argument("--annotate", type=Path, metavar="DIR", help="write annotated images here")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bar for videos on stderr"
+    inputs.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="stop each video after SECONDS of video, each camera or stream after SECONDS of "
+        "reading (default: to its end; a camera or stream: until Ctrl-C)",
     )
-    parser.add_argument(
-        "--server", metavar="HOST:PORT", help="send the images to a running inference service"
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--conf", type=_fraction, default=0.5, help="score threshold, > conf (default %(default)s)"
     )
-    tls = parser.add_argument_group(
-        "TLS to --server (defaults: FACEMASK_GRPC_TLS_CA, _CERT, _KEY, _SERVER_NAME)"
+    model.add_argument(
+        "--iou", type=_fraction, default=0.4, help="NMS IoU threshold (default %(default)s)"
     )
-    tls.add_argument("--tls-ca", metavar="PEM", help="CA of the server certificate: use TLS")
-    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
-    tls.add_argument("--tls-key", metavar="PEM", help="key of --tls-cert")
-    tls.add_argument("--tls-server-name", metavar="NAME", help="name in the server certificate")
-    parser.add_argument(
+    model.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="images per model run (default %(default)s)",
+    )
+    model.add_argument(
         "--tiles",
         type=_tile_spec,
         default=None,
@@ -168,63 +188,234 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "plus 2x2 overlapping tiles, 5 model runs per image), auto[:MIN_FACE_PX] or off "
         "(default: off; with --server: the server's setting)",
     )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="DIR",
+        help="also write each input with its faces drawn under DIR, mirroring the input "
+        "paths: images in their format, videos, cameras and streams as MP4",
+    )
+    output.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar of finished images and frames on stderr (default: on when stderr "
+        "is a terminal)",
+    )
+    add_runtime_arguments(parser)
+    remote = parser.add_argument_group(
+        "remote inference (TLS defaults: FACEMASK_GRPC_TLS_CA, _CERT, _KEY, _SERVER_NAME)"
+    )
+    remote.add_argument(
+        "--server", metavar="HOST:PORT", help="send the images to a running inference service"
+    )
+    remote.add_argument("--tls-ca", metavar="PEM", help="CA of the server certificate: use TLS")
+    remote.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    remote.add_argument("--tls-key", metavar="PEM", help="key of --tls-cert")
+    remote.add_argument("--tls-server-name", metavar="NAME", help="name in the server certificate")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Detect on every input; 0 if all inputs were read, 1 if any failed, 2 on bad usage."""
-    errors: list[str] = []
+def run(args: argparse.Namespace, *, backend: Backend | None = None) -> int:
+    """Detect on every input; 0 if all inputs were read, 1 if any failed, 2 on bad usage,
+    130 when interrupted. ``backend`` (owned by the caller, not closed) replaces the one the
+    options describe."""
+    stderr = sys.stderr
+    failed: list[str] = []
 
-    def on_error(source: str, message: str) -> None:
-        errors.append(source)
-        sys.stderr.write(f"facemask detect: error: {source}: {message}\n")
-        sys.stderr.flush()
+    def report(source: str, message: str) -> None:
+        failed.append(source)
+        stderr.write(f"facemask detect: error: {source}: {message}\n")
+        stderr.flush()
 
-    try:
-        backend = make_backend(args)
-    except (ModelStoreError, ImportError) as exc:
-        sys.stderr.write(f"facemask detect: error: cannot load the model: {exc}\n")
-        return 1
-    except ValueError as exc:
-        sys.stderr.write(f"facemask detect: error: {exc}\n")
-        return 2
-    if args.annotate is not None:
-        args.annotate.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    count = 0
-    images = _prefetch(
-        iter_inputs(
-            [Path(p) for p in args.paths],
-            decode=args.decode,
-            max_frames=args.max_frames,
-            progress=not args.no_progress,
-            on_error=on_error,
-        ),
-        depth=2 * args.batch_size,
+    # Everything about the inputs is checked before the model is loaded (seconds).
+    quiet_video_logs()
+    inputs = resolve_inputs(
+        args.paths, glob=args.glob, recursive=args.recursive, skip=args.annotate
     )
     try:
-        for image, detections in detect_images(
-            backend, images, conf=args.conf, iou=args.iou, batch_size=args.batch_size
-        ):
-            sys.stdout.write(json.dumps(result_json(image, detections)) + "\n")
-            sys.stdout.flush()  # stream results while a long video is still running
-            if args.annotate is not None:
-                _write_annotated(args.annotate, image, detections, on_error)
-            count += 1
-    except BackendError as exc:
-        sys.stderr.write(f"facemask detect: error: {exc}\n")
-        return 1
+        for source, message in inputs.errors:
+            report(source, message)
+        if not inputs.items:
+            stderr.write("facemask detect: error: nothing to detect\n")
+            return 1
+        annotate: Path | None = args.annotate
+        if annotate is not None:
+            plan_outputs(inputs)
+            try:
+                annotate.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                stderr.write(f"facemask detect: error: {annotate}: {exc.strerror or exc}\n")
+                return 1
+        owned = backend is None
+        if backend is None:
+            try:
+                backend = make_backend(args)
+            except (ModelStoreError, ImportError) as exc:
+                stderr.write(f"facemask detect: error: cannot load the model: {exc}\n")
+                return 1
+            except ValueError as exc:
+                stderr.write(f"facemask detect: error: {exc}\n")
+                return 2
+        total = inputs.total(args.max_frames, args.duration)
+        progress = Progress(
+            total,
+            enabled=progress_enabled(args.progress, stderr),
+            stream=stderr,
+            desc="detect",
+            unit="frame" if any(i.kind != "image" for i in inputs.items) else "img",
+        )
+
+        def on_error(source: str, message: str) -> None:
+            failed.append(source)
+            progress.write(f"facemask detect: error: {source}: {message}")
+
+        try:
+            summary = detect_inputs(
+                backend,
+                inputs,
+                conf=args.conf,
+                iou=args.iou,
+                batch_size=args.batch_size,
+                decode=args.decode,
+                max_frames=args.max_frames,
+                duration=args.duration,
+                annotate=annotate,
+                progress=progress,
+                on_error=on_error,
+            )
+        except BackendError as exc:
+            stderr.write(f"facemask detect: error: {exc}\n")
+            return 1
+        finally:
+            if owned:
+                backend.close()
+        summary.failed = len(failed)
+        stderr.write(summary.line() + "\n")
+        stderr.flush()
+    finally:
+        inputs.close()
+    if summary.interrupted:
+        return 130
+    return 1 if failed else 0
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a run did: images and frames finished, faces by label, time, failures."""
+
+    images: int = 0
+    frames: int = 0
+    faces: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LABELS, 0))
+    elapsed: float = 0.0
+    failed: int = 0
+    interrupted: bool = False
+
+    @property
+    def items(self) -> int:
+        """Images and frames finished."""
+        return self.images + self.frames
+
+    def add(self, image: InputImage, detections: Detections) -> None:
+        """Count one finished image or frame."""
+        if image.frame is None:
+            self.images += 1
+        else:
+            self.frames += 1
+        for class_id in detections.class_ids:
+            self.faces[LABELS[int(class_id)]] += 1
+
+    def line(self) -> str:
+        """``facemask detect: 3 images, 50 frames in 5.4 s (9.8/s); 131 faces: 120 mask,
+        11 no_mask; 1 failed``."""
+        counts = []
+        if self.images or not self.frames:
+            counts.append(_plural(self.images, "image"))
+        if self.frames:
+            counts.append(_plural(self.frames, "frame"))
+        rate = self.items / self.elapsed if self.elapsed > 0 else 0.0
+        faces = sum(self.faces.values())
+        by_label = ", ".join(f"{n} {label}" for label, n in self.faces.items())
+        text = (
+            f"facemask detect: {', '.join(counts)} in {self.elapsed:.1f} s ({rate:.1f}/s); "
+            f"{_plural(faces, 'face')}: {by_label}; {self.failed} failed"
+        )
+        return text + ("; interrupted" if self.interrupted else "")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def detect_inputs(
+    backend: Backend,
+    inputs: Inputs,
+    *,
+    conf: float,
+    iou: float,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    decode: str = "full",
+    max_frames: int | None = None,
+    duration: float | None = None,
+    annotate: Path | None = None,
+    progress: Progress,
+    on_error: ErrorHandler,
+    out: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Summary:
+    """Run ``backend`` over ``inputs``: one JSON line per result on ``out`` (stdout), the
+    drawn results under ``annotate``, ``progress`` advanced per *finished* result (its total
+    corrected when an input gives fewer or more frames than expected). Returns the summary
+    (``interrupted`` after Ctrl-C, which stops reading and finishes the MP4 files);
+    :class:`BackendError` propagates."""
+    out = out if out is not None else sys.stdout
+    same_screen = progress.enabled and _isatty(out)
+    expected = [item.expected(max_frames, duration) for item in inputs.items]
+    summary = Summary()
+
+    def ended(index: int, count: int) -> None:
+        planned = expected[index]
+        if planned is not None:
+            progress.correct_total(count - planned)
+
+    writer = AnnotatedWriter(annotate, inputs, on_error) if annotate is not None else None
+    reading = iter_inputs(
+        inputs,
+        decode=decode,
+        max_frames=max_frames,
+        duration=duration,
+        on_error=on_error,
+        on_end=ended,
+        clock=clock,
+    )
+    images = _prefetch(reading, depth=2 * batch_size)
+    try:
+        for results in detect_chunks(backend, images, conf=conf, iou=iou, batch_size=batch_size):
+            text = "\n".join(json.dumps(result_json(*result)) for result in results)
+            if same_screen:
+                progress.write(text, out)
+            else:
+                out.write(text + "\n")
+                out.flush()  # stream results while a long video is still running
+            for image, detections in results:
+                if writer is not None:
+                    writer.write(image, detections)
+                summary.add(image, detections)
+            progress.advance(len(results))  # finished: the backend answered
+    except KeyboardInterrupt:
+        summary.interrupted = True
     finally:
         images.close()  # stops the reader thread
-        backend.close()
-    elapsed = time.perf_counter() - started
-    logger.info(
-        "%d images in %.1f s (%.1f images/s)%s",
-        count,
-        elapsed,
-        count / elapsed if elapsed > 0 else 0.0,
-        f", {len(errors)} failed" if errors else "",
-    )
-    return 1 if errors else 0
+        if writer is not None:
+            writer.close()
+        summary.elapsed = progress.elapsed
+        progress.close()
+    return summary
+
+
+def _isatty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
 
 
 class BackendError(RuntimeError):
@@ -330,23 +521,40 @@ def detect_images(
 ) -> Iterator[tuple[InputImage, Detections]]:
     """Run ``backend`` on ``images`` in chunks of ``batch_size`` images and at most
     ``max_chunk_bytes`` of pixels (one image at least); yield results in order."""
+    for chunk in detect_chunks(
+        backend, images, conf=conf, iou=iou, batch_size=batch_size, max_chunk_bytes=max_chunk_bytes
+    ):
+        yield from chunk
 
-    def run(chunk: list[InputImage]) -> Iterator[tuple[InputImage, Detections]]:
-        return zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True)
+
+def detect_chunks(
+    backend: Backend,
+    images: Iterable[InputImage],
+    *,
+    conf: float,
+    iou: float,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
+) -> Iterator[list[tuple[InputImage, Detections]]]:
+    """:func:`detect_images`, one list per backend call (the results that came back
+    together)."""
+
+    def run(chunk: list[InputImage]) -> list[tuple[InputImage, Detections]]:
+        return list(zip(chunk, backend.detect(chunk, conf=conf, iou=iou), strict=True))
 
     chunk: list[InputImage] = []
     nbytes = 0
     for image in images:
         if chunk and nbytes + image.rgb.nbytes > max_chunk_bytes:
-            yield from run(chunk)
+            yield run(chunk)
             chunk, nbytes = [], 0
         chunk.append(image)
         nbytes += image.rgb.nbytes
         if len(chunk) >= batch_size:
-            yield from run(chunk)
+            yield run(chunk)
             chunk, nbytes = [], 0
     if chunk:
-        yield from run(chunk)
+        yield run(chunk)
 
 
 def result_json(image: InputImage, detections: Detections) -> dict[str, Any]:
@@ -358,93 +566,6 @@ def result_json(image: InputImage, detections: Detections) -> dict[str, Any]:
         "height": image.height,
         "detections": detections.to_json(image.width, image.height),
     }
-
-
-def iter_inputs(
-    paths: Sequence[Path],
-    *,
-    decode: str = "full",
-    max_frames: int | None = None,
-    progress: bool = True,
-    on_error: ErrorHandler,
-) -> Iterator[InputImage]:
-    """Every image and video frame of ``paths`` in order (directories: their images, sorted).
-
-    Unreadable inputs are reported through ``on_error(source, message)`` and skipped.
-    """
-    for path in paths:
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                on_error(str(path), "no images in this directory")
-            for file in files:
-                yield from _read_image(file, decode, on_error)
-        elif not path.exists():
-            on_error(str(path), "no such file or directory")
-        elif path.suffix.lower() in VIDEO_SUFFIXES:
-            yield from _read_video(path, max_frames, progress, on_error)
-        else:
-            yield from _read_image(path, decode, on_error)
-
-
-def _read_image(path: Path, decode: str, on_error: ErrorHandler) -> Iterator[InputImage]:
-    try:  # the header is judged before the file is read whole and before any decode
-        decoded = decode_image(read_image_file(path), reduce=decode)
-    except OSError as exc:
-        on_error(str(path), f"cannot read: {exc.strerror or exc}")
-        return
-    except ImageDecodeError as exc:
-        on_error(str(path), f"not a readable image ({exc})")
-        return
-    yield InputImage(str(path), None, decoded.rgb, decoded.width, decoded.height)
-
-
-def _read_video(
-    path: Path, max_frames: int | None, progress: bool, on_error: ErrorHandler
-) -> Iterator[InputImage]:
-    from tqdm import tqdm
-
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            on_error(str(path), "cannot open this video")
-            return
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-        if total is not None and max_frames is not None:
-            total = min(total, max_frames)
-        with tqdm(
-            total=total, desc=path.name, unit="frame", file=sys.stderr, disable=not progress
-        ) as bar:
-            index = 0
-            while max_frames is None or index < max_frames:
-                ok, bgr = capture.read()
-                if not ok or bgr is None:
-                    break
-                height, width = bgr.shape[:2]
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                yield InputImage(str(path), index, rgb, width, height)
-                index += 1
-                bar.update(1)
-        if index == 0:
-            on_error(str(path), "no frames could be decoded from this video")
-    finally:
-        capture.release()
-
-
-def _write_annotated(
-    directory: Path, image: InputImage, detections: Detections, on_error: ErrorHandler
-) -> None:
-    from facemask.core.annotate import annotate
-
-    source = Path(image.source)
-    if image.frame is None:
-        name = source.name if source.suffix.lower() in IMAGE_SUFFIXES else f"{source.name}.png"
-    else:
-        name = f"{source.stem}_{image.frame:06d}.jpg"
-    drawn = annotate(image.rgb, detections)
-    target = directory / name
-    if not cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
-        on_error(str(target), "cannot write the annotated image")
 
 
 _END = object()
@@ -514,6 +635,13 @@ def _tile_spec(text: str) -> str:
     except TileSpecError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def _fraction(text: str) -> float:

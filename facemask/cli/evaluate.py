@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from facemask.cli.progress import add_progress_argument, progress, progress_wanted
+from facemask.cli.progress import add_progress_argument, progress, progress_enabled
 from facemask.cli.runtime_args import (
     add_runtime_arguments,
     positive_int,
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             raise evaluation.EvaluationError(str(exc)) from None
         detector = evaluation.get_detector(args.runtime, **options)
         with progress(
-            total, unit="image", desc="eval", enabled=progress_wanted(args.progress)
+            total, unit="image", desc="eval", enabled=progress_enabled(args.progress)
         ) as bar:
 
             def on_progress(done: int, of: int) -> None:

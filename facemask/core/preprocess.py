@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -21,9 +21,19 @@ MAX_PIXELS = 64_000_000
 """The one pixel limit of every image the project decodes (stream frames, gRPC images,
 snapshots, CLI inputs); a service may configure a lower one, never a higher one."""
 DECODE_MODES = ("full", "auto")
+IMAGE_FORMATS = ("jpeg", "png", "bmp", "webp")
+"""Every format whose size header the project reads before a decode (so a small file that
+claims 16000x16000 pixels is refused, not decoded into gigabytes)."""
+STREAM_FORMATS = ("jpeg", "png")
+"""The formats taken by default: what cameras, the stream wire format and gRPC carry. The
+command line opts into all of :data:`IMAGE_FORMATS` for files on disk."""
+_FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "webp": "WebP"}
 
 _JPEG_SOI = b"\xff\xd8"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BMP_SIGNATURE = b"BM"
+_WEBP_VP8_START = b"\x9d\x01\x2a"
+_WEBP_VP8L_SIGNATURE = 0x2F
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic...): not DHT (C4),
 # JPG (C8) or DAC (CC).
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -47,7 +57,8 @@ class ImageDecodeError(ValueError):
     ``reason`` is one of ``empty_image``, ``corrupt_image`` (no readable size header, or
     OpenCV cannot decode it), ``too_large`` (over the pixel limit, judged on the header),
     ``size_mismatch`` (not the size its sender declared, judged on the header first) and
-    ``unsupported_format`` (not JPEG or PNG: other formats are refused, not sniffed) (for
+    ``unsupported_format`` (not one of the formats the caller takes - JPEG and PNG unless it
+    asks for more of :data:`IMAGE_FORMATS`: other formats are refused, not sniffed) (for
     metrics and dead-letter entries).
     """
 
@@ -116,15 +127,75 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return (width, height) if width and height else None
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` that a JPEG or PNG's header declares (no decode); None for any
-    other bytes or a header that cannot be read."""
-    head = bytes(data[:8])
+def bmp_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a BMP's DIB header (the core header of OS/2 bitmaps or the
+    Windows info headers; a negative height is a top-down bitmap), or None."""
+    if len(data) < 26 or bytes(data[:2]) != _BMP_SIGNATURE:
+        return None
+    (dib_size,) = struct.unpack_from("<I", data, 14)
+    if dib_size == 12:
+        width, height = struct.unpack_from("<HH", data, 18)
+    elif dib_size >= 40:
+        width, height = struct.unpack_from("<ii", data, 18)
+        height = abs(height)
+    else:
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a WebP's first chunk: ``VP8 `` (lossy), ``VP8L`` (lossless)
+    or ``VP8X`` (extended: the canvas size), or None."""
+    if len(data) < 30 or bytes(data[:4]) != b"RIFF" or bytes(data[8:12]) != b"WEBP":
+        return None
+    chunk = bytes(data[12:16])
+    if chunk == b"VP8 ":
+        if bytes(data[23:26]) != _WEBP_VP8_START:
+            return None
+        width, height = struct.unpack_from("<HH", data, 26)
+        width, height = width & 0x3FFF, height & 0x3FFF
+    elif chunk == b"VP8L":
+        if data[20] != _WEBP_VP8L_SIGNATURE:
+            return None
+        (bits,) = struct.unpack_from("<I", data, 21)
+        width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    elif chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+    else:
+        return None
+    return (width, height) if width and height else None
+
+
+def image_format(data: bytes) -> str | None:
+    """The format of :data:`IMAGE_FORMATS` that ``data`` starts like (its signature only),
+    or None."""
+    head = bytes(data[:16])
     if head.startswith(_JPEG_SOI):
-        return jpeg_size(data)
-    if head == _PNG_SIGNATURE:
-        return png_size(data)
+        return "jpeg"
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head.startswith(_BMP_SIGNATURE):
+        return "bmp"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
     return None
+
+
+_SIZE_READERS = {"jpeg": jpeg_size, "png": png_size, "bmp": bmp_size, "webp": webp_size}
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` that the header of an image of :data:`IMAGE_FORMATS` declares (no
+    decode); None for any other bytes or a header that cannot be read."""
+    kind = image_format(data)
+    return None if kind is None else _SIZE_READERS[kind](data)
+
+
+def _unsupported(formats: Collection[str]) -> ImageDecodeError:
+    names = [_FORMAT_NAMES[f] for f in IMAGE_FORMATS if f in formats]
+    listed = " or ".join(names) if len(names) <= 2 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return ImageDecodeError("unsupported_format", f"not a {listed} image")
 
 
 HEADER_PROBE_BYTES = 1 << 20
@@ -136,25 +207,31 @@ ENCODED_SLACK_BYTES = 16 << 20
 more than ``4 * w * h`` bytes plus this."""
 
 
-def read_image_file(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) -> bytes:
+def read_image_file(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = MAX_PIXELS,
+    formats: Collection[str] = STREAM_FORMATS,
+) -> bytes:
     """The bytes of an image file, its size header judged first: a file whose header
-    declares more than ``max_pixels``, that has no JPEG/PNG size header, or that is far
-    larger than any image of its declared size is refused with :class:`ImageDecodeError`
-    having read at most :data:`HEADER_MAX_BYTES` of it. ``OSError`` as ``open`` raises it.
+    declares more than ``max_pixels``, that is not one of ``formats`` (of
+    :data:`IMAGE_FORMATS`) or has no readable size header, or that is far larger than any
+    image of its declared size is refused with :class:`ImageDecodeError` having read at
+    most :data:`HEADER_MAX_BYTES` of it. ``OSError`` as ``open`` raises it.
     """
     with open(path, "rb") as f:
         total = os.fstat(f.fileno()).st_size
         head = f.read(min(HEADER_PROBE_BYTES, total) if total else HEADER_PROBE_BYTES)
+        if not head:
+            raise ImageDecodeError("empty_image", "empty file")
+        kind = image_format(head)
+        if kind is None or kind not in formats:
+            raise _unsupported(formats)
         size = header_size(head)
         if size is None and len(head) == HEADER_PROBE_BYTES:
             head += f.read(HEADER_MAX_BYTES - len(head))
             size = header_size(head)
-        if not head:
-            raise ImageDecodeError("empty_image", "empty file")
         if size is None:
-            kind = bytes(head[:8])
-            if not (kind.startswith(_JPEG_SOI) or kind == _PNG_SIGNATURE):
-                raise ImageDecodeError("unsupported_format", "not a JPEG or PNG image")
             raise ImageDecodeError("corrupt_image", "no valid size header")
         width, height = size
         if width * height > max_pixels:
@@ -212,9 +289,10 @@ def decode_image(
     min_size: tuple[int, int] = INPUT_SIZE,
     expect_size: tuple[int, int] | None = None,
     bgr: bool = False,
+    formats: Collection[str] = STREAM_FORMATS,
 ) -> DecodedImage:
-    """Decode JPEG or PNG bytes to RGB uint8 (BGR, OpenCV's order, with ``bgr``): the one image
-    decode of the project, with its limits.
+    """Decode JPEG or PNG bytes (or any of ``formats``, of :data:`IMAGE_FORMATS`) to RGB uint8
+    (BGR, OpenCV's order, with ``bgr``): the one image decode of the project, with its limits.
 
     The size declared in the header is checked against ``max_pixels`` before anything is
     decoded (decompression bombs), and against ``expect_size`` (the ``(width, height)`` its
@@ -224,23 +302,19 @@ def decode_image(
     decode a JPEG at 1/2, 1/4 or 1/8 scale, the largest factor whose result is still at
     least ``min_size`` (default 260x260: the detector resizes to 260x260 anyway; this is
     several times cheaper for HD frames; tiled inference asks for more so that each tile
-    keeps its resolution). PNG is always decoded at full size. Raises
+    keeps its resolution). The other formats are always decoded at full size. Raises
     :class:`ImageDecodeError`.
     """
     if reduce not in DECODE_MODES:
         raise ValueError(f"reduce must be one of {DECODE_MODES}, not {reduce!r}")
     if not data:
         raise ImageDecodeError("empty_image", "no image bytes")
-    head = bytes(data[:8])
-    if head.startswith(_JPEG_SOI):
-        kind = "jpeg"
-    elif head == _PNG_SIGNATURE:
-        kind = "png"
-    else:
-        raise ImageDecodeError("unsupported_format", "not a JPEG or PNG image")
+    kind = image_format(data)
+    if kind is None or kind not in formats:
+        raise _unsupported(formats)
     declared = header_size(data)
     if declared is None:
-        raise ImageDecodeError("corrupt_image", f"no valid {kind.upper()} size header")
+        raise ImageDecodeError("corrupt_image", f"no valid {_FORMAT_NAMES[kind]} size header")
     width, height = declared
     if width * height > max_pixels:
         raise ImageDecodeError(
@@ -258,7 +332,7 @@ def decode_image(
     except cv2.error as exc:
         raise ImageDecodeError("corrupt_image", f"OpenCV cannot decode it: {exc}") from exc
     if decoded is None or decoded.size == 0:
-        raise ImageDecodeError("corrupt_image", f"OpenCV cannot decode this {kind.upper()}")
+        raise ImageDecodeError("corrupt_image", f"OpenCV cannot decode this {_FORMAT_NAMES[kind]}")
     pixels = decoded if bgr else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     out_h, out_w = pixels.shape[:2]
     if factor == 1:

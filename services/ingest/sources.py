@@ -26,7 +26,6 @@ source fails (the camera loop then reconnects with backoff).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -39,27 +38,31 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from facemask.core.capture import (
+    FALLBACK_FPS,
+    CaptureSpec,
+    SourceTextError,
+    capture_fps,
+    open_capture,
+    parse_source_text,
+)
 from facemask.core.preprocess import ImageDecodeError, decode_image, read_image_file
 
 logger = logging.getLogger(__name__)
 
 SourceKind = Literal["device", "file", "url", "images"]
 
-URL_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "rtmp", "rtmps", "udp", "tcp", "srt"})
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm"}
 )
 # A slideshow reads only the formats whose size header is checked before the decode (so a
 # small file that claims to be 16000x16000 pixels is refused, not decoded into gigabytes).
 SLIDESHOW_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
-# Network streams: give up opening / reading after this long instead of hanging.
-NETWORK_TIMEOUT_MS = 10_000
 # A file whose container reports no usable frame rate is played at this rate.
-FALLBACK_FILE_FPS = 25.0
+FALLBACK_FILE_FPS = FALLBACK_FPS
 # Real-time playback more than this far behind the wall clock re-bases instead of bursting.
 MAX_LAG_S = 1.0
 _EPS = 1e-6
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class SourceError(RuntimeError):
@@ -99,35 +102,20 @@ def redact(url: str) -> str:
 def parse_source(spec: str, *, check_exists: bool = True) -> SourceSpec:
     """Parse a source spec; raise :class:`ValueError` with a clear message when unusable.
 
-    With ``check_exists`` a local path must exist (a typo fails at start); a file deleted
-    later is a run-time :class:`SourceError` retried with backoff instead.
+    Devices and URLs are told apart by :func:`facemask.core.capture.parse_source_text` (the
+    command line's ``detect`` reads the same texts). With ``check_exists`` a local path must
+    exist (a typo fails at start); a file deleted later is a run-time :class:`SourceError`
+    retried with backoff instead.
     """
-    text = spec.strip()
-    if not text:
-        raise ValueError("empty source (expected a device index, a URL, a file or a directory)")
-    if re.fullmatch(r"[+-]?\d+", text):
-        index = int(text)
-        if index < 0:
-            raise ValueError(f"device index {index} must be >= 0")
-        return SourceSpec("device", text, index)
-    if text.startswith("/dev/"):
-        return SourceSpec("device", text)
-    match = _SCHEME_RE.match(text)
-    if match:
-        scheme = match.group(1).lower()
-        if scheme == "file":
-            text = urlsplit(text).path
-            if not text:
-                raise ValueError(f"source {spec!r}: file URL without a path")
-        elif scheme in URL_SCHEMES:
-            if not urlsplit(text).hostname:
-                raise ValueError(f"source {redact(spec)!r}: URL without a host")
-            return SourceSpec("url", text)
-        else:
-            raise ValueError(
-                f"source {redact(spec)!r}: unsupported URL scheme {scheme!r} "
-                f"(supported: {', '.join(sorted(URL_SCHEMES | {'file'}))})"
-            )
+    try:
+        parsed = parse_source_text(spec)
+    except SourceTextError as exc:
+        raise ValueError(f"source {redact(spec)!r}: {exc}") from None
+    if parsed.kind == "device":
+        return SourceSpec("device", parsed.target, parsed.index)
+    if parsed.kind == "url":
+        return SourceSpec("url", parsed.target)
+    text = parsed.target.strip()
     path = Path(text).expanduser()
     if path.is_dir():
         return SourceSpec("images", str(path))
@@ -200,19 +188,8 @@ class FrameSource(ABC):
 
 
 def _video_capture(spec: SourceSpec) -> cv2.VideoCapture:
-    if spec.kind == "device":
-        if spec.device_index is not None:
-            return cv2.VideoCapture(spec.device_index)
-        return cv2.VideoCapture(spec.target)
-    if spec.kind == "url":
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            NETWORK_TIMEOUT_MS,
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            NETWORK_TIMEOUT_MS,
-        ]
-        return cv2.VideoCapture(spec.target, cv2.CAP_FFMPEG, params)
-    return cv2.VideoCapture(spec.target)
+    kind = spec.kind if spec.kind in ("device", "url") else "path"
+    return open_capture(CaptureSpec(kind, spec.target, spec.device_index))
 
 
 class LiveSource(FrameSource):
@@ -288,8 +265,7 @@ class FileSource(FrameSource):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open video file {self.spec.target}")
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.source_fps = fps if 1.0 <= fps <= 1000.0 else FALLBACK_FILE_FPS
+        self.source_fps = capture_fps(cap)
         self._cap = cap
         self._index = 0
 

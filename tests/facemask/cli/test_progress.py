@@ -10,7 +10,7 @@ from typing import IO
 
 import pytest
 
-from facemask.cli.progress import Progress, progress, progress_wanted
+from facemask.cli.progress import Progress, progress, progress_enabled
 
 
 @pytest.fixture()
@@ -35,7 +35,7 @@ def test_a_bar_by_default_only_on_a_terminal(
     terminal: IO[str], flag: bool | None, on_terminal: bool, wanted: bool
 ) -> None:
     stream: IO[str] = terminal if on_terminal else io.StringIO()
-    assert progress_wanted(flag, stream) is wanted
+    assert progress_enabled(flag, stream) is wanted
 
 
 def test_the_bar_counts_finished_units_with_rate_and_eta() -> None:

@@ -13,14 +13,19 @@ import pytest
 from facemask.core.preprocess import (
     ENCODED_SLACK_BYTES,
     HEADER_PROBE_BYTES,
+    IMAGE_FORMATS,
     INPUT_SIZE,
     ImageDecodeError,
+    bmp_size,
     decode_image,
+    header_size,
+    image_format,
     jpeg_size,
     png_size,
     preprocess,
     preprocess_batch,
     read_image_file,
+    webp_size,
 )
 
 
@@ -361,3 +366,109 @@ def test_read_image_file_reads_honest_files_whole(tmp_path: Path) -> None:
     assert decode_image(data).width == 64
     with pytest.raises(ImageDecodeError, match="too_large"):
         read_image_file(path, max_pixels=1000)
+
+
+# --- BMP and WebP (taken where the caller asks: the command line) ---------------------
+
+
+def bmp_header(width: int, height: int, *, core: bool = False) -> bytes:
+    """A BMP file header and DIB header (core: the 12-byte OS/2 one) declaring a size."""
+    if core:
+        dib = struct.pack("<IHHHH", 12, width, height, 1, 24)
+    else:
+        dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(dib), 0, 0, 14 + len(dib)) + dib
+
+
+def webp_header(width: int, height: int, chunk: bytes) -> bytes:
+    """The first bytes of a WebP whose ``chunk`` (VP8 , VP8L, VP8X) declares a size."""
+    if chunk == b"VP8 ":
+        body = b"\x00\x00\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width, height)
+    elif chunk == b"VP8L":
+        body = b"\x2f" + struct.pack("<I", (width - 1) | ((height - 1) << 14)) + bytes(5)
+    else:
+        body = bytes(4) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return b"RIFF" + struct.pack("<I", 4 + 8 + len(body)) + b"WEBP" + chunk + bytes(4) + body
+
+
+_WEBP_LOSSY = _encode(_noise(48, 64), ".webp", [cv2.IMWRITE_WEBP_QUALITY, 80])
+_WEBP_LOSSLESS = _encode(_noise(48, 64), ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])
+_BMP = _encode(_noise(48, 64), ".bmp")
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "size"),
+    [
+        (_BMP, "bmp", (64, 48)),
+        (bmp_header(640, 480), "bmp", (640, 480)),
+        (bmp_header(640, -480), "bmp", (640, 480)),  # a top-down bitmap
+        (bmp_header(300, 200, core=True), "bmp", (300, 200)),
+        (bmp_header(0, 480), "bmp", None),
+        (b"BM" + bytes(100), "bmp", None),  # no DIB header
+        (_WEBP_LOSSY, "webp", (64, 48)),
+        (_WEBP_LOSSLESS, "webp", (64, 48)),
+        (webp_header(1920, 1080, b"VP8 "), "webp", (1920, 1080)),
+        (webp_header(16383, 16383, b"VP8L"), "webp", (16383, 16383)),
+        (webp_header(20000, 20000, b"VP8X"), "webp", (20000, 20000)),
+        (webp_header(64, 48, b"VP8 ").replace(b"\x9d\x01\x2a", b"\x00\x00\x00"), "webp", None),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp", None),  # truncated
+        (b"RIFF\x00\x00\x00\x00WAVEfmt " + bytes(30), None, None),
+    ],
+)
+def test_bmp_and_webp_headers(data: bytes, kind: str | None, size: tuple[int, int] | None) -> None:
+    assert image_format(data) == kind
+    assert header_size(data) == size
+    if kind == "bmp":
+        assert bmp_size(data) == size and webp_size(data) is None
+    if kind == "webp":
+        assert webp_size(data) == size and bmp_size(data) is None
+
+
+@pytest.mark.parametrize("data", [_BMP, _WEBP_LOSSY, _WEBP_LOSSLESS])
+def test_bmp_and_webp_decode_only_when_asked(data: bytes) -> None:
+    with pytest.raises(ImageDecodeError, match="not a JPEG or PNG image") as info:
+        decode_image(data)  # the services' default: JPEG and PNG only
+    assert info.value.reason == "unsupported_format"
+    image = decode_image(data, formats=IMAGE_FORMATS, expect_size=(64, 48))
+    assert image.rgb.shape == (48, 64, 3)
+    if data is not _WEBP_LOSSY:  # lossless: the very pixels
+        np.testing.assert_array_equal(image.rgb, _noise(48, 64))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bmp_header(16000, 16000) + bytes(64),
+        bmp_header(65535, 65535, core=True) + bytes(64),
+        webp_header(16383, 16383, b"VP8 ") + bytes(64),
+        webp_header(16383, 16383, b"VP8L") + bytes(64),
+        webp_header(100_000, 100_000, b"VP8X") + bytes(64),
+    ],
+)
+def test_bmp_and_webp_bombs_are_refused_on_the_header(
+    data: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_decode(*_args: object) -> None:
+        raise AssertionError("cv2.imdecode reached for an image its header rejects")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data, formats=IMAGE_FORMATS)
+    assert info.value.reason == "too_large"
+    path = tmp_path / "bomb"
+    path.write_bytes(data)
+    with pytest.raises(ImageDecodeError) as info:
+        read_image_file(path, formats=IMAGE_FORMATS)
+    assert info.value.reason == "too_large"
+
+
+def test_read_image_file_takes_the_formats_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "image"
+    for data in (_BMP, _WEBP_LOSSLESS):
+        path.write_bytes(data)
+        with pytest.raises(ImageDecodeError, match="not a JPEG or PNG image"):
+            read_image_file(path)
+        assert read_image_file(path, formats=IMAGE_FORMATS) == data
+    path.write_bytes(b"GIF89a" + bytes(64))
+    with pytest.raises(ImageDecodeError, match="not a JPEG, PNG, BMP or WebP image"):
+        read_image_file(path, formats=IMAGE_FORMATS)
