@@ -211,15 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.check is not None:
             problems = check(args.check)
             for problem in problems:
-                print(f"lock: {problem}", file=sys.stderr)
+                sys.stderr.write(f"lock: {problem}\n")
             return 1 if problems else 0
         uv = find_uv()
         LOCK_DIR.mkdir(exist_ok=True)
         for lock in TARGETS:
             compile_lock(lock, uv, uv_args)
-            print(f"lock: wrote {lock.path.relative_to(REPO_ROOT)}", file=sys.stderr)
+            sys.stderr.write(f"lock: wrote {lock.path.relative_to(REPO_ROOT)}\n")
     except LockError as exc:
-        print(f"lock: {exc}", file=sys.stderr)
+        sys.stderr.write(f"lock: {exc}\n")
         return 1
     return 0
 

@@ -437,25 +437,44 @@ def render(combination: Combination) -> tuple[dict[str, Any], ...]:
     if exe is None:
         raise RuntimeError("kubectl not found")
     with tempfile.TemporaryDirectory(prefix="facemask-kustomize-") as tmp:
-        source = combination.directory
-        target = Path(tmp) / source.name
-        shutil.copytree(source, target)
-        kustomization = _kustomization(source)
-        for key in ("resources", "components"):
-            kustomization[key] = [
-                _rebase(e, source, target) for e in kustomization.get(key, []) or []
-            ]
+        target = copy_kustomization(combination.directory, Path(tmp))
+        kustomization = _kustomization(target)
+        kustomization.setdefault("components", [])
         kustomization["components"] += [
             os.path.relpath(K8S_DIR / "components" / c, target) for c in combination.components
         ]
         if not kustomization["components"]:
             del kustomization["components"]
         (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-        proc = subprocess.run(
-            [exe, "kustomize", str(target)], capture_output=True, text=True, check=False
-        )
+        try:
+            return kustomize_build(target)
+        except RuntimeError as exc:
+            raise RuntimeError(f"kubectl kustomize {combination.name} failed: {exc}") from None
+
+
+def copy_kustomization(source: Path, parent: Path) -> Path:
+    """A copy of the kustomization directory ``source`` in ``parent``, its relative paths
+    rebased so that it renders as the original (to change it without touching the repo)."""
+    target = parent / source.name
+    shutil.copytree(source, target)
+    kustomization = _kustomization(source)
+    for key in ("resources", "components"):
+        if key in kustomization:
+            kustomization[key] = [_rebase(e, source, target) for e in kustomization[key] or []]
+    (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return target
+
+
+def kustomize_build(directory: Path) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize DIRECTORY``; RuntimeError with kustomize's message on failure."""
+    exe = kubectl()
+    if exe is None:
+        raise RuntimeError("kubectl not found")
+    proc = subprocess.run(
+        [exe, "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"kubectl kustomize {combination.name} failed: {proc.stderr.strip()}")
+        raise RuntimeError(proc.stderr.strip())
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
 
 
