@@ -433,9 +433,6 @@ def render(combination: Combination) -> tuple[dict[str, Any], ...]:
     ``components:`` list (so the overlay's namespace, images and name references apply to
     them). The overlay is copied to a temporary directory for that, its paths rebased.
     """
-    exe = kubectl()
-    if exe is None:
-        raise RuntimeError("kubectl not found")
     with tempfile.TemporaryDirectory(prefix="facemask-kustomize-") as tmp:
         target = copy_kustomization(combination.directory, Path(tmp))
         kustomization = _kustomization(target)
