@@ -12,16 +12,23 @@ PYTEST_ARGS ?=
 PY_SOURCES := facemask services tests bench scripts
 
 
-.PHONY: setup test unit lint fmt proto proto-check run validate-deploy docs bench bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-chaos clean help
+.PHONY: setup lock test unit lint fmt proto proto-check run validate-deploy images docs bench bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-chaos clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
 	@echo "make test    - set up, lint, and run the whole test suite"
 	@echo "make lint    - ruff, mypy, import layers (lint-imports), proto and docs drift checks"
 	@echo "make bench   - all benchmarks (tables on stdout, JSON under bench/results/)"
+	@echo "make lock    - re-resolve requirements/*.txt from pyproject.toml (ARGS=--upgrade)"
+	@echo "make images  - docker compose build (offline from ../shared when it holds the weights)"
 
 setup:
 	@bash scripts/setup.sh
+
+# The lock files every install uses (setup, CI, the images): scripts/lock.py, with uv from
+# the dev virtualenv (or PATH). Not behind `setup`, which refuses a stale lock.
+lock:
+	@if [[ -x $(PY) ]]; then $(PY) scripts/lock.py $(ARGS); else python3 scripts/lock.py $(ARGS); fi
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -35,6 +42,7 @@ lint: setup proto-check
 	$(VENV)/bin/mypy facemask services bench
 	$(VENV)/bin/lint-imports
 	$(PY) scripts/gen_docs.py --check
+	$(PY) scripts/lock.py --check
 
 fmt: setup
 	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
@@ -42,6 +50,16 @@ fmt: setup
 
 validate-deploy: setup
 	bash scripts/validate_deploy.sh
+
+# The images, through docker compose (tags as in docker-compose.yml). With the team's mirror
+# beside the checkout, its weights and sample images are copied instead of downloaded.
+ifeq ($(origin FACEMASK_MODEL_MIRROR_CONTEXT), undefined)
+ifneq ($(wildcard ../shared/models/face_mask_detection.pb),)
+images: export FACEMASK_MODEL_MIRROR_CONTEXT := $(abspath ../shared)
+endif
+endif
+images:
+	docker compose build $(ARGS)
 
 docs: setup
 	$(PY) scripts/gen_docs.py

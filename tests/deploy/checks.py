@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -432,29 +433,45 @@ def render(combination: Combination) -> tuple[dict[str, Any], ...]:
     ``components:`` list (so the overlay's namespace, images and name references apply to
     them). The overlay is copied to a temporary directory for that, its paths rebased.
     """
-    exe = kubectl()
-    if exe is None:
-        raise RuntimeError("kubectl not found")
     with tempfile.TemporaryDirectory(prefix="facemask-kustomize-") as tmp:
-        source = combination.directory
-        target = Path(tmp) / source.name
-        shutil.copytree(source, target)
-        kustomization = _kustomization(source)
-        for key in ("resources", "components"):
-            kustomization[key] = [
-                _rebase(e, source, target) for e in kustomization.get(key, []) or []
-            ]
+        target = copy_kustomization(combination.directory, Path(tmp))
+        kustomization = _kustomization(target)
+        kustomization.setdefault("components", [])
         kustomization["components"] += [
             os.path.relpath(K8S_DIR / "components" / c, target) for c in combination.components
         ]
         if not kustomization["components"]:
             del kustomization["components"]
         (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-        proc = subprocess.run(
-            [exe, "kustomize", str(target)], capture_output=True, text=True, check=False
-        )
+        try:
+            return kustomize_build(target)
+        except RuntimeError as exc:
+            raise RuntimeError(f"kubectl kustomize {combination.name} failed: {exc}") from None
+
+
+def copy_kustomization(source: Path, parent: Path) -> Path:
+    """A copy of the kustomization directory ``source`` in ``parent``, its relative paths
+    rebased so that it renders as the original (to change it without touching the repo)."""
+    target = parent / source.name
+    shutil.copytree(source, target)
+    kustomization = _kustomization(source)
+    for key in ("resources", "components"):
+        if key in kustomization:
+            kustomization[key] = [_rebase(e, source, target) for e in kustomization[key] or []]
+    (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return target
+
+
+def kustomize_build(directory: Path) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize DIRECTORY``; RuntimeError with kustomize's message on failure."""
+    exe = kubectl()
+    if exe is None:
+        raise RuntimeError("kubectl not found")
+    proc = subprocess.run(
+        [exe, "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"kubectl kustomize {combination.name} failed: {proc.stderr.strip()}")
+        raise RuntimeError(proc.stderr.strip())
     return tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
 
 
@@ -928,16 +945,24 @@ def k8s_env_problems(docs: list[dict[str, Any]]) -> list[str]:
             problems += env_name_problems(service, values, ident(doc))
             if service != "ingest":
                 continue
-            specs = _camera_args(container.get("args", []))
-            cameras = _secret_value(docs, container, "FACEMASK_INGEST_CAMERAS")
-            if cameras is not None:
-                try:
-                    specs += [c for c in json.loads(cameras) if isinstance(c, str)]
-                except ValueError as exc:
-                    problems.append(f"{ident(doc)}: FACEMASK_INGEST_CAMERAS is not JSON: {exc}")
+            try:
+                specs = _camera_specs(docs, container)
+            except ValueError as exc:
+                problems.append(f"{ident(doc)}: FACEMASK_INGEST_CAMERAS is not JSON: {exc}")
+                continue
             for spec in specs:
                 problems += camera_spec_problems(spec, ident(doc))
     return problems
+
+
+def _camera_specs(docs: list[dict[str, Any]], container: dict[str, Any]) -> list[str]:
+    """The ``--camera`` specs of an ingest container: its arguments plus the JSON list of
+    ``FACEMASK_INGEST_CAMERAS`` when its Secret is rendered (ValueError: not JSON)."""
+    specs = _camera_args(container.get("args", []))
+    cameras = _secret_value(docs, container, "FACEMASK_INGEST_CAMERAS")
+    if cameras is not None:
+        specs += [c for c in json.loads(cameras) if isinstance(c, str)]
+    return specs
 
 
 def _secret_value(docs: list[dict[str, Any]], container: dict[str, Any], name: str) -> str | None:
@@ -1006,6 +1031,299 @@ def keda_problems(docs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def cpu_quantity(value: Any) -> float:
+    """A Kubernetes CPU quantity (``2``, ``"1.5"``, ``"500m"``) in CPUs."""
+    text = str(value).strip()
+    if text.endswith("m"):
+        return int(text[:-1]) / 1000
+    return float(text)
+
+
+THREADS_ENV = "FACEMASK_INFERENCE_THREADS"
+"""The inference setting of TensorFlow's compute threads (``threads`` of
+services/inference/config.py: intra-op threads; inter-op stays 1). Unset, TensorFlow sizes
+its pools to every core of the node, whatever the container's CPU limit."""
+
+
+def threads_problem(threads: Any, cpu_limit: Any, where: str) -> str | None:
+    """A thread count that is not the CPU limit rounded up (None: they match)."""
+    if cpu_limit is None:
+        return f"{where}: no CPU limit, so {THREADS_ENV} cannot follow it"
+    if threads is None:
+        return (
+            f"{where}: {THREADS_ENV} not set: TensorFlow would size its thread pools to every "
+            f"core of the host instead of the CPU limit {cpu_limit}"
+        )
+    want = math.ceil(cpu_quantity(cpu_limit))
+    try:
+        got = int(str(threads))
+    except ValueError:
+        return f"{where}: {THREADS_ENV}={threads!r} is not a whole number"
+    if got != want:
+        return f"{where}: {THREADS_ENV}={got} but the CPU limit {cpu_limit} is {want} CPUs"
+    return None
+
+
+def inference_thread_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Every inference container sets its model threads from its own CPU limit: the
+    downward API (``resourceFieldRef`` ``limits.cpu``, divisor 1: rounded up) or a fixed
+    value equal to the limit."""
+    problems = []
+    for doc in docs:
+        if doc.get("kind") not in WORKLOAD_KINDS:
+            continue
+        for container in _pod_template(doc)["spec"]["containers"]:
+            if _service_of(container) != "inference":
+                continue
+            where = f"{ident(doc)} container {container['name']}"
+            limit = (container.get("resources") or {}).get("limits", {}).get("cpu")
+            env = next((e for e in container.get("env", []) if e["name"] == THREADS_ENV), None)
+            field = ((env or {}).get("valueFrom") or {}).get("resourceFieldRef")
+            if field is not None:
+                if limit is None:
+                    problems.append(f"{where}: no CPU limit, so {THREADS_ENV} cannot follow it")
+                if field.get("resource") != "limits.cpu":
+                    problems.append(f"{where}: {THREADS_ENV} must come from limits.cpu")
+                if field.get("containerName", container["name"]) != container["name"]:
+                    problems.append(f"{where}: {THREADS_ENV} reads another container's limit")
+                if str(field.get("divisor", "1")) != "1":
+                    problems.append(f"{where}: {THREADS_ENV} needs divisor 1 (whole CPUs)")
+                continue
+            problem = threads_problem((env or {}).get("value"), limit, where)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+# Port of each URL scheme when the URL names none: the alert sinks (http(s) webhooks and
+# Slack; MQTT 1883 and over TLS 8883, services/alerts/sinks/mqtt.py) and the cameras
+# (services/ingest/sources.py URL_SCHEMES).
+DEFAULT_PORTS = {
+    "http": 80,
+    "https": 443,
+    "mqtt": 1883,
+    "mqtts": 8883,
+    "rtsp": 554,
+    "rtsps": 322,
+    "rtmp": 1935,
+    "rtmps": 443,
+}
+UDP_SCHEMES = frozenset({"udp", "srt"})
+
+ALERT_SINK_URL_SETTINGS = ("webhook_url", "slack_webhook_url", "mqtt_url")
+"""Settings of the alert service naming a sink the pod connects out to (a test checks that
+every other ``*_url`` setting is not one)."""
+
+SINK_EXAMPLE_ENV = "alerts-sinks.env.example"
+"""An overlay's example of its Secret facemask-alerts-sinks (``KEY=VALUE`` lines): the sinks
+it is meant to reach, checked against its NetworkPolicies like rendered settings."""
+
+
+def url_endpoint(url: str) -> tuple[str, int] | None:
+    """(protocol, port) a URL connects to; None when neither the URL nor its scheme says."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        return None
+    if port is None:
+        return None
+    return ("UDP" if scheme in UDP_SCHEMES else "TCP", port)
+
+
+def _egress_policies(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    policies = []
+    for policy in _docs_by_kind(docs, "NetworkPolicy"):
+        spec = policy["spec"]
+        types = spec.get("policyTypes") or (["Ingress", "Egress"] if "egress" in spec else [])
+        if "Egress" in types and _matches(spec.get("podSelector") or {}, labels):
+            policies.append(policy)
+    return policies
+
+
+def egress_allows(
+    docs: list[dict[str, Any]], labels: dict[str, str], protocol: str, port: int
+) -> bool:
+    """Whether the rendered NetworkPolicies let pods with ``labels`` connect out of the
+    cluster to ``port``: no policy isolates their egress, or a rule allows that port to
+    any peer or to an address block (rules whose peers are only pods or namespaces do not
+    reach an outside sink or camera)."""
+    policies = _egress_policies(docs, labels)
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("egress") or []:
+            peers = rule.get("to") or []
+            if peers and not any("ipBlock" in peer for peer in peers):
+                continue
+            ports = rule.get("ports")
+            if not ports:
+                return True
+            for allowed in ports:
+                if allowed.get("protocol", "TCP") != protocol:
+                    continue
+                start = allowed.get("port")
+                if start is None:
+                    return True
+                if isinstance(start, int) and start <= port <= allowed.get("endPort", start):
+                    return True
+    return False
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (comments and blank lines skipped)."""
+    values = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _sink_urls(values: dict[str, str]) -> list[tuple[str, str]]:
+    cls = settings_class("alerts")
+    prefix = cls.env_prefix() if cls is not None else "FACEMASK_ALERTS_"
+    found = []
+    for setting in ALERT_SINK_URL_SETTINGS:
+        value = values.get(prefix + setting.upper(), "")
+        if "://" in value:
+            found.append((prefix + setting.upper(), value))
+    return found
+
+
+def egress_port_problems(docs: list[dict[str, Any]], overlay_dir: Path | None = None) -> list[str]:
+    """The alert service's NetworkPolicies let it reach the port of every sink configured
+    (rendered ConfigMaps / Secrets, literal env, and the overlay's example of its sinks
+    Secret); the ingest pods reach every network camera they are given. A port missing
+    there would be blocked silently: the sink fails, the camera stays offline."""
+    problems = []
+    example = overlay_dir / SINK_EXAMPLE_ENV if overlay_dir is not None else None
+    for doc in docs:
+        if doc.get("kind") not in WORKLOAD_KINDS:
+            continue
+        labels = _pod_template(doc)["metadata"].get("labels", {})
+        for container in _pod_template(doc)["spec"]["containers"]:
+            service = _service_of(container)
+            targets: list[tuple[str, str]] = []
+            if service == "alerts":
+                targets = _sink_urls(_config_values(docs, container))
+                if example is not None and example.is_file():
+                    targets += [
+                        (f"{name} ({example.name})", url)
+                        for name, url in _sink_urls(read_env_file(example))
+                    ]
+            elif service == "ingest":
+                from services.ingest.config import parse_camera_spec
+
+                try:
+                    specs = _camera_specs(docs, container)
+                except ValueError:
+                    continue  # reported by k8s_env_problems
+                for spec in specs:
+                    try:
+                        source = parse_camera_spec(spec).get("source", "")
+                    except ValueError:
+                        continue
+                    if "://" in source:
+                        targets.append((f"camera {spec.split(',', 1)[0]}", source))
+            for name, url in targets:
+                endpoint = url_endpoint(url)
+                host = url.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
+                if endpoint is None:
+                    problems.append(f"{ident(doc)}: {name}: no port known for {host}")
+                elif not egress_allows(docs, labels, *endpoint):
+                    problems.append(
+                        f"{ident(doc)}: {name} connects to {host} ({endpoint[0]} "
+                        f"{endpoint[1]}), which no NetworkPolicy egress rule allows; add the "
+                        "port (deploy/README.md, 'Sink and camera ports')"
+                    )
+    return problems
+
+
+INGRESS_CONTROLLER_NAMESPACE = "ingress-nginx"
+"""Where the ingress controller runs (components/ingress, the alerts NetworkPolicy)."""
+
+
+def _ingress_admits(
+    docs: list[dict[str, Any]], labels: dict[str, str], namespace: str, ports: set[Any]
+) -> bool:
+    """Whether the NetworkPolicies let pods of ``namespace`` connect to pods with
+    ``labels`` on one of ``ports`` (a container port's number and name)."""
+    policies = []
+    for policy in _docs_by_kind(docs, "NetworkPolicy"):
+        spec = policy["spec"]
+        types = spec.get("policyTypes") or ["Ingress"]
+        if "Ingress" in types and _matches(spec.get("podSelector") or {}, labels):
+            policies.append(policy)
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("ingress") or []:
+            peers = rule.get("from") or []
+            from_namespace = not peers or any(
+                "podSelector" not in peer
+                and (peer.get("namespaceSelector") or {}).get("matchLabels", {})
+                == {"kubernetes.io/metadata.name": namespace}
+                for peer in peers
+            )
+            rule_ports = {p.get("port") for p in rule.get("ports") or []}
+            if from_namespace and (not rule.get("ports") or rule_ports & ports):
+                return True
+    return False
+
+
+def ingress_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Every Ingress backend is a rendered Service port whose pods admit the ingress
+    controller's namespace on the target port."""
+    problems = []
+    services = _named(docs, "Service")
+    workloads = [d for d in docs if d.get("kind") in WORKLOAD_KINDS]
+    for ingress in _docs_by_kind(docs, "Ingress"):
+        for rule in ingress["spec"].get("rules", []):
+            for path in (rule.get("http") or {}).get("paths", []):
+                backend = path["backend"]["service"]
+                where = f"{ident(ingress)} {rule.get('host', '*')}{path.get('path', '')}"
+                service = services.get(backend["name"])
+                if service is None:
+                    problems.append(f"{where}: Service {backend['name']!r} is not defined")
+                    continue
+                wanted = backend["port"].get("name", backend["port"].get("number"))
+                port = next(
+                    (
+                        p
+                        for p in service["spec"].get("ports", [])
+                        if wanted in (p.get("name"), p["port"])
+                    ),
+                    None,
+                )
+                if port is None:
+                    problems.append(f"{where}: Service {backend['name']} has no port {wanted!r}")
+                    continue
+                target = port.get("targetPort", port["port"])
+                for workload in workloads:
+                    labels = _pod_template(workload)["metadata"].get("labels", {})
+                    if not _matches({"matchLabels": service["spec"].get("selector", {})}, labels):
+                        continue
+                    numbers = {
+                        p["containerPort"]
+                        for c in _pod_template(workload)["spec"]["containers"]
+                        for p in c.get("ports", [])
+                        if target in (p.get("name"), p["containerPort"])
+                    }
+                    if not _ingress_admits(
+                        docs, labels, INGRESS_CONTROLLER_NAMESPACE, numbers | {target}
+                    ):
+                        problems.append(
+                            f"{where}: the NetworkPolicies of {ident(workload)} do not admit "
+                            f"the namespace {INGRESS_CONTROLLER_NAMESPACE} on port {target}"
+                        )
+    return problems
+
+
 def semantic_problems(combination: Combination, docs: list[dict[str, Any]]) -> list[str]:
     """Everything beyond the schema."""
     external = EXTERNAL_SECRETS.get(combination.overlay, frozenset())
@@ -1028,6 +1346,9 @@ def semantic_problems(combination: Combination, docs: list[dict[str, Any]]) -> l
         *inference_probe_problems(docs),
         *k8s_env_problems(docs),
         *keda_problems(docs),
+        *inference_thread_problems(docs),
+        *egress_port_problems(docs, combination.directory),
+        *ingress_problems(docs),
     ]
 
 
@@ -1164,6 +1485,180 @@ def prometheus_target_problems() -> list[str]:
     return problems
 
 
+class ComposeError(ValueError):
+    """A compose file that cannot be interpolated (a required variable is unset...)."""
+
+
+_COMPOSE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COMPOSE_BRACED = re.compile(
+    r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?", re.S
+)
+
+
+def compose_interpolate(text: str, env: dict[str, str]) -> str:
+    """A compose value with its variables substituted the way ``docker compose`` does:
+    ``$VAR``, ``${VAR}``, ``${VAR:-default}`` / ``${VAR-default}`` (unset or empty / unset),
+    ``${VAR:+other}`` / ``${VAR+other}`` (set and non-empty / set), ``${VAR:?error}`` /
+    ``${VAR?error}`` (ComposeError), nested in defaults too, and ``$$`` for a literal ``$``."""
+    out = []
+    i = 0
+    while i < len(text):
+        if text[i] != "$":
+            out.append(text[i])
+            i += 1
+        elif text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("${", i):
+            depth, j = 1, i + 2
+            while j < len(text) and depth:
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                j += 1
+            if depth:
+                raise ComposeError(f"unterminated ${{ in {text!r}")
+            out.append(_compose_braced(text[i + 2 : j - 1], env))
+            i = j
+        elif name := _COMPOSE_NAME.match(text, i + 1):
+            out.append(env.get(name.group(), ""))
+            i = name.end()
+        else:
+            out.append("$")
+            i += 1
+    return "".join(out)
+
+
+def _compose_braced(expr: str, env: dict[str, str]) -> str:
+    braced = _COMPOSE_BRACED.fullmatch(expr)
+    if braced is None:
+        raise ComposeError(f"invalid interpolation ${{{expr}}}")
+    name, op, arg = braced.group("name", "op", "arg")
+    value = env.get(name)
+    if op is None:
+        return value or ""
+    present = bool(value) if op.startswith(":") else value is not None
+    if op.endswith("-"):
+        return value if present and value is not None else compose_interpolate(arg, env)
+    if op.endswith("+"):
+        return compose_interpolate(arg, env) if present else ""
+    if present and value is not None:
+        return value
+    raise ComposeError(f"{name}: {arg or 'required variable is not set'}")
+
+
+def _interpolate_tree(node: Any, env: dict[str, str]) -> Any:
+    if isinstance(node, str):
+        return compose_interpolate(node, env)
+    if isinstance(node, list):
+        return [_interpolate_tree(item, env) for item in node]
+    if isinstance(node, dict):
+        return {key: _interpolate_tree(value, env) for key, value in node.items()}
+    return node
+
+
+# Values of the variables compose requires (${VAR:?}), for rendering the file in checks.
+COMPOSE_TEST_ENV = {
+    **dict.fromkeys(COMPOSE_REDIS_SECRETS, "test-only-password"),
+    "MQTT_PASSWORD": "test-only-password",
+    "GRAFANA_ADMIN_PASSWORD": "test-only-password",
+    ALERTS_TOKEN: "test-only-token",
+}
+
+
+def compose_config(env: dict[str, str] | None = None, path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    """The compose file as ``docker compose config`` sees it with ``env`` (default: only the
+    required secrets set): YAML anchors merged, every value interpolated."""
+    data = yaml.safe_load(path.read_text())
+    merged = {**COMPOSE_TEST_ENV, **(env or {})}
+    return {k: v for k, v in _interpolate_tree(data, merged).items() if not k.startswith("x-")}
+
+
+MIRROR_CONTEXT_ENV = "FACEMASK_MODEL_MIRROR_CONTEXT"
+"""The compose variable naming a local mirror directory laid out like the team's shared/."""
+MIRROR_STAGE = "model-mirror"
+MIRROR_PATH_IN_BUILD = "/mirror/models"
+"""Where the Dockerfiles mount the mirror context (``--mount=...,target=/mirror``) plus
+the models directory of the shared/ layout: the build's FACEMASK_MODEL_MIRROR."""
+
+
+def dockerfile_fetch_groups(dockerfile: Path) -> list[str]:
+    """The manifest groups a Dockerfile fetches (``facemask models fetch --group G``)."""
+    return re.findall(r"facemask models fetch --group (\w+)", dockerfile.read_text())
+
+
+def _mirror_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Services whose Dockerfile mounts the model-mirror context."""
+    found = {}
+    for name, service in config["services"].items():
+        build = service.get("build")
+        if not build:
+            continue
+        dockerfile = REPO_ROOT / build.get("context", ".") / build["dockerfile"]
+        if f"from={MIRROR_STAGE}" in dockerfile.read_text():
+            found[name] = build
+    return found
+
+
+def compose_mirror_problems(path: Path = COMPOSE_FILE, mirror: str = "../shared") -> list[str]:
+    """Every image that fetches model artifacts gets the mirror as a compose build context:
+    unset, an existing empty stand-in and no FACEMASK_MODEL_MIRROR (download); set, that
+    directory and FACEMASK_MODEL_MIRROR=/mirror/models (copy, same sha256 check)."""
+    problems = []
+    unset = _mirror_services(compose_config({}, path))
+    if not unset:
+        problems.append(f"no compose build uses the {MIRROR_STAGE} context")
+    for name, build in unset.items():
+        dockerfile = (REPO_ROOT / build.get("context", ".") / build["dockerfile"]).read_text()
+        if f"AS {MIRROR_STAGE}" not in dockerfile or "ARG FACEMASK_MODEL_MIRROR" not in dockerfile:
+            problems.append(f"{name}: its Dockerfile needs the {MIRROR_STAGE} stage and the ARG")
+        context = (build.get("additional_contexts") or {}).get(MIRROR_STAGE)
+        if context is None:
+            problems.append(f"{name}: build.additional_contexts.{MIRROR_STAGE} missing")
+        elif not (REPO_ROOT / context).is_dir():
+            problems.append(f"{name}: default {MIRROR_STAGE} context {context} is no directory")
+        if (build.get("args") or {}).get("FACEMASK_MODEL_MIRROR", ""):
+            problems.append(f"{name}: FACEMASK_MODEL_MIRROR must be empty without a mirror")
+    for name, build in _mirror_services(compose_config({MIRROR_CONTEXT_ENV: mirror}, path)).items():
+        if (build.get("additional_contexts") or {}).get(MIRROR_STAGE) != mirror:
+            problems.append(f"{name}: {MIRROR_CONTEXT_ENV} does not become its mirror context")
+        if (build.get("args") or {}).get("FACEMASK_MODEL_MIRROR") != MIRROR_PATH_IN_BUILD:
+            problems.append(
+                f"{name}: with a mirror, FACEMASK_MODEL_MIRROR must be {MIRROR_PATH_IN_BUILD}"
+            )
+    return problems
+
+
+def mirror_layout_problems(mirror: Path, path: Path = COMPOSE_FILE) -> list[str]:
+    """Every artifact the compose-built images fetch is where the fetch in the image
+    looks for it in ``mirror`` (mounted at /mirror, FACEMASK_MODEL_MIRROR=/mirror/models)."""
+    from facemask.model.store import _mirror_candidates, load_manifest
+
+    models = mirror / Path(MIRROR_PATH_IN_BUILD).relative_to("/mirror")
+    artifacts = load_manifest()
+    problems = []
+    for name, build in _mirror_services(
+        compose_config({MIRROR_CONTEXT_ENV: str(mirror)}, path)
+    ).items():
+        dockerfile = REPO_ROOT / build.get("context", ".") / build["dockerfile"]
+        for group in dockerfile_fetch_groups(dockerfile):
+            for artifact in artifacts:
+                if artifact.group != group or artifact.optional:
+                    continue
+                if not any(p.is_file() for p in _mirror_candidates(artifact, [models])):
+                    problems.append(f"{name}: {artifact.name} (group {group}) not in {models}")
+    return problems
+
+
+def compose_thread_problems(
+    env: dict[str, str] | None = None, path: Path = COMPOSE_FILE
+) -> list[str]:
+    """The compose inference service sets its model threads to its CPU limit."""
+    service = compose_config(env, path)["services"]["inference"]
+    limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+    threads = (service.get("environment") or {}).get(THREADS_ENV)
+    problem = threads_problem(threads, limits.get("cpus"), "compose inference")
+    return [problem] if problem else []
+
+
 # --------------------------------------------------------------------------- redis acl
 
 REDIS_ACL_TEMPLATE = DEPLOY_DIR / "redis" / "users.acl"
@@ -1218,13 +1713,35 @@ def _report(title: str, problems: list[str]) -> int:
     return 1 if problems else 0
 
 
+def local_mirror() -> Path | None:
+    """The model mirror a compose build would use here: $FACEMASK_MODEL_MIRROR_CONTEXT, else
+    the team's shared/ beside the checkout when it holds the weights (as ``make images``)."""
+    configured = os.environ.get(MIRROR_CONTEXT_ENV)
+    if configured:
+        return Path(configured)
+    shared = REPO_ROOT.parent / "shared"
+    return shared if (shared / "models" / "face_mask_detection.pb").is_file() else None
+
+
+def build_problems() -> list[str]:
+    """Image builds through compose: the mirror context, the mirror's layout (when there
+    is one here), the inference threads against its CPU limit."""
+    problems = compose_mirror_problems() + compose_thread_problems()
+    mirror = local_mirror()
+    if mirror is not None:
+        problems += mirror_layout_problems(mirror)
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.deploy.checks [k8s] [metrics] [compose] [acl]`` (default: all)."""
+    """``python -m tests.deploy.checks [k8s] [metrics] [compose] [acl] [build]`` (default:
+    all)."""
     wanted = set(argv if argv is not None else sys.argv[1:]) or {
         "k8s",
         "metrics",
         "compose",
         "acl",
+        "build",
     }
     failed = 0
     if "k8s" in wanted:
@@ -1240,6 +1757,9 @@ def main(argv: list[str] | None = None) -> int:
         failed |= _report("compose semantics", compose_problems() + prometheus_target_problems())
     if "acl" in wanted:
         failed |= _report("redis ACL files", acl_problems())
+    if "build" in wanted:
+        mirror = local_mirror()
+        failed |= _report(f"compose builds (mirror: {mirror or 'none here'})", build_problems())
     return failed
 
 
