@@ -113,6 +113,12 @@ letters (a dead letter keeps up to 64 KB of its frame). ``MAXLEN ~`` trims whole
 radix-tree nodes, which hold 4 KB at most (``stream-node-max-bytes``): a stream of frames
 stays at about 200, 8-12 MB at 40-60 KB a frame (measured: 9.9 MiB of Redis memory for a
 full stream of 41 KB frames), well below :data:`LOCAL_REDIS_MAXMEMORY` for 4 partitions."""
+RUN_DEFAULTS: dict[str, str] = {
+    "FACEMASK_ALERTS_CAMERA_RETENTION": "3600",
+}
+"""Settings of every local run, unless set in the environment: cameras of earlier runs
+(another ``--source``) drop off the dashboard an hour after they were last seen, not after
+the production default of 7 days."""
 _MEMORY = re.compile(r"^\d+(?:[kmg]b?|b)?$", re.IGNORECASE)
 _NAMED_SOURCE = re.compile(r"^(?P<name>[^=/\\:?@\x00-\x1f]{1,64})=(?P<source>.+)$", re.DOTALL)
 
@@ -422,6 +428,7 @@ def _run(args: argparse.Namespace, state: Path) -> int:
         except RuntimeError as exc:  # no binary, or it did not start: said why
             raise _RunError(str(exc), 1) from None
         base_env = {
+            **RUN_DEFAULTS,
             **({} if args.redis_url else LOCAL_STREAM_LIMITS),
             **os.environ,
             "FACEMASK_REDIS_URL": redis_url,

@@ -536,6 +536,8 @@ def test_run_starts_in_dependency_order_and_ctrl_c_stops_it_in_reverse(tmp_path:
             if b"=" in item
         )
         assert environ[b"FACEMASK_INGEST_STREAM_MAXLEN"] == b"200"  # the run's stream limit
+        # cameras of earlier runs drop off within the hour
+        assert environ[b"FACEMASK_ALERTS_CAMERA_RETENTION"] == b"3600"
         assert len(family) >= 4, commands  # redis, inference, alerts and ingest
         assert os.getpgid(run.pid) == run.pid  # the launcher leads its group ...
         assert os.getpgid(redis_pid) not in (run.pid, os.getpgrp())  # ... redis has its own
