@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -47,6 +46,7 @@ from facemask.core.capture import (
     parse_source_text,
 )
 from facemask.core.preprocess import ImageDecodeError, decode_image, read_image_file
+from facemask.infra.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -84,19 +84,7 @@ class SourceSpec:
     @property
     def redacted(self) -> str:
         """The target with any URL password masked (for logs and the registry)."""
-        return redact(self.target) if self.kind == "url" else self.target
-
-
-def redact(url: str) -> str:
-    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return redact_url(self.target) if self.kind == "url" else self.target
 
 
 def parse_source(spec: str, *, check_exists: bool = True) -> SourceSpec:
@@ -110,7 +98,7 @@ def parse_source(spec: str, *, check_exists: bool = True) -> SourceSpec:
     try:
         parsed = parse_source_text(spec)
     except SourceTextError as exc:
-        raise ValueError(f"source {redact(spec)!r}: {exc}") from None
+        raise ValueError(f"source {redact_url(spec)!r}: {exc}") from None
     if parsed.kind == "device":
         return SourceSpec("device", parsed.target, parsed.index)
     if parsed.kind == "url":

@@ -24,7 +24,6 @@ from services.ingest.sources import (
     SourceSpec,
     open_source,
     parse_source,
-    redact,
 )
 from tests.facemask.core.test_preprocess import patch_jpeg_size
 from tests.services.ingest.conftest import write_clip
@@ -62,10 +61,9 @@ def test_parse_source_kinds(tmp_path: Path, samples: Path) -> None:
     for bad in ("", "  ", "-1", "ftp://x/y", "rtsp://", "/no/such/file.mp4", "file://"):
         with pytest.raises(ValueError):
             parse_source(bad)
-    assert (
-        redact("rtsp://admin:hunter2@10.0.0.5:554/s?x=1") == "rtsp://admin:***@10.0.0.5:554/s?x=1"
-    )
-    assert redact("rtsp://10.0.0.5/s") == "rtsp://10.0.0.5/s"
+    secret = parse_source("rtsp://admin:hunter2@10.0.0.5:554/s?x=1")
+    assert secret.redacted() == "rtsp://admin:***@10.0.0.5:554/s?x=1"
+    assert parse_source("rtsp://10.0.0.5/s").redacted() == "rtsp://10.0.0.5/s"
 
 
 def test_file_cap_keeps_every_kth_frame_by_video_time(tmp_path: Path) -> None:
