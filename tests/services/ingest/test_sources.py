@@ -62,8 +62,8 @@ def test_parse_source_kinds(tmp_path: Path, samples: Path) -> None:
         with pytest.raises(ValueError):
             parse_source(bad)
     secret = parse_source("rtsp://admin:hunter2@10.0.0.5:554/s?x=1")
-    assert secret.redacted() == "rtsp://admin:***@10.0.0.5:554/s?x=1"
-    assert parse_source("rtsp://10.0.0.5/s").redacted() == "rtsp://10.0.0.5/s"
+    assert secret.redacted == "rtsp://admin:***@10.0.0.5:554/s?x=1"
+    assert parse_source("rtsp://10.0.0.5/s").redacted == "rtsp://10.0.0.5/s"
 
 
 def test_file_cap_keeps_every_kth_frame_by_video_time(tmp_path: Path) -> None:
