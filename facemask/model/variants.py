@@ -166,7 +166,7 @@ def measure_rate(
     input_size: tuple[int, int] = (260, 260),
     warm_batches: int = 1,
     timed_batches: int = 2,
-    budget_s: float = 0.5,
+    budget_s: float = 0.25,
     timer: Timer = time.perf_counter,
 ) -> float:
     """Images per second of ``infer`` on a synthetic batch: ``warm_batches`` untimed, then
@@ -196,7 +196,7 @@ def measure(
     timer: Timer = time.perf_counter,
     warm_batches: int = 1,
     timed_batches: int = 2,
-    budget_s: float = 0.5,
+    budget_s: float = 0.25,
 ) -> tuple[list[Measurement], dict[str, Any]]:
     """Create each variant's runtime with ``create`` and measure it; returns the
     measurements and the runtimes still open (by key: the caller keeps the one it chooses

@@ -284,3 +284,22 @@ def test_auto_rejects_a_model_path() -> None:
     config = parse_runtime_config({"type": "auto", "model_path": "/x.pb"})
     with pytest.raises(ValueError, match="chooses its model file"):
         config.create()
+
+
+def test_available_variants_follow_the_model_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", str(tmp_path))
+    monkeypatch.setattr(auto, "native_bf16", lambda: True)
+    monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {})
+    assert auto.available_variants() == []
+    (tmp_path / "face_mask_detection.pb").write_bytes(b"graph")
+    assert auto.available_variants() == [BF16]  # one TensorFlow precision per process
+    (tmp_path / "face_mask_detection.int8.tflite").write_bytes(b"model")
+    assert auto.available_variants() == [BF16, INT8]
+    monkeypatch.setattr(auto, "native_bf16", lambda: False)
+    (tmp_path / "face_mask_detection.float32.tflite").write_bytes(b"model")
+    assert auto.available_variants() == [TF32, LITE32, INT8]
+    # a process whose TensorFlow already runs in bf16 measures bf16
+    monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {"precision": "bf16"})
+    assert auto.available_variants()[0] == BF16
