@@ -13,6 +13,10 @@ decode always included:
    Frames/s sustained, p50/p99 from capture time to the detections entry (the entry id's
    Redis timestamp), frames skipped. A saturation run finds the sustained rate; a run at
    80 % of it gives the latency under realistic load.
+5. **Model only**: the variant the service runs (``facemask_model_info``: runtime and
+   precision, e.g. what ``runtime=auto`` chose) alone at the service's batch size, in a
+   worker process, after the services stop; printed next to the sustained stream rate,
+   with their ratio (how much of its model's speed the service delivers).
 
 Writes ``bench/results/inference.json`` and prints a table. ``--quick`` is a smoke run.
 """
@@ -42,12 +46,14 @@ from bench.common import (
     print_table,
     write_results,
 )
+from bench.model_rate import ModelRate, model_only_rate, service_variant
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.core.preprocess import jpeg_size
 from facemask.dev.localredis import RedisProcess, free_port
 
 LAYOUT = StreamLayout("facemask", 4)
+DYNAMIC_BATCH = 32  # the service's default max_batch_size
 
 
 def make_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
@@ -304,6 +310,31 @@ def stream_run(
 # -- main -------------------------------------------------------------------------------
 
 
+def model_summary(model: ModelRate, sustained: float) -> dict[str, Any]:
+    """The summary fields comparing the service with its model alone."""
+    return {
+        "model_variant": model.variant,
+        "model_only_images_per_s": model.images_per_s,
+        "model_only_batch": model.batch,
+        "sustained_vs_model": sustained / model.images_per_s if model.images_per_s else None,
+    }
+
+
+def print_model_vs_service(model: ModelRate, sustained: float) -> None:
+    """The model-only rate of the variant in use next to the service's sustained rate."""
+    print_table(
+        ["variant in use", "model only img/s", "service sustained frames/s", "service/model"],
+        [
+            [
+                f"{model.variant} (batch {model.batch})",
+                model.images_per_s,
+                sustained,
+                sustained / model.images_per_s if model.images_per_s else float("nan"),
+            ]
+        ],
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -336,17 +367,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, RedisProcess(Path(tmp) / "redis") as server:
         extra = dict(item.split("=", 1) for item in args.service_env)
         configs = {
-            "dynamic": {"FACEMASK_INFERENCE_MAX_BATCH_SIZE": "32"},
+            "dynamic": {"FACEMASK_INFERENCE_MAX_BATCH_SIZE": str(DYNAMIC_BATCH)},
             "batch1": {
                 "FACEMASK_INFERENCE_MAX_BATCH_SIZE": "1",
                 "FACEMASK_INFERENCE_MAX_QUEUE_DELAY": "0",
             },
         }
         sustained = 0.0
+        variant = ("", "")
         for name, env in configs.items():
             service = Service(server.url, args.threads, **{**env, **extra})
             try:
                 service.wait_ready()
+                if name == "dynamic":
+                    variant = service_variant(service.metrics_port)
                 for clients in concurrency:
                     results.append(grpc_sweep(service, name, frames, clients, seconds))
                 counts = camera_counts if name == "dynamic" else camera_counts[-1:]
@@ -370,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
             finally:
                 service.stop()
+    model = model_only_rate(
+        *variant, env=extra, threads=args.threads, batch=DYNAMIC_BATCH, seconds=seconds
+    )
     headers = [
         "config",
         "offered/s",
@@ -386,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print_table(headers, [r.row(limit, loop.frames_per_s) for r in results])
     eighty = next((r for r in results if r.name.startswith("dynamic 80%")), None)
+    print_model_vs_service(model, sustained)
     summary = {
         "compute_limit_images_per_s": limit,
         "per_frame_loop_fps": loop.frames_per_s,
@@ -393,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sustained_fraction_of_limit": sustained / limit,
         "sustained_vs_loop": sustained / loop.frames_per_s,
         "p99_ms_at_80pct": eighty.p99_ms if eighty else None,
+        **model_summary(model, sustained),
         "targets": {"fraction_of_limit": 0.7, "vs_loop": 1.6, "p99_ms_at_80pct": 250},
     }
     print("summary:", {k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})

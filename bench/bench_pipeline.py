@@ -11,6 +11,9 @@ One run, same pre-encoded 1280x720 JPEG frames (cut from the sample video) throu
    (the alert service's processing-lag gauge, sampled every 0.1 s), mean batch size, frames
    skipped (too old) or lost, CPU (% of one core) and peak RSS of every service.
 4. **80 % load**: 8 cameras at 80 % of the best sustained rate: p99 latency.
+5. **Model only**: the variant the inference service runs, alone at its batch size (16
+   here) in a worker process after the pipeline stops, next to the best sustained rate
+   and their ratio.
 
 Writes ``bench/results/pipeline.json`` with ``pipeline_throughput.png`` and
 ``pipeline_p99.png`` (matplotlib) and prints the table. ``--quick`` is the CI smoke run.
@@ -31,7 +34,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.bench_inference import Service, batch_mean, make_frames, per_frame_loop, percentile
+from bench.bench_inference import (
+    Service,
+    batch_mean,
+    make_frames,
+    model_summary,
+    per_frame_loop,
+    percentile,
+    print_model_vs_service,
+)
 from bench.common import (
     RESULTS_DIR,
     ServiceChild,
@@ -42,6 +53,7 @@ from bench.common import (
     scrape,
     write_results,
 )
+from bench.model_rate import model_only_rate, service_variant
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
 from facemask.dev.localredis import RedisProcess, free_port
@@ -50,6 +62,7 @@ LAYOUT = StreamLayout("facemask", 4)
 FRAME_SIZE = (1280, 720)
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 TARGETS = {"fraction_of_limit": 0.7, "p99_ms_at_80pct": 250.0}
+SERVICE_ENV = {"FACEMASK_INFERENCE_MAX_BATCH_SIZE": "16", "FACEMASK_INFERENCE_READ_BLOCK": "0.02"}
 
 
 def ms(values: Sequence[float], q: float) -> float | None:
@@ -319,17 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"compute limit {limit:.1f} img/s; upstream loop {loop.frames_per_s:.1f} frames/s")
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     redis = RedisProcess(work / "redis").start()
-    inference = Service(
-        redis.url,
-        args.threads,
-        FACEMASK_INFERENCE_MAX_BATCH_SIZE="16",
-        FACEMASK_INFERENCE_READ_BLOCK="0.02",
-    )
+    inference = Service(redis.url, args.threads, **SERVICE_ENV)
     alerts = Alerts(redis.url, work / "alerts")
     results: list[RunResult] = []
     try:
         inference.wait_ready()
         alerts.wait_ready()
+        variant = service_variant(inference.metrics_port)
         assert redis.proc is not None
         pids = {"inference": inference.proc.pid, "alerts": alerts.proc.pid}
         pids["redis"] = redis.proc.pid
@@ -355,6 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         inference.stop()
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
+    model = model_only_rate(
+        *variant,
+        env=SERVICE_ENV,
+        threads=args.threads,
+        batch=int(SERVICE_ENV["FACEMASK_INFERENCE_MAX_BATCH_SIZE"]),
+        seconds=2.0 if args.quick else 10.0,
+    )
     clean = [r.k for r in results if r.clean]
     summary = {
         "compute_limit_images_per_s": limit,
@@ -365,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "largest_k_without_skips": max(clean) if clean else None,
         "load_80pct": asdict(at80),
         "p99_ms_at_80pct": at80.p99_ms,
+        **model_summary(model, best),
         "targets": TARGETS,
     }
     headers = ["K", "offered/s", "fps", "p50 ms", "p95 ms", "p99 ms", "alert p99 ms"]
@@ -395,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"fraction of compute limit = {summary['fraction_of_compute_limit']:.2f}; "
         f"p99 at 80% load ({at80.offered_per_s:.1f}/s) = {at80.p99_ms or math.nan:.0f} ms"
     )
+    print_model_vs_service(model, best)
     pngs = plot(results, loop.frames_per_s, limit, out_dir)
     payload = {
         "machine": machine_info(args.threads),

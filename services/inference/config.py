@@ -53,21 +53,27 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
     )
 
     # model
-    runtime: str = Field("tensorflow", description="detector runtime (see the registry)")
+    runtime: str = Field(
+        "auto",
+        description="detector runtime: auto (the fastest model variant on this CPU within "
+        "0.01 AP50 of float32, measured at start or cached), tensorflow or tflite",
+    )
     threads: int = Field(
         0, ge=0, le=256, description="model threads (0: all cores; tflite: per interpreter)"
     )
     precision: str = Field(
         "auto",
         pattern="^(auto|float32|bf16)$",
-        description="tensorflow: auto (bf16 where the CPU has AMX/AVX512-BF16, else float32), "
-        "float32 (the reference's numbers) or bf16 (about 3x float32 on AMX; dev-set AP50 "
-        "within 0.005 of float32)",
+        description="tensorflow compute: float32 (the reference's numbers) or bf16 (dev-set "
+        "AP50 within 0.005 of float32), explicit: runs TensorFlow even under runtime auto; "
+        "auto: the auto runtime's measured choice (runtime tensorflow: bf16 where the CPU "
+        "has AMX/AVX512-BF16, else float32)",
     )
     model_variant: str = Field(
         "",
         pattern="^(|upstream|float32|int8)$",
-        description="tflite model: upstream (default), float32 or int8 (`facemask models build`)",
+        description="tflite model: upstream (default), float32 or int8 (`facemask models "
+        "build`); set under runtime auto: runs that TFLite model",
     )
     interpreters: int = Field(
         1, ge=1, le=256, description="tflite interpreters running batch items in parallel"
@@ -194,16 +200,30 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
             spec = self.tiles.get("*")
         return parse_tiles(spec)
 
+    @property
+    def effective_runtime(self) -> str:
+        """The runtime to create: ``auto`` gives way to an explicit precision (tensorflow)
+        or model variant (tflite), so an explicit setting always wins."""
+        if self.runtime == "auto" and self.precision != "auto":
+            return "tensorflow"
+        if self.runtime == "auto" and self.model_variant:
+            return "tflite"
+        return self.runtime
+
     def runtime_config(self) -> RuntimeConfig:
         """The validated options of the chosen runtime (:mod:`facemask.model.runtime`)."""
-        return parse_runtime_config({"type": self.runtime, **self.runtime_options()})
+        return parse_runtime_config({"type": self.effective_runtime, **self.runtime_options()})
 
     def runtime_options(self) -> dict[str, Any]:
         """Options of :func:`facemask.model.detector.create_detector` for the chosen runtime."""
         options: dict[str, Any] = {"threads": self.threads} if self.threads else {}
-        if self.runtime == "tensorflow":
+        runtime = self.effective_runtime
+        if runtime == "tensorflow":
             options["precision"] = self.precision
-        if self.runtime == "tflite":
+        if runtime == "auto":
+            options["batch_size"] = self.max_batch_size
+            options["interpreters"] = self.interpreters
+        if runtime == "tflite":
             options["interpreters"] = self.interpreters
             if self.model_variant:
                 options["variant"] = self.model_variant
@@ -240,9 +260,12 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
 
     @model_validator(mode="after")
     def _check(self) -> InferenceSettings:
-        if self.runtime != "tflite" and (self.model_variant or self.interpreters != 1):
-            raise ValueError("model_variant and interpreters apply to the tflite runtime only")
-        if self.runtime != "tensorflow" and self.precision != "auto":
+        runtime = self.effective_runtime
+        if runtime != "tflite" and self.model_variant:
+            raise ValueError("model_variant applies to the tflite runtime only")
+        if runtime not in ("tflite", "auto") and self.interpreters != 1:
+            raise ValueError("interpreters apply to the tflite (or auto) runtime only")
+        if runtime != "tensorflow" and self.precision != "auto":
             raise ValueError("precision applies to the tensorflow runtime only")
         try:
             self.runtime_config()  # every runtime option valid before the model loads

@@ -156,6 +156,20 @@ class InferenceMetrics:
             ["name", "version", "runtime", "precision"],
             registry=registry,
         )
+        self.model_variant_info = Gauge(
+            "facemask_model_variant_info",
+            "The model variant this service runs (value 1) and how it was chosen: measured "
+            "or cached by the auto runtime, or set explicitly.",
+            ["runtime", "precision", "chosen_by"],
+            registry=registry,
+        )
+        self.model_variant_rate = Gauge(
+            "facemask_model_variant_images_per_second",
+            "Model-only images/s of each variant the auto runtime measured on this CPU at the "
+            "service's batch size (or read from its cache).",
+            ["variant"],
+            registry=registry,
+        )
         self.ready = Gauge(
             "facemask_inference_ready",
             "1 when the model is loaded and warmed up and the service is SERVING.",

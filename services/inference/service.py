@@ -94,13 +94,30 @@ class InferenceService:
         logger.info(
             "model loaded",
             extra={
-                "runtime": self.settings.runtime,
+                "runtime": detector.runtime.name,
                 "precision": detector.precision,
                 "version": detector.model_version,
                 "seconds": round(time.monotonic() - start, 2),
             },
         )
         return detector
+
+    def _export_variant(self, detector: Detector) -> None:
+        """The variant in use and, when the auto runtime chose it, the rates it measured."""
+        selection = getattr(detector.runtime, "selection", None)
+        chosen_by = "explicit"
+        fields: dict[str, Any] = {"runtime": detector.runtime.name, "precision": detector.precision}
+        if selection is not None:
+            chosen_by = "cache" if selection.cached else "measured"
+            fields.update(selection.log_fields())
+            for measured in selection.measurements:
+                self.metrics.model_variant_rate.labels(measured.variant.key).set(
+                    measured.images_per_second
+                )
+        self.metrics.model_variant_info.labels(
+            detector.runtime.name, detector.precision, chosen_by
+        ).set(1)
+        logger.info("model variant", extra={**fields, "chosen_by": chosen_by})
 
     def start(self) -> None:
         """Start everything; returns once the service is SERVING."""
@@ -140,7 +157,7 @@ class InferenceService:
         model_info = detector_pb2.ModelInfo(
             name=detector.model_name,
             version=detector.model_version,
-            runtime=self.settings.runtime,
+            runtime=detector.runtime.name,
             input_width=detector.runtime.input_size[0],
             input_height=detector.runtime.input_size[1],
             max_batch_size=self.batcher.max_batch_size,
@@ -148,8 +165,9 @@ class InferenceService:
             precision=detector.precision,
         )
         self.metrics.model_info.labels(
-            detector.model_name, detector.model_version, self.settings.runtime, detector.precision
+            detector.model_name, detector.model_version, detector.runtime.name, detector.precision
         ).set(1)
+        self._export_variant(detector)
         self.servicer.attach(self.batcher, model_info)
         self._supervise_batcher(batcher)
         if self.settings.streams:

@@ -43,3 +43,16 @@ def test_quick_inference_bench_writes_the_results_json(tmp_path: Path) -> None:
         summary["sustained_stream_fps"] / summary["compute_limit_images_per_s"]
     )
     assert summary["targets"] == {"fraction_of_limit": 0.7, "vs_loop": 1.6, "p99_ms_at_80pct": 250}
+    # the model-only rate of the variant the service runs, beside its sustained rate
+    assert "service/model" in proc.stdout
+    assert summary["model_variant"] in {
+        "tensorflow-float32",
+        "tensorflow-bf16",
+        "tflite-float32",
+        "tflite-int8",
+    }
+    assert summary["model_only_images_per_s"] > 0 and summary["model_only_batch"] == 32
+    assert summary["sustained_vs_model"] > 0
+    assert summary["sustained_vs_model"] == pytest.approx(
+        summary["sustained_stream_fps"] / summary["model_only_images_per_s"]
+    )

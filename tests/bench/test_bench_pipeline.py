@@ -42,6 +42,14 @@ def test_quick_pipeline_bench_writes_json_and_plots(tmp_path: Path) -> None:
         summary["best_sustained_fps"] / summary["upstream_loop_fps"]
     )
     assert summary["largest_k_without_skips"] in (None, 1, 2)
+    # the model-only rate of the variant the service runs, beside its sustained rate
+    assert "service/model" in proc.stdout
+    assert summary["model_variant"].partition("-")[0] in {"tensorflow", "tflite"}
+    assert summary["model_only_images_per_s"] > 0 and summary["model_only_batch"] == 16
+    assert summary["sustained_vs_model"] > 0
+    assert summary["sustained_vs_model"] == pytest.approx(
+        summary["best_sustained_fps"] / summary["model_only_images_per_s"]
+    )
     assert result["machine"]["cpu_model"]
     for name in ("pipeline_throughput.png", "pipeline_p99.png"):
         data = (tmp_path / name).read_bytes()

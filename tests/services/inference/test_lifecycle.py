@@ -92,19 +92,25 @@ def test_not_serving_until_warm_then_sigterm_exits_cleanly(
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics").read()
     assert b"facemask_inference_ready 1.0" in metrics
     assert b'facemask_model_info{name="aizoo-face-mask"' in metrics
-    # The default precision is auto: bf16 where the CPU computes bf16 natively.
-    precision = "bf16" if native_bf16() else "float32"
-    assert f'precision="{precision}"'.encode() in metrics
+    # The default runtime is auto: the fastest variant measured here (or cached).
+    assert b"facemask_model_variant_info{" in metrics
+    assert b"facemask_model_variant_images_per_second{" in metrics
     with grpc.insecure_channel(f"127.0.0.1:{proc.port}") as channel:
         info = detector_pb2_grpc.DetectorStub(channel).GetModelInfo(
             detector_pb2.GetModelInfoRequest(), timeout=5
         )
-    assert info.precision == precision and info.runtime == "tensorflow"
-    assert info.version.endswith("-bf16") == (precision == "bf16")
+    assert (info.runtime, info.precision) in {
+        ("tensorflow", "bf16" if native_bf16() else "float32"),
+        ("tflite", "float32"),
+        ("tflite", "int8"),
+    }
+    assert f'precision="{info.precision}"'.encode() in metrics
+    assert info.version.endswith("-bf16") == (info.precision == "bf16")
     start = time.monotonic()
     proc.signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     assert time.monotonic() - start < 30
     log = proc.log_path.read_text()
     assert '"msg": "model warmed up"' in log
+    assert '"msg": "model variant"' in log
     assert log.index("model warmed up") < log.index("inference service SERVING")

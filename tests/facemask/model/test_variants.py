@@ -1,0 +1,305 @@
+"""Choosing the model variant by measurement: the pure choice, the measurer with a fake
+clock, the cache (hit, miss, corrupt, other CPU / model version) and the auto runtime
+wired with fake runtimes (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from facemask.model import variants as mv
+from facemask.model.runtime import auto, parse_runtime_config
+
+TF32 = mv.Variant("tensorflow", "float32")
+BF16 = mv.Variant("tensorflow", "bf16")
+LITE32 = mv.Variant("tflite", "float32")
+INT8 = mv.Variant("tflite", "int8")
+CARD = {"tensorflow-float32": 0.0, "tensorflow-bf16": 0.0043, "tflite-float32": 0.0,
+        "tflite-int8": -0.0052}  # fmt: skip
+
+
+def rates(**by_key: float) -> list[mv.Measurement]:
+    return [mv.Measurement(mv.Variant.parse(k.replace("_", "-")), v) for k, v in by_key.items()]
+
+
+@pytest.mark.parametrize(
+    ("measured", "deltas", "tolerance", "expected", "rejected"),
+    [
+        # this AMD EPYC (issue 15): int8 fastest and within tolerance
+        (rates(tensorflow_bf16=223, tflite_float32=120, tflite_int8=385), CARD, 0.01,
+         "tflite-int8", {}),
+        # the AMX Xeon (README): bf16 beats int8
+        (rates(tensorflow_bf16=600, tflite_float32=156, tflite_int8=458), CARD, 0.01,
+         "tensorflow-bf16", {}),
+        # int8 beyond a tighter tolerance
+        (rates(tensorflow_bf16=223, tflite_int8=385), CARD, 0.005, "tensorflow-bf16",
+         {"tflite-int8": "AP50 -0.0052 beyond 0.005"}),
+        # a variant without a recorded accuracy is never chosen
+        (rates(tensorflow_float32=110, tflite_int8=385), {"tensorflow-float32": 0.0}, 0.01,
+         "tensorflow-float32", {"tflite-int8": "accuracy unknown"}),
+        # a failed (zero) measurement is not eligible
+        (rates(tensorflow_float32=110, tflite_int8=0.0), CARD, 0.01, "tensorflow-float32",
+         {"tflite-int8": "not measured"}),
+        # ties go to the earlier variant (TensorFlow float32 before TFLite float32)
+        (rates(tflite_float32=150, tensorflow_float32=150), CARD, 0.01, "tensorflow-float32",
+         {}),
+        # an accuracy gain beyond the tolerance is also a different model: rejected
+        (rates(tensorflow_float32=110, tensorflow_bf16=223), {**CARD, "tensorflow-bf16": 0.02},
+         0.01, "tensorflow-float32", {"tensorflow-bf16": "AP50 +0.0200 beyond 0.01"}),
+    ],
+)  # fmt: skip
+def test_choose(
+    measured: list[mv.Measurement],
+    deltas: dict[str, float],
+    tolerance: float,
+    expected: str,
+    rejected: dict[str, str],
+) -> None:
+    choice = mv.choose(measured, deltas, tolerance)
+    assert choice.variant.key == expected
+    assert choice.rejected == rejected
+    assert choice.images_per_second == max(
+        m.images_per_second for m in measured if m.variant.key == expected
+    )
+    assert choice.ap50_delta == deltas[expected]
+    fields = choice.log_fields()
+    assert fields["variant"] == expected and set(fields["measured"]) == {
+        m.variant.key for m in measured
+    }
+
+
+def test_choose_raises_when_nothing_is_eligible() -> None:
+    with pytest.raises(mv.NoVariantError, match="tflite-int8: accuracy unknown"):
+        mv.choose(rates(tflite_int8=385), {})
+    with pytest.raises(mv.NoVariantError, match="none measured"):
+        mv.choose([], CARD)
+
+
+def test_variant_keys_round_trip_and_options() -> None:
+    for variant in mv.ALL_VARIANTS:
+        assert mv.Variant.parse(variant.key) == variant
+    assert INT8.options() == {"variant": "int8"} and BF16.options() == {"precision": "bf16"}
+    with pytest.raises(ValueError):
+        mv.Variant.parse("tflite")
+
+
+class FakeClock:
+    """Each ``infer`` advances the clock by ``cost`` seconds per image."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRuntime:
+    input_size = (260, 260)
+    max_batch_size = None
+
+    def __init__(self, clock: FakeClock, seconds_per_image: float, name: str = "fake") -> None:
+        self.clock, self.cost, self.name = clock, seconds_per_image, name
+        self.calls: list[int] = []
+        self.closed = False
+        self.precision = "float32"
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert batch.shape[1:] == (260, 260, 3) and batch.dtype == np.float32
+        self.calls.append(len(batch))
+        self.clock.now += self.cost * len(batch)
+        return np.zeros((len(batch), 5972, 4), np.float32), np.zeros(
+            (len(batch), 5972, 2), np.float32
+        )
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_measure_rate_times_warm_batches_with_the_injected_clock() -> None:
+    clock = FakeClock()
+    runtime = FakeRuntime(clock, 1 / 400)
+    rate = mv.measure_rate(runtime.infer, 32, warm_batches=1, timed_batches=2, timer=clock)
+    assert rate == pytest.approx(400)
+    assert runtime.calls == [32, 32, 32]  # one warm, two timed
+
+
+def test_measure_rate_stops_at_its_budget() -> None:
+    clock = FakeClock()
+    runtime = FakeRuntime(clock, 1 / 32)  # one second per batch of 32
+    rate = mv.measure_rate(runtime.infer, 32, timed_batches=5, budget_s=0.5, timer=clock)
+    assert rate == pytest.approx(32) and runtime.calls == [32, 32]
+
+
+def test_measure_skips_a_variant_that_fails_to_load() -> None:
+    clock = FakeClock()
+
+    def create(variant: mv.Variant) -> FakeRuntime:
+        if variant == LITE32:
+            raise OSError("not built")
+        return FakeRuntime(clock, {TF32: 1 / 110, INT8: 1 / 385}[variant])
+
+    measured, runtimes = mv.measure([TF32, LITE32, INT8], create, 8, timer=clock)
+    assert {m.variant.key: round(m.images_per_second) for m in measured} == {
+        "tensorflow-float32": 110,
+        "tflite-int8": 385,
+    }
+    assert set(runtimes) == {"tensorflow-float32", "tflite-int8"}
+
+
+KEY = {"cpu": "AMD EPYC 9R14", "model_version": "6a2072385eb0", "batch_size": 32, "threads": 2}
+
+
+def test_cache_hit_after_save(tmp_path: Path) -> None:
+    path = tmp_path / "variant-choice.json"
+    assert mv.load_cache(path, **KEY) is None  # miss: absent
+    saved = rates(tensorflow_bf16=223.0, tflite_int8=385.0)
+    mv.save_cache(path, saved, **KEY)
+    assert mv.load_cache(path, **KEY) == saved
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"cpu": "Intel(R) Xeon(R) Platinum 8488C"},
+        {"model_version": "000000000000"},
+        {"batch_size": 16},
+        {"threads": 4},
+    ],
+)
+def test_cache_of_another_cpu_model_or_setup_is_a_miss(tmp_path: Path, other: dict) -> None:
+    path = tmp_path / "variant-choice.json"
+    mv.save_cache(path, rates(tflite_int8=385.0), **{**KEY, **other})
+    assert mv.load_cache(path, **KEY) is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[]",
+        json.dumps({**{"schema": 1, "cpu": KEY["cpu"], "model": KEY["model_version"]},
+                    "batch_size": 32, "threads": 2, "images_per_second": {"tflite": 3}}),
+        json.dumps({"schema": 1, "cpu": KEY["cpu"], "model": KEY["model_version"],
+                    "batch_size": 32, "threads": 2, "images_per_second": {"tflite-int8": -1}}),
+        json.dumps({"schema": 1, "cpu": KEY["cpu"], "model": KEY["model_version"],
+                    "batch_size": 32, "threads": 2, "images_per_second": []}),
+    ],
+)  # fmt: skip
+def test_corrupt_cache_is_a_miss(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "variant-choice.json"
+    path.write_text(content)
+    assert mv.load_cache(path, **KEY) is None
+
+
+def test_card_deltas(tmp_path: Path) -> None:
+    card = tmp_path / "variants.json"
+    card.write_text(
+        json.dumps(
+            {"models": {"abc": {"variants": {"tensorflow-float32": {"ap50": 0.42},
+                                             "tflite-int8": {"ap50": 0.41}}}}}
+        )
+    )  # fmt: skip
+    assert mv.load_ap50_deltas("abc", card) == pytest.approx(
+        {"tensorflow-float32": 0.0, "tflite-int8": -0.01}
+    )
+    assert mv.load_ap50_deltas("other", card) == {}
+    assert mv.load_ap50_deltas("abc", tmp_path / "absent.json") == {}
+
+
+def test_the_project_card_covers_the_pinned_model() -> None:
+    from facemask.model import store
+
+    sha256 = store.find_artifact("face_mask_detection.pb").sha256
+    deltas = mv.load_ap50_deltas(sha256)
+    assert set(deltas) == {v.key for v in mv.ALL_VARIANTS}
+    assert all(abs(d) <= mv.DEFAULT_TOLERANCE for d in deltas.values())
+
+
+# -- the auto runtime, with fake variants ----------------------------------------------
+
+
+@pytest.fixture()
+def fake_variants(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[dict[mv.Variant, float]], tuple[FakeClock, list[str]]]]:
+    """Fake variants with given images/s; the model cache in ``tmp_path``."""
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", str(tmp_path))
+    (tmp_path / "face_mask_detection.pb").write_bytes(b"fake graph")
+    sha256 = mv.modelstore.sha256_file(tmp_path / "face_mask_detection.pb")
+    monkeypatch.setattr(
+        mv, "load_ap50_deltas", lambda sha, path=None: CARD if sha == sha256 else {}
+    )
+
+    def install(speeds: dict[mv.Variant, float]) -> tuple[FakeClock, list[str]]:
+        clock = FakeClock()
+        created: list[str] = []
+
+        def create(config: Any, variant: mv.Variant) -> FakeRuntime:
+            created.append(variant.key)
+            runtime = FakeRuntime(clock, 1 / speeds[variant], name=variant.runtime)
+            runtime.precision = variant.precision
+            return runtime
+
+        monkeypatch.setattr(auto, "available_variants", lambda: list(speeds))
+        monkeypatch.setattr(auto, "_create_variant", create)
+        return clock, created
+
+    yield install
+
+
+def test_auto_measures_chooses_and_caches(fake_variants: Any, tmp_path: Path) -> None:
+    clock, created = fake_variants({BF16: 223.0, LITE32: 120.0, INT8: 385.0})
+    config = parse_runtime_config({"type": "auto", "batch_size": 8, "threads": 2})
+    runtime = auto.select_runtime(config, timer=clock)  # type: ignore[arg-type]
+    assert runtime.selection.variant == INT8 and not runtime.selection.cached
+    assert runtime.selection.images_per_second == pytest.approx(385.0)
+    assert created == ["tensorflow-bf16", "tflite-float32", "tflite-int8"]  # measured once each
+    cache = json.loads((tmp_path / mv.CACHE_FILE).read_text())
+    assert cache["batch_size"] == 8 and cache["cpu"] == mv.cpu_model_name()
+    assert cache["images_per_second"]["tflite-int8"] == pytest.approx(385.0)
+
+    created.clear()  # a restart: the cache answers, only the chosen variant loads
+    again = auto.select_runtime(config, timer=clock)  # type: ignore[arg-type]
+    assert again.selection.variant == INT8 and again.selection.cached
+    assert created == ["tflite-int8"]
+
+
+def test_auto_remeasures_when_the_cache_is_corrupt(fake_variants: Any, tmp_path: Path) -> None:
+    clock, created = fake_variants({BF16: 600.0, INT8: 458.0})
+    (tmp_path / mv.CACHE_FILE).write_text("\x00garbage")
+    config = parse_runtime_config({"type": "auto", "batch_size": 4})
+    runtime = auto.select_runtime(config, timer=clock)  # type: ignore[arg-type]
+    assert runtime.selection.variant == BF16 and not runtime.selection.cached
+    assert set(created) == {"tensorflow-bf16", "tflite-int8"}
+    assert json.loads((tmp_path / mv.CACHE_FILE).read_text())["model"]  # rewritten
+
+
+def test_auto_rejects_a_model_path() -> None:
+    config = parse_runtime_config({"type": "auto", "model_path": "/x.pb"})
+    with pytest.raises(ValueError, match="chooses its model file"):
+        config.create()
+
+
+def test_available_variants_follow_the_model_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", str(tmp_path))
+    monkeypatch.setattr(auto, "native_bf16", lambda: True)
+    monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {})
+    assert auto.available_variants() == []
+    (tmp_path / "face_mask_detection.pb").write_bytes(b"graph")
+    assert auto.available_variants() == [BF16]  # one TensorFlow precision per process
+    (tmp_path / "face_mask_detection.int8.tflite").write_bytes(b"model")
+    assert auto.available_variants() == [BF16, INT8]
+    monkeypatch.setattr(auto, "native_bf16", lambda: False)
+    (tmp_path / "face_mask_detection.float32.tflite").write_bytes(b"model")
+    assert auto.available_variants() == [TF32, LITE32, INT8]
+    # a process whose TensorFlow already runs in bf16 measures bf16
+    monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {"precision": "bf16"})
+    assert auto.available_variants()[0] == BF16
