@@ -37,6 +37,8 @@ from facemask.dev.supervisor import (
     python_argv,
 )
 from facemask.dev.waiting import WaitTimeoutError
+from facemask.model.runtime.base import usable_cpus
+from facemask.model.variants import cpu_model_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_GFLOP_PER_IMAGE = 1.52  # measured: one 260x260 image through the SSD (models/README)
@@ -44,21 +46,12 @@ MODEL_GFLOP_PER_IMAGE = 1.52  # measured: one 260x260 image through the SSD (mod
 
 def default_threads() -> int:
     """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return max(1, usable_cpus())
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else :func:`platform.processor`."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (``/proc/cpuinfo``), else the platform's processor string."""
+    return cpu_model_name()
 
 
 def cpu_flags(
