@@ -363,7 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sampler.sample()
 
             sampler.phase = "dashboard"
-            # Each camera's latest frame: half of them honest and huge, half lying.
+            # Each camera's latest frame: half of them honest and huge, half lying. Cameras
+            # of their own: a camera whose picture was drawn in an earlier phase keeps it
+            # when its latest frame lies, so it would answer 200 where none is due.
+            cameras = [f"dashcam{i}" for i in range(n_cameras)]
             last: list[Frame] = [
                 (camera, big, big_side, big_side, stale)
                 if i % 2 == 0
