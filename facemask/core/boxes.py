@@ -1,10 +1,11 @@
-"""Decoding of the SSD box regression outputs."""
+"""Encoding and decoding of the SSD box regression outputs, and box overlap (IoU)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 VARIANCES: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
 
@@ -33,3 +34,60 @@ def decode_boxes(
     w = np.exp(scaled[..., 2]) * anchor_w
     h = np.exp(scaled[..., 3]) * anchor_h
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+
+
+def encode_boxes(
+    boxes: np.ndarray,
+    anchors: np.ndarray,
+    variances: Sequence[float] = VARIANCES,
+) -> np.ndarray:
+    """The regression targets that :func:`decode_boxes` turns back into ``boxes``.
+
+    ``boxes`` and ``anchors`` are ``[N, 4]`` normalised ``x1, y1, x2, y2`` (one box per
+    anchor, boxes with a positive width and height); the result is float64 ``[N, 4]``
+    ``dx, dy, dw, dh``: the centre offset in anchor sizes and the log size ratio, each
+    divided by its variance - the exact inverse of :func:`decode_boxes`.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    anchors = np.asarray(anchors, dtype=np.float64)
+    if boxes.shape[-1] != 4 or anchors.shape[-1] != 4:
+        raise ValueError("boxes need 4 coordinates in the last dimension")
+    anchor_cx = (anchors[..., 0] + anchors[..., 2]) / 2
+    anchor_cy = (anchors[..., 1] + anchors[..., 3]) / 2
+    anchor_w = anchors[..., 2] - anchors[..., 0]
+    anchor_h = anchors[..., 3] - anchors[..., 1]
+    cx = (boxes[..., 0] + boxes[..., 2]) / 2
+    cy = (boxes[..., 1] + boxes[..., 3]) / 2
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    if np.any(w <= 0) or np.any(h <= 0):
+        raise ValueError("boxes to encode need a positive width and height")
+    raw = np.stack(
+        [
+            (cx - anchor_cx) / anchor_w,
+            (cy - anchor_cy) / anchor_h,
+            np.log(w / anchor_w),
+            np.log(h / anchor_h),
+        ],
+        axis=-1,
+    )
+    return raw / np.asarray(variances, dtype=np.float64)
+
+
+def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
+    """IoU of every pair of ``(x1, y1, x2, y2)`` boxes (pixels or normalised):
+    ``a [M, 4]`` x ``b [N, 4]`` -> float64 ``[M, N]``; disjoint or degenerate pairs have
+    IoU 0."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.maximum(0.0, ix2 - ix1) * np.maximum(0.0, iy2 - iy1)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    out = np.zeros_like(inter)
+    np.divide(inter, union, out=out, where=inter > 0)
+    return out

@@ -31,32 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from facemask.core.boxes import iou_matrix
 from facemask.core.types import LABEL_IDS, LABELS, Detections
 
 Box = tuple[int, int, int, int]
 HISTORY_CAP = 1000
-
-
-def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
-    """IoU of every pair of pixel boxes: ``a [M, 4]`` x ``b [N, 4]`` -> float64 ``[M, N]``.
-
-    Boxes are ``(x1, y1, x2, y2)``; disjoint or degenerate pairs have IoU 0.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.maximum(0.0, ix2 - ix1) * np.maximum(0.0, iy2 - iy1)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=inter > 0)
-    return out
 
 
 def iou(a: Box, b: Box) -> float:
