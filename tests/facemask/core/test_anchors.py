@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from facemask.core.anchors import NUM_ANCHORS, generate_anchors
+from facemask.core.anchors import (
+    FEATURE_MAP_SIZES,
+    NUM_ANCHORS,
+    feature_map_sizes_for,
+    generate_anchors,
+    num_anchors,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +83,26 @@ def test_custom_configuration() -> None:
 def test_mismatched_levels_rejected() -> None:
     with pytest.raises(ValueError, match="per feature map"):
         generate_anchors(feature_map_sizes=(33, 17), anchor_sizes=((0.04,),))
+
+
+def test_feature_maps_follow_the_input_size(anchors: np.ndarray) -> None:
+    assert feature_map_sizes_for(260) == FEATURE_MAP_SIZES == (33, 17, 9, 5, 3)
+    # six ceil-halvings (maps after the 3rd..6th pool), then a 3x3 VALID convolution
+    assert feature_map_sizes_for(320) == (40, 20, 10, 5, 3)
+    assert feature_map_sizes_for(512) == (64, 32, 16, 8, 6)
+    assert feature_map_sizes_for(129) == (17, 9, 5, 3, 1)
+    with pytest.raises(ValueError, match="too small"):
+        feature_map_sizes_for(128)
+    np.testing.assert_array_equal(generate_anchors(input_size=(260, 260)), anchors)
+    assert num_anchors() == NUM_ANCHORS
+    big = generate_anchors(input_size=(320, 320))
+    assert len(big) == num_anchors((320, 320)) == (1600 + 400 + 100 + 25 + 9) * 4
+    with pytest.raises(ValueError, match="not both"):
+        generate_anchors((33, 17, 9, 5, 3), input_size=(260, 260))
+
+
+def test_non_square_input_has_its_own_rows_and_columns() -> None:
+    wide = generate_anchors(input_size=(320, 260))  # 40 columns, 33 rows on level 0
+    assert len(wide) == num_anchors((320, 260)) == (40 * 33 + 20 * 17 + 10 * 9 + 5 * 5 + 9) * 4
+    np.testing.assert_allclose(wide[4], _box(1.5 / 40, 0.5 / 33, 0.04, 1))  # next column
+    np.testing.assert_allclose(wide[40 * 4], _box(0.5 / 40, 1.5 / 33, 0.04, 1))  # next row
