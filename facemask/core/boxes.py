@@ -1,4 +1,5 @@
-"""Encoding and decoding of the SSD box regression outputs, and box overlap (IoU)."""
+"""Encoding and decoding of the SSD box regression outputs; box overlap (IoU) and a greedy
+one-to-one matching of boxes by it."""
 
 from __future__ import annotations
 
@@ -91,3 +92,21 @@ def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
     out = np.zeros_like(inter)
     np.divide(inter, union, out=out, where=inter > 0)
     return out
+
+
+def greedy_match(overlaps: np.ndarray, min_iou: float) -> dict[int, int]:
+    """``{column: row}`` of a greedy assignment on an ``[rows, columns]`` IoU matrix.
+
+    Pairs reaching ``min_iou`` are taken best IoU first (ties: lower row, then lower
+    column), each row and each column at most once.
+    """
+    rows, cols = np.nonzero(overlaps >= min_iou)
+    order = np.lexsort((cols, rows, -overlaps[rows, cols]))
+    assigned: dict[int, int] = {}
+    used_rows: set[int] = set()
+    for row, col in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
+        if row in used_rows or col in assigned:
+            continue
+        used_rows.add(row)
+        assigned[col] = row
+    return assigned

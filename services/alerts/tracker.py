@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from facemask.core.boxes import iou_matrix
+from facemask.core.boxes import greedy_match, iou_matrix
 from facemask.core.types import LABEL_IDS, LABELS, Detections
 
 Box = tuple[int, int, int, int]
@@ -42,24 +42,6 @@ HISTORY_CAP = 1000
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two ``(x1, y1, x2, y2)`` pixel boxes (0 when disjoint)."""
     return float(iou_matrix([a], [b])[0, 0])
-
-
-def greedy_match(overlaps: np.ndarray, min_iou: float) -> dict[int, int]:
-    """``{column: row}`` of a greedy assignment on an ``[rows, columns]`` IoU matrix.
-
-    Pairs reaching ``min_iou`` are taken best IoU first (ties: lower row, then lower
-    column), each row and each column at most once.
-    """
-    rows, cols = np.nonzero(overlaps >= min_iou)
-    order = np.lexsort((cols, rows, -overlaps[rows, cols]))
-    assigned: dict[int, int] = {}
-    used_rows: set[int] = set()
-    for row, col in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
-        if row in used_rows or col in assigned:
-            continue
-        used_rows.add(row)
-        assigned[col] = row
-    return assigned
 
 
 @dataclass(slots=True)

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from facemask.core.boxes import greedy_match, iou_matrix
 from facemask.core.types import Detections
-from services.alerts.tracker import IouTracker, TrackerConfig, greedy_match, iou, iou_matrix
+from services.alerts.tracker import IouTracker, TrackerConfig, iou
 from tests.services.alerts.conftest import faces_of
 
 W, H = 640, 480
