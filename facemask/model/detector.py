@@ -15,7 +15,7 @@ import numpy as np
 
 from facemask.core.anchors import generate_anchors
 from facemask.core.nms import postprocess as postprocess_one
-from facemask.core.preprocess import preprocess_batch
+from facemask.core.preprocess import INPUT_SIZE, preprocess_batch
 from facemask.core.tiling import TileSpec, crop, map_detections, tile_windows
 from facemask.core.types import Detections
 from facemask.model import store as modelstore
@@ -69,7 +69,13 @@ class Detector:
         self.model_sha256 = _pinned_sha256() if model_sha256 is None else model_sha256
         """sha256 of the model file the runtime loaded (``GetModelInfo``)."""
         self.model_version = model_version or self.model_sha256[:12] or "unknown"
-        self.anchors = generate_anchors()
+        self.anchors = generate_anchors(input_size=self.input_size)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the model input: the runtime's, read from its model file."""
+        width, height = getattr(self.runtime, "input_size", INPUT_SIZE)
+        return (int(width), int(height))
 
     @property
     def precision(self) -> str:
@@ -77,8 +83,9 @@ class Detector:
         return str(getattr(self.runtime, "precision", "float32"))
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw outputs (``loc [B, 5972, 4]``, ``cls [B, 5972, 2]``) of a float32 batch
-        ``[B, 260, 260, 3]``; larger batches than the runtime takes are split."""
+        """Raw outputs (``loc [B, A, 4]``, ``cls [B, A, 2]``; A = 5972 at 260x260) of a
+        float32 batch ``[B, H, W, 3]`` at :attr:`input_size`; larger batches than the
+        runtime takes are split."""
         limit = self.runtime.max_batch_size
         if limit is None or len(batch) <= limit:
             return self.runtime.infer(batch)
@@ -95,7 +102,7 @@ class Detector:
         conf: float | None = None,
         iou: float | None = None,
     ) -> Detections:
-        """Detections of one image from its raw outputs ``loc [5972, 4]``, ``cls [5972, 2]``."""
+        """Detections of one image from its raw outputs ``loc [A, 4]``, ``cls [A, 2]``."""
         return postprocess_one(
             loc,
             cls,
@@ -136,7 +143,8 @@ class Detector:
         """Pre-process, infer and post-process ``images`` in chunks of ``batch_size``."""
         results: list[Detections] = []
         for start in range(0, len(images), batch_size):
-            loc, cls = self.infer(preprocess_batch(images[start : start + batch_size]))
+            batch = preprocess_batch(images[start : start + batch_size], self.input_size)
+            loc, cls = self.infer(batch)
             results.extend(self.postprocess(loc[i], cls[i], conf, iou) for i in range(len(loc)))
         return results
 
@@ -171,7 +179,7 @@ class Detector:
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run the model once per batch size so the first real request is not slow."""
-        width, height = self.runtime.input_size
+        width, height = self.input_size
         for size in batch_sizes:
             self.infer(np.zeros((size, height, width, 3), dtype=np.float32))
 

@@ -8,6 +8,10 @@ calibration images and of the converter version, plus the build options.
 The int8 model is quantized post-training (weights and activations int8, float32 input and
 outputs so every runtime feeds it the same tensors), calibrated on a representative set of
 frames: the images of ``../shared/data/facemask-dev`` when present, else the sample images.
+
+:func:`convert_graph` converts any frozen face-mask graph (a trained model version's
+``model.pb``, see :mod:`facemask.model.export`) to a given file, at the input size its
+placeholder declares.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from facemask.core.preprocess import INPUT_SIZE, decode_image, preprocess
 from facemask.model import store as modelstore
 from facemask.model.native import import_tensorflow
+from facemask.model.runtime.tensorflow import graph_input_size
 
 logger = logging.getLogger(__name__)
 
@@ -88,26 +93,34 @@ def calibration_images(directory: Path | None = None, limit: int | None = None) 
             files = sorted(modelstore.sample_images())
         except modelstore.ModelStoreError as exc:
             raise QuantizeError(f"no calibration images: {exc}") from exc
-    files = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
-    if limit is not None and len(files) > limit:
-        picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
-        files = [files[i] for i in sorted(set(picks.tolist()))]
+    files = spread([p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES], limit)
     if not files:
         raise QuantizeError("no calibration images found")
     return files
 
 
-def calibration_inputs(files: Sequence[Path]) -> Iterator[np.ndarray]:
-    """Model inputs ``[1, 260, 260, 3]`` of each calibration frame: the full frame as the
-    detector sees it, then its four quadrants (what tiled inference feeds the model)."""
+def spread(files: Sequence[Path], limit: int | None) -> list[Path]:
+    """At most ``limit`` of ``files``, evenly spread over the list (all when None)."""
+    if limit is None or len(files) <= limit:
+        return list(files)
+    picks = np.linspace(0, len(files) - 1, limit).round().astype(int)
+    return [files[i] for i in sorted(set(picks.tolist()))]
+
+
+def calibration_inputs(
+    files: Sequence[Path], size: tuple[int, int] = INPUT_SIZE
+) -> Iterator[np.ndarray]:
+    """Model inputs ``[1, H, W, 3]`` (``size`` ``(W, H)``, default 260x260) of each
+    calibration frame: the full frame as the detector sees it, then its four quadrants
+    (what tiled inference feeds the model)."""
     for path in files:
         rgb = decode_image(path.read_bytes(), reduce="full").rgb
-        yield preprocess(rgb)[None]
+        yield preprocess(rgb, size)[None]
         height, width = rgb.shape[:2]
         half_w, half_h = max(1, width // 2), max(1, height // 2)
         for y0 in (0, height - half_h):
             for x0 in (0, width - half_w):
-                yield preprocess(rgb[y0 : y0 + half_h, x0 : x0 + half_w])[None]
+                yield preprocess(rgb[y0 : y0 + half_h, x0 : x0 + half_w], size)[None]
 
 
 def _files_digest(files: Sequence[Path]) -> str:
@@ -126,18 +139,22 @@ def _import_tensorflow() -> Any:
 
 
 def convert(tf: Any, source: Path, variant: str, files: Sequence[Path]) -> bytes:
-    """Convert the frozen graph ``source`` to the TFLite ``variant`` (float32 or int8)."""
+    """Convert the frozen graph ``source`` to the TFLite ``variant`` (float32 or int8),
+    batch 1 at the input size of the graph's placeholder; ``files``: calibration images."""
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(source.read_bytes())
+    width, height = graph_input_size(graph_def)
     converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
         str(source),
         input_arrays=[INPUT_NAME],
         output_arrays=list(OUTPUT_NAMES),
-        input_shapes={INPUT_NAME: [1, INPUT_SIZE[1], INPUT_SIZE[0], 3]},
+        input_shapes={INPUT_NAME: [1, height, width, 3]},
     )
     if variant == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
         def representative() -> Iterator[list[np.ndarray]]:
-            for tensor in calibration_inputs(files):
+            for tensor in calibration_inputs(files, (width, height)):
                 yield [tensor]
 
         converter.representative_dataset = representative
@@ -148,6 +165,47 @@ def convert(tf: Any, source: Path, variant: str, files: Sequence[Path]) -> bytes
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
     model: bytes = converter.convert()
     return model
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write ``target`` through a temporary file renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+
+
+def convert_graph(
+    source: Path,
+    variant: str,
+    target: Path,
+    *,
+    calibration: Sequence[Path] = (),
+    calibration_limit: int | None = DEFAULT_CALIBRATION_LIMIT,
+) -> Path:
+    """Convert the frozen face-mask graph ``source`` (any input size) to the TFLite
+    ``variant`` at ``target``; ``int8`` is calibrated on the ``calibration`` images (at
+    most ``calibration_limit``, evenly spread). Raises :class:`QuantizeError`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    files = spread(list(calibration), calibration_limit)
+    if variant == "int8" and not files:
+        raise QuantizeError("int8 needs calibration images")
+    tf = _import_tensorflow()
+    started = time.perf_counter()
+    try:
+        model = convert(tf, source, variant, files)
+    except Exception as exc:
+        raise QuantizeError(f"converting {source} to {variant} failed: {exc}") from exc
+    write_atomically(target, model)
+    logger.info(
+        "converted %s to %s (%d bytes) in %.1f s",
+        source,
+        target,
+        len(model),
+        time.perf_counter() - started,
+    )
+    return target
 
 
 def build(
@@ -197,10 +255,7 @@ def build(
             model = convert(tf, source, variant, files)
         except Exception as exc:
             raise QuantizeError(f"converting {source.name} to {variant} failed: {exc}") from exc
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(model)
-        tmp.replace(target)
+        write_atomically(target, model)
         stamp_path.write_text(
             json.dumps({"key": key, "sha256": hashlib.sha256(model).hexdigest()}, indent=1)
         )

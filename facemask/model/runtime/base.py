@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class Runtime(Protocol):
     """Runs the model on a pre-processed batch.
 
-    ``infer`` takes float32 ``[B, 260, 260, 3]`` (RGB in ``[0, 1]``) and returns the raw
-    outputs ``loc [B, 5972, 4]`` and ``cls [B, 5972, 2]`` as float32 numpy arrays. A
+    ``infer`` takes float32 ``[B, H, W, 3]`` (RGB in ``[0, 1]``; ``input_size`` is
+    ``(W, H)``, read from the model file: 260x260 upstream) and returns the raw outputs
+    ``loc [B, A, 4]`` and ``cls [B, A, 2]`` as float32 numpy arrays (``A`` anchors at that
+    size, ``facemask.core.anchors.num_anchors``: 5972 at 260x260). A
     runtime is used from one thread at a time. ``max_batch_size`` is the largest batch one
     ``infer`` call accepts (None: any).
     """

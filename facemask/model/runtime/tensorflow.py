@@ -1,5 +1,9 @@
 """TensorFlow runtime: the upstream frozen graph, run as a pruned concrete function.
 
+Any frozen face-mask graph with the upstream tensor names runs (a trained model version's
+``model.pb``, see :mod:`facemask.model.export`); its input size is read from the graph's
+input placeholder (:func:`graph_input_size`).
+
 TensorFlow is imported only when a runtime is created (:func:`_import_tensorflow`, through
 :func:`facemask.model.native.import_tensorflow`, which keeps its start-up banners off
 stderr): discovering the runtime plugins imports this module cheaply.
@@ -15,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from facemask.core.preprocess import INPUT_SIZE
 from facemask.model import store as modelstore
 from facemask.model.native import import_tensorflow
 from facemask.model.runtime.base import (
@@ -143,6 +148,7 @@ class TensorFlowRuntime:
         _configure_precision(tf, self.precision)
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(self.model_path.read_bytes())
+        self.input_size = graph_input_size(graph_def)
         if fold_batch_norm:
             graph_def, folded = fold_batch_norms(tf, graph_def)
             logger.debug("folded %d batch norms into their convolutions", folded)
@@ -169,7 +175,8 @@ class TensorFlowRuntime:
         )
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw outputs ``loc [B, 5972, 4]``, ``cls [B, 5972, 2]`` of a float32 batch."""
+        """Raw outputs ``loc [B, A, 4]``, ``cls [B, A, 2]`` of a float32 batch
+        ``[B, H, W, 3]`` at :attr:`input_size` (A = 5972 at 260x260)."""
         if self._closed:
             raise RuntimeError("runtime is closed")
         batch = check_batch(batch, self.input_size)
@@ -180,6 +187,19 @@ class TensorFlowRuntime:
         """Drop the graph (TensorFlow keeps its thread pools for the process)."""
         self._closed = True
         self._fn = None
+
+
+def graph_input_size(graph_def: Any) -> tuple[int, int]:
+    """``(width, height)`` of a face-mask graph's input placeholder (``data_1``), the
+    upstream 260x260 when the placeholder leaves them open."""
+    name = _node_name(INPUT_TENSOR)
+    for node in graph_def.node:
+        if node.name == name and node.op == "Placeholder":
+            dims = [d.size for d in node.attr["shape"].shape.dim]
+            if len(dims) == 4 and dims[1] > 0 and dims[2] > 0:
+                return (int(dims[2]), int(dims[1]))
+            return INPUT_SIZE
+    raise ValueError(f"the graph has no input placeholder {name!r}: not a face-mask model")
 
 
 def fold_batch_norms(tf: Any, graph_def: Any) -> tuple[Any, int]:

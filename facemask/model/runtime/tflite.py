@@ -157,7 +157,8 @@ class TFLiteRuntime:
         )
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw outputs ``loc [B, 5972, 4]``, ``cls [B, 5972, 2]``; one invoke per image,
+        """Raw outputs ``loc [B, A, 4]``, ``cls [B, A, 2]`` at the model's input size (read
+        from its input details; A = 5972 at 260x260); one invoke per image,
         the images split into contiguous parts over the interpreters."""
         if self._closed:
             raise RuntimeError("runtime is closed")

@@ -62,3 +62,21 @@ def test_one_precision_per_process(detector: Detector) -> None:
         TensorFlowRuntime(precision="bf16")
     with pytest.raises(ValueError, match="unknown precision"):
         TensorFlowRuntime(precision="half")
+
+
+def test_input_size_comes_from_the_graph_placeholder(detector: Detector) -> None:
+    from facemask.model.native import import_tensorflow
+    from facemask.model.runtime.tensorflow import graph_input_size
+
+    tf = import_tensorflow()
+
+    def graph(shape: list[int] | None, name: str = "data_1") -> object:
+        with tf.Graph().as_default() as g:
+            tf.compat.v1.placeholder(tf.float32, shape, name=name)
+        return g.as_graph_def()
+
+    assert graph_input_size(graph([None, 240, 320, 3])) == (320, 240)
+    assert graph_input_size(graph([None, None, None, 3])) == (260, 260)  # open: upstream's
+    assert graph_input_size(graph(None)) == (260, 260)
+    with pytest.raises(ValueError, match="not a face-mask model"):
+        graph_input_size(graph([None, 260, 260, 3], name="input"))
