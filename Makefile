@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PY_SOURCES := facemask services tests bench scripts
 
 
-.PHONY: setup lock test unit lint fmt proto proto-check run validate-deploy images docs bench bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-chaos clean help
+.PHONY: setup lock test unit lint fmt proto proto-check run validate-deploy images docs bench bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-chaos bench-train train clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
@@ -89,6 +89,26 @@ bench-pipeline: setup
 
 bench-memory: setup
 	$(PY) -m bench.bench_memory $(ARGS)
+
+# The default training recipe (README "Training your own model"): fine-tune the upstream
+# model on ../shared/data/facemask-train, choose the best epoch on facemask-dev, distil from
+# the upstream model on the sample video and images; the version lands in the model store.
+# TRAIN_OUT is the run directory (checkpoints, run.json, export; never inside the repo).
+SHARED_DATA ?= ../shared/data
+TRAIN_OUT ?= $(HOME)/.cache/facemask/train/default
+train: setup
+	$(VENV)/bin/facemask train \
+		--data $(SHARED_DATA)/facemask-train/annotations.json \
+		--images $(SHARED_DATA)/facemask-train/images \
+		--dev-data $(SHARED_DATA)/facemask-dev/annotations.json \
+		--dev-images $(SHARED_DATA)/facemask-dev/images \
+		--unlabelled $(SHARED_DATA)/video/group4_masks.mp4 \
+		--unlabelled $(SHARED_DATA)/samples \
+		--out $(TRAIN_OUT) $(ARGS)
+
+# Not part of `make bench`: training takes tens of minutes (ARGS="--quick" for a short run).
+bench-train: setup
+	$(PY) -m bench.bench_train $(ARGS)
 
 # Not part of `make bench`: minutes of faults (ARGS="--minutes 10", "--quick").
 bench-chaos: setup

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("facemask.cli.evaluate", "COCO evaluation of the detector on an annotated set"),
     "run": ("facemask.cli.run", "run the whole pipeline locally"),
     "dataset": ("facemask.cli.dataset", "training data from reviewed alerts (COCO export)"),
+    "train": ("facemask.cli.train", "fine-tune the detector and register the new model version"),
 }
 
 
