@@ -6,8 +6,9 @@ on a canvas of the mean colour, so that medium faces become the small ones the m
 misses), a **random crop** (a window holding at least one face centre, so faces grow and
 the model sees more context variety), a **horizontal flip** and **photometric jitter**
 (brightness, contrast, saturation, a colour cast). The result is the model input the
-inference path makes of a frame: the whole (cropped / zoomed-out) picture resized to the
-square input with ``cv2.resize`` bilinear, no letterbox, RGB in ``[0, 1]``.
+inference path makes of a frame (:func:`facemask.core.preprocess.preprocess` of the
+cropped / zoomed-out picture: bilinear resize to the square input, no letterbox, RGB in
+``[0, 1]``), so without augmentation it is exactly the detector's input.
 
 Boxes are image-relative ``x1, y1, x2, y2``. A face whose centre leaves the crop is
 dropped; a face smaller than :attr:`AugmentConfig.min_face_px` on the model input after
@@ -22,6 +23,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from facemask.core.preprocess import preprocess
 
 MEAN_RGB = (124, 116, 104)
 """Fill colour of the zoom-out canvas (the usual ImageNet mean; any mid grey would do)."""
@@ -142,7 +145,6 @@ def augment(
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    size = (input_size, input_size)
     roll = rng.uniform()
     if roll < config.zoom_out_p and config.zoom_out_max > 1.0:
         factor = rng.uniform(1.0, config.zoom_out_max)
@@ -158,19 +160,17 @@ def augment(
         )
         scale = np.array([inner_w, inner_h, inner_w, inner_h]) / input_size
         boxes = boxes * scale + np.array([ox, oy, ox, oy]) / input_size
-        resized = canvas
-    else:
-        if roll < config.zoom_out_p + config.crop_p:
-            window = _crop_window(boxes, rng, config)
-            if window is not None:
-                rgb, boxes, labels = _crop(rgb, boxes, labels, window)
-        resized = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+        rgb = canvas
+    elif roll < config.zoom_out_p + config.crop_p:
+        window = _crop_window(boxes, rng, config)
+        if window is not None:
+            rgb, boxes, labels = _crop(rgb, boxes, labels, window)
+    image = preprocess(rgb, (input_size, input_size))
     if rng.uniform() < config.flip_p:
-        resized = resized[:, ::-1]
+        image = image[:, ::-1]
         boxes = np.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], axis=1)
     side = (boxes[:, 2:] - boxes[:, :2]) * input_size
     keep = (side >= config.min_face_px).all(axis=1)
-    image = resized.astype(np.float32) * np.float32(1.0 / 255.0)
     image = photometric(image, rng, config)
     return (
         np.ascontiguousarray(image),

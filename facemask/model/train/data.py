@@ -10,16 +10,18 @@ was not a person's).
 
 :func:`load_dataset` refuses a bad set with one :class:`DatasetError` naming what is
 wrong and where: a missing or malformed file, no images, no face at all, image files
-missing, unreadable or of another size than declared, boxes without area or outside the
-image (more than :data:`BOX_TOLERANCE_PX` beyond an edge), unknown categories, and
+missing, unreadable or of another size than declared, boxes outside the image (more than
+:data:`BOX_TOLERANCE_PX` beyond an edge) or of a negative size, unknown categories, and
 annotations of images the file does not list. Every problem of a kind is counted, the
-first few named.
+first few named. A box of zero width or height (a face the export truncated to nothing)
+is skipped with a warning: nothing can learn from it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -167,6 +169,7 @@ def parse_coco(coco: dict[str, Any], images_dir: Path, where: str) -> list[_Entr
     unknown_category: list[str] = []
     unknown_image: list[str] = []
     outside: list[str] = []
+    malformed: list[str] = []
     empty: list[str] = []
     for annotation in coco["annotations"]:
         try:
@@ -185,8 +188,11 @@ def parse_coco(coco: dict[str, Any], images_dir: Path, where: str) -> list[_Entr
             unknown_image.append(f"{name} (image {image_id!r})")
             continue
         path, width, height = sizes[image_id]
-        if not (w > 0 and h > 0):
-            empty.append(f"{name} in {path.name} ({w:g}x{h:g})")
+        if w < 0 or h < 0 or not (math.isfinite(x + y + w + h)):
+            malformed.append(f"{name} in {path.name} [{x:g}, {y:g}, {w:g}, {h:g}]")
+            continue
+        if w == 0 or h == 0:
+            empty.append(f"{name} in {path.name}")
             continue
         tol = BOX_TOLERANCE_PX
         if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
@@ -202,10 +208,15 @@ def parse_coco(coco: dict[str, Any], images_dir: Path, where: str) -> list[_Entr
         if unknown_image
         else "",
         _problem("boxes outside the image", outside) if outside else "",
-        _problem("boxes without area", empty) if empty else "",
+        _problem("boxes with a negative or non-finite size", malformed) if malformed else "",
     ]
     if any(problems):
         raise DatasetError(f"{where}: " + "; ".join(p for p in problems if p))
+    if empty:
+        logger.warning(
+            "boxes without area skipped",
+            extra={"annotations": where, "count": len(empty), "first": empty[:SHOWN]},
+        )
     if not any(labels.values()):
         raise DatasetError(f"{where}: the set is empty (no annotated faces)")
     missing = [str(path.name) for path, _, _ in sizes.values() if not path.is_file()]

@@ -14,7 +14,8 @@
    images)
    into ``OUT/export/``, measures no-forgetting on the held-out frames (and on the dev
    images) against the upstream model, writes the model card and adds the version to
-   the registry (:class:`facemask.model.registry.ModelRegistry`).
+   the registry (:class:`facemask.model.registry.ModelRegistry`); the card is also kept
+   as ``OUT/card.json``.
 """
 
 from __future__ import annotations
@@ -47,12 +48,15 @@ from facemask.model.train.loop import (
     Trainer,
     TrainError,
     images_per_second,
+    write_json,
 )
 from facemask.model.train.pipeline import DistillData
 
 logger = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
+CARD_FILE = "card.json"
+"""The card as training wrote it (without the registry's version, files and created)."""
 
 
 @dataclass
@@ -180,7 +184,7 @@ def run_job(
 
         def run_teacher(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             loc, score = teacher(batch, training=False)
-            return np.asarray(loc), np.asarray(score)
+            return loc.numpy(), score.numpy()
 
         distill = DistillData.build(
             distill_frames,
@@ -213,7 +217,7 @@ def run_job(
         forgetting["held_out_frames"] = no_forgetting(upstream, trained, held_out)
     forgetting["dev_images"] = no_forgetting(upstream, trained, _dev_frames(job.dev))
 
-    export_dir = job.out / "export"
+    export_dir = job.out / EXPORT_DIR
     export_dir.mkdir(parents=True, exist_ok=True)
     from facemask.model.export import export_version
 
@@ -241,6 +245,7 @@ def run_job(
             "held_out_frames": len(held_out),
         },
     }
+    write_json(job.out / CARD_FILE, card)
     if not job.register:
         return JobResult(None, export_dir, card, history)
     from facemask.model.registry import ModelRegistry

@@ -152,7 +152,8 @@ EpochHook = Callable[[EpochResult, bool], None]
 """``hook(result, is_best)`` after every epoch's validation."""
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -204,6 +205,12 @@ class Trainer:
         self.dev_coco = evaluation.load_annotations(self.dev.annotations)
         evaluation.ground_truth_images(self.dev_coco, self.dev.images)
         self._step = self._make_step()
+        # one runtime for every validation: its traced function is reused
+        self._detector = Detector(
+            KerasRuntime(self.model, self.recipe.input_size),
+            model_version="training",
+            model_sha256="",
+        )
 
     # -- state ---------------------------------------------------------------------------
 
@@ -290,12 +297,7 @@ class Trainer:
 
     def validate(self) -> evaluation.EvalResult:
         """Dev-set COCO metrics of the current weights (``facemask eval``'s code)."""
-        detector = Detector(
-            KerasRuntime(self.model, self.recipe.input_size),
-            model_version="training",
-            model_sha256="",
-        )
-        return evaluation.evaluate(self.dev_coco, self.dev.images, detector=detector)
+        return evaluation.evaluate(self.dev_coco, self.dev.images, detector=self._detector)
 
     def run(
         self, *, on_step: ProgressHook | None = None, on_epoch: EpochHook | None = None
@@ -356,7 +358,7 @@ class Trainer:
                 self.best_epoch, self.best_ap50 = epoch + 1, result.ap50
                 self.model.save_weights(str(self.out / BEST_WEIGHTS))
             self.manager.save(checkpoint_number=epoch + 1)
-            _write_json(self.out / RUN_FILE, self.state())
+            write_json(self.out / RUN_FILE, self.state())
             logger.info(
                 "epoch done",
                 extra={

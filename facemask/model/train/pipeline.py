@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import cv2
 import numpy as np
 
+from facemask.core.preprocess import preprocess
 from facemask.model.native import import_tensorflow
 from facemask.model.train.augment import NO_AUGMENT, AugmentConfig, augment, photometric
 from facemask.model.train.data import LabeledImage
@@ -97,8 +97,7 @@ class LabelledData:
 
 def model_input(rgb: np.ndarray, input_size: int) -> np.ndarray:
     """The model input of a frame (resize, RGB in [0, 1]) as inference makes it."""
-    resized = cv2.resize(rgb, (input_size, input_size), interpolation=cv2.INTER_LINEAR)
-    return resized.astype(np.float32) * np.float32(1.0 / 255.0)
+    return preprocess(rgb, (input_size, input_size))
 
 
 Teacher = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -50,3 +50,30 @@ def test_custom_variances() -> None:
 def test_bad_shape_rejected() -> None:
     with pytest.raises(ValueError):
         decode_boxes(np.zeros((2, 3)), ANCHORS)
+
+
+def test_encode_then_decode_gives_the_boxes_back() -> None:
+    from facemask.core.anchors import generate_anchors
+    from facemask.core.boxes import encode_boxes
+
+    anchors = generate_anchors()
+    rng = np.random.default_rng(1)
+    centre = rng.uniform(0.0, 1.0, (len(anchors), 2))
+    size = rng.uniform(0.005, 0.9, (len(anchors), 2))
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    raw = encode_boxes(boxes, anchors)
+    np.testing.assert_allclose(decode_boxes(raw, anchors), boxes, rtol=0, atol=1e-12)
+    # float32, as the model outputs it: within float32 rounding of the box
+    np.testing.assert_allclose(
+        decode_boxes(raw.astype(np.float32), anchors), boxes, rtol=0, atol=1e-5
+    )
+
+
+def test_encode_is_the_hand_computed_inverse() -> None:
+    from facemask.core.boxes import encode_boxes
+
+    # the hand-computed example above, backwards
+    raw = encode_boxes(np.array([[0.22, -0.08, 0.42, 0.72]]), ANCHORS[:1])
+    np.testing.assert_allclose(raw, [[1.0, -2.0, 0.0, math.log(2) / 0.2]], atol=1e-12)
+    with pytest.raises(ValueError, match="positive width and height"):
+        encode_boxes(np.array([[0.5, 0.5, 0.5, 0.6]]), ANCHORS[:1])
