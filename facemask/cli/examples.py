@@ -67,5 +67,21 @@ EXAMPLES: Mapping[str, Sequence[str]] = {
         "facemask dataset export --reviewed --url http://alerts:8080 --camera lobby "
         "--since 2025-01-01 --out train/",
     ),
+    "facemask train": (
+        "# the default recipe (make train): fine-tune upstream, choose the epoch on the dev set",
+        f"facemask train --data ../shared/data/facemask-train/annotations.json "
+        f"--images ../shared/data/facemask-train/images --dev-data {DEV_SET}/annotations.json "
+        f"--dev-images {DEV_SET}/images --unlabelled ../shared/data/video/group4_masks.mp4 "
+        "--out runs/default",
+        "# add your reviewed alerts to the public set, start from a version you trained before",
+        f"facemask train --data ../shared/data/facemask-train/annotations.json "
+        f"--images ../shared/data/facemask-train/images --data train/annotations.json "
+        f"--images train/images --dev-data {DEV_SET}/annotations.json "
+        f"--dev-images {DEV_SET}/images --unlabelled lobby.mp4 --from 3f2a9c1d --out runs/lobby",
+        "# continue an interrupted run",
+        f"facemask train --data train/annotations.json --images train/images "
+        f"--dev-data {DEV_SET}/annotations.json --dev-images {DEV_SET}/images "
+        "--out runs/lobby --resume",
+    ),
 }
 """``prog`` -> its example lines."""

@@ -136,7 +136,13 @@ class DistillData:
             loc, score = teacher(inputs[start : start + teacher_batch])
             locs.append(np.asarray(loc, dtype=np.float32))
             clss.append(np.asarray(score, dtype=np.float32))
-        photometric = replace(NO_AUGMENT, **_photometric_fields(jitter))
+        photometric = replace(
+            NO_AUGMENT,
+            brightness=jitter.brightness,
+            contrast=jitter.contrast,
+            saturation=jitter.saturation,
+            color_cast=jitter.color_cast,
+        )
         return cls(
             inputs, np.concatenate(locs), np.concatenate(clss), batch_size, seed, photometric
         )
@@ -171,12 +177,3 @@ class DistillData:
             .map(mapped, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE)
         )
-
-
-def _photometric_fields(config: AugmentConfig) -> dict[str, float]:
-    return {
-        "brightness": config.brightness,
-        "contrast": config.contrast,
-        "saturation": config.saturation,
-        "color_cast": config.color_cast,
-    }

@@ -33,6 +33,7 @@ COMMANDS = [
     "run",
     "dataset",
     "dataset export",
+    "train",
     "ingest",
     "serve-alerts",
     "serve-inference",
