@@ -421,7 +421,8 @@ class DynamicBatcher:
                 windows = windows[: job.inputs]
             job.windows = windows
             if len(windows) == 1:
-                items = [_Item(job, 0, preprocess(crop(image.rgb, windows[0], *job_size(job))))]
+                rgb = crop(image.rgb, windows[0], *job_size(job))
+                items = [_Item(job, 0, preprocess(rgb, self.detector.input_size))]
             else:  # tiles: inputs made per batch from the decoded frame (module docstring)
                 job.image = image.rgb
                 items = [_Item(job, index, None) for index in range(len(windows))]
@@ -518,7 +519,7 @@ class DynamicBatcher:
             if source is not None:
                 live.append((item, source))
         batch[:] = [item for item, _ in live]
-        size = INPUT_SIZE
+        size = self.detector.input_size  # the model's, read from its file
         out = np.empty((len(live), size[1], size[0], 3), dtype=np.float32)
         for row, (item, source) in enumerate(live):
             if item.tensor is not None:
