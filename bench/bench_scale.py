@@ -72,6 +72,8 @@ FRAME_SIZE = (1280, 720)
 CAMERA_FPS = 5.0
 CAMERA_COUNTS = (100, 1_000, 10_000)
 RATIO_GOAL = 1.9
+MIN_CLUSTER_MASTERS = 3
+"""A Redis Cluster fails a master over by a majority of masters: three at least."""
 INFERENCE_GROUP = "inference"
 ALERTS_GROUP = "alerts"
 SERVICE_ENV = {
@@ -467,7 +469,9 @@ def capacity_plan(
     (Redis runs commands on one thread; the rest is kept for catching up after an outage,
     persistence forks, replication and bursts). Memory: ``retention_s`` seconds of every
     camera's frames kept in the frame streams (``stream_maxlen`` set to match), at
-    ``entry_bytes`` a frame entry.
+    ``entry_bytes`` a frame entry. ``masters``: by CPU; ``cluster_masters``: a single
+    Redis (primary and replica) when one master does, else a Redis Cluster of at least
+    :data:`MIN_CLUSTER_MASTERS`.
     """
     cameras_per_replica = replica_fps * replica_load / camera_fps
     master_fps = redis_budget * 1e6 / redis_us_per_frame
@@ -481,7 +485,8 @@ def capacity_plan(
                 "frames_per_s": fps,
                 "replicas": math.ceil(count / cameras_per_replica),
                 "redis_cores": fps * redis_us_per_frame / 1e6,
-                "masters": max(1, math.ceil(fps / master_fps)),
+                "masters": (masters := max(1, math.ceil(fps / master_fps))),
+                "cluster_masters": masters if masters == 1 else max(MIN_CLUSTER_MASTERS, masters),
                 "redis_mbyte_per_s": fps * bytes_per_frame / 1e6,
                 "frame_memory_gb": fps * retention_s * entry_bytes / 1e9,
             }
@@ -663,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "frames/s",
             "replica cores",
             "redis cores",
-            "masters",
+            "masters (CPU)",
+            "cluster masters",
             "redis MB/s",
             f"frames GB ({args.retention:g} s)",
         ],
@@ -674,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row["replicas"],
                 row["redis_cores"],
                 row["masters"],
+                row["cluster_masters"],
                 row["redis_mbyte_per_s"],
                 row["frame_memory_gb"],
             ]

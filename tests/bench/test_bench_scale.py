@@ -43,6 +43,8 @@ def test_capacity_plan_arithmetic() -> None:
     rows = {row["cameras"]: row for row in plan["clusters"]}
     assert [rows[n]["replicas"] for n in (100, 1_000, 10_000)] == [7, 63, 625]
     assert [rows[n]["masters"] for n in (100, 1_000, 10_000)] == [1, 2, 20]
+    # one Redis where one master does; else a cluster of three masters at least
+    assert [rows[n]["cluster_masters"] for n in (100, 1_000, 10_000)] == [1, 3, 20]
     assert rows[10_000]["redis_cores"] == pytest.approx(10.0)  # 50,000 frames/s * 200 us
     assert rows[1_000]["redis_mbyte_per_s"] == pytest.approx(600.0)
     assert rows[100]["frame_memory_gb"] == pytest.approx(500 * 10 * 64_000 / 1e9)
