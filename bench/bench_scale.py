@@ -66,12 +66,15 @@ from facemask.core.preprocess import jpeg_size
 from facemask.dev.localredis import RedisProcess
 from facemask.model import store as modelstore
 from facemask.model.variants import CACHE_FILE
+from services.inference.config import InferenceSettings
 from services.ingest.config import DEFAULT_QUALITY
 
 FRAME_SIZE = (1280, 720)
 CAMERA_FPS = 5.0
 CAMERA_COUNTS = (100, 1_000, 10_000)
 RATIO_GOAL = 1.9
+MAX_INFLIGHT = int(InferenceSettings.model_fields["max_inflight"].default)
+"""Frames a replica reads ahead of its publishing (the service's default)."""
 MIN_CLUSTER_MASTERS = 3
 """A Redis Cluster fails a master over by a majority of masters: three at least."""
 INFERENCE_GROUP = "inference"
@@ -369,7 +372,7 @@ def run_round(
             for service in services:
                 service.wait_ready(timeout=args.ready_timeout)
             time.sleep(args.settle)
-            low_water = 2 * 96 * replicas  # two full in-flight windows of every replica
+            low_water = 2 * MAX_INFLIGHT * replicas  # two in-flight windows of every replica
             cpu = [ProcStat(s.proc.pid) for s in services]
             redis_cpu = ProcStat(pid)
             before = [processed(s) for s in services]
