@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.paths",
     "tests.fixtures.model",
     "tests.fixtures.redis",
+    "tests.fixtures.registry",
     "tests.fixtures.inference",
     "tests.fixtures.mqtt",
     "tests.fixtures.pipeline",
