@@ -296,7 +296,9 @@ class DynamicBatcher:
         if not 1 <= max_tiles <= MAX_TILES:
             raise ValueError(f"max_tiles must be in 1..{MAX_TILES}")
         self.detector = detector
-        self.model_version = detector.model_version if model_version is None else model_version
+        if model_version is None:  # a stand-in detector (tests) may not know its version
+            model_version = getattr(detector, "model_version", "")
+        self.model_version = model_version
         """The version of :attr:`detector` (each :class:`JobResult` says which ran it)."""
         self._max_batch_setting = max_batch_size
         self.max_batch_size = batch_limit(max_batch_size, detector.runtime)

@@ -231,7 +231,9 @@ class ModelLoader:
     def warm(self, detector: Detector) -> None:
         """Run every batch size the batcher forms once (when ``warmup`` is on)."""
         if self.settings.warmup:
+            start = time.monotonic()
             detector.warmup(warmup_sizes(self.settings.max_batch_size, detector.runtime))
+            logger.info("model warmed up", extra={"seconds": round(time.monotonic() - start, 2)})
 
     def prepare(self, version: ModelVersion) -> LoadedModel:
         """:meth:`load` and :meth:`warm`, or :class:`ModelLoadError` saying which failed

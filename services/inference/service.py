@@ -94,6 +94,11 @@ class InferenceService:
         self._stopping = False
 
     @property
+    def model_version(self) -> str:
+        """The version of the model running now (as in every result it publishes)."""
+        return self.model.version if self.model is not None else ""
+
+    @property
     def port(self) -> int:
         """The bound gRPC port."""
         return self.grpc.port

@@ -73,9 +73,10 @@ class Pusher:
 
 
 def entries(client: redis.Redis) -> list[DetectionsEntry]:
-    out = []
+    out: list[DetectionsEntry] = []
     for key in LAYOUT.all_detections():
-        out.extend(DetectionsEntry.from_fields(f) for _, f in client.xrange(key))
+        reply: Any = client.xrange(key)
+        out.extend(DetectionsEntry.from_fields(f) for _, f in reply)
     return out
 
 
@@ -176,9 +177,10 @@ def test_promote_and_rollback_under_load_every_frame_once_versions_in_order(
     upstream_copy: ModelVersion,
 ) -> None:
     new = upstream_copy.version
+    promoter = redis_client
+    rollout.promote(promoter, model_registry, UPSTREAM, layout=LAYOUT)  # the cluster's model
     a, b = replicas("replica-a"), replicas("replica-b")
     order = {s.settings.consumer_name: record_publish_order(s) for s in (a, b)}
-    promoter = redis.Redis.from_url(a.settings.redis_url)
 
     def each_replica_ran(version: str) -> bool:
         return all(tail_of(seen, version) >= 3 for seen in order.values())
@@ -229,7 +231,7 @@ def test_a_version_that_cannot_load_keeps_the_old_model_and_says_why(
     broken_pb.write_bytes(b"this is not a frozen TensorFlow graph")
     broken = model_registry.add({"tf": broken_pb}, small_card())
     a = replicas("replica-a", model_retry_interval=3600.0, model_poll_interval=0.2)
-    promoter = redis.Redis.from_url(a.settings.redis_url)
+    promoter = redis_client
     with Pusher(redis_client):
         wait_until(lambda: len(entries(redis_client)) >= 5, 30, "frames answered on upstream")
         rollout.promote(promoter, model_registry, broken.version, layout=LAYOUT)
@@ -273,7 +275,7 @@ def test_a_corrupt_blob_in_redis_is_refused_and_reported(
     assert info.version == UPSTREAM and info.wanted_version == version
     assert info.load_error.startswith("fetch: ")
     assert health_status(a.port) == SERVING
-    assert not ModelRegistry(a.watcher.loader.registry.root).has(version)  # type: ignore[union-attr]
+    assert a.watcher is not None and not a.watcher.loader.registry.has(version)
     # Promoted again with good files: tried at once (not after the hour-long back-off).
     rollout.upload(redis_client, model_registry, version, layout=LAYOUT)
     activate("2026-01-01T00:05:00+00:00")

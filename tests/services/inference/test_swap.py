@@ -44,7 +44,7 @@ class GatedRuntime(BrightnessRuntime):
 
 
 def _detector(runtime: BrightnessRuntime) -> Detector:
-    return Detector(runtime, conf=0.01, iou=0.5, model_name="fake", model_version="x")  # type: ignore[arg-type]
+    return Detector(runtime, conf=0.01, iou=0.5, model_name="fake", model_version="x")
 
 
 def _batcher(runtime: BrightnessRuntime, **kw: object) -> DynamicBatcher:
