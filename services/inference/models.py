@@ -53,7 +53,7 @@ from facemask.model import variants as mv
 from facemask.model.detector import Detector, create_detector
 from facemask.model.registry import UPSTREAM, ModelRegistry, ModelVersion, RegistryError
 from facemask.model.runtime import create_runtime
-from facemask.model.runtime.base import Runtime, native_bf16, usable_cpus
+from facemask.model.runtime.base import Runtime, native_bf16
 from services.inference.batcher import DynamicBatcher, batch_limit
 from services.inference.config import InferenceSettings
 
@@ -131,8 +131,9 @@ def choose_version_runtime(
     whose dev-set AP50 delta to float32 is in the accuracy card
     (:func:`facemask.model.variants.load_ap50_deltas`, keyed by the ``model.pb`` sha256)
     and within the tolerance; without a card entry only TensorFlow float32 is eligible,
-    as for the upstream model. Measurements are cached per CPU and version (as the
-    upstream model's). The runtime's ``selection`` says why."""
+    as for the upstream model. The candidates are measured on every load (a few warm
+    batches each, in the background: the measurement cache holds the upstream model's
+    choice, which a restart needs at once). The runtime's ``selection`` says why."""
     files = {
         mv.Variant("tensorflow", _tf_precision()): _version_file(version, "tf"),
         mv.Variant("tflite", "float32"): _version_file(version, "float32"),
@@ -150,46 +151,31 @@ def choose_version_runtime(
         raise ModelLoadError("load", version.version, "the version has no model.pb")
 
     def create(variant: mv.Variant) -> Runtime:
+        # the variant's options (precision) with the version's own file
         options: dict[str, Any] = {"model_path": available[variant], **variant.options()}
         if variant.runtime == "tflite":
-            options.pop("variant")
             options["interpreters"] = settings.interpreters
         if settings.threads:
             options["threads"] = settings.threads
         return create_runtime(variant.runtime, **options)
 
-    key: dict[str, Any] = {
-        "cpu": mv.cpu_model_name(),
-        "model_version": version.version,
-        "batch_size": settings.max_batch_size,
-        "threads": settings.threads or usable_cpus(),
-    }
-    cached = mv.load_cache(mv.cache_path(), **key)
-    if cached is not None and {m.variant for m in cached} != set(candidates):
-        cached = None
     runtimes: dict[str, Any] = {}
-    if cached is not None:
-        measurements = cached
-    elif len(candidates) == 1:
-        measurements = [mv.Measurement(candidates[0], 1.0)]  # nothing to compare
+    if len(candidates) == 1:
+        measurements = [mv.Measurement(candidates[0], 0.0)]  # nothing to compare
     else:
         measurements, runtimes = mv.measure(
             candidates, create, settings.max_batch_size, timer=timer
         )
-        mv.save_cache(mv.cache_path(), measurements, **key)
-    choice = mv.choose(measurements, deltas)
+    if len(measurements) == 1:  # the only one: chosen whatever its rate
+        only = measurements[0]
+        choice = mv.Choice(
+            only.variant, only.images_per_second, deltas[only.variant.key], tuple(measurements), {}
+        )
+    else:
+        choice = mv.choose(measurements, deltas)
     runtime: Runtime = runtimes.pop(choice.variant.key, None) or create(choice.variant)
     for other in runtimes.values():
         other.close()
-    if cached is not None:
-        choice = mv.Choice(
-            choice.variant,
-            choice.images_per_second,
-            choice.ap50_delta,
-            choice.measurements,
-            choice.rejected,
-            cached=True,
-        )
     runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
     return runtime
 
@@ -220,8 +206,9 @@ class ModelLoader:
             detector = Detector(chosen, conf=conf, iou=iou, model_version=version.version)
             detector.model_sha256 = _sha256_of(chosen)
             return LoadedModel(detector, version.version)
-        if runtime == "tflite":
-            variant = "int8" if options.pop("variant", "") == "int8" else "float32"
+        if runtime == "tflite":  # float32 unless int8 is asked for (upstream: the .tflite)
+            variant = "int8" if options.get("variant") == "int8" else "float32"
+            options["variant"] = variant
             path = version.file(variant)
         else:
             path = version.file("tf")
