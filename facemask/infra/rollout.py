@@ -13,7 +13,10 @@ swaps the key and publishes the change in one script that only succeeds when the
 still holds what was read (two operators promoting at once: one retries, none is lost),
 so a replica told about a version can always download it. Replicas also poll the key, so
 a missed message only delays a swap. :func:`rollback` is the same operation towards the
-``previous`` version (repeating it goes forward again).
+``previous`` version (repeating it goes forward again). Redis holds the files of the
+active and the previous version only: a change deletes those of the version that falls
+out of that pair (Redis runs without eviction; promoting an older version again uploads
+its files again).
 
 :func:`fetch_version` makes a version present in a replica's local
 :class:`~facemask.model.registry.ModelRegistry`: a stored one is verified, a missing one
@@ -245,6 +248,22 @@ def fetch_version(
     return stored
 
 
+def _drop_unreachable(
+    client: RedisClient, layout: StreamLayout, old: ActiveModel | None, new: ActiveModel
+) -> None:
+    """Delete the files of the version that left the (active, previous) pair: nothing can
+    ask for it any more, and Redis keeps no more than two versions' files (promoting an
+    older version again uploads its files again)."""
+    if old is None:
+        return
+    keep = {new.version, new.previous, None, UPSTREAM}
+    for version in {old.version, old.previous}:
+        if version in keep or version is None:
+            continue
+        client.delete(layout.model_blob(version))
+        logger.info("model files removed from Redis", extra={"version": version})
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds")
 
@@ -278,6 +297,7 @@ def _swap(
             _SWAP, 1, layout.model_active, raw or b"", new.to_json(), layout.model_events
         ):
             logger.info("active model changed", extra=asdict(new))
+            _drop_unreachable(client, layout, current, new)
             return new
     raise RolloutError(
         f"the active model kept changing under this update ({SWAP_ATTEMPTS} attempts); retry"

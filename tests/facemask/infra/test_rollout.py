@@ -280,3 +280,20 @@ def test_keys_follow_the_layout_prefix(
     assert rollout.fetch_version(redis_client, replica, version.version, layout=site).version == (
         version.version
     )
+
+
+def test_redis_keeps_the_files_of_the_active_and_previous_versions_only(
+    tmp_path: Path, redis_client: redis.Redis, model_registry: ModelRegistry
+) -> None:
+    a, b, c = (_other_version(tmp_path, model_registry, tag) for tag in ("l", "m", "n"))
+    for version in (a, b, c):
+        rollout.promote(redis_client, model_registry, version.version)
+    stored = {k.decode() for k in redis_client.keys(LAYOUT.model_blob("*"))}
+    assert stored == {LAYOUT.model_blob(b.version), LAYOUT.model_blob(c.version)}
+    assert rollout.rollback(redis_client, model_registry).version == b.version
+    assert redis_client.exists(LAYOUT.model_blob(c.version))  # the new previous
+    rollout.promote(redis_client, model_registry, a.version)  # again: uploaded again
+    stored = {k.decode() for k in redis_client.keys(LAYOUT.model_blob("*"))}
+    assert stored == {LAYOUT.model_blob(a.version), LAYOUT.model_blob(b.version)}
+    replica = ModelRegistry(tmp_path / "replica")
+    assert rollout.fetch_version(redis_client, replica, a.version).version == a.version
