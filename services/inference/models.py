@@ -206,8 +206,10 @@ class ModelLoader:
             detector = Detector(chosen, conf=conf, iou=iou, model_version=version.version)
             detector.model_sha256 = _sha256_of(chosen)
             return LoadedModel(detector, version.version)
-        if runtime == "tflite":  # float32 unless int8 is asked for (upstream: the .tflite)
-            variant = "int8" if options.get("variant") == "int8" else "float32"
+        if runtime == "tflite":  # float32 unless int8 is asked for or is all there is
+            asked = options.get("variant")
+            only_int8 = version.variants == ["int8"]  # a lone .int8.tflite file
+            variant = "int8" if asked == "int8" or (not asked and only_int8) else "float32"
             options["variant"] = variant
             path = version.file(variant)
         else:
