@@ -401,8 +401,8 @@ class ModelWatcher:
 
     def _listen(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a message on the rollout channel; True when one
-        came. Redis faults: the subscription is dropped and made again after a back-off
-        (polling goes on meanwhile)."""
+        came. Any failure (Redis down, a missing ACL permission): the subscription is
+        dropped and made again after a back-off; polling goes on meanwhile."""
         listener = self._listener
         try:
             if listener.pubsub is None:
@@ -412,14 +412,16 @@ class ModelWatcher:
             message = listener.pubsub.get_message(timeout=timeout)
             listener.backoff.reset()
             return message is not None and message.get("type") == "message"
-        except Exception as exc:
-            if classify(exc) == "other" and not isinstance(exc, OSError):
-                raise
+        except Exception as exc:  # Redis down, no permission...: the polls go on
             self._unsubscribe()
             delay = listener.backoff.next()
             logger.warning(
                 "rollout channel unreachable; polling only",
-                extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                extra={
+                    "error": _describe(exc),
+                    "kind": classify(exc),
+                    "retry_in_s": round(delay, 2),
+                },
             )
             self.worker.wait(min(delay, self.poll_interval))
             return False
