@@ -216,9 +216,10 @@ def select_runtime(
     }
     path = mv.cache_path() if config.cache else None
     cached = mv.load_cache(path, **key) if path is not None else None
-    if cached is not None:
+    if cached is not None:  # a hit only when it has every candidate (a new model: measure)
         usable = {v.key for v in candidates}
-        cached = [m for m in cached if m.variant.key in usable] or None
+        hit = usable <= {m.variant.key for m in cached}
+        cached = [m for m in cached if m.variant.key in usable] if hit else None
     runtimes: dict[str, Any] = {}
     if cached is not None:
         measurements, from_cache = cached, True

@@ -461,3 +461,16 @@ def test_child_process_measures_for_real(monkeypatch: pytest.MonkeyPatch) -> Non
     assert measurement.variant == INT8 and measurement.images_per_second > 0
     monkeypatch.setenv("FACEMASK_MODEL_DIR", "/nonexistent-model-dir")
     assert auto.measure_in_child(config, [INT8]) == []
+
+
+def test_a_cache_without_a_new_variant_is_a_miss(fake_variants: Any, tmp_path: Path) -> None:
+    """An image rebuilt with the int8 model (a persistent cache volume from before):
+    measured again, int8 included, instead of answering from the old rates."""
+    clock, created = fake_variants({BF16: 223.0})
+    config = parse_runtime_config({"type": "auto", "batch_size": 4})
+    first = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
+    assert first.selection.variant == BF16
+    clock, created = fake_variants({BF16: 223.0, INT8: 385.0})
+    again = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
+    assert again.selection.variant == INT8 and not again.selection.cached
+    assert created == ["tensorflow-bf16", "tflite-int8"]
