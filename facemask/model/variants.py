@@ -16,8 +16,11 @@ fastest depends on the CPU (AMX, AVX512-BF16, VNNI), not on its flags alone, so 
   whichever is writable first (a read-only image's model directory is not).
 
 The accuracy of each variant is the model card ``models/variants.json``: the AP50 that
-``facemask eval`` measured on the dev set, per source model sha256. A variant missing from
-the card is never chosen by ``auto`` (its accuracy is unknown).
+``facemask eval`` measured on the dev set, per source model sha256, and for int8 per
+calibration set (the images that calibrated it: the dev set in a checkout, the sample
+images in a container image). A variant missing from the card, or an int8 model
+calibrated on frames the card does not list, is never chosen by ``auto`` (its accuracy is
+unknown).
 """
 
 from __future__ import annotations
@@ -235,18 +238,52 @@ def card_path() -> Path:
     return modelstore.manifest_path().with_name(CARD_FILE)
 
 
-def load_ap50_deltas(model_sha256: str, path: Path | None = None) -> dict[str, float]:
+def load_ap50_deltas(
+    model_sha256: str,
+    path: Path | None = None,
+    *,
+    calibrations: Mapping[str, str | None] | None = None,
+) -> dict[str, float]:
     """Variant key -> dev-set AP50 minus float32's, for the model with this sha256 (empty
-    when the card is absent or does not know the model)."""
+    when the card is absent or does not know the model).
+
+    A quantized variant's accuracy depends on the frames that calibrated it: its card entry
+    lists ``calibrations`` (calibration sha256 -> AP50). ``calibrations`` gives the
+    calibration of each variant built here (variant key -> sha256, None: unknown); such a
+    variant gets the AP50 of its own calibration, and none (so ``auto`` never chooses it)
+    when the card does not list that calibration."""
     path = path or card_path()
     try:
         card = json.loads(path.read_text())
         entry = card["models"][model_sha256]
-        ap50 = {key: float(v["ap50"]) for key, v in entry["variants"].items()}
+        variants = entry["variants"]
+        ap50 = {key: float(v["ap50"]) for key, v in variants.items()}
         reference = ap50[REFERENCE]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        by_calibration = {
+            key: {sha: float(c["ap50"]) for sha, c in v["calibrations"].items()}
+            for key, v in variants.items()
+            if "calibrations" in v
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("no accuracy card for model %s in %s: %s", model_sha256[:12], path, exc)
         return {}
+    for key, built in (calibrations or {}).items():
+        known = by_calibration.get(key)
+        if known is None:
+            continue
+        if built in known:
+            ap50[key] = known[built]
+        elif key in ap50:
+            del ap50[key]
+            logger.warning(
+                "model variant %s: calibration %s not in the accuracy card %s; auto will not "
+                "choose it (measure it with `facemask eval` and add it to the card, or select "
+                "the variant explicitly)",
+                key,
+                (built or "unknown")[:12],
+                path,
+                extra={"variant": key, "calibration_sha256": built or ""},
+            )
     return {key: value - reference for key, value in ap50.items()}
 
 

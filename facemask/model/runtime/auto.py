@@ -74,6 +74,18 @@ def available_variants() -> list[mv.Variant]:
     return out
 
 
+def built_calibrations() -> dict[str, str | None]:
+    """Variant key -> the calibration sha256 of each TFLite model built here (its stamp),
+    so the card's accuracy of that very calibration applies."""
+    from facemask.model import quantize
+
+    return {
+        mv.Variant("tflite", precision).key: quantize.built_calibration(precision)
+        for precision in quantize.VARIANTS
+        if quantize.variant_path(precision).is_file()
+    }
+
+
 class AutoConfig(RuntimeConfig):
     """Options of the ``auto`` runtime (see the module)."""
 
@@ -195,7 +207,7 @@ def select_runtime(
     TensorFlow variant in a child process, see the module."""
     source = modelstore.artifact_path(SOURCE_MODEL)
     sha256 = modelstore.sha256_file(source)
-    deltas = mv.load_ap50_deltas(sha256)
+    deltas = mv.load_ap50_deltas(sha256, calibrations=built_calibrations())
     candidates = [v for v in available_variants() if v.key in deltas] or [
         mv.Variant("tensorflow", "float32")
     ]

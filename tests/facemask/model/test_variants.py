@@ -212,6 +212,51 @@ def test_card_deltas(tmp_path: Path) -> None:
     assert mv.load_ap50_deltas("abc", tmp_path / "absent.json") == {}
 
 
+def test_card_deltas_follow_the_calibration_of_the_built_int8(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = tmp_path / "variants.json"
+    int8 = {"ap50": 0.41, "calibrations": {"dev": {"ap50": 0.41}, "samples": {"ap50": 0.415}}}
+    card.write_text(
+        json.dumps({"models": {"abc": {"variants": {"tensorflow-float32": {"ap50": 0.42},
+                                                    "tflite-int8": int8}}}})
+    )  # fmt: skip
+    deltas = mv.load_ap50_deltas("abc", card, calibrations={"tflite-int8": "samples"})
+    assert deltas["tflite-int8"] == pytest.approx(-0.005)
+    assert mv.load_ap50_deltas("abc", card)["tflite-int8"] == pytest.approx(-0.01)
+    for unknown in ("own-frames", None):  # other frames, or no build stamp
+        with caplog.at_level("WARNING", logger=mv.__name__):
+            deltas = mv.load_ap50_deltas("abc", card, calibrations={"tflite-int8": unknown})
+        assert set(deltas) == {"tensorflow-float32"}
+        assert "not in the accuracy card" in caplog.text
+
+
+def test_the_images_default_calibration_is_in_the_card(samples_dir: Path) -> None:
+    """The inference image calibrates int8 on the three sample images: the card holds the
+    dev-set AP50 of that calibration (else auto would never choose int8 in the image)."""
+    from facemask.model import quantize, store
+
+    files = quantize.calibration_images(samples_dir, quantize.DEFAULT_CALIBRATION_LIMIT)
+    assert len(files) == 3
+    sha256 = store.find_artifact("face_mask_detection.pb").sha256
+    deltas = mv.load_ap50_deltas(
+        sha256, calibrations={"tflite-int8": quantize._files_digest(files)}
+    )
+    assert abs(deltas["tflite-int8"]) <= mv.DEFAULT_TOLERANCE
+
+
+def test_built_calibration_reads_the_stamp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facemask.model import quantize
+
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", str(tmp_path))
+    assert quantize.built_calibration("int8") is None
+    stamp = tmp_path / "face_mask_detection.int8.tflite.json"
+    stamp.write_text(json.dumps({"key": {"calibration_sha256": "c0ffee"}}))
+    assert quantize.built_calibration("int8") == "c0ffee"
+    stamp.write_text("{broken")
+    assert quantize.built_calibration("int8") is None
+
+
 def test_the_project_card_covers_the_pinned_model() -> None:
     from facemask.model import store
 
@@ -234,7 +279,9 @@ def fake_variants(
     (tmp_path / "face_mask_detection.pb").write_bytes(b"fake graph")
     sha256 = mv.modelstore.sha256_file(tmp_path / "face_mask_detection.pb")
     monkeypatch.setattr(
-        mv, "load_ap50_deltas", lambda sha, path=None: CARD if sha == sha256 else {}
+        mv,
+        "load_ap50_deltas",
+        lambda sha, path=None, calibrations=None: CARD if sha == sha256 else {},
     )
 
     def install(speeds: dict[mv.Variant, float]) -> tuple[FakeClock, list[str]]:
@@ -427,7 +474,7 @@ def test_arm64_takes_int8_without_measuring_tensorflow(
     measured: list[str],
 ) -> None:
     clock, created = fake_variants(speeds)
-    monkeypatch.setattr(mv, "load_ap50_deltas", lambda sha, path=None: deltas)
+    monkeypatch.setattr(mv, "load_ap50_deltas", lambda sha, path=None, calibrations=None: deltas)
     monkeypatch.setattr(auto, "machine", lambda: "aarch64")
     config = parse_runtime_config({"type": "auto", "batch_size": 4, "cache": False})
     runtime = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
