@@ -147,7 +147,7 @@ def measure_in_child(config: AutoConfig, variants: Sequence[mv.Variant]) -> list
         "--batch-size",
         str(config.batch_size),
         "--threads",
-        str(config.threads),
+        str(config.threads or 0),
         *[v.key for v in variants],
     ]
     try:
@@ -262,10 +262,10 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     measure the variants and print their rates as one JSON line (see measure_in_child)."""
     parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=_child_main.__doc__)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="0: the usable CPUs")
     parser.add_argument("variants", nargs="+", type=mv.Variant.parse)
     args = parser.parse_args(argv)
-    config = AutoConfig(batch_size=args.batch_size, threads=args.threads)
+    config = AutoConfig(batch_size=args.batch_size, threads=args.threads or None)
     measurements, runtimes = mv.measure(
         args.variants, lambda v: _create_variant(config, v), config.batch_size
     )
