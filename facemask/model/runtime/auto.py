@@ -265,7 +265,9 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="0: the usable CPUs")
     parser.add_argument("variants", nargs="+", type=mv.Variant.parse)
     args = parser.parse_args(argv)
-    config = AutoConfig(batch_size=args.batch_size, threads=args.threads or None)
+    config = AutoConfig.model_validate(
+        {"batch_size": args.batch_size, "threads": args.threads or None}
+    )
     measurements, runtimes = mv.measure(
         args.variants, lambda v: _create_variant(config, v), config.batch_size
     )
