@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PY_SOURCES := facemask services tests bench scripts
 
 
-.PHONY: setup lock test unit lint fmt proto proto-check run validate-deploy images docs bench bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-chaos bench-train train clean help
+.PHONY: setup lock test unit lint fmt proto proto-check run validate-deploy images docs bench bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-scale bench-chaos bench-train train clean help
 
 help:
 	@echo "make run     - run the whole pipeline locally (sets itself up)"
@@ -73,7 +73,7 @@ proto-check: setup
 run: setup
 	$(VENV)/bin/facemask run $(ARGS)
 
-bench: bench-model bench-inference bench-ingest bench-pipeline bench-memory
+bench: bench-model bench-inference bench-ingest bench-pipeline bench-memory bench-scale
 
 bench-model: setup
 	$(PY) -m bench.bench_model $(ARGS)
@@ -109,6 +109,11 @@ train: setup
 # Not part of `make bench`: training takes tens of minutes (ARGS="--quick" for a short run).
 bench-train: setup
 	$(PY) -m bench.bench_train $(ARGS)
+
+# Inference replicas pinned to one core each (1, then 2) draining a backlog; Redis's cost
+# per frame; the capacity plan (README "Capacity plan"). A few minutes.
+bench-scale: setup
+	$(PY) -m bench.bench_scale $(ARGS)
 
 # Not part of `make bench`: minutes of faults (ARGS="--minutes 10", "--quick").
 bench-chaos: setup

@@ -56,8 +56,9 @@ LAYOUT = StreamLayout("facemask", 4)
 DYNAMIC_BATCH = 32  # the service's default max_batch_size
 
 
-def make_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
-    """``count`` JPEG frames of ``size`` from the sample video (synthetic if it is absent)."""
+def make_frames(count: int, size: tuple[int, int] = (640, 480), quality: int = 85) -> list[bytes]:
+    """``count`` JPEG frames of ``size`` (JPEG ``quality``) from the sample video (synthetic
+    if it is absent)."""
     frames: list[bytes] = []
     capture = cv2.VideoCapture(str(VIDEO)) if VIDEO.is_file() else None
     rng = np.random.default_rng(0)
@@ -66,7 +67,9 @@ def make_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
         if not ok or image is None:
             image = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
         resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        frames.append(cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
+        frames.append(
+            cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+        )
     if capture is not None:
         capture.release()
     return frames

@@ -27,7 +27,10 @@ from facemask.infra.log import LOG_LEVEL_HELP, setup_logging
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("facemask.cli.models", "fetch and verify the model artifacts"),
+    "models": (
+        "facemask.cli.models",
+        "model versions and their rollout; fetch and build the upstream artifacts",
+    ),
     "detect": (
         "facemask.cli.detect",
         "detect masked / unmasked faces in images, videos, cameras and streams",

@@ -500,6 +500,11 @@ def make_backend(args: argparse.Namespace) -> Backend:
     """The backend the options ask for: a remote service (``--server``) or a local model."""
     tiles_text: str | None = getattr(args, "tiles", None)
     if args.server:
+        if getattr(args, "model", None) is not None:
+            raise ValueError(
+                "--model chooses a local model; the service at --server runs the cluster's "
+                "(`facemask models promote` changes it)"
+            )
         return RemoteBackend(
             args.server, batch_size=args.batch_size, tiles=tiles_text, tls=client_tls(args)
         )

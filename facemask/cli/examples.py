@@ -23,13 +23,34 @@ EXAMPLES: Mapping[str, Sequence[str]] = {
     "facemask models": (
         "facemask models fetch",
         "facemask models list",
+        "facemask models promote 3f2a9c01",
     ),
     "facemask models fetch": (
         "# verify the cached weights, download what is missing (FACEMASK_MODEL_MIRROR first)",
         "facemask models fetch",
         "facemask models fetch --group model --force",
     ),
-    "facemask models list": ("facemask models list",),
+    "facemask models list": (
+        "# upstream and the stored versions; * marks the one promoted in this Redis",
+        "facemask models list --redis-url redis://redis:6379/0",
+        "facemask models list --json",
+    ),
+    "facemask models show": (
+        "# the model card (parent, data sets, recipe, dev-set metrics) and the files",
+        "facemask models show 3f2a9c01",
+        "facemask models show upstream --verify",
+    ),
+    "facemask models promote": (
+        "# every inference replica downloads, loads and swaps to it without stopping",
+        "facemask models promote 3f2a9c01 --redis-url redis://redis:6379/0",
+        "facemask models promote upstream --by 'night shift'",
+    ),
+    "facemask models rollback": (
+        "# back to the version the promoted one replaced",
+        "facemask models rollback --redis-url redis://redis:6379/0",
+    ),
+    "facemask models active": ("facemask models active --redis-url redis://redis:6379/0",),
+    "facemask models artifacts": ("facemask models artifacts",),
     "facemask models dir": ("facemask models dir",),
     "facemask models build": (
         "facemask models build",
@@ -43,6 +64,8 @@ EXAMPLES: Mapping[str, Sequence[str]] = {
         "# a stream or a camera, bounded",
         "facemask detect --max-frames 250 rtsp://user:pass@cam.local:554/stream",
         "facemask detect --duration 60 --annotate out/ 0",
+        "# a trained version of the local store (facemask models list), its int8 file",
+        "facemask detect --model 3f2a9c01 --runtime tflite --variant int8 photos/",
         "# through a running inference service (facemask run, serve-inference)",
         "facemask detect --server 127.0.0.1:50051 clip.mp4",
     ),
@@ -52,6 +75,9 @@ EXAMPLES: Mapping[str, Sequence[str]] = {
         "# tiled inference for small faces, one JSON object",
         f"facemask eval --annotations {DEV_SET}/annotations.json --images {DEV_SET}/images "
         "--tiles 2x2 --json",
+        "# a trained version against the upstream model",
+        f"facemask eval --model 3f2a9c01 --annotations {DEV_SET}/annotations.json "
+        f"--images {DEV_SET}/images",
     ),
     "facemask run": (
         "# the sample images as a camera; Ctrl-C stops everything",

@@ -1,6 +1,11 @@
-"""Command-line options that choose and tune the detector runtime, shared by ``detect`` and
-``eval``: ``--runtime``, ``--threads``, ``--precision`` (tensorflow), ``--variant`` and
-``--interpreters`` (tflite)."""
+"""Command-line options that choose the model and tune the detector runtime, shared by
+``detect`` and ``eval``: ``--model``, ``--runtime``, ``--threads``, ``--precision``
+(tensorflow), ``--variant`` and ``--interpreters`` (tflite).
+
+``--model`` takes what :meth:`facemask.model.registry.ModelRegistry.get` resolves (a
+version id or unique prefix, ``upstream``, a version directory, a ``.pb`` or ``.tflite``
+file); the runtime then loads that model's file of its kind: ``model.pb`` for tensorflow,
+the ``--variant`` (default float32) TFLite file for tflite."""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ import argparse
 from typing import Any
 
 from facemask.model.quantize import VARIANTS
+from facemask.model.registry import UPSTREAM, ModelRegistry, RegistryError
 from facemask.model.runtime import available_runtimes
 from facemask.model.runtime.base import PRECISIONS
 
 RUNTIME_SPECIFIC = {"precision": "tensorflow", "variant": "tflite", "interpreters": "tflite"}
 """Option -> the only runtime that takes it."""
+RUNTIME_VARIANT = {"tensorflow": "tf", "tflite": "float32"}
+"""Runtime that can load a given model -> the model variant it loads by default."""
 
 
 def positive_int(text: str) -> int:
@@ -24,7 +32,15 @@ def positive_int(text: str) -> int:
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the runtime options to a subcommand's parser."""
+    """Add the model and runtime options to a subcommand's parser."""
+    parser.add_argument(
+        "--model",
+        metavar="VERSION|PATH",
+        default=None,
+        help="model: a version of the local store (an id or a unique prefix, see `facemask "
+        "models list`), upstream (the pinned upstream model, the default), a version "
+        "directory, or a .pb / .tflite file",
+    )
     parser.add_argument(
         "--runtime",
         default="tensorflow",
@@ -46,7 +62,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant",
         choices=["upstream", *VARIANTS],
         default=None,
-        help="tflite model: upstream (default), or float32 / int8 built by `facemask models build`",
+        help="tflite model: upstream (default), or float32 / int8 built by `facemask models "
+        "build`; with --model: that model's float32 (default) or int8 file",
     )
     parser.add_argument(
         "--interpreters",
@@ -59,7 +76,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def runtime_options(args: argparse.Namespace) -> dict[str, Any]:
     """Options of :func:`facemask.model.detector.create_detector` from parsed arguments.
 
-    Raises ``ValueError`` when an option does not apply to the chosen runtime.
+    Raises ``ValueError`` when an option does not apply to the chosen runtime or the model
+    is unknown or lacks the runtime's file.
     """
     options: dict[str, Any] = {}
     if getattr(args, "threads", None) is not None:
@@ -71,4 +89,38 @@ def runtime_options(args: argparse.Namespace) -> dict[str, Any]:
         if args.runtime != runtime:
             raise ValueError(f"--{name} applies to --runtime {runtime} only")
         options[name] = value
+    ref = getattr(args, "model", None)
+    if ref is not None:
+        options.update(model_options(ref, args.runtime, options.get("variant")))
     return options
+
+
+def model_options(ref: str, runtime: str, variant: str | None) -> dict[str, Any]:
+    """``model_path`` (and the tflite ``variant``) of the model ``ref`` for ``runtime``;
+    nothing for ``upstream``, whose files are the runtimes' defaults."""
+    try:
+        model = ModelRegistry().get(ref)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    if model.version == UPSTREAM:
+        return {}
+    if runtime not in RUNTIME_VARIANT:
+        raise ValueError(
+            f"--model {ref} needs --runtime {' or '.join(RUNTIME_VARIANT)} (the {runtime} "
+            "runtime chooses among the upstream model's files)"
+        )
+    if runtime == "tflite":
+        if variant == "upstream":
+            raise ValueError(
+                "--variant upstream is the upstream model's file; with --model "
+                "choose float32 or int8"
+            )
+        only_int8 = model.variants == ["int8"]  # a lone .int8.tflite file
+        wanted = variant or ("int8" if only_int8 else "float32")
+    else:
+        wanted = RUNTIME_VARIANT[runtime]
+    try:
+        path = model.file(wanted)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    return {"model_path": path, **({"variant": wanted} if runtime == "tflite" else {})}

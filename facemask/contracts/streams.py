@@ -19,6 +19,9 @@ Keys (prefix ``facemask`` by default)::
     facemask:cameras             set of known camera ids
     facemask:camera:<id>         hash: camera registration, expires without heartbeat
     facemask:meta                hash: layout facts every service checks (partitions)
+    facemask:model:active        JSON: the model version promoted for the cluster
+    facemask:model:events        pub/sub channel: the same JSON on every change
+    facemask:model:blob:<v>      hash {file name: bytes}: the files of version v
 """
 
 from __future__ import annotations
@@ -119,6 +122,25 @@ class StreamLayout:
     def meta(self) -> str:
         """Hash of layout facts (``partitions``) checked by every service at start."""
         return f"{self.prefix}:meta"
+
+    @property
+    def model_active(self) -> str:
+        """JSON of the model version promoted for the cluster (``facemask.infra.rollout``)."""
+        return f"{self.prefix}:model:active"
+
+    @property
+    def model_events(self) -> str:
+        """Pub/sub channel announcing every change of :attr:`model_active`."""
+        return f"{self.prefix}:model:events"
+
+    def model_blob(self, version: str) -> str:
+        """Hash holding the files of a model version (replicas download them from it)."""
+        return f"{self.prefix}:model:blob:{version}"
+
+    @property
+    def model_keys(self) -> str:
+        """A glob matching every model key (for Redis ACL key patterns)."""
+        return f"{self.prefix}:model:*"
 
     def check_meta(self, client: RedisClient) -> None:
         """Record this layout in Redis, or fail when another service uses a different one.

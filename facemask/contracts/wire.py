@@ -22,7 +22,9 @@ Detections entry (inference -> alerts, dashboards), one per frame::
     status     "ok" | "skipped"          skipped: not run (see reason), no detections
     reason     why skipped ("too_old", ...); empty when ok
     w, h       image size in pixels
-    model      model version that produced the detections
+    model      model version that produced the detections (a model store version,
+               ``upstream``, ...); optional when reading: entries of older writers lack
+               it (parsed as ``""``)
     dets       JSON list: [{"label": "mask"|"no_mask", "score": f, "box": [x1,y1,x2,y2]}]
     runs       model runs spent on the frame (1 without tiling)
 
@@ -73,6 +75,8 @@ DEFAULT_MAX_CLOCK_SKEW = 300.0
 """Seconds a capture time may lie ahead of the receiver's clock."""
 MAX_SIDE = 16384
 MAX_FRAME_BYTES = 32 * 1024 * 1024
+MAX_MODEL_LEN = 128
+"""Longest ``model`` field of a detections entry (a version id is 16 characters)."""
 
 Fields = Mapping[bytes, bytes] | Mapping[str, Any]
 
@@ -162,6 +166,16 @@ def _text(f: dict[str, bytes], key: str, reason: str = "missing_field") -> str:
         return f[key].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WireError("bad_field", f"field {key!r} is not UTF-8") from exc
+
+
+def _optional_text(f: dict[str, bytes], key: str, max_len: int) -> str:
+    """An optional text field (``""`` when absent) of at most ``max_len`` characters."""
+    if key not in f:
+        return ""
+    value = _text(f, key)
+    if len(value) > max_len:
+        raise WireError("bad_field", f"field {key!r} is longer than {max_len} characters")
+    return value
 
 
 def _int(f: dict[str, bytes], key: str, lo: int, hi: int) -> int:
@@ -349,7 +363,7 @@ class DetectionsEntry:
             done_ts=done_ts,
             width=width,
             height=height,
-            model=_text(f, "model"),
+            model=_optional_text(f, "model", MAX_MODEL_LEN),
             status=status,
             reason=f.get("reason", b"").decode("utf-8", "replace"),
             detections=dets,

@@ -15,7 +15,9 @@ ingest     ``XADD`` frames; register cameras (``HSET``/``EXPIRE``/``HGET`` a cam
            ``SADD`` the camera set); read the alerts stream (voice prompt); the layout hash
 inference  read frames through its consumer group (``XREADGROUP``/``XACK``/claims/
            ``XPENDING``/``XINFO GROUPS``/``XRANGE``); ``XADD`` detections and dead letters;
-           its publish-and-ack script; the layout hash
+           its publish-and-ack script; the layout hash; read the promoted model version
+           and its files (``GET``/``HGETALL``/``EXISTS`` the model keys, ``SUBSCRIBE``
+           their change channel: rolling updates)
 alerts     read detections through its group; ``XRANGE`` frames (snapshots); read the
            camera registry and remove a stale camera from it (``SREM`` the camera set,
            ``DEL`` its hash); ``XADD`` its dead letters and (deduplicated, by script) alerts
@@ -65,6 +67,8 @@ def selectors(layout: StreamLayout) -> dict[str, list[tuple[str, str]]]:
     cameras = "~" + layout.cameras
     meta = "~" + layout.meta
     script = "+evalsha +eval +script|load"
+    models_read = "%R~" + layout.model_keys
+    model_events = "&" + layout.model_events
     return {
         "ingest": [
             ("", CONNECTION),
@@ -79,6 +83,8 @@ def selectors(layout: StreamLayout) -> dict[str, list[tuple[str, str]]]:
             (f"{detections} {deadletter}", "+xadd"),
             (f"{frames} {detections}", script),  # PUBLISH_AND_ACK: keys detections, frames
             (meta, LAYOUT),
+            (models_read, "+get +hgetall +exists"),  # services.inference.models
+            (model_events, "+subscribe +unsubscribe"),
         ],
         "alerts": [
             ("", CONNECTION),

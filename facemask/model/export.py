@@ -130,7 +130,9 @@ def export_version(
 
     ``int8`` is calibrated on the ``calibration`` images (at most ``calibration_limit``,
     evenly spread; each as the full frame and its four quadrants) and skipped, absent from
-    the result, when ``calibration`` is None. Every file is written atomically. Raises
+    the result, when ``calibration`` is None (an ``int8`` file left in ``out_dir`` by an
+    earlier export is removed: it would be another model's). Every file is written
+    atomically. Raises
     ``ValueError`` for a model that is not the face-mask SSD or a size it cannot take, and
     :class:`facemask.model.quantize.QuantizeError` when a TFLite conversion fails.
     """
@@ -141,6 +143,8 @@ def export_version(
     paths = {"tf": out_dir / FILES["tf"]}
     quantize.write_atomically(paths["tf"], graph_def.SerializeToString())
     variants = ["float32"] if calibration is None else ["float32", "int8"]
+    if calibration is None:
+        (out_dir / FILES["int8"]).unlink(missing_ok=True)
     for variant in variants:
         paths[variant] = quantize.convert_graph(
             paths["tf"],

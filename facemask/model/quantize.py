@@ -71,6 +71,17 @@ def variant_path(variant: str) -> Path:
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}") from None
 
 
+def built_calibration(variant: str) -> str | None:
+    """The calibration sha256 recorded in a built variant's stamp (``""`` for float32, which
+    needs none); None when the variant or its stamp is absent or unreadable."""
+    stamp = variant_path(variant).with_name(VARIANTS[variant] + ".json")
+    try:
+        value = json.loads(stamp.read_text())["key"]["calibration_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def default_calibration_dir() -> Path | None:
     """The dev images (``$FACEMASK_CALIBRATION_DIR`` or ``../shared/data/facemask-dev/images``
     beside the checkout), or None when absent."""

@@ -183,7 +183,8 @@ class ModelRegistry:
 
     def get(self, ref: str | Path) -> ModelVersion:
         """Resolve ``ref``: ``upstream``, a full id, a unique id prefix (>= 6 characters),
-        or a path to a version directory, a ``.pb`` or a ``.tflite`` file."""
+        or a path to a version directory, a ``.pb`` or a ``.tflite`` file (a file of a
+        version directory: that version with only that file)."""
         if isinstance(ref, Path):
             return self._from_path(ref)
         text = ref.strip()
@@ -405,7 +406,9 @@ class ModelRegistry:
         if not path.is_file():
             raise RegistryError(f"model file {path} does not exist")
         if path.name in MODEL_FILES and (path.parent / CARD_FILE).is_file():
-            return _load_dir(path.parent)
+            stored = _load_dir(path.parent)  # that version, narrowed to the file named
+            variant = next(v for v, n in VARIANT_FILES.items() if n == path.name)
+            return ModelVersion(stored.version, stored.path, stored.card, {variant: path})
         if path.suffix == ".pb":
             return _loose({"tf": path})
         if path.suffix == ".tflite":

@@ -184,7 +184,9 @@ def build_ssd(
     260. Weights: from the frozen graph ``weights`` (a ``.pb``, a version directory, or
     None for the cached upstream graph), batch norm folded; all trainable.
 
-    On the same input it equals the frozen graph's outputs within 1e-4 (float32).
+    On the same input it equals the frozen graph's outputs within 1e-4 (float32). The
+    upstream weights are tuned to 260: at another size train the model before use (see
+    :mod:`facemask.core.anchors`).
     """
     feature_map_sizes_for(input_size)  # ValueError on a size the network cannot take
     values = read_frozen_weights(weights)

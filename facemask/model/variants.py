@@ -10,12 +10,17 @@ fastest depends on the CPU (AMX, AVX512-BF16, VNNI), not on its flags alone, so 
 - :func:`measure` times a few warm batches of each variant on a synthetic input, with an
   injected clock (tests fake it);
 - :func:`load_cache` / :func:`save_cache` keep the measurements per CPU model and model
-  version in the model cache, so a restart does not measure again (a corrupt cache, or one
-  of another CPU, model or batch size, is ignored and rewritten).
+  version, so a restart does not measure again (a corrupt cache, or one of another CPU,
+  model or batch size, is ignored and rewritten). :func:`cache_path` puts the cache in
+  ``$FACEMASK_VARIANT_CACHE_DIR``, else the model cache, else the temporary directory,
+  whichever is writable first (a read-only image's model directory is not).
 
 The accuracy of each variant is the model card ``models/variants.json``: the AP50 that
-``facemask eval`` measured on the dev set, per source model sha256. A variant missing from
-the card is never chosen by ``auto`` (its accuracy is unknown).
+``facemask eval`` measured on the dev set, per source model sha256, and for int8 per
+calibration set (the images that calibrated it: the dev set in a checkout, the sample
+images in a container image). A variant missing from the card, or an int8 model
+calibrated on frames the card does not list, is never chosen by ``auto`` (its accuracy is
+unknown).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 CARD_FILE = "variants.json"
 CACHE_FILE = "variant-choice.json"
+CACHE_DIR_ENV = "FACEMASK_VARIANT_CACHE_DIR"
+"""A writable directory for the measurement cache (read-only images: a volume)."""
 CACHE_SCHEMA = 1
 DEFAULT_TOLERANCE = 0.01
 REFERENCE = "tensorflow-float32"
@@ -231,18 +238,52 @@ def card_path() -> Path:
     return modelstore.manifest_path().with_name(CARD_FILE)
 
 
-def load_ap50_deltas(model_sha256: str, path: Path | None = None) -> dict[str, float]:
+def load_ap50_deltas(
+    model_sha256: str,
+    path: Path | None = None,
+    *,
+    calibrations: Mapping[str, str | None] | None = None,
+) -> dict[str, float]:
     """Variant key -> dev-set AP50 minus float32's, for the model with this sha256 (empty
-    when the card is absent or does not know the model)."""
+    when the card is absent or does not know the model).
+
+    A quantized variant's accuracy depends on the frames that calibrated it: its card entry
+    lists ``calibrations`` (calibration sha256 -> AP50). ``calibrations`` gives the
+    calibration of each variant built here (variant key -> sha256, None: unknown); such a
+    variant gets the AP50 of its own calibration, and none (so ``auto`` never chooses it)
+    when the card does not list that calibration."""
     path = path or card_path()
     try:
         card = json.loads(path.read_text())
         entry = card["models"][model_sha256]
-        ap50 = {key: float(v["ap50"]) for key, v in entry["variants"].items()}
+        variants = entry["variants"]
+        ap50 = {key: float(v["ap50"]) for key, v in variants.items()}
         reference = ap50[REFERENCE]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        by_calibration = {
+            key: {sha: float(c["ap50"]) for sha, c in v["calibrations"].items()}
+            for key, v in variants.items()
+            if "calibrations" in v
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         logger.warning("no accuracy card for model %s in %s: %s", model_sha256[:12], path, exc)
         return {}
+    for key, built in (calibrations or {}).items():
+        known = by_calibration.get(key)
+        if known is None:
+            continue
+        if built in known:
+            ap50[key] = known[built]
+        elif key in ap50:
+            del ap50[key]
+            logger.warning(
+                "model variant %s: calibration %s not in the accuracy card %s; auto will not "
+                "choose it (measure it with `facemask eval` and add it to the card, or select "
+                "the variant explicitly)",
+                key,
+                (built or "unknown")[:12],
+                path,
+                extra={"variant": key, "calibration_sha256": built or ""},
+            )
     return {key: value - reference for key, value in ap50.items()}
 
 
@@ -263,9 +304,52 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def cache_path() -> Path:
-    """The measurement cache in the model cache directory."""
-    return modelstore.cache_dir() / CACHE_FILE
+def _writable_dir(directory: Path) -> bool:
+    """Whether files can be created in ``directory`` (made when absent)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def cache_dirs() -> list[Path]:
+    """Where the measurement cache may live, in order of preference: the directory of
+    ``$FACEMASK_VARIANT_CACHE_DIR`` (the images set it to a volume's mount point), the
+    model cache (a checkout's ``models/cache``), then a ``facemask`` directory in the
+    temporary directory (a container's tmpfs or emptyDir ``/tmp``: kept across restarts
+    of the process, not of the container)."""
+    dirs = []
+    override = os.environ.get(CACHE_DIR_ENV)
+    if override:
+        dirs.append(Path(override))
+    dirs.append(modelstore.cache_dir())
+    dirs.append(Path(tempfile.gettempdir()) / "facemask")
+    return dirs
+
+
+def cache_path() -> Path | None:
+    """The measurement cache in the first writable directory of :func:`cache_dirs`; None
+    (logged) when none is writable: the variants are then measured at every start."""
+    candidates = cache_dirs()
+    for directory in candidates:
+        if _writable_dir(directory):
+            if directory != candidates[0]:
+                logger.info(
+                    "variant cache in %s: %s not writable",
+                    directory,
+                    candidates[0],
+                    extra={"cache_dir": str(directory), "preferred": str(candidates[0])},
+                )
+            return directory / CACHE_FILE
+    logger.warning(
+        "variant measurements not cached: no writable directory (%s); set %s to a writable "
+        "directory (a volume or emptyDir) to skip measuring at every start",
+        ", ".join(map(str, candidates)),
+        CACHE_DIR_ENV,
+        extra={"tried": [str(d) for d in candidates]},
+    )
+    return None
 
 
 def _cache_key(cpu: str, model_version: str, batch_size: int, threads: int) -> dict[str, Any]:

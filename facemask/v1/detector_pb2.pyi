@@ -107,7 +107,7 @@ class ImageResult(_message.Message):
     def __init__(self, detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., camera_id: _Optional[str] = ..., frame_id: _Optional[str] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "runtime", "input_width", "input_height", "max_batch_size", "sha256", "precision")
+    __slots__ = ("name", "version", "runtime", "input_width", "input_height", "max_batch_size", "sha256", "precision", "variant", "wanted_version", "load_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,9 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    WANTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     runtime: str
@@ -124,7 +127,10 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     sha256: str
     precision: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., runtime: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., sha256: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
+    variant: str
+    wanted_version: str
+    load_error: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., runtime: _Optional[str] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., sha256: _Optional[str] = ..., precision: _Optional[str] = ..., variant: _Optional[str] = ..., wanted_version: _Optional[str] = ..., load_error: _Optional[str] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
     __slots__ = ("results", "model")

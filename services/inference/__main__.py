@@ -87,14 +87,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_level, fmt=settings.log_format, service="inference")
 
+    from facemask.model.registry import RegistryError
     from facemask.model.store import ModelStoreError
+    from services.inference.models import ModelLoadError
     from services.inference.service import InferenceService
 
     stop = stop_on_signals(logger)
     service = InferenceService(settings)
     try:
         service.start()
-    except ModelStoreError as exc:
+    except (ModelStoreError, RegistryError, ModelLoadError) as exc:
         logger.error("cannot load the model: %s", exc)
         service.stop()
         return 1

@@ -30,6 +30,13 @@ encoded bytes plus the decoded pixels; ``max_queue_bytes``). Grids have at most
 input is made when its batch is assembled, written straight into the batch array, so the
 tensors alive at once are those of one batch, not those of every queued tile. The budget
 a job reserved is given back when its future resolves (result, error, cancel, expiry).
+
+Model swaps (rolling updates, :mod:`services.inference.models`): :meth:`DynamicBatcher.swap`
+hands the model thread another detector, loaded and warmed elsewhere; the model thread
+takes it before its next batch, so every batch runs on one model and every
+:class:`JobResult` names the version that produced it (``model``). A tiled job whose items
+straddle the swap runs its earlier windows again on the new model: a frame's detections
+never mix two models.
 """
 
 from __future__ import annotations
@@ -104,6 +111,8 @@ class JobResult:
     compute_seconds: float = 0.0
     batch_size: int = 0
     model_runs: int = 0
+    model: str = ""
+    """The model version that ran it (empty: not run)."""
 
     @classmethod
     def too_old(
@@ -244,6 +253,22 @@ BatchObserver = Callable[[int, float], None]
 JobObserver = Callable[[float, float], None]
 
 
+class _Wake:
+    """Queue marker that wakes the model thread for a pending swap (see :meth:`swap`)."""
+
+
+_WAKE = _Wake()
+
+
+@dataclass(slots=True)
+class _Swap:
+    """A detector waiting to replace the running one; ``done`` resolves with the old one."""
+
+    detector: Detector
+    version: str
+    done: Future[Detector] = field(default_factory=Future)
+
+
 class DynamicBatcher:
     """Batches preprocessed images from any number of producers into model calls."""
 
@@ -262,6 +287,7 @@ class DynamicBatcher:
         on_job: JobObserver | None = None,
         max_queue_bytes: int = 1 << 30,
         max_tiles: int = MAX_TILES,
+        model_version: str | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -270,6 +296,11 @@ class DynamicBatcher:
         if not 1 <= max_tiles <= MAX_TILES:
             raise ValueError(f"max_tiles must be in 1..{MAX_TILES}")
         self.detector = detector
+        if model_version is None:  # a stand-in detector (tests) may not know its version
+            model_version = getattr(detector, "model_version", "")
+        self.model_version = model_version
+        """The version of :attr:`detector` (each :class:`JobResult` says which ran it)."""
+        self._max_batch_setting = max_batch_size
         self.max_batch_size = batch_limit(max_batch_size, detector.runtime)
         self.max_queue_delay = max_queue_delay
         self.max_decode_wait = max_decode_wait
@@ -280,7 +311,9 @@ class DynamicBatcher:
         self.max_pixels = max_pixels
         self.on_batch = on_batch
         self.on_job = on_job
-        self._ready: queue.Queue[_Item | None] = queue.Queue()
+        self._ready: queue.Queue[_Item | _Wake | None] = queue.Queue()
+        self._swap: _Swap | None = None
+        self._partial: dict[int, Job] = {}  # jobs with windows run and windows to go
         self._admitted = 0
         self._inputs = 0
         self._bytes = 0
@@ -421,7 +454,8 @@ class DynamicBatcher:
                 windows = windows[: job.inputs]
             job.windows = windows
             if len(windows) == 1:
-                items = [_Item(job, 0, preprocess(crop(image.rgb, windows[0], *job_size(job))))]
+                rgb = crop(image.rgb, windows[0], *job_size(job))
+                items = [_Item(job, 0, preprocess(rgb, self.detector.input_size))]
             else:  # tiles: inputs made per batch from the decoded frame (module docstring)
                 job.image = image.rgb
                 items = [_Item(job, index, None) for index in range(len(windows))]
@@ -496,15 +530,22 @@ class DynamicBatcher:
             if item is None:  # shutdown sentinel: put it back for the loop
                 self._ready.put(None)
                 break
+            if isinstance(item, _Wake):  # a swap is pending: it comes before the next batch
+                break
+            assert isinstance(item, _Item)
             batch.append(item)
         now = time.monotonic()
         return [item for item in batch if not self._expired(item.job, now)]
 
     def _model_loop(self) -> None:
         while True:
+            if self._swap is not None:
+                self._apply_swap()
             first = self._ready.get()
             if first is None:
                 return
+            if isinstance(first, _Wake):
+                continue
             batch = self._collect(first)
             if batch:
                 self._run(batch)
@@ -518,7 +559,7 @@ class DynamicBatcher:
             if source is not None:
                 live.append((item, source))
         batch[:] = [item for item, _ in live]
-        size = INPUT_SIZE
+        size = self.detector.input_size  # the model's, read from its file
         out = np.empty((len(live), size[1], size[0], 3), dtype=np.float32)
         for row, (item, source) in enumerate(live):
             if item.tensor is not None:
@@ -563,8 +604,17 @@ class DynamicBatcher:
             if job.started is None:
                 job.started = start
             if job.pending > 0:
+                self._track_partial(job)
                 continue
             self._finish(job, len(batch))
+
+    def _track_partial(self, job: Job) -> None:
+        """Remember a job with windows run and windows to go (a swap restarts it) until
+        its future resolves, however it resolves (an expired job never finishes)."""
+        key = id(job)
+        if key not in self._partial:
+            self._partial[key] = job
+            job.future.add_done_callback(lambda _f: self._partial.pop(key, None))
 
     def _finish(self, job: Job, batch_size: int) -> None:
         """All items of ``job`` have run: merge its windows and resolve its future."""
@@ -597,8 +647,52 @@ class DynamicBatcher:
                 compute_seconds=job.compute_seconds,
                 batch_size=batch_size,
                 model_runs=len(job.windows),
+                model=self.model_version,
             ),
         )
+
+    # -- model swaps -----------------------------------------------------------------
+
+    def swap(self, detector: Detector, version: str) -> Future[Detector]:
+        """Run ``detector`` (model ``version``, loaded and warmed by the caller) from the
+        next batch on (the batch running now finishes on the old one).
+
+        The returned future resolves with the detector it replaced once the model thread
+        has switched (the caller closes it: nothing runs on it any more). A swap still
+        pending when another comes, or when the batcher closes, resolves with its own,
+        never-used detector."""
+        request = _Swap(detector, version)
+        with self._lock:
+            superseded, self._swap = self._swap, request
+        if superseded is not None:
+            superseded.done.set_result(superseded.detector)
+        self._ready.put(_WAKE)
+        return request.done
+
+    def _apply_swap(self) -> None:
+        """Model thread, between batches: switch to the pending detector. Tiled jobs with
+        windows already run on the old model are queued again whole."""
+        with self._lock:
+            request, self._swap = self._swap, None
+        if request is None:
+            return
+        old = self.detector
+        self.detector = request.detector
+        self.model_version = request.version
+        self.max_batch_size = batch_limit(self._max_batch_setting, request.detector.runtime)
+        requeued = 0
+        partial, self._partial = list(self._partial.values()), {}
+        for job in partial:
+            if job.future.done():
+                continue
+            again = [i for i, d in enumerate(job.window_detections) if d is not None]
+            for index in again:
+                job.window_detections[index] = None
+                self._ready.put(_Item(job, index, None))
+            job.pending += len(again)
+            requeued += 1
+        logger.info("model swapped", extra={"version": request.version, "requeued_jobs": requeued})
+        request.done.set_result(old)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -620,3 +714,7 @@ class DynamicBatcher:
         self._ready.put(None)
         self._thread.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pending, self._swap = self._swap, None
+        if pending is not None:
+            pending.done.set_result(pending.detector)

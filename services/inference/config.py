@@ -53,6 +53,33 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
     )
 
     # model
+    model: str = Field(
+        "upstream",
+        min_length=1,
+        description="model run before (or without) a version promoted for the cluster "
+        "(`facemask models promote`, which wins): upstream (the pinned model), a version "
+        "of the local model store (id or unique prefix) or a model directory / .pb / "
+        ".tflite path",
+    )
+    model_watch: bool | None = Field(
+        None,
+        description="follow the version promoted in Redis: load, warm and swap it in "
+        "without stopping (default: when streams is on)",
+    )
+    model_poll_interval: float = Field(
+        5.0,
+        gt=0.0,
+        le=3600.0,
+        description="seconds between reads of the promoted version (its change is also "
+        "published: a missed message only delays the swap)",
+    )
+    model_retry_interval: float = Field(
+        300.0,
+        gt=0.0,
+        le=86400.0,
+        description="longest wait before a version that failed to load is tried again "
+        "(back-off from 1/16 of it; at once when the promoted version changes)",
+    )
     runtime: str = Field(
         "auto",
         description="detector runtime: auto (the fastest model variant on this CPU within "
@@ -199,6 +226,11 @@ class InferenceSettings(ServiceSettings, SupervisionSettings):
         if spec is None:
             spec = self.tiles.get("*")
         return parse_tiles(spec)
+
+    @property
+    def watches_model(self) -> bool:
+        """Whether the service follows the version promoted in Redis."""
+        return self.streams if self.model_watch is None else self.model_watch
 
     @property
     def effective_runtime(self) -> str:

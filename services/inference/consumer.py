@@ -340,7 +340,7 @@ class StreamConsumer:
             done_ts=time.time(),
             width=frame.width,
             height=frame.height,
-            model=self.model_version,
+            model=result.model or self.batcher.model_version,  # skipped: the one running
             status=result.status,
             reason=result.reason,
             detections=result.detections,

@@ -152,8 +152,16 @@ class InferenceMetrics:
         )
         self.model_info = Gauge(
             "facemask_model_info",
-            "The model this service runs (value 1).",
-            ["name", "version", "runtime", "precision"],
+            "The model this service runs (value 1; only the running version has a series): "
+            "version upstream or a model store version, variant runtime-precision.",
+            ["name", "version", "runtime", "precision", "variant"],
+            registry=registry,
+        )
+        self.model_load_failures = Counter(
+            "facemask_model_load_failures_total",
+            "Model versions wanted (promoted for the cluster) that could not be made ready, "
+            "by reason (fetch, load, warmup, incompatible); the service kept its model.",
+            ["reason"],
             registry=registry,
         )
         self.model_variant_info = Gauge(

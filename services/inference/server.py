@@ -65,7 +65,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         self.settings = settings
 
     def attach(self, batcher: DynamicBatcher, model_info: detector_pb2.ModelInfo) -> None:
-        """Start answering with this batcher (once the model is loaded and warm)."""
+        """Start answering with this batcher (once the model is loaded and warm);
+        :attr:`model_info` is replaced whenever the model changes."""
         self.model_info = model_info
         self.batcher = batcher
 
@@ -181,6 +182,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 )
             )
         futures = self._submit(batcher, jobs, context)
+        info = self.model_info
+        ran: set[str] = set()
         results = []
         for index, (image, future) in enumerate(zip(request.images, futures, strict=True)):
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -204,6 +207,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                 logger.exception("detect failed")
                 self._fail(context, grpc.StatusCode.INTERNAL, "error", f"image {index}: {exc}")
             self.metrics.requests.labels("grpc", "ok").inc()
+            ran.add(result.model)
             results.append(
                 detector_pb2.ImageResult(
                     detections=detections_to_proto(result.detections, result.width, result.height),
@@ -220,7 +224,14 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
                     ),
                 )
             )
-        return detector_pb2.DetectResponse(results=results, model=self.model_info)
+        if ran and ran != {info.version}:  # a model swap came while they ran
+            latest = self.model_info
+            info = (
+                latest
+                if ran == {latest.version}
+                else detector_pb2.ModelInfo(name=latest.name, version=",".join(sorted(ran)))
+            )
+        return detector_pb2.DetectResponse(results=results, model=info)
 
     def _submit(
         self, batcher: DynamicBatcher, jobs: list[Job], context: grpc.ServicerContext

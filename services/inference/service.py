@@ -6,9 +6,16 @@ and flip health to SERVING. Stop (SIGTERM): NOT_SERVING, stop reading frames, le
 in-flight RPCs finish, drain the batcher, publish and acknowledge every frame already
 processed, then exit.
 
+Model: the version promoted for the cluster in Redis, else the ``model`` setting
+(:mod:`services.inference.models`). The ``model-watcher`` loop follows promotions and
+rollbacks: it loads and warms the new version beside the running one and the batcher swaps
+it in between two batches; a version that cannot be made ready leaves the running one
+serving (health stays SERVING; ``GetModelInfo`` says which version runs and why the wanted
+one does not, ``facemask_model_load_failures_total`` counts it).
+
 Supervision (:class:`~facemask.infra.watchdog.Supervisor`): every background loop (stream
-reader, publisher, lag monitor: adopted as they are built; the batcher's model thread:
-watched) is restarted when it dies, up to ``restart_limit`` times, else the verdict is
+reader, publisher, lag monitor, model watcher: adopted as they are built; the batcher's
+model thread: watched) is restarted when it dies, up to ``restart_limit`` times, else the verdict is
 fatal (NOT_SERVING, ``facemask_inference_ready`` 0, the process exits 70). Two progress
 watches (``stream``: frames taken vs settled with the in-flight ones pending; ``batcher``:
 jobs admitted vs resolved) flag a stall after ``stall_timeout`` seconds. Health SERVING and
@@ -26,43 +33,56 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from facemask.infra.metrics import MetricsServer, serve_metrics
-from facemask.infra.redisconn import connect
+from facemask.infra.redisconn import RedisClient, connect
 from facemask.infra.watchdog import Supervisor
-from facemask.model.detector import Detector, create_detector
+from facemask.model.detector import Detector
+from facemask.model.registry import ModelRegistry
 from facemask.v1 import detector_pb2
-from services.inference.batcher import DynamicBatcher, batch_limit
+from services.inference.batcher import DynamicBatcher
 from services.inference.config import InferenceSettings
 from services.inference.consumer import StreamConsumer
 from services.inference.metrics import InferenceMetrics
+from services.inference.models import (
+    LoadedModel,
+    ModelLoader,
+    ModelStatus,
+    ModelWatcher,
+    warmup_sizes,
+)
 from services.inference.server import DetectorServicer, GrpcServer
+
+__all__ = ["InferenceService", "warmup_sizes"]
 
 logger = logging.getLogger(__name__)
 
 
-WARM_EVERY_SIZE_UP_TO = 64
 GROUPS_WAIT_S = 2.0
 """How long a start waits for the stream reader's consumer groups before reporting."""
-
-
-def warmup_sizes(max_batch_size: int, runtime: Any) -> tuple[int, ...]:
-    """Batch sizes to run once before SERVING: every size the batcher can form (up to 64,
-    then the largest), since the first run of a new input shape builds its oneDNN kernels
-    (15-100 ms) and would stall live frames. A runtime with its own batch limit (TFLite
-    runs one image per invoke) needs only the sizes up to that limit."""
-    top = batch_limit(max_batch_size, runtime)
-    return tuple(sorted(set(range(1, min(top, WARM_EVERY_SIZE_UP_TO) + 1)) | {top}))
 
 
 class InferenceService:
     """One running inference service (gRPC + streams + metrics)."""
 
-    def __init__(self, settings: InferenceSettings, detector: Detector | None = None) -> None:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        detector: Detector | None = None,
+        *,
+        model_registry: ModelRegistry | None = None,
+    ) -> None:
+        """``detector``: run this one (the caller's: never closed here) as the ``model``
+        setting's version, instead of loading it. ``model_registry``: the local model
+        store (default: :class:`ModelRegistry`'s default root)."""
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = InferenceMetrics(self.registry, max_cameras=settings.max_cameras)
         self.servicer = DetectorServicer(self.metrics, settings)
         self.grpc = GrpcServer(settings, self.servicer)
         self.detector = detector
+        self.model_registry = model_registry
+        self.model: LoadedModel | None = None
+        """The model running now (its version is in every result)."""
+        self.watcher: ModelWatcher | None = None
         self.batcher: DynamicBatcher | None = None
         self.consumer: StreamConsumer | None = None
         self.metrics_port = 0
@@ -72,6 +92,11 @@ class InferenceService:
         self.supervisor = Supervisor.from_settings("inference", settings, self.metrics.supervision)
         self._jobs_resolved = 0
         self._stopping = False
+
+    @property
+    def model_version(self) -> str:
+        """The version of the model running now (as in every result it publishes)."""
+        return self.model.version if self.model is not None else ""
 
     @property
     def port(self) -> int:
@@ -84,23 +109,86 @@ class InferenceService:
             self._metrics_server = serve_metrics(self.registry, port, self.settings.metrics_host)
             self.metrics_port = port
 
-    def _load_model(self) -> Detector:
+    def _load_model(self, client: RedisClient | None) -> LoadedModel:
+        """The model to start with, warm: the promoted version (when followed, and it
+        loads), else the ``model`` setting's; the watcher is built here when followed."""
         start = time.monotonic()
-        detector = create_detector(
-            self.settings.runtime_config(),
-            conf=self.settings.confidence,
-            iou=self.settings.iou,
-        )
+        settings = self.settings
+        loader = ModelLoader(settings, self.model_registry or ModelRegistry())
+        given = None
+        if self.detector is not None:
+            given = LoadedModel(self.detector, settings.model, owned=False)
+        if client is not None:
+            with self.supervisor.adopting():  # its loop: restarted when it dies
+                self.watcher = ModelWatcher(
+                    client=client,
+                    layout=settings.layout,
+                    loader=loader,
+                    configured=settings.model if given else loader.resolve(settings.model),
+                    poll_interval=settings.model_poll_interval,
+                    retry_interval=settings.model_retry_interval,
+                    on_change=self._model_changed,
+                    on_failure=lambda reason: self.metrics.model_load_failures.labels(reason).inc(),
+                )
+            loaded = self.watcher.initial(given)
+        elif given is not None:
+            loaded = given
+        else:
+            loaded = loader.prepare(loader.resolve(settings.model))
+        detector = loaded.detector
         logger.info(
-            "model loaded",
+            "model ready",
             extra={
+                "version": loaded.version,
+                "variant": loaded.variant,
                 "runtime": detector.runtime.name,
                 "precision": detector.precision,
-                "version": detector.model_version,
                 "seconds": round(time.monotonic() - start, 2),
             },
         )
-        return detector
+        return loaded
+
+    def _model_info(self, loaded: LoadedModel, status: ModelStatus) -> detector_pb2.ModelInfo:
+        detector = loaded.detector
+        return detector_pb2.ModelInfo(
+            name=detector.model_name,
+            version=loaded.version,
+            runtime=detector.runtime.name,
+            input_width=detector.runtime.input_size[0],
+            input_height=detector.runtime.input_size[1],
+            max_batch_size=self.batcher.max_batch_size if self.batcher else 0,
+            sha256=detector.model_sha256,
+            precision=detector.precision,
+            variant=loaded.variant,
+            wanted_version=status.wanted or loaded.version,
+            load_error=status.error,
+        )
+
+    def _export_model(self, loaded: LoadedModel) -> None:
+        """``facemask_model_info`` and the variant gauges: the running model's series only."""
+        detector = loaded.detector
+        for gauge in (
+            self.metrics.model_info,
+            self.metrics.model_variant_info,
+            self.metrics.model_variant_rate,
+        ):
+            gauge.clear()
+        self.metrics.model_info.labels(
+            detector.model_name,
+            loaded.version,
+            detector.runtime.name,
+            detector.precision,
+            loaded.variant,
+        ).set(1)
+        self._export_variant(detector)
+
+    def _model_changed(self, loaded: LoadedModel, status: ModelStatus) -> None:
+        """The watcher swapped a model in, or failed to: follow it in the metrics and
+        ``GetModelInfo``."""
+        if self.model is not loaded:
+            self.model, self.detector = loaded, loaded.detector
+            self._export_model(loaded)
+        self.servicer.model_info = self._model_info(loaded, status)
 
     def _export_variant(self, detector: Detector) -> None:
         """The variant in use and, when the auto runtime chose it, the rates it measured."""
@@ -127,12 +215,18 @@ class InferenceService:
             "inference service starting",
             extra={"grpc_port": self.port, "metrics_port": self.metrics_port},
         )
-        detector = self.detector or self._load_model()
-        self.detector = detector
-        if self.settings.warmup:
+        client = None
+        if self.settings.streams or self.settings.watches_model:
+            client = connect(self.settings.redis_url)
+        loaded = self._load_model(client if self.settings.watches_model else None)
+        if not loaded.owned and self.settings.warmup:  # the caller's: warm it here
             start = time.monotonic()
-            detector.warmup(warmup_sizes(self.settings.max_batch_size, detector.runtime))
+            loaded.detector.warmup(
+                warmup_sizes(self.settings.max_batch_size, loaded.detector.runtime)
+            )
             logger.info("model warmed up", extra={"seconds": round(time.monotonic() - start, 2)})
+        self.model, detector = loaded, loaded.detector
+        self.detector = detector
         metrics = self.metrics
 
         def observe(batch_size: int, compute: float) -> None:
@@ -153,30 +247,23 @@ class InferenceService:
             max_tiles=self.settings.max_tiles,
             on_batch=observe,
             on_job=self._observe_job,
+            model_version=loaded.version,
         )
-        model_info = detector_pb2.ModelInfo(
-            name=detector.model_name,
-            version=detector.model_version,
-            runtime=detector.runtime.name,
-            input_width=detector.runtime.input_size[0],
-            input_height=detector.runtime.input_size[1],
-            max_batch_size=self.batcher.max_batch_size,
-            sha256=detector.model_sha256,
-            precision=detector.precision,
-        )
-        self.metrics.model_info.labels(
-            detector.model_name, detector.model_version, detector.runtime.name, detector.precision
-        ).set(1)
-        self._export_variant(detector)
-        self.servicer.attach(self.batcher, model_info)
+        watcher = self.watcher
+        status = watcher.status if watcher else ModelStatus(loaded.version, loaded.variant, "")
+        self._export_model(loaded)
+        self.servicer.attach(self.batcher, self._model_info(loaded, status))
         self._supervise_batcher(batcher)
+        if watcher is not None:
+            watcher.attach(batcher)
+            watcher.start()
         if self.settings.streams:
-            client = connect(self.settings.redis_url)
+            assert client is not None
             layout = self.settings.layout
             self._check_layout(client, layout)
             with self.supervisor.adopting():
                 self.consumer = StreamConsumer(
-                    client, layout, batcher, self.metrics, self.settings, detector.model_version
+                    client, layout, batcher, self.metrics, self.settings, loaded.version
                 )
             self._supervise_consumer(self.consumer)
             self.consumer.start()
@@ -249,6 +336,8 @@ class InferenceService:
         self.supervisor.stop()
         self._set_ready(False)
         logger.info("draining", extra={"timeout": self.settings.drain_timeout})
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.consumer is not None:
             self.consumer.stop_reading()
         self.grpc.stop(grace=max(0.5, min(5.0, deadline - time.monotonic())))
@@ -259,6 +348,8 @@ class InferenceService:
             clean = self.consumer.stop(max(0.5, deadline - time.monotonic())) and clean
         if self.batcher is not None:
             self.batcher.close(timeout=1.0)
+        if self.model is not None and self.model.owned:
+            self.model.detector.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
         self.stopped.set()

@@ -88,7 +88,12 @@ ALERTS_METRICS_FROM_ISSUE = (
 
 # Environment variables read outside the settings classes (facemask/model/store.py).
 NON_SETTINGS_FACEMASK_ENV = frozenset(
-    {"FACEMASK_MODEL_DIR", "FACEMASK_MODEL_MIRROR", "FACEMASK_MODEL_MANIFEST"}
+    {
+        "FACEMASK_MODEL_DIR",
+        "FACEMASK_MODEL_MIRROR",
+        "FACEMASK_MODEL_MANIFEST",
+        "FACEMASK_VARIANT_CACHE_DIR",
+    }
 )
 
 
@@ -1347,6 +1352,7 @@ def semantic_problems(combination: Combination, docs: list[dict[str, Any]]) -> l
         *k8s_env_problems(docs),
         *keda_problems(docs),
         *inference_thread_problems(docs),
+        *k8s_variant_cache_problems(docs),
         *egress_port_problems(docs, combination.directory),
         *ingress_problems(docs),
     ]
@@ -1362,6 +1368,122 @@ def check_combination(combination: Combination) -> list[str]:
         *schema_problems(docs),
         *crd_problems(docs),
         *semantic_problems(combination, docs),
+    ]
+
+
+# --------------------------------------------------------------------------- images
+
+INFERENCE_DOCKERFILE = REPO_ROOT / "services" / "inference" / "Dockerfile"
+VARIANT_CACHE_ENV = "FACEMASK_VARIANT_CACHE_DIR"
+"""The auto runtime's writable directory for its measurements (facemask.model.variants)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a Dockerfile: its base, its name and its instructions (keyword, rest),
+    continuation lines joined, comments dropped."""
+
+    base: str
+    name: str
+    instructions: tuple[tuple[str, str], ...]
+
+    def commands(self, keyword: str) -> list[str]:
+        return [rest for kw, rest in self.instructions if kw == keyword]
+
+
+def dockerfile_stages(path: Path) -> list[Stage]:
+    """The stages of a Dockerfile, in order (instructions before the first FROM dropped)."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: list[Stage] = []
+    base, name, body = "", "", []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            if base:
+                stages.append(Stage(base, name, tuple(body)))
+            words = [w for w in rest.split() if not w.startswith("--platform")]
+            base = words[0]
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else ""
+            body = []
+        elif base:
+            body.append((keyword, " ".join(rest.split())))
+    if base:
+        stages.append(Stage(base, name, tuple(body)))
+    return stages
+
+
+def image_env(path: Path, name: str, stage: str = "runtime") -> str | None:
+    """The value an ``ENV`` of the stage gives ``name`` (``KEY=VALUE`` form)."""
+    for candidate in dockerfile_stages(path):
+        if candidate.name != stage:
+            continue
+        for env in candidate.commands("ENV"):
+            for token in env.split():
+                key, sep, value = token.partition("=")
+                if sep and key == name:
+                    return value
+    return None
+
+
+def variant_cache_dir() -> str:
+    """The inference image's variant cache directory (its ENV)."""
+    value = image_env(INFERENCE_DOCKERFILE, VARIANT_CACHE_ENV)
+    if not value:
+        raise ValueError(f"{INFERENCE_DOCKERFILE}: no ENV {VARIANT_CACHE_ENV} in the runtime stage")
+    return value
+
+
+def k8s_variant_cache_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Inference containers with a read-only root filesystem mount a volume at the image's
+    variant cache directory (else the auto runtime falls back to /tmp, or measures the
+    model variants at every start)."""
+    problems = []
+    target = variant_cache_dir()
+    for doc in docs:
+        if doc.get("kind") not in WORKLOAD_KINDS:
+            continue
+        for container in _pod_template(doc)["spec"]["containers"]:
+            if _service_of(container) != "inference":
+                continue
+            if not (container.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+                continue
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            wanted = env.get(VARIANT_CACHE_ENV) or target
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            if wanted not in mounts:
+                problems.append(
+                    f"{ident(doc)} container {container['name']}: read-only root and no volume "
+                    f"at {wanted} ({VARIANT_CACHE_ENV}): the model variants are measured again "
+                    "at every container start"
+                )
+    return problems
+
+
+def compose_variant_cache_problems(services: dict[str, Any]) -> list[str]:
+    """The compose inference service (read_only) mounts a volume at the variant cache."""
+    service = services.get("inference") or {}
+    if not service.get("read_only"):
+        return []
+    wanted = (service.get("environment") or {}).get(VARIANT_CACHE_ENV) or variant_cache_dir()
+    targets = {str(v).split(":")[1] for v in service.get("volumes", []) if ":" in str(v)}
+    if wanted in targets:
+        return []
+    return [
+        f"inference: read_only and no volume at {wanted} ({VARIANT_CACHE_ENV}): the model "
+        "variants are measured again at every container start"
     ]
 
 
@@ -1390,6 +1512,7 @@ def compose_problems(path: Path = COMPOSE_FILE) -> list[str]:
         if required not in services:
             problems.append(f"service {required} missing")
     problems += compose_root_problems(services)
+    problems += compose_variant_cache_problems(services)
     for name, service in services.items():
         for dep, condition in (service.get("depends_on") or {}).items():
             one_shot = str(services.get(dep, {}).get("restart", "")) == "no"
@@ -1648,6 +1771,50 @@ def mirror_layout_problems(mirror: Path, path: Path = COMPOSE_FILE) -> list[str]
     return problems
 
 
+CALIBRATION_STAGE = "calibration"
+CALIBRATION_CONTEXT_ENV = "FACEMASK_CALIBRATION_CONTEXT"
+"""The compose variable naming a directory of frames calibrating the int8 model."""
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def compose_calibration_problems(path: Path = COMPOSE_FILE, frames: str = "../frames") -> list[str]:
+    """Every image whose Dockerfile mounts the calibration stage gets it as a compose build
+    context: unset, an existing stand-in without images (the build calibrates on the
+    sample images); set, that directory. Each keeps its model-mirror context."""
+    problems = []
+    users = 0
+    for name, service in compose_config({}, path)["services"].items():
+        build = service.get("build")
+        if not build:
+            continue
+        dockerfile = (REPO_ROOT / build.get("context", ".") / build["dockerfile"]).read_text()
+        if f"from={CALIBRATION_STAGE}" not in dockerfile:
+            continue
+        users += 1
+        contexts = build.get("additional_contexts") or {}
+        default = contexts.get(CALIBRATION_STAGE)
+        if f"AS {CALIBRATION_STAGE}" not in dockerfile:
+            problems.append(f"{name}: its Dockerfile needs a {CALIBRATION_STAGE} stage (default)")
+        if default is None:
+            problems.append(f"{name}: build.additional_contexts.{CALIBRATION_STAGE} missing")
+        elif not (REPO_ROOT / default).is_dir():
+            problems.append(
+                f"{name}: default {CALIBRATION_STAGE} context {default} is no directory"
+            )
+        elif any(p.suffix.lower() in _IMAGE_SUFFIXES for p in (REPO_ROOT / default).iterdir()):
+            problems.append(f"{name}: default {CALIBRATION_STAGE} context {default} holds images")
+        if f"from={MIRROR_STAGE}" in dockerfile and MIRROR_STAGE not in contexts:
+            problems.append(f"{name}: build.additional_contexts.{MIRROR_STAGE} missing")
+    if not users:
+        problems.append(f"no compose build uses the {CALIBRATION_STAGE} context")
+    configured = compose_config({CALIBRATION_CONTEXT_ENV: frames}, path)["services"]
+    for name, service in configured.items():
+        contexts = (service.get("build") or {}).get("additional_contexts") or {}
+        if CALIBRATION_STAGE in contexts and contexts[CALIBRATION_STAGE] != frames:
+            problems.append(f"{name}: {CALIBRATION_CONTEXT_ENV} does not become its context")
+    return problems
+
+
 def compose_thread_problems(
     env: dict[str, str] | None = None, path: Path = COMPOSE_FILE
 ) -> list[str]:
@@ -1724,9 +1891,10 @@ def local_mirror() -> Path | None:
 
 
 def build_problems() -> list[str]:
-    """Image builds through compose: the mirror context, the mirror's layout (when there
-    is one here), the inference threads against its CPU limit."""
-    problems = compose_mirror_problems() + compose_thread_problems()
+    """Image builds through compose: the mirror and calibration contexts, the mirror's
+    layout (when there is one here), the inference threads against its CPU limit."""
+    problems = compose_mirror_problems() + compose_calibration_problems()
+    problems += compose_thread_problems()
     mirror = local_mirror()
     if mirror is not None:
         problems += mirror_layout_problems(mirror)

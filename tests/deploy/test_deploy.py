@@ -432,8 +432,12 @@ def test_compose_builds_take_the_model_mirror_as_a_context(tmp_path: Path) -> No
     config = checks.compose_config({checks.MIRROR_CONTEXT_ENV: "../shared"})
     for service in ("inference", "ingest"):
         build = config["services"][service]["build"]
-        assert build["additional_contexts"] == {"model-mirror": "../shared"}
+        assert build["additional_contexts"]["model-mirror"] == "../shared"
         assert build["args"] == {"FACEMASK_MODEL_MIRROR": "/mirror/models"}
+    assert set(config["services"]["inference"]["build"]["additional_contexts"]) == {
+        "model-mirror",
+        "calibration",
+    }
     default = checks.compose_config({})["services"]["inference"]["build"]
     assert default["args"] == {"FACEMASK_MODEL_MIRROR": ""}
     assert not any((REPO / default["additional_contexts"]["model-mirror"]).glob("*.pb"))
@@ -771,6 +775,191 @@ def test_inference_image_fetches_verified_weights() -> None:
     assert "facemask models fetch --group model" in text
     assert "ARG FACEMASK_MODEL_MIRROR" in text
     assert "chmod -R a+rX /opt/facemask/models" in text  # fetched files are 0600
+
+
+def _models_script(stages: list[checks.Stage]) -> str:
+    """The models stage's one RUN, without its --mount flags."""
+    (models,) = [s for s in stages if s.name == "models"]
+    (run,) = models.commands("RUN")
+    return re.sub(r"--mount=\S+\s+", "", run)
+
+
+def test_inference_image_builds_the_tflite_models() -> None:
+    """The models stage fetches the weights, then builds TFLite float32 and int8 (calibrated
+    on the calibration context, else on sample images fetched for the build only) and
+    fails without them; the runtime stage takes only the model directory from it."""
+    stages = checks.dockerfile_stages(DOCKERFILES["inference"])
+    names = [s.name for s in stages]
+    assert names == ["model-mirror", "calibration", "builder", "models", "runtime"]
+    by_name = {s.name: s for s in stages}
+    assert by_name["calibration"].base == "scratch" and by_name["models"].base == "builder"
+    (models_run,) = by_name["models"].commands("RUN")
+    assert "from=model-mirror,target=/mirror" in models_run
+    assert "from=calibration,target=/calibration" in models_run
+    script = _models_script(stages)
+    order = [
+        "facemask models fetch --group model",
+        "facemask models fetch --group samples",
+        'facemask models build --calibration "$calibration"',
+        "rm -rf /tmp/calibration-samples",
+        "chmod -R a+rX /opt/facemask/models",
+        "test -s /opt/facemask/models/face_mask_detection.int8.tflite",
+    ]
+    positions = [script.index(step) for step in order]
+    assert positions == sorted(positions), script
+    samples_dir = 'FACEMASK_MODEL_DIR="$calibration" facemask models fetch --group samples'
+    assert samples_dir in script  # never into the model directory the image ships
+    runtime = by_name["runtime"]
+    copies = runtime.commands("COPY")
+    assert [c for c in copies if "--from=models" in c] == [
+        "--from=models --chown=root:root /opt/facemask/models /opt/facemask/models"
+    ]
+    assert not any("calibration" in c or "samples" in c for c in copies)
+    assert checks.image_env(DOCKERFILES["inference"], "FACEMASK_MODEL_DIR") == (
+        "/opt/facemask/models"
+    )
+    cache = checks.variant_cache_dir()
+    assert any(
+        f"install -d -o 10001 -g 10001 -m 0750 {cache}" in r for r in runtime.commands("RUN")
+    )
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_models_stage_script_builds_int8_from_the_calibration_context(
+    tmp_path: Path, samples_dir: Path
+) -> None:
+    """The models stage's RUN, for real with sh, on this machine's model mirror (paths of
+    the image mapped into tmp_path): without frames int8 is calibrated on the three sample
+    images, fetched outside the model directory and removed; with frames on those frames,
+    and no sample image is fetched."""
+    pytest.importorskip("tensorflow")
+    mirror = checks.local_mirror()
+    if mirror is None:
+        pytest.skip("no model mirror here (../shared or FACEMASK_MODEL_MIRROR_CONTEXT)")
+    script = _models_script(checks.dockerfile_stages(DOCKERFILES["inference"]))
+    models, calibration, samples = tmp_path / "models", tmp_path / "calib", tmp_path / "samples"
+    calibration.mkdir()
+    (calibration / "manifest.json").write_text("{}")  # the default stage's placeholder
+    for image_path, here in (
+        ("/opt/facemask/models", models),
+        ("/tmp/calibration-samples", samples),
+        ("/calibration", calibration),
+    ):
+        script = script.replace(image_path, str(here))
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "FACEMASK_MODEL_DIR": str(models),
+        "FACEMASK_MODEL_MIRROR": str(mirror / "models"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+    def build() -> dict[str, Any]:
+        proc = subprocess.run(
+            ["sh", "-c", script], env=env, capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert not samples.exists()
+        assert not list(models.glob("*.png")) and not list(models.glob("*.jpg"))
+        stamp = models / "face_mask_detection.int8.tflite.json"
+        assert (models / "face_mask_detection.float32.tflite").stat().st_size > 0
+        key: dict[str, Any] = json.loads(stamp.read_text())["key"]
+        return key
+
+    default = build()
+    assert default["calibration_images"] == 3  # the sample images
+    # ... whose int8 accuracy the model card records (so auto may choose it in the image)
+    from facemask.model import variants
+
+    deltas = variants.load_ap50_deltas(
+        default["source_sha256"], calibrations={"tflite-int8": default["calibration_sha256"]}
+    )
+    assert abs(deltas["tflite-int8"]) <= variants.DEFAULT_TOLERANCE
+    for image in sorted(samples_dir.iterdir())[:2]:
+        shutil.copy(image, calibration / image.name)
+    env["FACEMASK_MODEL_MIRROR"] = str(tmp_path / "no-mirror")  # no sample image fetched
+    assert build()["calibration_images"] == 2
+
+
+def test_dockerfile_stages_parse_continuations_and_comments(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "ARG BASE=x\nFROM --platform=$BUILDPLATFORM ${BASE} AS one\n"
+        "RUN a \\\n    # inside\n    && b\n# between\nFROM one\nENV A=1 \\\n    B=2\n"
+    )
+    one, two = checks.dockerfile_stages(dockerfile)
+    assert (one.base, one.name, one.commands("RUN")) == ("${BASE}", "one", ["a && b"])
+    assert (two.base, two.name, two.commands("ENV")) == ("one", "", ["A=1 B=2"])
+    assert checks.image_env(dockerfile, "B", stage="") == "2"
+
+
+def test_compose_inference_build_takes_a_calibration_context(tmp_path: Path) -> None:
+    """Unset: deploy/no-calibration, which holds no image (the build calibrates on the
+    sample images); set: that directory. Broken files are reported."""
+    assert checks.compose_calibration_problems() == []
+    default = checks.compose_config({})["services"]["inference"]["build"]["additional_contexts"]
+    assert default == {
+        "model-mirror": "./deploy/no-model-mirror",
+        "calibration": "./deploy/no-calibration",
+    }
+    frames = checks.compose_config({checks.CALIBRATION_CONTEXT_ENV: "/data/frames"})
+    build = frames["services"]["inference"]["build"]
+    assert build["additional_contexts"]["calibration"] == "/data/frames"
+    assert "calibration" not in frames["services"]["ingest"]["build"]["additional_contexts"]
+
+    data = yaml.safe_load(checks.COMPOSE_FILE.read_text())
+    del data["services"]["inference"]["build"]["additional_contexts"]["calibration"]
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(yaml.safe_dump(data, width=10_000))
+    assert checks.compose_calibration_problems(broken) == [
+        "inference: build.additional_contexts.calibration missing"
+    ]
+    contexts = data["services"]["inference"]["build"]["additional_contexts"]
+    contexts["calibration"] = "./deploy"
+    broken.write_text(yaml.safe_dump(data, width=10_000))
+    assert checks.compose_calibration_problems(broken) == [
+        "inference: FACEMASK_CALIBRATION_CONTEXT does not become its context"
+    ]
+    contexts["calibration"] = "${FACEMASK_CALIBRATION_CONTEXT:-./deploy}"  # no image there
+    broken.write_text(yaml.safe_dump(data, width=10_000))
+    assert checks.compose_calibration_problems(broken) == []
+    contexts["calibration"] = "${FACEMASK_CALIBRATION_CONTEXT:-./deploy/grafana/dashboards/x}"
+    broken.write_text(yaml.safe_dump(data, width=10_000))
+    assert "is no directory" in checks.compose_calibration_problems(broken)[0]
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    (frames_dir / "door.JPG").write_bytes(b"frame")
+    contexts["calibration"] = f"${{FACEMASK_CALIBRATION_CONTEXT:-{frames_dir}}}"
+    broken.write_text(yaml.safe_dump(data, width=10_000))
+    assert "holds images" in checks.compose_calibration_problems(broken)[0]
+
+
+def test_inference_keeps_its_variant_measurements_on_a_volume() -> None:
+    """Read-only inference containers mount a volume where the image's
+    FACEMASK_VARIANT_CACHE_DIR points (compose: a named volume; k8s: an emptyDir)."""
+    data = yaml.safe_load(checks.COMPOSE_FILE.read_text())
+    assert checks.compose_variant_cache_problems(data["services"]) == []
+    data["services"]["inference"]["volumes"] = []
+    (problem,) = checks.compose_variant_cache_problems(data["services"])
+    assert "/var/cache/facemask" in problem and "every container start" in problem
+    data["services"]["inference"]["environment"][checks.VARIANT_CACHE_ENV] = "/tmp"
+    data["services"]["inference"]["volumes"] = ["cache:/tmp"]
+    assert checks.compose_variant_cache_problems(data["services"]) == []
+    assert checks.env_name_problems("inference", [checks.VARIANT_CACHE_ENV], "x") == []
+
+
+@needs_kubectl
+def test_k8s_inference_mounts_the_variant_cache() -> None:
+    docs = _docs("dev")
+    assert checks.k8s_variant_cache_problems(docs) == []
+    pod = _find(docs, "Deployment", "inference")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] == "tmp"]
+    (problem,) = checks.k8s_variant_cache_problems(docs)
+    assert "Deployment/inference" in problem and "/var/cache/facemask" in problem
+    container["env"].append({"name": checks.VARIANT_CACHE_ENV, "value": "/tmp"})
+    assert checks.k8s_variant_cache_problems(docs) == []
 
 
 def test_ingest_image_has_no_tensorflow() -> None:

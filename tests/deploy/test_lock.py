@@ -73,7 +73,7 @@ def read_pins(path: Path) -> list[Pin]:
 
 
 # Python 3.11 environments the locks serve: CI / developers and the amd64 images, and the
-# Raspberry Pi (arm64) ingest image.
+# Raspberry Pi (arm64) images: ingest, and inference (int8 TFLite there, auto runtime).
 LINUX_X86_64 = {
     "python_version": "3.11",
     "python_full_version": "3.11.9",
@@ -87,7 +87,7 @@ LINUX_X86_64 = {
 LINUX_ARM64 = {**LINUX_X86_64, "platform_machine": "aarch64"}
 ENVIRONMENTS = {
     "dev": [LINUX_X86_64],
-    "inference": [LINUX_X86_64],
+    "inference": [LINUX_X86_64, LINUX_ARM64],
     "alerts": [LINUX_X86_64, LINUX_ARM64],
     "ingest": [LINUX_X86_64, LINUX_ARM64],
 }

@@ -14,7 +14,7 @@ import redis
 from facemask.contracts.registry import read_cameras, unregister
 from facemask.contracts.streams import StreamLayout
 from facemask.dev.localredis import RedisProcess
-from facemask.infra import redisacl
+from facemask.infra import redisacl, rollout
 from facemask.infra.redisconn import connect, ensure_groups
 from services.alerts.sinks.redisstream import XADD_ONCE
 from services.inference.consumer import PUBLISH_AND_ACK
@@ -124,6 +124,25 @@ def test_inference(server: RedisProcess) -> None:
     forge = "return redis.call('XADD', KEYS[2], '*', 'camera_id', 'forged')"
     with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)noperm|permission|can't access"):
         c.eval(forge, 2, D0, F0)
+
+
+def test_inference_follows_the_promoted_model(server: RedisProcess) -> None:
+    c = login(server, "inference")
+    allowed(lambda: rollout.active(c, layout=LAYOUT))
+    allowed(lambda: c.hgetall(LAYOUT.model_blob("0123456789abcdef")))
+    allowed(lambda: c.exists(LAYOUT.model_blob("0123456789abcdef")))
+    pubsub = c.pubsub()
+    allowed(lambda: pubsub.subscribe(LAYOUT.model_events))
+    assert pubsub.get_message(timeout=1.0)["type"] == "subscribe"
+    pubsub.close()
+    refused(lambda: c.set(LAYOUT.model_active, "{}"))  # promoting is an operator's job
+    refused(lambda: c.hset(LAYOUT.model_blob("0123456789abcdef"), "model.pb", b"x"))
+    refused(lambda: c.publish(LAYOUT.model_events, "{}"))
+    other = c.pubsub()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        other.subscribe(LAYOUT.alerts)  # no other channel
+        other.get_message(timeout=1.0)
+    other.close()
 
 
 def test_alerts(server: RedisProcess) -> None:

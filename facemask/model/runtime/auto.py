@@ -10,12 +10,30 @@ as its ``selection`` attribute.
 TensorFlow's bf16 option is process-wide, so one process measures one TensorFlow
 precision: bf16 where the CPU computes bf16 natively (there it beats float32), else
 float32.
+
+TensorFlow is measured in a child process (``python -m facemask.model.runtime.auto``)
+unless this process has imported it already: importing it costs ~890 MiB of resident
+memory that stays for the life of the process, and when a TFLite variant wins the service
+never needs it. The TFLite variants are measured here (their interpreter is small, and the
+winner's is kept).
+
+On 64-bit ARM (a Raspberry Pi, Graviton) TensorFlow is not measured at all: the int8 TFLite
+model is taken when it is built and within the tolerance (XNNPACK's int8 kernels are the
+fast path there, and TensorFlow's memory does not fit a small board); only its own rate is
+measured, for the log and the metric.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import logging
+import platform
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -27,6 +45,12 @@ from facemask.model.runtime.base import Runtime, RuntimeConfig, native_bf16, usa
 logger = logging.getLogger(__name__)
 
 SOURCE_MODEL = "face_mask_detection.pb"
+ARM64_MACHINES = frozenset({"aarch64", "arm64"})
+"""``platform.machine()`` of 64-bit ARM, where int8 is taken without measuring TensorFlow."""
+ARM64_VARIANT = mv.Variant("tflite", "int8")
+CHILD_TIMEOUT_S = 300.0
+"""Longest wait for the child process measuring TensorFlow (import, load, warm batches)."""
+_RATES_PREFIX = "facemask-variant-rates "
 
 
 def available_variants() -> list[mv.Variant]:
@@ -48,6 +72,18 @@ def available_variants() -> list[mv.Variant]:
         if quantize.variant_path(precision).is_file():
             out.append(mv.Variant("tflite", precision))
     return out
+
+
+def built_calibrations() -> dict[str, str | None]:
+    """Variant key -> the calibration sha256 of each TFLite model built here (its stamp),
+    so the card's accuracy of that very calibration applies."""
+    from facemask.model import quantize
+
+    return {
+        mv.Variant("tflite", precision).key: quantize.built_calibration(precision)
+        for precision in quantize.VARIANTS
+        if quantize.variant_path(precision).is_file()
+    }
 
 
 class AutoConfig(RuntimeConfig):
@@ -79,50 +115,138 @@ def _create_variant(config: AutoConfig, variant: mv.Variant) -> Any:
     return create_runtime(variant.runtime, **options)
 
 
-def select_runtime(config: AutoConfig, *, timer: mv.Timer | None = None) -> Runtime:
-    """The chosen variant's runtime (its ``selection`` attribute says why)."""
+def machine() -> str:
+    """This machine's architecture (``platform.machine()``, lower case)."""
+    return platform.machine().lower()
+
+
+def arm64_preference(
+    candidates: Sequence[mv.Variant], deltas: dict[str, float], tolerance: float
+) -> mv.Variant | None:
+    """The variant taken without measuring the others on 64-bit ARM: int8 when it is built
+    and its AP50 is within ``tolerance``; None elsewhere (then every candidate is measured)."""
+    if machine() not in ARM64_MACHINES or ARM64_VARIANT not in candidates:
+        return None
+    delta = deltas.get(ARM64_VARIANT.key)
+    return ARM64_VARIANT if delta is not None and abs(delta) <= tolerance else None
+
+
+def tensorflow_imported() -> bool:
+    """Whether this process has imported TensorFlow (measuring it here then costs nothing)."""
+    return "tensorflow" in sys.modules
+
+
+def measure_in_child(config: AutoConfig, variants: Sequence[mv.Variant]) -> list[mv.Measurement]:
+    """Measure ``variants`` in a fresh Python process (same interpreter, environment and CPU
+    affinity), so what they import stays out of this one. An empty list, logged, when the
+    child fails."""
+    argv = [
+        sys.executable,
+        "-m",
+        __name__,
+        "--batch-size",
+        str(config.batch_size),
+        "--threads",
+        str(config.threads or 0),
+        *[v.key for v in variants],
+    ]
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("measuring %s in a child process failed: %s", variants, exc)
+        return []
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RATES_PREFIX):
+            try:
+                rates = json.loads(line[len(_RATES_PREFIX) :])
+                return [mv.Measurement(mv.Variant.parse(k), float(v)) for k, v in rates.items()]
+            except (ValueError, TypeError, AttributeError) as exc:
+                logger.warning("unreadable rates from the child process: %s", exc)
+                return []
+    logger.warning(
+        "measuring model variants in a child process failed (exit %s): %s",
+        proc.returncode,
+        proc.stderr.strip().splitlines()[-1:] or "no output",
+        extra={"variants": [v.key for v in variants], "returncode": proc.returncode},
+    )
+    return []
+
+
+def measure_variants(
+    config: AutoConfig,
+    candidates: Sequence[mv.Variant],
+    *,
+    timer: mv.Timer,
+    isolate_tensorflow: bool,
+) -> tuple[list[mv.Measurement], dict[str, Any]]:
+    """Measure the candidates: TFLite here (the runtimes stay open, by key), TensorFlow in
+    a child process when ``isolate_tensorflow`` (else here too)."""
+    here = [v for v in candidates if not (isolate_tensorflow and v.runtime == "tensorflow")]
+    away = [v for v in candidates if v not in here]
+    measurements, runtimes = mv.measure(
+        here, lambda v: _create_variant(config, v), config.batch_size, timer=timer
+    )
+    if away:
+        measurements += measure_in_child(config, away)
+    order = {v.key: i for i, v in enumerate(candidates)}
+    measurements.sort(key=lambda m: order.get(m.variant.key, len(order)))
+    return measurements, runtimes
+
+
+def select_runtime(
+    config: AutoConfig,
+    *,
+    timer: mv.Timer | None = None,
+    isolate_tensorflow: bool | None = None,
+) -> Runtime:
+    """The chosen variant's runtime (its ``selection`` attribute says why).
+
+    ``isolate_tensorflow`` (default: unless TensorFlow is imported already) measures the
+    TensorFlow variant in a child process, see the module."""
     source = modelstore.artifact_path(SOURCE_MODEL)
     sha256 = modelstore.sha256_file(source)
-    deltas = mv.load_ap50_deltas(sha256)
+    deltas = mv.load_ap50_deltas(sha256, calibrations=built_calibrations())
     candidates = [v for v in available_variants() if v.key in deltas] or [
         mv.Variant("tensorflow", "float32")
     ]
+    skipped: dict[str, str] = {}
+    preferred = arm64_preference(candidates, deltas, config.tolerance)
+    if preferred is not None:
+        skipped = {
+            v.key: f"not measured on {machine()}: {preferred.key} preferred"
+            for v in candidates
+            if v != preferred
+        }
+        candidates = [preferred]
     key: dict[str, Any] = {
         "cpu": mv.cpu_model_name(),
         "model_version": sha256[:12],
         "batch_size": config.batch_size,
         "threads": config.threads or usable_cpus(),
     }
-    path = mv.cache_path()
-    cached = mv.load_cache(path, **key) if config.cache else None
-    if cached is not None:
+    path = mv.cache_path() if config.cache else None
+    cached = mv.load_cache(path, **key) if path is not None else None
+    if cached is not None:  # a hit only when it has every candidate (a new model: measure)
         usable = {v.key for v in candidates}
-        cached = [m for m in cached if m.variant.key in usable] or None
+        hit = usable <= {m.variant.key for m in cached}
+        cached = [m for m in cached if m.variant.key in usable] if hit else None
     runtimes: dict[str, Any] = {}
     if cached is not None:
         measurements, from_cache = cached, True
     else:
-        measurements, runtimes = mv.measure(
-            candidates,
-            lambda v: _create_variant(config, v),
-            config.batch_size,
-            timer=timer or time.perf_counter,
+        isolate = not tensorflow_imported() if isolate_tensorflow is None else isolate_tensorflow
+        measurements, runtimes = measure_variants(
+            config, candidates, timer=timer or time.perf_counter, isolate_tensorflow=isolate
         )
         from_cache = False
-        if config.cache and measurements:
+        if path is not None and measurements:
             mv.save_cache(path, measurements, **key)
     if not deltas:  # no card: nothing is known to be accurate but the reference itself
         deltas = {mv.REFERENCE: 0.0}
     choice = mv.choose(measurements, deltas, config.tolerance)
-    if from_cache:
-        choice = mv.Choice(
-            choice.variant,
-            choice.images_per_second,
-            choice.ap50_delta,
-            choice.measurements,
-            choice.rejected,
-            cached=True,
-        )
+    choice = dataclasses.replace(choice, cached=from_cache, rejected={**skipped, **choice.rejected})
     runtime: Runtime = runtimes.pop(choice.variant.key, None) or _create_variant(
         config, choice.variant
     )
@@ -131,3 +255,31 @@ def select_runtime(config: AutoConfig, *, timer: mv.Timer | None = None) -> Runt
     runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
     logger.debug("model variant chosen", extra=choice.log_fields())
     return runtime
+
+
+def _child_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m facemask.model.runtime.auto [--batch-size N] [--threads N] KEY...``:
+    measure the variants and print their rates as one JSON line (see measure_in_child)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=_child_main.__doc__)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=0, help="0: the usable CPUs")
+    parser.add_argument("variants", nargs="+", type=mv.Variant.parse)
+    args = parser.parse_args(argv)
+    config = AutoConfig.model_validate(
+        {"batch_size": args.batch_size, "threads": args.threads or None}
+    )
+    measurements, runtimes = mv.measure(
+        args.variants, lambda v: _create_variant(config, v), config.batch_size
+    )
+    for runtime in runtimes.values():
+        runtime.close()
+    rates = {m.variant.key: m.images_per_second for m in measurements}
+    sys.stdout.write(_RATES_PREFIX + json.dumps(rates) + "\n")
+    return 0 if measurements else 1
+
+
+if __name__ == "__main__":
+    # run the package's copy of this module (the one the runtime registry knows)
+    from facemask.model.runtime.auto import _child_main as main
+
+    sys.exit(main())

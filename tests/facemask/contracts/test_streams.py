@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import zlib
 
 import pytest
@@ -37,6 +38,18 @@ def test_global_keys_and_prefix() -> None:
     )
     assert layout.camera("door") == "site1:camera:door"
     assert layout.alerts_deadletter == "site1:alerts:deadletter"
+
+
+def test_model_keys_follow_the_prefix() -> None:
+    layout = StreamLayout(prefix="site1")
+    assert (layout.model_active, layout.model_events) == (
+        "site1:model:active",
+        "site1:model:events",
+    )
+    assert layout.model_blob("0123456789abcdef") == "site1:model:blob:0123456789abcdef"
+    assert fnmatch.fnmatchcase(layout.model_blob("x"), layout.model_keys)
+    assert fnmatch.fnmatchcase(layout.model_active, layout.model_keys)
+    assert not fnmatch.fnmatchcase(StreamLayout().model_active, layout.model_keys)
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,28 @@ def test_skipped_entry_round_trip() -> None:
     assert (back.status, back.reason, len(back.detections)) == ("skipped", "too_old", 0)
 
 
+def test_detections_model_field_is_optional_for_older_writers() -> None:
+    fields = as_redis(ENTRY.to_fields())
+    assert DetectionsEntry.from_fields(fields).model == "abc123-bf16"
+    del fields[b"model"]
+    back = DetectionsEntry.from_fields(fields)
+    assert back.model == ""
+    assert back.detections.labels == ["no_mask", "mask"]
+
+
+@pytest.mark.parametrize(("value", "ok"), [(b"0123456789abcdef", True), (b"x" * 129, False)])
+def test_detections_model_field_is_bounded_text(value: bytes, ok: bool) -> None:
+    fields = {**as_redis(ENTRY.to_fields()), b"model": value}
+    if ok:
+        assert DetectionsEntry.from_fields(fields).model == value.decode()
+        return
+    with pytest.raises(WireError) as caught:
+        DetectionsEntry.from_fields(fields)
+    assert caught.value.reason == "bad_field"
+    with pytest.raises(WireError):
+        DetectionsEntry.from_fields({**fields, b"model": b"\xff"})
+
+
 def test_alert_event_round_trip() -> None:
     event = AlertEvent("a1", "lobby", 12.5, 9, score=0.8125, track_id=4, message="hi")
     assert AlertEvent.from_fields(as_redis(event.to_fields())) == event

@@ -143,8 +143,11 @@ def test_export_at_another_size_runs_on_every_runtime(
     model = build_ssd(320)
     with pytest.raises(ValueError, match="calibration"):
         export_version(model, tmp_path, calibration=[], input_size=320)
+    stale = tmp_path / "model.int8.tflite"
+    stale.write_bytes(b"an earlier export's int8")
     paths = export_version(model, tmp_path, calibration=None, input_size=320)
     assert sorted(paths) == ["float32", "tf"]  # no calibration: no int8
+    assert not stale.exists()
     batch = preprocess_batch(images, (320, 320))
     want_loc, want_cls = (np.asarray(t) for t in model(batch))
     anchors = len(generate_anchors(input_size=(320, 320)))

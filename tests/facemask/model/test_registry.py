@@ -112,7 +112,8 @@ def test_get_resolves_ids_prefixes_upstream_and_paths(
     assert model_registry.get(f"  {vid[:8]} ").version == vid
     assert model_registry.get("upstream").version == "upstream"
     assert model_registry.get(str(version.path)).version == vid
-    assert model_registry.get(version.path / "model.int8.tflite").version == vid
+    one_file = model_registry.get(version.path / "model.int8.tflite")
+    assert (one_file.version, one_file.variants, one_file.card) == (vid, ["int8"], version.card)
     loose_pb = tmp_path / "exported.pb"
     loose_pb.write_bytes(b"loose graph")
     loose = model_registry.get(str(loose_pb))

@@ -212,6 +212,51 @@ def test_card_deltas(tmp_path: Path) -> None:
     assert mv.load_ap50_deltas("abc", tmp_path / "absent.json") == {}
 
 
+def test_card_deltas_follow_the_calibration_of_the_built_int8(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = tmp_path / "variants.json"
+    int8 = {"ap50": 0.41, "calibrations": {"dev": {"ap50": 0.41}, "samples": {"ap50": 0.415}}}
+    card.write_text(
+        json.dumps({"models": {"abc": {"variants": {"tensorflow-float32": {"ap50": 0.42},
+                                                    "tflite-int8": int8}}}})
+    )  # fmt: skip
+    deltas = mv.load_ap50_deltas("abc", card, calibrations={"tflite-int8": "samples"})
+    assert deltas["tflite-int8"] == pytest.approx(-0.005)
+    assert mv.load_ap50_deltas("abc", card)["tflite-int8"] == pytest.approx(-0.01)
+    for unknown in ("own-frames", None):  # other frames, or no build stamp
+        with caplog.at_level("WARNING", logger=mv.__name__):
+            deltas = mv.load_ap50_deltas("abc", card, calibrations={"tflite-int8": unknown})
+        assert set(deltas) == {"tensorflow-float32"}
+        assert "not in the accuracy card" in caplog.text
+
+
+def test_the_images_default_calibration_is_in_the_card(samples_dir: Path) -> None:
+    """The inference image calibrates int8 on the three sample images: the card holds the
+    dev-set AP50 of that calibration (else auto would never choose int8 in the image)."""
+    from facemask.model import quantize, store
+
+    files = quantize.calibration_images(samples_dir, quantize.DEFAULT_CALIBRATION_LIMIT)
+    assert len(files) == 3
+    sha256 = store.find_artifact("face_mask_detection.pb").sha256
+    deltas = mv.load_ap50_deltas(
+        sha256, calibrations={"tflite-int8": quantize._files_digest(files)}
+    )
+    assert abs(deltas["tflite-int8"]) <= mv.DEFAULT_TOLERANCE
+
+
+def test_built_calibration_reads_the_stamp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from facemask.model import quantize
+
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", str(tmp_path))
+    assert quantize.built_calibration("int8") is None
+    stamp = tmp_path / "face_mask_detection.int8.tflite.json"
+    stamp.write_text(json.dumps({"key": {"calibration_sha256": "c0ffee"}}))
+    assert quantize.built_calibration("int8") == "c0ffee"
+    stamp.write_text("{broken")
+    assert quantize.built_calibration("int8") is None
+
+
 def test_the_project_card_covers_the_pinned_model() -> None:
     from facemask.model import store
 
@@ -230,10 +275,13 @@ def fake_variants(
 ) -> Iterator[Callable[[dict[mv.Variant, float]], tuple[FakeClock, list[str]]]]:
     """Fake variants with given images/s; the model cache in ``tmp_path``."""
     monkeypatch.setenv("FACEMASK_MODEL_DIR", str(tmp_path))
+    monkeypatch.delenv(mv.CACHE_DIR_ENV, raising=False)
     (tmp_path / "face_mask_detection.pb").write_bytes(b"fake graph")
     sha256 = mv.modelstore.sha256_file(tmp_path / "face_mask_detection.pb")
     monkeypatch.setattr(
-        mv, "load_ap50_deltas", lambda sha, path=None: CARD if sha == sha256 else {}
+        mv,
+        "load_ap50_deltas",
+        lambda sha, path=None, calibrations=None: CARD if sha == sha256 else {},
     )
 
     def install(speeds: dict[mv.Variant, float]) -> tuple[FakeClock, list[str]]:
@@ -246,8 +294,15 @@ def fake_variants(
             runtime.precision = variant.precision
             return runtime
 
+        def child(config: Any, variants: list[mv.Variant]) -> list[mv.Measurement]:
+            # what the child process would report: the rate, no runtime left open here
+            created.extend(f"child:{v.key}" for v in variants)
+            return [mv.Measurement(v, speeds[v]) for v in variants]
+
         monkeypatch.setattr(auto, "available_variants", lambda: list(speeds))
         monkeypatch.setattr(auto, "_create_variant", create)
+        monkeypatch.setattr(auto, "measure_in_child", child)
+        monkeypatch.setattr(auto, "machine", lambda: "x86_64")
         return clock, created
 
     yield install
@@ -256,7 +311,7 @@ def fake_variants(
 def test_auto_measures_chooses_and_caches(fake_variants: Any, tmp_path: Path) -> None:
     clock, created = fake_variants({BF16: 223.0, LITE32: 120.0, INT8: 385.0})
     config = parse_runtime_config({"type": "auto", "batch_size": 8, "threads": 2})
-    runtime = auto.select_runtime(config, timer=clock)  # type: ignore[arg-type]
+    runtime = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
     assert runtime.selection.variant == INT8 and not runtime.selection.cached
     assert runtime.selection.images_per_second == pytest.approx(385.0)
     assert created == ["tensorflow-bf16", "tflite-float32", "tflite-int8"]  # measured once each
@@ -265,7 +320,7 @@ def test_auto_measures_chooses_and_caches(fake_variants: Any, tmp_path: Path) ->
     assert cache["images_per_second"]["tflite-int8"] == pytest.approx(385.0)
 
     created.clear()  # a restart: the cache answers, only the chosen variant loads
-    again = auto.select_runtime(config, timer=clock)  # type: ignore[arg-type]
+    again = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
     assert again.selection.variant == INT8 and again.selection.cached
     assert created == ["tflite-int8"]
 
@@ -274,7 +329,7 @@ def test_auto_remeasures_when_the_cache_is_corrupt(fake_variants: Any, tmp_path:
     clock, created = fake_variants({BF16: 600.0, INT8: 458.0})
     (tmp_path / mv.CACHE_FILE).write_text("\x00garbage")
     config = parse_runtime_config({"type": "auto", "batch_size": 4})
-    runtime = auto.select_runtime(config, timer=clock)  # type: ignore[arg-type]
+    runtime = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
     assert runtime.selection.variant == BF16 and not runtime.selection.cached
     assert set(created) == {"tensorflow-bf16", "tflite-int8"}
     assert json.loads((tmp_path / mv.CACHE_FILE).read_text())["model"]  # rewritten
@@ -303,3 +358,166 @@ def test_available_variants_follow_the_model_files(
     # a process whose TensorFlow already runs in bf16 measures bf16
     monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {"precision": "bf16"})
     assert auto.available_variants()[0] == BF16
+
+
+# -- where the cache lives (read-only images) ------------------------------------------
+
+
+@pytest.fixture()
+def cache_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A configured, a model and a temporary directory, all writable to begin with; a
+    directory below a regular file stands for one on a read-only filesystem."""
+    dirs = {name: tmp_path / name for name in ("configured", "models", "tmp")}
+    monkeypatch.setenv(mv.CACHE_DIR_ENV, str(dirs["configured"]))
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", str(dirs["models"]))
+    monkeypatch.setattr(mv.tempfile, "tempdir", str(dirs["tmp"]))
+    (tmp_path / "file").write_text("not a directory")
+    return dirs
+
+
+def _unwritable(tmp_path: Path, name: str) -> str:
+    return str(tmp_path / "file" / name)
+
+
+def test_cache_goes_to_the_configured_directory_first(cache_dirs: dict[str, Path]) -> None:
+    assert mv.cache_path() == cache_dirs["configured"] / mv.CACHE_FILE
+    assert cache_dirs["configured"].is_dir()  # created
+
+
+def test_cache_falls_back_to_a_writable_directory_and_says_so(
+    cache_dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv(mv.CACHE_DIR_ENV, _unwritable(tmp_path, "configured"))
+    with caplog.at_level("INFO", logger=mv.__name__):
+        assert mv.cache_path() == cache_dirs["models"] / mv.CACHE_FILE
+    assert "not writable" in caplog.text
+    monkeypatch.delenv(mv.CACHE_DIR_ENV)  # a read-only image without the setting
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", _unwritable(tmp_path, "models"))
+    assert mv.cache_path() == cache_dirs["tmp"] / "facemask" / mv.CACHE_FILE
+
+
+def test_no_writable_cache_directory_is_logged_and_not_an_error(
+    cache_dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv(mv.CACHE_DIR_ENV, _unwritable(tmp_path, "configured"))
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", _unwritable(tmp_path, "models"))
+    monkeypatch.setattr(mv.tempfile, "tempdir", _unwritable(tmp_path, "tmp"))
+    with caplog.at_level("WARNING", logger=mv.__name__):
+        assert mv.cache_path() is None
+    assert mv.CACHE_DIR_ENV in caplog.text and "not cached" in caplog.text
+
+
+def test_auto_measures_at_every_start_without_a_writable_cache(
+    fake_variants: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock, created = fake_variants({TF32: 110.0, INT8: 385.0})
+    monkeypatch.setattr(mv, "cache_path", lambda: None)
+    config = parse_runtime_config({"type": "auto", "batch_size": 4})
+    for _ in range(2):
+        created.clear()
+        runtime = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
+        assert runtime.selection.variant == INT8 and not runtime.selection.cached
+        assert created == ["tensorflow-float32", "tflite-int8"]
+    assert not (tmp_path / mv.CACHE_FILE).exists()
+
+
+# -- TensorFlow measured out of process; int8 on 64-bit ARM ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("speeds", "winner", "created_after"),
+    [
+        # TFLite wins: TensorFlow was only measured in the child, never created here
+        ({BF16: 223.0, LITE32: 120.0, INT8: 385.0}, INT8, []),
+        # TensorFlow wins: created here once, after the child measured it
+        ({BF16: 600.0, INT8: 458.0}, BF16, ["tensorflow-bf16"]),
+    ],
+)
+def test_tensorflow_is_measured_in_a_child_process(
+    fake_variants: Any,
+    speeds: dict[mv.Variant, float],
+    winner: mv.Variant,
+    created_after: list[str],
+) -> None:
+    clock, created = fake_variants(speeds)
+    config = parse_runtime_config({"type": "auto", "batch_size": 4, "cache": False})
+    runtime = auto.select_runtime(config, timer=clock, isolate_tensorflow=True)  # type: ignore[arg-type]
+    lite = [v.key for v in speeds if v.runtime == "tflite"]
+    assert created == [*lite, f"child:{BF16.key}", *created_after]
+    assert runtime.selection.variant == winner
+    assert [m.variant for m in runtime.selection.measurements] == list(speeds)  # in order
+
+
+@pytest.mark.parametrize(
+    ("speeds", "deltas", "measured"),
+    [
+        # int8 built and accurate: the only variant loaded and measured
+        ({BF16: 600.0, LITE32: 120.0, INT8: 100.0}, CARD, ["tflite-int8"]),
+        # no int8 model: the usual measurement
+        ({TF32: 30.0, LITE32: 40.0}, CARD, ["tensorflow-float32", "tflite-float32"]),
+        # int8 beyond the tolerance: the usual measurement, int8 rejected
+        ({TF32: 30.0, INT8: 90.0}, {**CARD, "tflite-int8": -0.05},
+         ["tensorflow-float32", "tflite-int8"]),
+    ],
+)  # fmt: skip
+def test_arm64_takes_int8_without_measuring_tensorflow(
+    fake_variants: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    speeds: dict[mv.Variant, float],
+    deltas: dict[str, float],
+    measured: list[str],
+) -> None:
+    clock, created = fake_variants(speeds)
+    monkeypatch.setattr(mv, "load_ap50_deltas", lambda sha, path=None, calibrations=None: deltas)
+    monkeypatch.setattr(auto, "machine", lambda: "aarch64")
+    config = parse_runtime_config({"type": "auto", "batch_size": 4, "cache": False})
+    runtime = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
+    assert [m.variant.key for m in runtime.selection.measurements] == measured
+    if measured == ["tflite-int8"]:
+        assert runtime.selection.variant == INT8 and created == ["tflite-int8"]
+        assert runtime.selection.rejected == {
+            "tensorflow-bf16": "not measured on aarch64: tflite-int8 preferred",
+            "tflite-float32": "not measured on aarch64: tflite-int8 preferred",
+        }
+    else:
+        assert (
+            runtime.selection.variant.key
+            == max(
+                (m for m in runtime.selection.measurements if abs(deltas[m.variant.key]) <= 0.01),
+                key=lambda m: m.images_per_second,
+            ).variant.key
+        )
+
+
+def test_child_process_measures_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child process protocol with a real (small) TFLite variant; a child that fails
+    is logged and measures nothing."""
+    pytest.importorskip("ai_edge_litert")
+    from facemask.model import quantize
+
+    if not quantize.variant_path("int8").is_file():
+        pytest.skip("int8 model not built (facemask models build)")
+    for config in (auto.AutoConfig(batch_size=2, threads=1), auto.AutoConfig(batch_size=2)):
+        (measurement,) = auto.measure_in_child(config, [INT8])
+        assert measurement.variant == INT8 and measurement.images_per_second > 0
+    monkeypatch.setenv("FACEMASK_MODEL_DIR", "/nonexistent-model-dir")
+    assert auto.measure_in_child(config, [INT8]) == []
+
+
+def test_a_cache_without_a_new_variant_is_a_miss(fake_variants: Any, tmp_path: Path) -> None:
+    """An image rebuilt with the int8 model (a persistent cache volume from before):
+    measured again, int8 included, instead of answering from the old rates."""
+    clock, created = fake_variants({BF16: 223.0})
+    config = parse_runtime_config({"type": "auto", "batch_size": 4})
+    first = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
+    assert first.selection.variant == BF16
+    clock, created = fake_variants({BF16: 223.0, INT8: 385.0})
+    again = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
+    assert again.selection.variant == INT8 and not again.selection.cached
+    assert created == ["tensorflow-bf16", "tflite-int8"]

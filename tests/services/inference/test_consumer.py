@@ -119,7 +119,7 @@ def test_every_frame_of_every_camera_gets_one_entry(
     for _, entry in entries:
         assert entry.status == "ok"
         assert entry.detections.labels == ["mask"]
-        assert entry.model == svc.detector.model_version
+        assert entry.model == svc.model_version == "upstream"
         frame = redis_client.xrange(
             LAYOUT.frames_for(entry.camera_id), entry.frame_sid, entry.frame_sid
         )

@@ -64,7 +64,8 @@ def test_detections_equal_local_detector(
     blobs = [p.read_bytes() for p in paths]
     reply = stub.Detect(_request(*blobs), timeout=60)
     assert len(reply.results) == len(paths)
-    assert reply.model.version == detector.model_version
+    assert reply.model.version == service.model_version == "upstream"  # the model setting
+    assert reply.model.sha256 == detector.model_sha256
     for blob, result in zip(blobs, reply.results, strict=True):
         image = decode_image(blob, reduce="full")
         expected = detector.detect([image.rgb])[0]
@@ -260,9 +261,10 @@ def test_health_reflection_and_model_info(
     assert health_status(service.port, "liveness") == health_pb2.HealthCheckResponse.SERVING
     info = grpc_stub_factory(service.port).GetModelInfo(detector_pb2.GetModelInfoRequest())
     assert (info.input_width, info.input_height) == (260, 260)
-    assert info.version
-    # the full sha256 of the loaded model file, of which the version is the prefix
-    assert len(info.sha256) == 64 and info.sha256.startswith(info.version.split("-")[0])
+    assert info.version == info.wanted_version == "upstream" and not info.load_error
+    assert info.variant == f"{info.runtime}-{info.precision}"
+    # the full sha256 of the loaded model file
+    assert len(info.sha256) == 64 and info.sha256 == service.detector.model_sha256
     with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = stub.ServerReflectionInfo(

@@ -34,6 +34,8 @@ GROUP = "inference"
 class FakeBatcher:
     """Answers every job at once with an empty result."""
 
+    model_version = "test"
+
     def __init__(self) -> None:
         self.jobs: list[Job] = []
 
