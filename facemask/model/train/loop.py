@@ -76,13 +76,6 @@ class Recipe:
         out["augment"] = self.augment.to_json()
         return out
 
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Recipe:
-        """The recipe of :meth:`to_json`."""
-        values = dict(raw)
-        values["augment"] = AugmentConfig(**values.get("augment", {}))
-        return cls(**values)
-
 
 class KerasRuntime:
     """A :class:`~facemask.model.runtime.base.Runtime` over a Keras model of
