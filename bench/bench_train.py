@@ -14,7 +14,9 @@ reads a finished run instead of training again. It reports:
 * **accuracy** on the dev set, scored by ``facemask eval``'s code (integer boxes): the
   upstream model and the trained one (its exported ``model.pb`` on the TensorFlow
   runtime), the trained int8 TFLite file, and both models with ``--tiles 2x2``; each row
-  with its cost in model images/s (the runtime alone on pre-processed batches);
+  with its cost in model images/s (the runtime alone on a pre-processed batch of 32 dev
+  images, the models timed in interleaved rounds, best round) and frames/s (five model
+  runs per frame with tiles);
 * **no forgetting**: the model card's share of the upstream model's faces the trained one
   still finds (IoU >= 0.5) on the held-out unlabelled frames and on the dev images.
 
@@ -25,11 +27,13 @@ tables on stdout and ``bench/results/train.json``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,7 @@ DATA = common.SHARED_DIR / "data"
 QUICK_TRAIN_IMAGES = 8
 QUICK_DEV_IMAGES = 6
 RATE_BATCH = 32
-RATE_ROUNDS = 5
+RATE_ROUNDS = 7
 
 
 def _load_average() -> float:
@@ -101,15 +105,19 @@ def train(out: Path, quick: bool, epochs: int | None) -> dict[str, Any]:
     }
 
 
-def model_rate(detector: Detector, batch: np.ndarray) -> float:
-    """Best of :data:`RATE_ROUNDS` rounds of images/s of the runtime alone."""
-    detector.infer(batch)  # warm-up
-    rates = []
-    for _ in range(RATE_ROUNDS):
-        started = time.perf_counter()
-        detector.infer(batch)
-        rates.append(len(batch) / (time.perf_counter() - started))
-    return max(rates)
+def model_rates(
+    models: Sequence[tuple[str, Detector]], frames: Sequence[np.ndarray]
+) -> dict[str, Any]:
+    """Images/s of each model's runtime alone on a pre-processed batch of
+    :data:`RATE_BATCH` dev images (its largest batch when smaller), in interleaved rounds
+    so that load from elsewhere hits every model alike; best round counts."""
+    configs: dict[str, tuple[Callable[[], object], int]] = {}
+    for name, detector in models:
+        picks = [frames[i % len(frames)] for i in range(RATE_BATCH)]
+        batch = preprocess_batch(picks, detector.input_size)
+        batch = batch[: detector.runtime.max_batch_size or RATE_BATCH]
+        configs[name] = (functools.partial(detector.infer, batch), len(batch))
+    return common.run_interleaved(configs, RATE_ROUNDS)
 
 
 def accuracy(run: Path, dev_json: Path, dev_images: Path, *, tiles: bool) -> list[dict[str, Any]]:
@@ -125,28 +133,27 @@ def accuracy(run: Path, dev_json: Path, dev_images: Path, *, tiles: bool) -> lis
     int8 = export / "model.int8.tflite"
     if int8.is_file():
         models.append(("trained int8", create_detector("tflite", model_path=int8)))
+    rates = model_rates(models, frames)
     rows = []
     for name, detector in models:
-        width, height = detector.input_size
-        picks = [frames[i % len(frames)] for i in range(RATE_BATCH)]
-        batch = preprocess_batch(picks, (width, height))
-        rate = model_rate(detector, batch[: detector.runtime.max_batch_size or RATE_BATCH])
         runs: list[tuple[str, TileSpec | None]] = [("off", None)]
         if tiles and "int8" not in name:
             runs.append(("2x2", TileSpec.parse("2x2")))
         for tile_name, spec in runs:
             result = evaluation.evaluate(coco, dev_images, detector=detector, tiles=spec)
             model_runs = 1 if spec is None else 5
+            rate = rates[name].best_rate
             rows.append(
                 {
                     "model": name,
                     "tiles": tile_name,
-                    "input_size": width,
+                    "input_size": detector.input_size[0],
                     "ap50": result.ap50,
                     "ap": result.ap,
                     "ap75": result.ap75,
                     "ap_small": result.ap_small,
                     "model_images_per_s": rate,
+                    "model_images_per_s_median": rates[name].median_rate,
                     "frames_per_s": rate / model_runs,
                 }
             )
@@ -231,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                 r["model"],
                 r["tiles"],
                 r["input_size"],
-                r["ap50"],
-                r["ap"],
-                r["ap75"],
-                r["ap_small"],
+                f"{r['ap50']:.3f}",
+                f"{r['ap']:.3f}",
+                f"{r['ap75']:.3f}",
+                f"{r['ap_small']:.3f}",
                 r["model_images_per_s"],
                 r["frames_per_s"],
             ]
@@ -245,7 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     common.print_table(
         ["frames", "n", "upstream faces", "found", "share", "same label"],
         [
-            [name, m["frames"], m["upstream_faces"], m["found"], m["share"], m["same_class_share"]]
+            [
+                name,
+                m["frames"],
+                m["upstream_faces"],
+                m["found"],
+                None if m["share"] is None else f"{m['share']:.3f}",
+                None if m["same_class_share"] is None else f"{m['same_class_share']:.3f}",
+            ]
             for name, m in payload["no_forgetting"].items()
         ],
     )
