@@ -118,7 +118,8 @@ class TensorFlowRuntime:
     the first runtime created in a process sets them. ``precision``: ``float32`` (default,
     the reference's numbers), ``bf16`` (oneDNN auto mixed precision: about 3x the float32
     rate on AMX, dev-set AP50 within 0.005 of float32; process-wide, see
-    :func:`_configure_precision`) or ``auto`` (bf16 where the CPU has native bf16).
+    :func:`_configure_precision`) or ``auto`` (the precision this process already runs
+    TensorFlow in, else bf16 where the CPU has native bf16, else float32).
     """
 
     name = "tensorflow"
@@ -139,7 +140,8 @@ class TensorFlowRuntime:
         started = time.perf_counter()
         # Resolve the model first: a missing file fails fast, before the slow TF import.
         self.model_path = Path(model_path) if model_path else modelstore.artifact_path(MODEL_FILE)
-        self.precision = resolve_precision(precision)
+        self.precision = _PROCESS_STATE.get("precision", "") if precision == "auto" else ""
+        self.precision = self.precision or resolve_precision(precision)
         tf = _import_tensorflow()
         self._tf = tf
         self.intra_op_threads = intra_op_threads or threads or usable_cpus()

@@ -146,8 +146,10 @@ def test_the_watcher_runs_supervised_a_death_is_restarted(
 
 @pytest.mark.model
 def test_auto_chooses_among_the_versions_own_files(
-    upstream_copy: ModelVersion, model_registry: ModelRegistry
+    upstream_copy: ModelVersion, model_registry: ModelRegistry, detector: Detector
 ) -> None:
+    # ``detector`` first: the session's TensorFlow precision is fixed (float32) before auto
+    # measures TensorFlow in this process, whatever order the tests run in
     pytest.importorskip("ai_edge_litert")
     settings = InferenceSettings(runtime="auto", max_batch_size=4, warmup=False, threads=1)
     loaded = ModelLoader(settings, model_registry).load(upstream_copy)

@@ -147,7 +147,7 @@ def replicas(detector: Detector, redis_server: RedisProcess, tmp_path: Path) -> 
             "max_frame_age": 600.0,
             "consumer_name": name,
             "runtime": "tensorflow",
-            "precision": "float32",
+            "precision": "auto",  # whichever TensorFlow precision this test process runs
             "threads": 1,
             "model_poll_interval": 2.0,
             "watchdog_interval": 0.05,

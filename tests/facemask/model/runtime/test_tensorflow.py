@@ -62,6 +62,10 @@ def test_one_precision_per_process(detector: Detector) -> None:
         TensorFlowRuntime(precision="bf16")
     with pytest.raises(ValueError, match="unknown precision"):
         TensorFlowRuntime(precision="half")
+    # auto adopts the precision the process already runs (a model swap, a second runtime)
+    second = TensorFlowRuntime(precision="auto")
+    assert second.precision == "float32"
+    second.close()
 
 
 def test_input_size_comes_from_the_graph_placeholder(detector: Detector) -> None:
