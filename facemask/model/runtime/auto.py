@@ -136,14 +136,19 @@ def tensorflow_imported() -> bool:
     return "tensorflow" in sys.modules
 
 
+_CHILD_COMMAND = f"import sys; from {__name__} import _child_main; sys.exit(_child_main())"
+"""The child's program: this module imported by name (not run as ``__main__``, which would
+define a second copy of the runtime's config class)."""
+
+
 def measure_in_child(config: AutoConfig, variants: Sequence[mv.Variant]) -> list[mv.Measurement]:
     """Measure ``variants`` in a fresh Python process (same interpreter, environment and CPU
     affinity), so what they import stays out of this one. An empty list, logged, when the
     child fails."""
     argv = [
         sys.executable,
-        "-m",
-        __name__,
+        "-c",
+        _CHILD_COMMAND,
         "--batch-size",
         str(config.batch_size),
         "--threads",
@@ -260,7 +265,7 @@ def select_runtime(
 def _child_main(argv: Sequence[str] | None = None) -> int:
     """``python -m facemask.model.runtime.auto [--batch-size N] [--threads N] KEY...``:
     measure the variants and print their rates as one JSON line (see measure_in_child)."""
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=_child_main.__doc__)
+    parser = argparse.ArgumentParser(prog="facemask-measure-variants", description=_child_main.__doc__)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="0: the usable CPUs")
     parser.add_argument("variants", nargs="+", type=mv.Variant.parse)
@@ -277,9 +282,3 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(_RATES_PREFIX + json.dumps(rates) + "\n")
     return 0 if measurements else 1
 
-
-if __name__ == "__main__":
-    # run the package's copy of this module (the one the runtime registry knows)
-    from facemask.model.runtime.auto import _child_main as main
-
-    sys.exit(main())
