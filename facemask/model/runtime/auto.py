@@ -263,9 +263,11 @@ def select_runtime(
 
 
 def _child_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m facemask.model.runtime.auto [--batch-size N] [--threads N] KEY...``:
+    """The child of :func:`measure_in_child` (``[--batch-size N] [--threads N] KEY...``):
     measure the variants and print their rates as one JSON line (see measure_in_child)."""
-    parser = argparse.ArgumentParser(prog="facemask-measure-variants", description=_child_main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="facemask-measure-variants", description=_child_main.__doc__
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="0: the usable CPUs")
     parser.add_argument("variants", nargs="+", type=mv.Variant.parse)
@@ -281,4 +283,3 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     rates = {m.variant.key: m.images_per_second for m in measurements}
     sys.stdout.write(_RATES_PREFIX + json.dumps(rates) + "\n")
     return 0 if measurements else 1
-
