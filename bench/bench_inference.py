@@ -9,7 +9,9 @@ decode always included:
 3. **Concurrency sweep** (like Triton's perf_analyzer): 1..32 closed-loop gRPC clients,
    one frame per request, against the service with dynamic batching and with
    ``max_batch_size=1``: frames/s, p50/p99 latency, mean batch size.
-4. **Streams**: K simulated cameras at 5 fps publish to Redis; the service consumes them.
+4. **Streams**: K simulated cameras at 5 fps publish to Redis (the load generator wakes
+   up when the next frame is due and sends every frame due by then in one pipeline: it
+   shares the CPU with the service); the service consumes them.
    Frames/s sustained, p50/p99 from capture time to the detections entry (the entry id's
    Redis timestamp), frames skipped. A saturation run finds the sustained rate; a run at
    80 % of it gives the latency under realistic load.
