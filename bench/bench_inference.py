@@ -317,6 +317,21 @@ def stream_run(
     )
 
 
+def saturate(
+    service: Service, redis_url: str, frames: list[bytes], limit: float, seconds: float
+) -> LoadResult:
+    """The saturation run: cameras at 5 fps offering ~2x the compute limit, doubled while
+    the service keeps up with all of them (a quantised model outruns the float32 limit);
+    under saturation frames past their max age are skipped."""
+    cameras = max(8, int(limit * 2 / 5))
+    for _attempt in range(4):
+        result = stream_run(service, redis_url, "dynamic saturation", frames, cameras, 5.0, seconds)
+        if result.skipped or result.frames_per_s < 0.9 * result.offered_per_s:
+            break
+        cameras *= 2
+    return result
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -399,11 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream_run(service, server.url, name, frames, cameras, 5.0, seconds * 1.5)
                     )
                 if name == "dynamic":
-                    # saturation: offer ~2x the compute limit; frames past max age are skipped
-                    over = max(8, int(limit * 2 / 5))
-                    saturated = stream_run(
-                        service, server.url, "dynamic saturation", frames, over, 5.0, seconds * 1.5
-                    )
+                    saturated = saturate(service, server.url, frames, limit, seconds * 1.5)
                     results.append(saturated)
                     sustained = saturated.frames_per_s
                     cams = max(1, round(0.8 * sustained / 5.0))
