@@ -9,7 +9,9 @@ decode always included:
 3. **Concurrency sweep** (like Triton's perf_analyzer): 1..32 closed-loop gRPC clients,
    one frame per request, against the service with dynamic batching and with
    ``max_batch_size=1``: frames/s, p50/p99 latency, mean batch size.
-4. **Streams**: K simulated cameras at 5 fps publish to Redis; the service consumes them.
+4. **Streams**: K simulated cameras at 5 fps publish to Redis (the load generator wakes
+   up when the next frame is due and sends every frame due by then in one pipeline: it
+   shares the CPU with the service); the service consumes them.
    Frames/s sustained, p50/p99 from capture time to the detections entry (the entry id's
    Redis timestamp), frames skipped. A saturation run finds the sustained rate; a run at
    80 % of it gives the latency under realistic load.
@@ -246,26 +248,34 @@ def stream_run(
     stop_at = time.time() + seconds
     published = 0
 
+    sizes = [jpeg_size(blob) or (0, 0) for blob in frames]
+
     def publisher() -> None:
+        # Every frame due by now goes in one pipeline: the load generator shares the CPU
+        # with the service under test, so it spends one round trip per wake-up, not per
+        # frame (each frame still carries its own capture time).
         nonlocal published
         pub = redis.Redis.from_url(redis_url)
         start = time.time()
-        n = 0
-        while True:
-            tick = start + n * period
-            if tick >= stop_at:
-                break
-            for c, cam in enumerate(ids):
-                due = tick + c * period / cameras
-                delay = due - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-                blob = frames[(n + c) % len(frames)]
-                width, height = jpeg_size(blob) or (0, 0)
-                entry = FrameEntry(cam, n, time.time(), "jpeg", width, height, blob)
-                pub.xadd(LAYOUT.frames_for(cam), entry.to_fields(), maxlen=2000, approximate=True)  # type: ignore[arg-type]
-                published += 1
-            n += 1
+        slot = 0  # frame n of camera c is slot n * cameras + c, due at start + slot * step
+        step = period / cameras
+        last = int((stop_at - start) / step)
+        while slot < last:
+            delay = start + slot * step - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            due = min(last, int((time.time() - start) / step) + 1)
+            pipe = pub.pipeline(transaction=False)
+            for s in range(slot, due):
+                n, c = divmod(s, cameras)
+                index = (n + c) % len(frames)
+                width, height = sizes[index]
+                entry = FrameEntry(ids[c], n, time.time(), "jpeg", width, height, frames[index])
+                fields: Any = entry.to_fields()
+                pipe.xadd(LAYOUT.frames_for(ids[c]), fields, maxlen=2000, approximate=True)
+            pipe.execute()
+            published += due - slot
+            slot = due
         pub.close()
 
     before = service.scrape()
@@ -308,6 +318,21 @@ def stream_run(
         skipped=skipped + max(0, published - ok - skipped),
         offered_per_s=cameras * fps,
     )
+
+
+def saturate(
+    service: Service, redis_url: str, frames: list[bytes], limit: float, seconds: float
+) -> LoadResult:
+    """The saturation run: cameras at 5 fps offering ~2x the compute limit, doubled while
+    the service keeps up with all of them (a quantised model outruns the float32 limit);
+    under saturation frames past their max age are skipped."""
+    cameras = max(8, int(limit * 2 / 5))
+    for _attempt in range(4):
+        result = stream_run(service, redis_url, "dynamic saturation", frames, cameras, 5.0, seconds)
+        if result.skipped or result.frames_per_s < 0.9 * result.offered_per_s:
+            break
+        cameras *= 2
+    return result
 
 
 # -- main -------------------------------------------------------------------------------
@@ -392,11 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream_run(service, server.url, name, frames, cameras, 5.0, seconds * 1.5)
                     )
                 if name == "dynamic":
-                    # saturation: offer ~2x the compute limit; frames past max age are skipped
-                    over = max(8, int(limit * 2 / 5))
-                    saturated = stream_run(
-                        service, server.url, "dynamic saturation", frames, over, 5.0, seconds * 1.5
-                    )
+                    saturated = saturate(service, server.url, frames, limit, seconds * 1.5)
                     results.append(saturated)
                     sustained = saturated.frames_per_s
                     cams = max(1, round(0.8 * sustained / 5.0))

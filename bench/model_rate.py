@@ -59,7 +59,14 @@ def worker_config(runtime: str, precision: str, env: Mapping[str, str]) -> dict[
             if env.get("FACEMASK_INFERENCE_RUNTIME") == "tflite"
             else "float32"  # chosen by the auto runtime: the built float32 model
         )
-        return {"runtime": "tflite", "variant": variant}
+        config: dict[str, Any] = {"runtime": "tflite", "variant": variant}
+        # The service's interpreter layout, so the model alone runs as it does in the
+        # service (threads: per interpreter; without it the worker's thread count).
+        if env.get("FACEMASK_INFERENCE_INTERPRETERS"):
+            config["interpreters"] = int(env["FACEMASK_INFERENCE_INTERPRETERS"])
+        if env.get("FACEMASK_INFERENCE_THREADS"):
+            config["num_threads"] = int(env["FACEMASK_INFERENCE_THREADS"])
+        return config
     raise ValueError(f"no model-only measurement for runtime {runtime!r}")
 
 

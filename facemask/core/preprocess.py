@@ -45,10 +45,11 @@ _REDUCED_FLAGS = {
     4: cv2.IMREAD_REDUCED_COLOR_4,
     8: cv2.IMREAD_REDUCED_COLOR_8,
 }
-# uint8 value -> float32(value / 255.0 computed in float64): the reference divides a
-# float64 array by 255.0 and TensorFlow casts the feed to float32; a table lookup gives
-# the same bits without the float64 temporary.
-_SCALE_LUT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+# The reference divides a float64 array by 255.0 and TensorFlow casts the feed to float32.
+# A float32 division of the (exact) float32 value by 255 gives the same bits for each of
+# the 256 values (tests/facemask/core/test_preprocess.py checks all of them), several
+# times faster than a table lookup and without a float64 temporary.
+_SCALE = np.float32(255.0)
 
 
 class ImageDecodeError(ValueError):
@@ -357,7 +358,7 @@ def preprocess(rgb: np.ndarray, size: tuple[int, int] = INPUT_SIZE) -> np.ndarra
     the reference (float64 division rounded to float32).
     """
     out = np.empty((size[1], size[0], 3), dtype=np.float32)
-    _preprocess_into(rgb, size, out)
+    preprocess_into(rgb, out)
     return out
 
 
@@ -367,20 +368,41 @@ def preprocess_batch(
     """Several RGB uint8 images (any sizes) to one float32 batch ``[B, 260, 260, 3]``."""
     out = np.empty((len(images), size[1], size[0], 3), dtype=np.float32)
     for i, rgb in enumerate(images):
-        _preprocess_into(rgb, size, out[i])
+        preprocess_into(rgb, out[i])
     return out
 
 
-def preprocess_into(rgb: np.ndarray, out: np.ndarray) -> None:
+def preprocess_into(rgb: np.ndarray, out: np.ndarray, *, bgr: bool = False) -> None:
     """:func:`preprocess` written into ``out`` (float32 ``[h, w, 3]``, e.g. one row of a
-    batch array): no per-image tensor is allocated."""
-    _preprocess_into(rgb, (out.shape[1], out.shape[0]), out)
+    batch array): no per-image tensor is allocated. ``bgr``: ``rgb`` is in OpenCV's BGR
+    order (:func:`decode_image` with ``bgr=True``); ``out`` is RGB all the same."""
+    scale_into(resize_input(rgb, (out.shape[1], out.shape[0]), bgr=bgr), out)
 
 
-def _preprocess_into(rgb: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
+def resize_input(
+    rgb: np.ndarray, size: tuple[int, int] = INPUT_SIZE, *, bgr: bool = False
+) -> np.ndarray:
+    """The first half of :func:`preprocess`: ``rgb`` (uint8 ``[h, w, 3]``) resized to
+    ``size`` (width, height), still uint8 RGB (a quarter of the float32 input's bytes: what
+    a decode pool hands on). ``bgr``: ``rgb`` is BGR, turned to RGB after the resize (it
+    treats the channels alike, so this equals resizing the RGB image, on fewer pixels)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 image [h, w, 3], got {rgb.dtype} {rgb.shape}")
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError("empty image")
-    resized: np.ndarray = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
-    np.take(_SCALE_LUT, resized, out=out)
+    resized: np.ndarray = (
+        rgb  # INTER_LINEAR to the same size is the identity
+        if (rgb.shape[1], rgb.shape[0]) == size
+        else cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+    )
+    if bgr:
+        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    return resized
+
+
+def scale_into(resized: np.ndarray, out: np.ndarray) -> None:
+    """The second half of :func:`preprocess`: uint8 RGB ``resized`` (the shape of ``out``)
+    to float32 ``/ 255`` written into ``out``, bit-exact with the reference."""
+    if resized.shape != out.shape or resized.dtype != np.uint8:
+        raise ValueError(f"expected uint8 {out.shape}, got {resized.dtype} {resized.shape}")
+    np.divide(resized, _SCALE, out=out, dtype=np.float32)

@@ -6,12 +6,18 @@ Work flows in three stages:
    admits a job (encoded image bytes plus its options) if the model inputs and the bytes
    it costs still fit (``max_queue_size``, ``max_queue_bytes``), else raises
    :class:`QueueFullError` (:class:`RequestTooLargeError` when it could never fit).
-2. A thread pool decodes and resizes the image (off the model thread: the model never
-   waits for decode) and puts the preprocessed tensor on the model queue.
-3. The model thread takes the oldest tensor, waits at most ``max_queue_delay`` (counted
-   from when that tensor became ready) for up to ``max_batch_size`` tensors, drops the
-   expired ones (deadline passed, or frame older than its ``max_age``), runs the whole
-   batch in one model call and resolves every job's future with its own result.
+2. A thread pool decodes (JPEGs at a reduced scale, by libjpeg's scaled IDCT, when the
+   frame is at least twice the model input) and resizes the image to the model input,
+   still uint8 (off the model thread: the model never waits for decode), and puts it on
+   the model queue.
+3. The model thread takes the oldest input, waits at most ``max_queue_delay`` (counted
+   from when that input became ready) for up to ``max_batch_size`` inputs, drops the
+   expired ones (deadline passed, or frame older than its ``max_age``), scales the rest
+   to float32 straight into the batch array (no per-frame float tensor, no copy) and runs
+   the whole batch in one model call.
+4. The post-processing thread decodes the boxes, runs NMS and resolves every job's
+   future with its own result, while the model thread already runs the next batch: the
+   model thread does nothing per frame but scale its input.
 
 Like Triton's dynamic batcher, a lone request waits at most ``max_queue_delay``; under
 load batches fill up at once and the delay is never paid.
@@ -26,17 +32,20 @@ Memory is bounded by construction (issue 13). Admission is counted in what a job
 read from the image header before anything is decoded (:func:`job_cost`): its model
 inputs (an R x C grid: R*C+1; ``max_queue_size`` is in these units) and its bytes (the
 encoded bytes plus the decoded pixels; ``max_queue_bytes``). Grids have at most
-``max_tiles`` tiles. A tiled job keeps only its decoded uint8 frame: each tile's float32
-input is made when its batch is assembled, written straight into the batch array, so the
-tensors alive at once are those of one batch, not those of every queued tile. The budget
-a job reserved is given back when its future resolves (result, error, cancel, expiry).
+``max_tiles`` tiles. An untiled job keeps only its resized uint8 input, a tiled job only
+its decoded uint8 frame: every float32 input is made when its batch is assembled, written
+straight into the batch array, so the float tensors alive at once are those of the batch
+in the model (and the one being assembled), not those of every queued frame or tile. The
+budget a job reserved is given back when its future resolves (result, error, cancel,
+expiry).
 
 Model swaps (rolling updates, :mod:`services.inference.models`): :meth:`DynamicBatcher.swap`
 hands the model thread another detector, loaded and warmed elsewhere; the model thread
 takes it before its next batch, so every batch runs on one model and every
 :class:`JobResult` names the version that produced it (``model``). A tiled job whose items
 straddle the swap runs its earlier windows again on the new model: a frame's detections
-never mix two models.
+never mix two models. A swap waits for the batches the model already ran to be
+post-processed, so the jobs it restarts are known.
 """
 
 from __future__ import annotations
@@ -58,8 +67,9 @@ from facemask.core.preprocess import (
     decode_image,
     decoded_bytes,
     header_size,
-    preprocess,
     preprocess_into,
+    resize_input,
+    scale_into,
 )
 from facemask.core.tiling import (
     MAX_TILES,
@@ -157,7 +167,7 @@ class Job:
     compute_seconds: float = 0.0
     inputs: int = 0  # model inputs its admission reserves (tiles + full frame); 0: not costed
     cost_bytes: int = 0  # bytes its admission reserves (encoded + decoded pixels)
-    image: np.ndarray | None = None  # a tiled job's decoded frame, until its last tile ran
+    image: np.ndarray | None = None  # a tiled job's decoded frame (BGR), until its last tile ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,13 +226,27 @@ def decode_options(tiles: TileSpec | None, decode_reduce: str) -> tuple[str, tup
 class _Item:
     """One batch item: a job's whole frame (``index`` 0 when untiled) or one of its tiles.
 
-    ``tensor`` is the preprocessed input of an untiled job; a tile's is None: it is made
-    from the job's decoded frame when its batch is assembled.
+    ``pixels`` is the resized uint8 RGB input of an untiled job; a tile's is None: it is
+    made from the job's decoded frame when its batch is assembled.
     """
 
     job: Job
     index: int
-    tensor: np.ndarray | None
+    pixels: np.ndarray | None
+
+
+@dataclass(slots=True)
+class _Ran:
+    """A batch the model ran, on its way to the post-processing thread."""
+
+    items: list[_Item]
+    loc: np.ndarray
+    cls: np.ndarray
+    start: float
+    compute: float
+    detector: Detector
+    """The model that ran it (its post-processing; a swap may have come since)."""
+    version: str
 
 
 def job_size(job: Job) -> tuple[int, int]:
@@ -312,6 +336,7 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self.on_job = on_job
         self._ready: queue.Queue[_Item | _Wake | None] = queue.Queue()
+        self._ran: queue.Queue[_Ran | None] = queue.Queue()
         self._swap: _Swap | None = None
         self._partial: dict[int, Job] = {}  # jobs with windows run and windows to go
         self._admitted = 0
@@ -323,7 +348,9 @@ class DynamicBatcher:
         self._accepting = True
         self._pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._thread = threading.Thread(target=self._model_loop, name="model", daemon=True)
+        self._post = threading.Thread(target=self._post_loop, name="postprocess", daemon=True)
         self._thread.start()
+        self._post.start()
 
     # -- admission -------------------------------------------------------------------
 
@@ -339,8 +366,9 @@ class DynamicBatcher:
 
     @property
     def model_alive(self) -> bool:
-        """Whether the model thread runs (it is never restarted: its death is fatal)."""
-        return self._thread.is_alive()
+        """Whether the model and post-processing threads run (they are never restarted:
+        their death is fatal)."""
+        return self._thread.is_alive() and self._post.is_alive()
 
     @property
     def queued_bytes(self) -> int:
@@ -439,12 +467,13 @@ class DynamicBatcher:
             return
         try:
             reduce, min_size = decode_options(job.tiles, self.decode_reduce)
-            image = decode_image(
+            image = decode_image(  # BGR: turned to RGB after the resize, on fewer pixels
                 job.data,
                 reduce=reduce,
                 max_pixels=self.max_pixels,
                 min_size=min_size,
                 expect_size=job.declared_size,
+                bgr=True,
             )
             job.width, job.height = image.width, image.height
             # Untiled: one window. The grid never outgrows what admission reserved (only
@@ -454,8 +483,9 @@ class DynamicBatcher:
                 windows = windows[: job.inputs]
             job.windows = windows
             if len(windows) == 1:
-                rgb = crop(image.rgb, windows[0], *job_size(job))
-                items = [_Item(job, 0, preprocess(rgb, self.detector.input_size))]
+                window = crop(image.rgb, windows[0], *job_size(job))
+                pixels = resize_input(window, self.detector.input_size, bgr=True)
+                items = [_Item(job, 0, pixels)]
             else:  # tiles: inputs made per batch from the decoded frame (module docstring)
                 job.image = image.rgb
                 items = [_Item(job, index, None) for index in range(len(windows))]
@@ -538,39 +568,46 @@ class DynamicBatcher:
         return [item for item in batch if not self._expired(item.job, now)]
 
     def _model_loop(self) -> None:
-        while True:
-            if self._swap is not None:
-                self._apply_swap()
-            first = self._ready.get()
-            if first is None:
-                return
-            if isinstance(first, _Wake):
-                continue
-            batch = self._collect(first)
-            if batch:
-                self._run(batch)
+        try:
+            while True:
+                if self._swap is not None:
+                    self._apply_swap()
+                first = self._ready.get()
+                if first is None:
+                    return
+                if isinstance(first, _Wake):
+                    continue
+                batch = self._collect(first)
+                if batch:
+                    self._run(batch)
+        finally:
+            self._ran.put(None)  # the post-processing thread ends after the last batch
 
     def _inputs_of(self, batch: list[_Item]) -> np.ndarray:
-        """The float32 batch array; tiles are preprocessed into it here (lazily), and
-        items whose job was resolved meanwhile (its frame released) are dropped."""
+        """The float32 batch array, every input scaled (tiles also cropped and resized)
+        straight into its row; items whose job was resolved meanwhile (its frame
+        released) are dropped."""
         live: list[tuple[_Item, np.ndarray | None]] = []
         for item in batch:
-            source = item.tensor if item.tensor is not None else item.job.image
+            source = item.pixels if item.pixels is not None else item.job.image
             if source is not None:
                 live.append((item, source))
         batch[:] = [item for item, _ in live]
         size = self.detector.input_size  # the model's, read from its file
         out = np.empty((len(live), size[1], size[0], 3), dtype=np.float32)
         for row, (item, source) in enumerate(live):
-            if item.tensor is not None:
-                out[row] = item.tensor
+            assert source is not None
+            if item.pixels is not None:
+                scale_into(source, out[row])
+                item.pixels = None
             else:
                 job = item.job
-                assert source is not None
-                preprocess_into(crop(source, job.windows[item.index], *job_size(job)), out[row])
+                window = job.windows[item.index]
+                preprocess_into(crop(source, window, *job_size(job)), out[row], bgr=True)
         return out
 
     def _run(self, items: Sequence[_Item]) -> None:
+        """Run one batch in the model; its post-processing goes to the other thread."""
         start = time.monotonic()
         batch = list(items)
         try:
@@ -579,23 +616,55 @@ class DynamicBatcher:
                 return
             loc, cls = self.detector.infer(tensors)
             del tensors
-            results = [
-                self.detector.postprocess(loc[i], cls[i], conf=item.job.conf, iou=item.job.iou)
-                for i, item in enumerate(batch)
-            ]
         except Exception as exc:
             logger.exception("model call failed", extra={"batch_size": len(batch)})
             for item in batch:
-                item.tensor = None
+                item.pixels = None
                 _resolve(item.job.future, exc)
             return
-        compute = time.monotonic() - start
+        self._ran.put(
+            _Ran(
+                batch,
+                loc,
+                cls,
+                start,
+                time.monotonic() - start,
+                self.detector,
+                self.model_version,
+            )
+        )
+
+    def _post_loop(self) -> None:
+        while True:
+            ran = self._ran.get()
+            try:
+                if ran is None:
+                    return
+                self._settle(ran)
+            finally:
+                self._ran.task_done()
+
+    def _settle(self, ran: _Ran) -> None:
+        """Post-process a batch the model ran and resolve the jobs it completes."""
+        batch, loc, cls, start = ran.items, ran.loc, ran.cls, ran.start
+        began = time.monotonic()
+        try:
+            results = [
+                ran.detector.postprocess(loc[i], cls[i], conf=item.job.conf, iou=item.job.iou)
+                for i, item in enumerate(batch)
+            ]
+            # compute: the model call plus its post-processing (now on two threads)
+            compute = ran.compute + (time.monotonic() - began)
+        except Exception as exc:
+            logger.exception("post-processing failed", extra={"batch_size": len(batch)})
+            for item in batch:
+                _resolve(item.job.future, exc)
+            return
         if self.on_batch is not None:
             self.on_batch(len(batch), compute)
         seen: set[int] = set()
         for item, detections in zip(batch, results, strict=True):
             job = item.job
-            item.tensor = None
             job.window_detections[item.index] = detections
             job.pending -= 1
             if id(job) not in seen:  # a job's items in one batch share its compute time
@@ -606,7 +675,7 @@ class DynamicBatcher:
             if job.pending > 0:
                 self._track_partial(job)
                 continue
-            self._finish(job, len(batch))
+            self._finish(job, len(batch), ran.version)
 
     def _track_partial(self, job: Job) -> None:
         """Remember a job with windows run and windows to go (a swap restarts it) until
@@ -616,7 +685,7 @@ class DynamicBatcher:
             self._partial[key] = job
             job.future.add_done_callback(lambda _f: self._partial.pop(key, None))
 
-    def _finish(self, job: Job, batch_size: int) -> None:
+    def _finish(self, job: Job, batch_size: int, version: str) -> None:
         """All items of ``job`` have run: merge its windows and resolve its future."""
         assert job.started is not None
         queue_seconds = job.started - job.ready
@@ -647,7 +716,7 @@ class DynamicBatcher:
                 compute_seconds=job.compute_seconds,
                 batch_size=batch_size,
                 model_runs=len(job.windows),
-                model=self.model_version,
+                model=version,
             ),
         )
 
@@ -676,6 +745,9 @@ class DynamicBatcher:
             request, self._swap = self._swap, None
         if request is None:
             return
+        # the batches already run settle first (on their own model), so the jobs with
+        # windows run on the old model are all in _partial
+        self._ran.join()
         old = self.detector
         self.detector = request.detector
         self.model_version = request.version
@@ -713,6 +785,7 @@ class DynamicBatcher:
         self.drain(timeout)
         self._ready.put(None)
         self._thread.join(timeout)
+        self._post.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             pending, self._swap = self._swap, None

@@ -9,12 +9,15 @@ Threads:
   already delivered ``max_deliveries`` times go to the dead-letter stream instead. At
   most ``max_inflight`` frames are read and unpublished at once, so a backlog stays in
   Redis, not in memory.
-- **publisher**: takes finished frames and, per frame, runs one Lua script that checks
-  this consumer still owns the entry, ``XADD``s the detections entry (``MAXLEN ~``) and
-  ``XACK``s the frame, atomically. The frame, detections and dead-letter streams of a
-  partition share a hash tag, so this works on a Redis Cluster too. A crash before the
-  script leaves the frame pending (another consumer reclaims it); a crash after it leaves
-  nothing to redo: no frame is lost and no detections entry is duplicated.
+- **publisher**: takes the finished frames (up to ``PUBLISH_BATCH`` at once) and runs one
+  Lua script per partition for all of them (one pipeline round trip): for each frame, in
+  order, it checks this consumer still owns the entry, ``XADD``s the detections entry
+  (``MAXLEN ~``) and ``XACK``s the frame, atomically per frame, with a reply per frame.
+  The frame, detections and dead-letter streams of a partition share a hash tag, so this
+  works on a Redis Cluster too (one call per partition instead of one per frame). A crash
+  before the script leaves the frame pending (another consumer reclaims it); a crash
+  after it leaves nothing to redo; a frame another consumer took over meanwhile is left
+  to it: no frame is lost and no detections entry is duplicated.
 - **lag monitor**: reads ``XINFO GROUPS`` into the lag / pending gauges.
 
 Entry isolation: whatever raises for one entry (parse, submit, the result callback,
@@ -71,22 +74,41 @@ from services.inference.metrics import InferenceMetrics
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] output stream, KEYS[2] frame stream;
-# ARGV[1] group, ARGV[2] frame entry id, ARGV[3] consumer, ARGV[4] maxlen, ARGV[5..] fields.
-# Returns 1 published, 0 another consumer owns or acked the entry, -1 the entry is gone
-# from the stream (Redis lost it: restarted without persistence). A missing group is an
-# error reply (NOGROUP).
+# KEYS[1] frame stream, KEYS[2] detections stream, KEYS[3] dead-letter stream (one
+# partition's: they share a hash tag); ARGV[1] group, ARGV[2] consumer, then per outcome:
+# frame entry id, target (2: detections, 3: dead letter), maxlen, the number n of field
+# names and values, those n strings. Returns one reply per outcome, in order: 1 published
+# (and acknowledged), 0 another consumer owns or acked the entry, -1 the entry is gone from
+# the stream (Redis lost it: restarted without persistence), or the error XADD replied
+# (OOM, READONLY...: nothing written for that outcome). A missing group is an error reply
+# for the whole call (NOGROUP), raised before anything is written.
 PUBLISH_AND_ACK = """
-local p = redis.call('XPENDING', KEYS[2], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 then
-  if #redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2]) == 0 then return -1 end
-  return 0
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local sid, target, maxlen = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
+  local first = i + 4
+  i = first + tonumber(ARGV[i + 3])
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], sid, sid, 1)
+  if #p == 0 then
+    if #redis.call('XRANGE', KEYS[1], sid, sid) == 0 then out[#out + 1] = -1
+    else out[#out + 1] = 0 end
+  elseif p[1][2] ~= ARGV[2] then
+    out[#out + 1] = 0
+  else
+    local added = redis.pcall('XADD', target, 'MAXLEN', '~', maxlen, '*',
+      unpack(ARGV, first, i - 1))
+    if type(added) == 'table' and added.err then
+      out[#out + 1] = added
+    else
+      redis.call('XACK', KEYS[1], ARGV[1], sid)
+      out[#out + 1] = 1
+    end
+  end
 end
-if p[1][2] ~= ARGV[3] then return 0 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
-redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-return 1
+return out
 """
+_DETECTIONS, _DEADLETTER = 2, 3  # KEYS index of the script's target stream
 
 PUBLISH_BATCH = 256
 GIVE_UP_RETRIES = 6
@@ -384,43 +406,44 @@ class StreamConsumer:
                 self.published_total += len(batch)
                 self._publishing = 0
 
-    def _script_call(self, item: Outcome) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the publish-and-ack script for one outcome."""
-        partition = self.layout.partition_of_key(item.stream)
+    def _script_part(self, item: Outcome) -> list[Any]:
+        """The script's ARGV for one outcome (see :data:`PUBLISH_AND_ACK`)."""
         if item.deadletter_reason:
-            target, maxlen = self.layout.deadletter(partition), self.settings.deadletter_maxlen
+            target, maxlen = _DEADLETTER, self.settings.deadletter_maxlen
         else:
-            target, maxlen = self.layout.detections(partition), self.settings.detections_maxlen
-        args: list[Any] = [self.group, item.sid, self.consumer, maxlen]
+            target, maxlen = _DETECTIONS, self.settings.detections_maxlen
+        values: list[Any] = []
         for key, value in item.fields.items():
-            args.extend((key, value))
-        _check_args(args)
-        return [target, item.stream], args
+            values.extend((key, value))
+        part = [item.sid, target, maxlen, len(values), *values]
+        _check_args(part)
+        return part
 
     def _publish(self, batch: Sequence[Outcome]) -> None:
         """Publish ``batch``: every outcome ends published, lost (counted), failed (a
         strike) or, while Redis refuses it (a fault), retried with a back-off."""
         backoff = Backoff(0.05, 5.0)
         finished = 0
-        todo: list[tuple[Outcome, list[str], list[Any]]] = []
+        todo: list[tuple[Outcome, list[Any]]] = []
         for item in batch:
             try:
-                todo.append((item, *self._script_call(item)))
+                todo.append((item, self._script_part(item)))
             except Exception as exc:
                 finished += self._item_failed(item, exc)
-        one_by_one = is_cluster(self.client)
+        separate = is_cluster(self.client)
+        single = False
         while todo:
             counted = False
             try:
-                replies = self._run(todo, one_by_one)
+                replies = self._run(todo, separate=separate, single=single)
             except Exception as exc:  # the whole round trip failed
                 if self._fault(exc) == "other":
-                    one_by_one = True  # isolate the outcome that raises
+                    separate = single = True  # isolate the outcome that raises
                     continue
                 replies, counted = [exc] * len(todo), True
             retry = []
             faults: list[Exception] = []
-            for (item, keys, args), reply in zip(todo, replies, strict=True):
+            for (item, part), reply in zip(todo, replies, strict=True):
                 if not isinstance(reply, Exception):
                     self._account(item, reply)
                     finished += item.holds_slot
@@ -432,7 +455,7 @@ class StreamConsumer:
                     self.streams.invalidate_groups()
                     finished += item.holds_slot
                 elif kind != "other":
-                    retry.append((item, keys, args))
+                    retry.append((item, part))
                     faults.append(reply)
                 else:
                     finished += self._item_failed(item, reply)
@@ -446,7 +469,7 @@ class StreamConsumer:
                     "giving up publishing; frames stay pending for another consumer",
                     extra={"frames": len(todo), "error": str(faults[0])},
                 )
-                finished += sum(item.holds_slot for item, _keys, _args in todo)
+                finished += sum(item.holds_slot for item, _part in todo)
                 break
             delay = backoff.next()
             logger.warning(
@@ -461,24 +484,65 @@ class StreamConsumer:
             self._publisher.wait(delay)
         self.streams.done(finished)
 
+    def _calls(
+        self, todo: Sequence[tuple[Outcome, list[Any]]], single: bool
+    ) -> list[tuple[list[str], list[Any], list[int]]]:
+        """The script calls for ``todo``: KEYS, ARGV and the indices (into ``todo``) of
+        the outcomes each answers; one call per frame stream (``single``: per outcome)."""
+        calls: dict[Any, tuple[list[str], list[Any], list[int]]] = {}
+        for index, (item, part) in enumerate(todo):
+            key: Any = index if single else item.stream
+            call = calls.get(key)
+            if call is None:
+                partition = self.layout.partition_of_key(item.stream)
+                keys = [
+                    item.stream,
+                    self.layout.detections(partition),
+                    self.layout.deadletter(partition),
+                ]
+                call = calls[key] = (keys, [self.group, self.consumer], [])
+            call[1].extend(part)
+            call[2].append(index)
+        return list(calls.values())
+
     def _run(
-        self, todo: Sequence[tuple[Outcome, list[str], list[Any]]], one_by_one: bool
+        self, todo: Sequence[tuple[Outcome, list[Any]]], *, separate: bool, single: bool
     ) -> list[Any]:
-        """Run the script for every outcome: a reply or the exception, per outcome."""
-        if one_by_one:
-            # A cluster pipeline cannot run scripts: one call per frame (routed to the
-            # partition's master). Also how one outcome that raises is isolated.
-            replies: list[Any] = []
-            for _item, keys, args in todo:
+        """Run the script for every outcome: a reply or the exception, per outcome.
+
+        One script call per frame stream (``single``: per outcome), all in one pipeline;
+        ``separate``: each call on its own (a cluster pipeline cannot run scripts; calls
+        are routed to their partition's master), also how an outcome that raises is
+        isolated (with ``single``).
+        """
+        calls = self._calls(todo, single)
+        if separate:
+            results: list[Any] = []
+            for keys, args, _indices in calls:
                 try:
-                    replies.append(self._script(keys=keys, args=args))
+                    results.append(self._script(keys=keys, args=args))
                 except Exception as exc:
-                    replies.append(exc)
-            return replies
-        pipe = self.client.pipeline(transaction=False)
-        for _item, keys, args in todo:
-            self._script(keys=keys, args=args, client=pipe)
-        return list(pipe.execute(raise_on_error=False))
+                    results.append(exc)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args, _indices in calls:
+                self._script(keys=keys, args=args, client=pipe)
+            results = list(pipe.execute(raise_on_error=False))
+        replies: list[Any] = [None] * len(todo)
+        for (_keys, _args, indices), result in zip(calls, results, strict=True):
+            reply: Any = result
+            if not isinstance(reply, Exception) and (
+                not isinstance(reply, list) or len(reply) != len(indices)
+            ):
+                reply = RuntimeError(f"unexpected publish script reply: {reply!r:.200}")
+            if isinstance(reply, Exception) and len(indices) > 1 and classify(reply) == "other":
+                # Not a fault: find the outcome it is about, each in a call of its own.
+                for index in indices:
+                    replies[index] = self._run([todo[index]], separate=True, single=True)[0]
+                continue
+            for position, index in enumerate(indices):
+                replies[index] = reply if isinstance(reply, Exception) else reply[position]
+        return replies
 
     def _item_failed(self, item: Outcome, exc: BaseException) -> int:
         """An outcome that cannot be published (not a Redis fault). Returns 1 when its

@@ -20,10 +20,13 @@ from bench.model_rate import ModelRate, worker_config
          {"runtime": "tflite", "variant": "upstream"}),
         ("tflite", "float32", {"FACEMASK_INFERENCE_MODEL_VARIANT": "float32"},
          {"runtime": "tflite", "variant": "float32"}),
+        ("tflite", "int8",
+         {"FACEMASK_INFERENCE_INTERPRETERS": "2", "FACEMASK_INFERENCE_THREADS": "1"},
+         {"runtime": "tflite", "variant": "int8", "interpreters": 2, "num_threads": 1}),
     ],
 )  # fmt: skip
 def test_worker_config_of_the_service_variant(
-    runtime: str, precision: str, env: dict[str, str], config: dict[str, str]
+    runtime: str, precision: str, env: dict[str, str], config: dict[str, object]
 ) -> None:
     assert worker_config(runtime, precision, env) == config
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.core.preprocess import INPUT_SIZE
 from facemask.core.types import Detections
 from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
@@ -54,6 +55,7 @@ class StandInDetector:
     (a small, known capacity)."""
 
     runtime = None
+    input_size = INPUT_SIZE
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay

@@ -24,7 +24,10 @@ from facemask.core.preprocess import (
     png_size,
     preprocess,
     preprocess_batch,
+    preprocess_into,
     read_image_file,
+    resize_input,
+    scale_into,
     webp_size,
 )
 
@@ -254,6 +257,35 @@ def test_preprocess_batch() -> None:
     for i, rgb in enumerate(images):
         np.testing.assert_array_equal(batch[i], preprocess(rgb))
     assert preprocess_batch([]).shape == (0, 260, 260, 3)
+
+
+def test_scaling_is_bit_exact_for_every_pixel_value() -> None:
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    out = np.empty(values.shape, np.float32)
+    scale_into(values, out)
+    np.testing.assert_array_equal(out, (values / 255.0).astype(np.float32))
+
+
+def test_the_two_halves_and_bgr_input_give_the_same_input() -> None:
+    """The decode pool resizes a BGR frame to uint8 RGB; the batch is scaled from it: the
+    same bits as preprocessing the RGB frame in one go."""
+    for shape in ((480, 640), (100, 90), (260, 260)):
+        rgb = _noise(*shape, seed=shape[0])
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        resized = resize_input(bgr, bgr=True)
+        assert resized.dtype == np.uint8 and resized.shape == (260, 260, 3)
+        batch = np.empty((2, 260, 260, 3), np.float32)
+        scale_into(resized, batch[0])
+        preprocess_into(bgr, batch[1], bgr=True)
+        np.testing.assert_array_equal(batch[0], preprocess(rgb))
+        np.testing.assert_array_equal(batch[1], preprocess(rgb))
+
+
+def test_scale_into_refuses_a_mismatched_input() -> None:
+    with pytest.raises(ValueError, match="expected uint8"):
+        scale_into(np.zeros((10, 10, 3), np.uint8), np.empty((260, 260, 3), np.float32))
+    with pytest.raises(ValueError, match="expected uint8"):
+        scale_into(np.zeros((260, 260, 3), np.float32), np.empty((260, 260, 3), np.float32))
 
 
 @pytest.mark.parametrize(

@@ -372,7 +372,9 @@ def test_tile_inputs_are_made_per_batch_not_up_front(monkeypatch: pytest.MonkeyP
     made: list[int] = []
     real = batcher_module.preprocess_into
     monkeypatch.setattr(
-        batcher_module, "preprocess_into", lambda rgb, out: made.append(1) or real(rgb, out)
+        batcher_module,
+        "preprocess_into",
+        lambda rgb, out, **kw: made.append(1) or real(rgb, out, **kw),
     )
     runtime = GatedRuntime()
     batcher = _batcher(runtime, max_batch_size=4, max_queue_size=65, max_queue_delay=0.0)
@@ -411,4 +413,95 @@ def test_cancelled_job_gives_its_budget_back_and_its_tiles_never_run() -> None:
         assert runtime.batches == [1]  # none of the cancelled job's 10 inputs ran
     finally:
         runtime.gate.set()
+        batcher.close()
+
+
+class RecordingRuntime(BrightnessRuntime):
+    """Keeps a copy of every batch array it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[np.ndarray] = []
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.inputs.extend(batch.copy())
+        return super().infer(batch)
+
+
+def test_batch_inputs_equal_the_one_step_preprocessing() -> None:
+    """Decoded BGR, resized to uint8 in the decode pool and scaled into the batch array by
+    the model thread: the same bits as decoding to RGB and preprocessing in one go (reduced
+    JPEG decode included)."""
+    from facemask.core.preprocess import decode_image, preprocess
+
+    rng = np.random.default_rng(7)
+    blobs = []
+    for size in ((640, 480), (1280, 720), (300, 280)):
+        y, x = np.mgrid[0 : size[1], 0 : size[0]]
+        image = np.stack([x % 256, y % 256, (x * y) % 256], -1).astype(np.uint8)
+        image[::7] = rng.integers(0, 256, image[::7].shape, dtype=np.uint8)
+        blobs.append(cv2.imencode(".jpg", image)[1].tobytes())
+    runtime = RecordingRuntime()
+    detector = Detector(runtime, conf=0.01, iou=0.5, model_name="fake", model_version="0")  # type: ignore[arg-type]
+    batcher = DynamicBatcher(detector, decode_reduce="auto", max_batch_size=4)
+    try:
+        for future in [batcher.submit(Job(data=blob, conf=0.01, iou=0.5)) for blob in blobs]:
+            future.result(10)
+    finally:
+        batcher.close()
+    assert len(runtime.inputs) == len(blobs)
+    for blob in blobs:
+        expected = preprocess(decode_image(blob, reduce="auto").rgb)
+        assert any(np.array_equal(row, expected) for row in runtime.inputs)
+
+
+def test_the_model_runs_the_next_batch_while_the_last_one_is_post_processed() -> None:
+    runtime = BrightnessRuntime()
+    batcher = _batcher(runtime, max_batch_size=1, max_queue_delay=0.0)
+    gate, entered = threading.Event(), threading.Event()
+    real = batcher.detector.postprocess
+
+    def slow_postprocess(*args: object, **kw: object) -> object:
+        if not entered.is_set():
+            entered.set()
+            assert gate.wait(10)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    batcher.detector.postprocess = slow_postprocess  # type: ignore[method-assign,assignment]
+    try:
+        first = batcher.submit(_job(40))
+        assert entered.wait(10)
+        second = batcher.submit(_job(80))
+        wait_until(lambda: runtime.batches == [1, 1], 5, "the second batch run", interval=0.01)
+        assert not first.done() and not second.done()  # both wait for post-processing
+        gate.set()
+        assert first.result(10).detections.scores[0] == pytest.approx(40 / 255, abs=1e-4)
+        assert second.result(10).detections.scores[0] == pytest.approx(80 / 255, abs=1e-4)
+    finally:
+        gate.set()
+        batcher.close()
+
+
+def test_a_post_processing_error_fails_its_batch_only() -> None:
+    runtime = BrightnessRuntime()
+    batcher = _batcher(runtime, max_batch_size=1, max_queue_delay=0.0)
+    real = batcher.detector.postprocess
+    calls = 0
+
+    def flaky_postprocess(*args: object, **kw: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("post-processing broke")
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    batcher.detector.postprocess = flaky_postprocess  # type: ignore[method-assign,assignment]
+    try:
+        with pytest.raises(RuntimeError, match="post-processing broke"):
+            batcher.submit(_job(40)).result(10)
+        assert batcher.submit(_job(80)).result(10).detections.scores[0] == pytest.approx(
+            80 / 255, abs=1e-4
+        )
+        assert batcher.model_alive and batcher.depth == 0
+    finally:
         batcher.close()

@@ -18,13 +18,14 @@ from prometheus_client import CollectorRegistry
 
 from facemask.contracts.streams import StreamLayout
 from facemask.contracts.wire import DetectionsEntry, FrameEntry
+from facemask.core.preprocess import INPUT_SIZE
 from facemask.core.types import Detections
 from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
 from facemask.infra.redisconn import connect
 from services.inference.batcher import DynamicBatcher, Job, JobResult
 from services.inference.config import InferenceSettings
-from services.inference.consumer import StreamConsumer
+from services.inference.consumer import Outcome, StreamConsumer
 from services.inference.metrics import InferenceMetrics
 
 LAYOUT = StreamLayout("facemask", 2)
@@ -151,6 +152,7 @@ class GatedDetector:
     """No faces; after ``limit`` images it holds the next batch until ``release``."""
 
     runtime = None
+    input_size = INPUT_SIZE
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -236,3 +238,107 @@ def test_overload_is_shared_fairly_by_every_partition_and_camera(
         stream_consumer.stop(5.0)
         batcher.close(5.0)
         client.close()
+
+
+def _outcome(stream_consumer: StreamConsumer, camera: str, sid: str, frame_id: int) -> Outcome:
+    """The outcome the consumer queues for a frame it ran (an empty result)."""
+    frame = FrameEntry(camera, frame_id, time.time(), "jpeg", 8, 8, b"\xff\xd8 not decoded")
+    future: Future[JobResult] = Future()
+    future.set_result(JobResult(Detections.empty(), 8, 8, model_runs=1))
+    stream_consumer._result(LAYOUT.frames_for(camera), sid, frame, future)
+    return stream_consumer._outbox.get_nowait()
+
+
+def _evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))  # type: ignore[union-attr]
+
+
+def _read_all(client: redis.Redis, consumer: str) -> None:
+    for key in LAYOUT.all_frames():
+        client.xreadgroup(GROUP, consumer, {key: ">"})
+
+
+def test_a_batch_is_one_script_call_per_partition_and_skips_frames_taken_over(
+    redis_client: redis.Redis, consumer: tuple[StreamConsumer, FakeBatcher]
+) -> None:
+    """Eight frames over both partitions and a dead letter, published in one batch: one
+    script call per partition; the three frames another consumer took over meanwhile are
+    left to it (no entry, still pending there), every other one is published once and
+    acknowledged. Published again (a retry), nothing is added."""
+    stream_consumer, _batcher = consumer
+    for key in LAYOUT.all_frames():
+        redis_client.xgroup_create(key, GROUP, id="0", mkstream=True)
+    cameras = [c for cams in cameras_per_partition(LAYOUT, 2).values() for c in cams]
+    sids = {(c, n): push(redis_client, n, c) for n in (1, 2) for c in cameras}
+    poison = push(redis_client, 3, cameras[0])
+    _read_all(redis_client, "survivor")
+    taken = [(cameras[0], 1), (cameras[2], 1), (cameras[3], 2)]
+    for camera, n in taken:
+        redis_client.xclaim(LAYOUT.frames_for(camera), GROUP, "other", 0, [sids[camera, n]])
+    outcomes = [_outcome(stream_consumer, c, sid, n) for (c, n), sid in sids.items()]
+    stream_consumer._deadletter(LAYOUT.frames_for(cameras[0]), poison, {}, "corrupt_image", "x")
+    outcomes.append(stream_consumer._outbox.get_nowait())
+    redis_client.config_resetstat()
+
+    stream_consumer._publish(outcomes)
+
+    assert _evalsha_calls(redis_client) == LAYOUT.partitions
+    published = sorted((e.camera_id, e.frame_id) for e in detections(redis_client))
+    assert published == sorted(set(sids) - set(taken))
+    deadletter = LAYOUT.deadletter(LAYOUT.partition_of(cameras[0]))
+    assert [f[b"sid"].decode() for _id, f in redis_client.xrange(deadletter)] == [poison]
+    for (camera, n), sid in sids.items():
+        pending = redis_client.xpending_range(LAYOUT.frames_for(camera), GROUP, sid, sid, 1)
+        owner = [p["consumer"].decode() for p in pending]
+        assert owner == (["other"] if (camera, n) in taken else [])
+    labels: dict[str, str] = {}
+    assert metric(stream_consumer, "facemask_inference_duplicates_suppressed_total", labels) == 3
+
+    stream_consumer._publish(outcomes)  # again: every frame is acked or someone else's
+    assert len(detections(redis_client)) == len(sids) - len(taken)
+    assert redis_client.xlen(deadletter) == 1
+    assert (
+        metric(stream_consumer, "facemask_inference_duplicates_suppressed_total", labels) == 3 + 9
+    )
+
+
+def test_an_outcome_redis_refuses_fails_alone_within_its_partition_call(
+    redis_client: redis.Redis, consumer: tuple[StreamConsumer, FakeBatcher]
+) -> None:
+    """Partition 0's detections stream is not a stream: its frames' XADD fails (a strike
+    each, the frames stay pending), while the same call publishes partition 0's dead
+    letter and the other call partition 1's frames."""
+    stream_consumer, _batcher = consumer
+    for key in LAYOUT.all_frames():
+        redis_client.xgroup_create(key, GROUP, id="0", mkstream=True)
+    by_partition = cameras_per_partition(LAYOUT, 1)
+    broken, fine = by_partition[0][0], by_partition[1][0]
+    redis_client.set(LAYOUT.detections(0), "not a stream")
+    sids = {(c, n): push(redis_client, n, c) for n in (1, 2) for c in (broken, fine)}
+    poison = push(redis_client, 3, broken)
+    _read_all(redis_client, "survivor")
+    outcomes = [_outcome(stream_consumer, c, sid, n) for (c, n), sid in sids.items()]
+    stream_consumer._deadletter(LAYOUT.frames_for(broken), poison, {}, "corrupt_image", "x")
+    outcomes.append(stream_consumer._outbox.get_nowait())
+    redis_client.config_resetstat()
+
+    stream_consumer._publish(outcomes)
+
+    assert _evalsha_calls(redis_client) == LAYOUT.partitions
+    published = [(e.camera_id, e.frame_id) for e in detections_of(redis_client, 1)]
+    assert sorted(published) == [(fine, 1), (fine, 2)]
+    assert redis_client.xlen(LAYOUT.deadletter(0)) == 1
+    pending = redis_client.xpending_range(LAYOUT.frames_for(broken), GROUP, "-", "+", 10)
+    assert sorted(p["message_id"].decode() for p in pending) == sorted(
+        sids[broken, n] for n in (1, 2)
+    )
+    assert all(
+        stream_consumer.streams.failing(o.delivery()) for o in outcomes[:4] if o.camera_id == broken
+    )
+    assert not stream_consumer.failed
+
+
+def detections_of(client: redis.Redis, partition: int) -> list[DetectionsEntry]:
+    return [
+        DetectionsEntry.from_fields(f) for _sid, f in client.xrange(LAYOUT.detections(partition))
+    ]
