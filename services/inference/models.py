@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -123,13 +123,26 @@ def _version_file(version: ModelVersion, variant: str) -> Path | None:
         return None
 
 
+def card_ap50_deltas(card: Mapping[str, Any]) -> dict[str, float]:
+    """Variant key -> dev-set AP50 minus TensorFlow float32's, from a model card's
+    ``metrics.variants`` (written by ``facemask train``: every exported file scored on the
+    dev set); empty when the card has no such figures."""
+    try:
+        ap50 = {str(k): float(v) for k, v in card["metrics"]["variants"].items()}
+        reference = ap50[mv.REFERENCE]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+    return {key: value - reference for key, value in ap50.items()}
+
+
 def choose_version_runtime(
     settings: InferenceSettings, version: ModelVersion, *, timer: mv.Timer = time.perf_counter
 ) -> Runtime:
     """The ``auto`` runtime's choice for a version of the model store: the fastest of the
     version's variants (``model.pb`` on TensorFlow, its ``.tflite`` files on TFLite)
-    whose dev-set AP50 delta to float32 is in the accuracy card
-    (:func:`facemask.model.variants.load_ap50_deltas`, keyed by the ``model.pb`` sha256)
+    whose dev-set AP50 delta to float32 is known (the version's own card,
+    :func:`card_ap50_deltas`, else the accuracy card of
+    :func:`facemask.model.variants.load_ap50_deltas`, keyed by the ``model.pb`` sha256)
     and within the tolerance; without a card entry only TensorFlow float32 is eligible,
     as for the upstream model. The candidates are measured on every load (a few warm
     batches each, in the background: the measurement cache holds the upstream model's
@@ -141,7 +154,9 @@ def choose_version_runtime(
     }
     available = {v: path for v, path in files.items() if path is not None}
     source = files[mv.Variant("tensorflow", _tf_precision())]
-    deltas = mv.load_ap50_deltas(modelstore.sha256_file(source)) if source else {}
+    deltas = card_ap50_deltas(version.card)
+    if not deltas and source:
+        deltas = mv.load_ap50_deltas(modelstore.sha256_file(source))
     candidates = [v for v in available if v.key in deltas]
     if not candidates:
         reference = mv.Variant.parse(mv.REFERENCE)

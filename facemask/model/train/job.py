@@ -143,6 +143,33 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+def exported_variant_ap50(
+    files: dict[str, Path], dev: DatasetSpec, float32_ap50: float
+) -> dict[str, float]:
+    """Dev-set AP50 of every exported variant (``runtime-precision`` keys of
+    :mod:`facemask.model.variants`), scored with ``facemask eval``'s code: TensorFlow
+    float32 is the trained model's best epoch; each TFLite file is evaluated, so the
+    ``auto`` runtime can choose int8 for this version only where it keeps the accuracy."""
+    from facemask.model.detector import create_detector
+
+    out = {"tensorflow-float32": round(float32_ap50, 4)}
+    for variant in ("float32", "int8"):
+        path = files.get(variant)
+        if path is None:
+            continue
+        detector = create_detector("tflite", model_path=path, variant=variant)
+        try:
+            result = evaluation.evaluate(dev.annotations, dev.images, detector=detector)
+        finally:
+            detector.close()
+        out[f"tflite-{variant}"] = round(float(result.ap50), 4)
+        logger.info(
+            "exported variant scored",
+            extra={"variant": variant, "dev_ap50": out[f"tflite-{variant}"]},
+        )
+    return out
+
+
 def run_job(
     job: TrainJob,
     *,
@@ -223,6 +250,7 @@ def run_job(
 
     calibration = [item.path for item in data.images]
     files = export_version(model, export_dir, calibration=calibration, input_size=recipe.input_size)
+    variant_ap50 = exported_variant_ap50(files, job.dev, float(dev_metrics["ap50"]))
     wall = time.perf_counter() - started
     card: dict[str, Any] = {
         "parent": parent,
@@ -233,7 +261,7 @@ def run_job(
         "dev_set": trainer.job["dev"],
         "recipe": recipe.to_json(),
         "input_size": recipe.input_size,
-        "metrics": {"dev": dev_metrics, "no_forgetting": forgetting},
+        "metrics": {"dev": dev_metrics, "variants": variant_ap50, "no_forgetting": forgetting},
         "training": {
             "epochs": len(history),
             "best_epoch": trainer.best_epoch,

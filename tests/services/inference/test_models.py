@@ -19,8 +19,15 @@ from facemask.infra import rollout
 from facemask.model.detector import Detector
 from facemask.model.registry import UPSTREAM, ModelRegistry, ModelVersion
 from services.inference.config import InferenceSettings
-from services.inference.models import LoadedModel, ModelLoader, ModelWatcher, variant_of
+from services.inference.models import (
+    LoadedModel,
+    ModelLoader,
+    ModelWatcher,
+    card_ap50_deltas,
+    variant_of,
+)
 from services.inference.service import InferenceService
+from tests.fixtures.registry import small_card
 
 LAYOUT = StreamLayout("facemask", 2)
 
@@ -162,6 +169,49 @@ def test_auto_chooses_among_the_versions_own_files(
         measured = {m.variant.key for m in choice.measurements}
         # the upstream weights: the accuracy card knows every variant of them
         assert {"tflite-float32", "tflite-int8"} <= measured
+    finally:
+        loaded.detector.close()
+
+
+@pytest.mark.parametrize(
+    ("variants", "expected"),
+    [
+        (
+            {"tensorflow-float32": 0.68, "tflite-float32": 0.68, "tflite-int8": 0.675},
+            {"tensorflow-float32": 0.0, "tflite-float32": 0.0, "tflite-int8": -0.005},
+        ),
+        ({"tflite-int8": 0.5}, {}),  # no float32 reference: no deltas
+        ("not a mapping", {}),
+        ({"tensorflow-float32": "n/a"}, {}),
+        (None, {}),
+    ],
+)
+def test_card_ap50_deltas(variants: Any, expected: dict[str, float]) -> None:
+    card = small_card() if variants is None else small_card(metrics={"variants": variants})
+    got = card_ap50_deltas(card)
+    assert got.keys() == expected.keys()
+    for key, delta in expected.items():
+        assert got[key] == pytest.approx(delta)
+
+
+@pytest.mark.model
+def test_auto_takes_the_versions_own_card_over_the_accuracy_card(
+    upstream_model_files: dict[str, Path], tmp_path: Path, detector: Detector
+) -> None:
+    """A trained version's card scores its own files: an int8 that lost accuracy is never
+    chosen, even where the upstream accuracy card (same weights here) would allow it."""
+    pytest.importorskip("ai_edge_litert")
+    variants = {"tensorflow-float32": 0.68, "tflite-float32": 0.68, "tflite-int8": 0.60}
+    registry = ModelRegistry(tmp_path / "store")
+    version = registry.add(upstream_model_files, small_card(metrics={"variants": variants}))
+    settings = InferenceSettings(runtime="auto", max_batch_size=4, warmup=False, threads=1)
+    loaded = ModelLoader(settings, registry).load(version)
+    try:
+        choice: Any = loaded.detector.runtime.selection  # type: ignore[attr-defined]
+        rates = {m.variant.key: m.images_per_second for m in choice.measurements}
+        assert choice.variant.key != "tflite-int8"
+        # int8 was the fastest: only its accuracy (the version's card) kept it out
+        assert rates["tflite-int8"] > rates[choice.variant.key]
     finally:
         loaded.detector.close()
 

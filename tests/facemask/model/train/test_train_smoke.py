@@ -95,6 +95,12 @@ def test_smoke_training_resumes_exports_and_registers(shared_dir: Path, tmp_path
     dev_metrics = card["metrics"]["dev"]
     assert dev_metrics["epoch"] == run["best"]["epoch"]
     assert 0.0 <= dev_metrics["ap50"] <= 1.0 and "ap_small" in dev_metrics
+    # every exported file scored on the dev set (what auto reads to choose for the version)
+    scored = card["metrics"]["variants"]
+    assert set(scored) == {"tensorflow-float32", "tflite-float32", "tflite-int8"}
+    assert scored["tensorflow-float32"] == round(dev_metrics["ap50"], 4)
+    assert abs(scored["tflite-float32"] - scored["tensorflow-float32"]) < 0.01
+    assert all(0.0 <= v <= 1.0 for v in scored.values())
     forgetting = card["metrics"]["no_forgetting"]
     assert forgetting["held_out_frames"]["frames"] == 1  # every other sample image
     assert forgetting["dev_images"]["frames"] == 6
