@@ -53,8 +53,14 @@ CHILD_TIMEOUT_S = 300.0
 _RATES_PREFIX = "facemask-variant-rates "
 
 
-def available_variants() -> list[mv.Variant]:
-    """The variants whose model files exist here (TensorFlow: one precision per process)."""
+def available_variants(*, every_precision: bool = False) -> list[mv.Variant]:
+    """The variants whose model files exist here.
+
+    TensorFlow's precision is process-wide: measured in this process, only one TensorFlow
+    variant is available (the precision the process runs, else bf16 where the CPU has
+    native bf16, else float32). ``every_precision`` (TensorFlow measured in child
+    processes, one per precision, nothing fixed here yet) offers both, so the faster one
+    is measured rather than guessed from CPU flags."""
     out: list[mv.Variant] = []
     try:
         modelstore.artifact_path(SOURCE_MODEL)
@@ -64,8 +70,11 @@ def available_variants() -> list[mv.Variant]:
         from facemask.model.runtime.tensorflow import _PROCESS_STATE
 
         fixed = _PROCESS_STATE.get("precision")
-        tf_precision = fixed or ("bf16" if native_bf16() else "float32")
-        out.append(mv.Variant("tensorflow", tf_precision))
+        if every_precision and not fixed:
+            out += [mv.Variant("tensorflow", p) for p in ("float32", "bf16")]
+        else:
+            tf_precision = fixed or ("bf16" if native_bf16() else "float32")
+            out.append(mv.Variant("tensorflow", tf_precision))
     from facemask.model import quantize
 
     for precision in ("float32", "int8"):
@@ -193,8 +202,8 @@ def measure_variants(
     measurements, runtimes = mv.measure(
         here, lambda v: _create_variant(config, v), config.batch_size, timer=timer
     )
-    if away:
-        measurements += measure_in_child(config, away)
+    for variant in away:  # a child per TensorFlow precision (process-wide in TensorFlow)
+        measurements += measure_in_child(config, [variant])
     order = {v.key: i for i, v in enumerate(candidates)}
     measurements.sort(key=lambda m: order.get(m.variant.key, len(order)))
     return measurements, runtimes
@@ -213,9 +222,9 @@ def select_runtime(
     source = modelstore.artifact_path(SOURCE_MODEL)
     sha256 = modelstore.sha256_file(source)
     deltas = mv.load_ap50_deltas(sha256, calibrations=built_calibrations())
-    candidates = [v for v in available_variants() if v.key in deltas] or [
-        mv.Variant("tensorflow", "float32")
-    ]
+    isolate = not tensorflow_imported() if isolate_tensorflow is None else isolate_tensorflow
+    available = available_variants(every_precision=isolate)
+    candidates = [v for v in available if v.key in deltas] or [mv.Variant("tensorflow", "float32")]
     skipped: dict[str, str] = {}
     preferred = arm64_preference(candidates, deltas, config.tolerance)
     if preferred is not None:
@@ -241,7 +250,6 @@ def select_runtime(
     if cached is not None:
         measurements, from_cache = cached, True
     else:
-        isolate = not tensorflow_imported() if isolate_tensorflow is None else isolate_tensorflow
         measurements, runtimes = measure_variants(
             config, candidates, timer=timer or time.perf_counter, isolate_tensorflow=isolate
         )

@@ -299,7 +299,7 @@ def fake_variants(
             created.extend(f"child:{v.key}" for v in variants)
             return [mv.Measurement(v, speeds[v]) for v in variants]
 
-        monkeypatch.setattr(auto, "available_variants", lambda: list(speeds))
+        monkeypatch.setattr(auto, "available_variants", lambda **_: list(speeds))
         monkeypatch.setattr(auto, "_create_variant", create)
         monkeypatch.setattr(auto, "measure_in_child", child)
         monkeypatch.setattr(auto, "machine", lambda: "x86_64")
@@ -355,9 +355,12 @@ def test_available_variants_follow_the_model_files(
     monkeypatch.setattr(auto, "native_bf16", lambda: False)
     (tmp_path / "face_mask_detection.float32.tflite").write_bytes(b"model")
     assert auto.available_variants() == [TF32, LITE32, INT8]
-    # a process whose TensorFlow already runs in bf16 measures bf16
+    # measured in child processes (one per precision): both, whatever the CPU flags say
+    assert auto.available_variants(every_precision=True) == [TF32, BF16, LITE32, INT8]
+    # a process whose TensorFlow already runs in bf16 measures bf16 (only)
     monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {"precision": "bf16"})
     assert auto.available_variants()[0] == BF16
+    assert auto.available_variants(every_precision=True) == [BF16, LITE32, INT8]
 
 
 # -- where the cache lives (read-only images) ------------------------------------------
@@ -437,6 +440,9 @@ def test_auto_measures_at_every_start_without_a_writable_cache(
         ({BF16: 223.0, LITE32: 120.0, INT8: 385.0}, INT8, []),
         # TensorFlow wins: created here once, after the child measured it
         ({BF16: 600.0, INT8: 458.0}, BF16, ["tensorflow-bf16"]),
+        # both precisions, a child each: float32 wins where bf16 is emulated (no CPU flag
+        # decides it)
+        ({TF32: 110.0, BF16: 40.0, INT8: 90.0}, TF32, ["tensorflow-float32"]),
     ],
 )
 def test_tensorflow_is_measured_in_a_child_process(
@@ -449,7 +455,8 @@ def test_tensorflow_is_measured_in_a_child_process(
     config = parse_runtime_config({"type": "auto", "batch_size": 4, "cache": False})
     runtime = auto.select_runtime(config, timer=clock, isolate_tensorflow=True)  # type: ignore[arg-type]
     lite = [v.key for v in speeds if v.runtime == "tflite"]
-    assert created == [*lite, f"child:{BF16.key}", *created_after]
+    children = [f"child:{v.key}" for v in speeds if v.runtime == "tensorflow"]
+    assert created == [*lite, *children, *created_after]
     assert runtime.selection.variant == winner
     assert [m.variant for m in runtime.selection.measurements] == list(speeds)  # in order
 
