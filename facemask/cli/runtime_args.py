@@ -109,18 +109,12 @@ def model_options(ref: str, runtime: str, variant: str | None) -> dict[str, Any]
             f"--model {ref} needs --runtime {' or '.join(RUNTIME_VARIANT)} (the {runtime} "
             "runtime chooses among the upstream model's files)"
         )
-    if runtime == "tflite":
-        if variant == "upstream":
-            raise ValueError(
-                "--variant upstream is the upstream model's file; with --model "
-                "choose float32 or int8"
-            )
-        only_int8 = model.variants == ["int8"]  # a lone .int8.tflite file
-        wanted = variant or ("int8" if only_int8 else "float32")
-    else:
-        wanted = RUNTIME_VARIANT[runtime]
+    if runtime == "tflite" and variant == "upstream":
+        raise ValueError(
+            "--variant upstream is the upstream model's file; with --model choose float32 or int8"
+        )
     try:
-        path = model.file(wanted)
+        path, wanted = model.runtime_file(runtime, variant)
     except RegistryError as exc:
         raise ValueError(str(exc)) from None
     return {"model_path": path, **({"variant": wanted} if runtime == "tflite" else {})}

@@ -152,6 +152,19 @@ class ModelVersion:
             raise RegistryError(f"model {self.version} has no {variant} file ({hint})")
         return path
 
+    def runtime_file(self, runtime: str, variant: str | None = None) -> tuple[Path, str]:
+        """The file a runtime loads of this version and its variant: ``tensorflow`` the
+        ``tf`` graph; ``tflite`` the ``variant`` asked for, else float32 (int8 when that is
+        all the version has). :class:`RegistryError` for another runtime or a missing file."""
+        if runtime == "tensorflow":
+            return self.file("tf"), "tf"
+        if runtime != "tflite":
+            raise RegistryError(
+                f"the {runtime} runtime cannot load model {self.version}: use tensorflow or tflite"
+            )
+        wanted = variant or ("int8" if self.variants == ["int8"] else "float32")
+        return self.file(wanted), wanted
+
     def verify(self) -> None:
         """Check every file against the sha256 in the card; :class:`RegistryError` naming
         the first that differs."""

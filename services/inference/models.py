@@ -221,14 +221,11 @@ class ModelLoader:
             detector = Detector(chosen, conf=conf, iou=iou, model_version=version.version)
             detector.model_sha256 = _sha256_of(chosen)
             return LoadedModel(detector, version.version)
+        asked = options.get("variant") if runtime == "tflite" else None
+        wanted = asked if asked in ("float32", "int8") else None  # upstream: the default
+        path, variant = version.runtime_file(runtime, wanted)
         if runtime == "tflite":  # float32 unless int8 is asked for or is all there is
-            asked = options.get("variant")
-            only_int8 = version.variants == ["int8"]  # a lone .int8.tflite file
-            variant = "int8" if asked == "int8" or (not asked and only_int8) else "float32"
             options["variant"] = variant
-            path = version.file(variant)
-        else:
-            path = version.file("tf")
         detector = create_detector(runtime, model_path=path, conf=conf, iou=iou, **options)
         return LoadedModel(detector, version.version)
 

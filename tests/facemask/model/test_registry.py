@@ -84,6 +84,40 @@ def test_file_names_are_accepted_as_keys_and_missing_variants_are_clear_errors(
 
 
 @pytest.mark.parametrize(
+    ("runtime", "asked", "int8_only", "expected"),
+    [
+        ("tensorflow", None, False, "tf"),
+        ("tflite", None, False, "float32"),
+        ("tflite", "int8", False, "int8"),
+        ("tflite", None, True, "int8"),  # a lone int8 file is what tflite loads
+        ("tflite", "float32", True, "has no float32 file"),
+        ("auto", None, False, "cannot load model"),
+    ],
+)
+def test_the_file_each_runtime_loads(
+    tmp_path: Path,
+    model_registry: ModelRegistry,
+    runtime: str,
+    asked: str | None,
+    int8_only: bool,
+    expected: str,
+) -> None:
+    files = _files(tmp_path, b"r")
+    if int8_only:  # a version holding only its int8 file, as `get(path)` of one gives
+        version = model_registry.add(files, small_card())
+        version = model_registry.get(str(version.file("int8")))
+        assert version.variants == ["int8"]
+    else:
+        version = model_registry.add(files, small_card())
+    if expected in ("tf", "float32", "int8"):
+        path, variant = version.runtime_file(runtime, asked)
+        assert variant == expected and path == version.file(expected)
+    else:
+        with pytest.raises(RegistryError, match=expected):
+            version.runtime_file(runtime, asked)
+
+
+@pytest.mark.parametrize(
     ("files_of", "card", "message"),
     [
         (lambda f: {"float32": f["float32"]}, small_card(), "needs its model.pb"),
