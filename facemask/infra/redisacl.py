@@ -81,7 +81,8 @@ def selectors(layout: StreamLayout) -> dict[str, list[tuple[str, str]]]:
             ("", CONNECTION),
             (frames, GROUP_READER),
             (f"{detections} {deadletter}", "+xadd"),
-            (f"{frames} {detections}", script),  # PUBLISH_AND_ACK: keys detections, frames
+            # PUBLISH_AND_ACK: keys frames, detections, dead letters
+            (f"{frames} {detections} {deadletter}", script),
             (meta, LAYOUT),
             (models_read, "+get +hgetall +exists"),  # services.inference.models
             (model_events, "+subscribe +unsubscribe"),

@@ -130,7 +130,8 @@ def test_quick_scale_bench_writes_the_results_json(tmp_path: Path) -> None:
         assert run["ingest"]["in_bytes_per_unit"] > frame_bytes
         # (read ahead of processing: a short window's edges hold fewer or more reads)
         assert run["inference"]["out_bytes_per_unit"] > 0.5 * frame_bytes
-        assert run["inference"]["commands"]["evalsha"]["calls_per_unit"] == pytest.approx(1.0)
+        # one publish-and-ack script call per partition per batch: never more than per frame
+        assert 0 < run["inference"]["commands"]["evalsha"]["calls_per_unit"] <= 1.0
         assert run["memory"]["frames"]["entries"] == result["args"]["backlog"]
     summary = result["summary"]
     assert summary["ratio"] == pytest.approx(

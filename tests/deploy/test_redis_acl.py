@@ -111,7 +111,10 @@ def test_inference(server: RedisProcess) -> None:
     allowed(lambda: c.xautoclaim(F0, "inference", "worker-1", 0, count=10))
     allowed(lambda: c.xclaim(F0, "inference", "worker-1", 0, [sid]))
     publish = c.register_script(PUBLISH_AND_ACK)
-    assert publish(keys=[D0, F0], args=["inference", sid, "worker-1", 100, "status", "ok"]) == 1
+    # KEYS: frames, detections, dead letters; ARGV: group, consumer, then per frame its id,
+    # the KEYS index of its target, MAXLEN, the count of field arguments and the fields
+    args = ["inference", "worker-1", sid, 2, 100, 2, "status", "ok"]
+    assert publish(keys=[F0, D0, DL0], args=args) == [1]
     allowed(lambda: c.xadd(DL0, {"reason": "undecodable"}))
     allowed(lambda: c.xack(F0, "inference", sid))
     refused(lambda: c.xadd(F0, {"camera_id": "forged"}))  # no frames of its own
