@@ -128,8 +128,9 @@ def test_quick_scale_bench_writes_the_results_json(tmp_path: Path) -> None:
         # the backlog went in as JPEGs of about the mean frame size, and came out to the replicas
         frame_bytes = result["summary"]["frame_bytes_mean"]
         assert run["ingest"]["in_bytes_per_unit"] > frame_bytes
-        # (read ahead of processing: a short window's edges hold fewer or more reads)
-        assert run["inference"]["out_bytes_per_unit"] > 0.5 * frame_bytes
+        # (read ahead of processing: up to max_inflight frames per replica are read before
+        # a quick run's short window and processed in it, so fewer reads than frames here)
+        assert run["inference"]["out_bytes_per_unit"] > 0.2 * frame_bytes
         # one publish-and-ack script call per partition per batch: never more than per frame
         assert 0 < run["inference"]["commands"]["evalsha"]["calls_per_unit"] <= 1.0
         assert run["memory"]["frames"]["entries"] == result["args"]["backlog"]
