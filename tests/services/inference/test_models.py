@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
 
@@ -27,23 +26,10 @@ from services.inference.models import (
     variant_of,
 )
 from services.inference.service import InferenceService
+from tests.fixtures.model import ZeroRuntime
 from tests.fixtures.registry import small_card
 
 LAYOUT = StreamLayout("facemask", 2)
-
-
-class _Runtime:
-    name = "stand-in"
-    precision = "float32"
-    input_size = (260, 260)
-    max_batch_size = None
-
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
-        return np.zeros((n, 5972, 4), np.float32), np.zeros((n, 5972, 2), np.float32)
-
-    def close(self) -> None:
-        pass
 
 
 class Clock:
@@ -85,7 +71,7 @@ def test_a_failed_version_is_retried_after_its_back_off_or_when_promoted_again(
         on_failure=failures.append,
         clock=clock,
     )
-    stand_in = Detector(_Runtime(), model_version="x")  # type: ignore[arg-type]
+    stand_in = Detector(ZeroRuntime(), model_version="x")  # type: ignore[arg-type]
     watcher.initial(LoadedModel(stand_in, UPSTREAM, owned=False))
 
     assert not watcher.check()
@@ -123,7 +109,7 @@ def stand_in_service(redis_server: RedisProcess) -> Iterator[InferenceService]:
         warmup=False,
         watchdog_interval=0.05,
     )
-    service = InferenceService(settings, detector=Detector(_Runtime(), model_version="x"))  # type: ignore[arg-type]
+    service = InferenceService(settings, detector=Detector(ZeroRuntime(), model_version="x"))  # type: ignore[arg-type]
     service.start()
     yield service
     service.stop()

@@ -7,27 +7,13 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 
 from facemask.model import variants as mv
 from facemask.model.detector import Detector
 from services.inference.config import InferenceSettings
 from services.inference.service import InferenceService
-
-
-class _Runtime:
-    name = "tflite"
-    precision = "int8"
-    input_size = (260, 260)
-    max_batch_size = None
-
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(batch)
-        return np.zeros((n, 5972, 4), np.float32), np.zeros((n, 5972, 2), np.float32)
-
-    def close(self) -> None:
-        pass
+from tests.fixtures.model import ZeroRuntime
 
 
 @pytest.fixture()
@@ -35,7 +21,7 @@ def service() -> Iterator[Any]:
     started: list[InferenceService] = []
 
     def start(selection: mv.Choice | None) -> InferenceService:
-        runtime = _Runtime()
+        runtime = ZeroRuntime("tflite", "int8")
         if selection is not None:
             runtime.selection = selection  # type: ignore[attr-defined]
         settings = InferenceSettings(
