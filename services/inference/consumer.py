@@ -160,14 +160,12 @@ class StreamConsumer:
         batcher: DynamicBatcher,
         metrics: InferenceMetrics,
         settings: InferenceSettings,
-        model_version: str,
     ) -> None:
         self.client: Any = client  # redis-py's stubs do not model stream replies
         self.layout = layout
         self.batcher = batcher
         self.metrics = metrics
         self.settings = settings
-        self.model_version = model_version
         self.group = settings.consumer_group
         self.consumer = settings.consumer_name
         self.streams = StreamGroupConsumer(

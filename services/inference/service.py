@@ -262,9 +262,7 @@ class InferenceService:
             layout = self.settings.layout
             self._check_layout(client, layout)
             with self.supervisor.adopting():
-                self.consumer = StreamConsumer(
-                    client, layout, batcher, self.metrics, self.settings, loaded.version
-                )
+                self.consumer = StreamConsumer(client, layout, batcher, self.metrics, self.settings)
             self._supervise_consumer(self.consumer)
             self.consumer.start()
             # The reader creates the groups on its first pass: give it a moment, so a

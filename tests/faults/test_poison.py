@@ -104,7 +104,7 @@ def inference(redis_server: RedisProcess) -> Iterator[tuple[StreamConsumer, Dyna
     batcher = DynamicBatcher(StandInDetector(), max_batch_size=8)  # type: ignore[arg-type]
     client = connect(redis_server.url)
     metrics = InferenceMetrics(CollectorRegistry())
-    consumer = StreamConsumer(client, LAYOUT, batcher, metrics, settings, "test")
+    consumer = StreamConsumer(client, LAYOUT, batcher, metrics, settings)
     yield consumer, batcher
     consumer.stop(5.0)
     batcher.close(5.0)

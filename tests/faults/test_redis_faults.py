@@ -56,7 +56,7 @@ class Running:
         self.client = connect(url, socket_timeout=2.0, connect_timeout=0.5)
         self.metrics = InferenceMetrics(CollectorRegistry())
         self.consumer = StreamConsumer(
-            self.client, LAYOUT, self.batcher, self.metrics, self.settings, "test"
+            self.client, LAYOUT, self.batcher, self.metrics, self.settings
         )
         self.consumer.start()
 

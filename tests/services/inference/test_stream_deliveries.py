@@ -64,7 +64,7 @@ def consumer(redis_server: RedisProcess) -> Iterator[tuple[StreamConsumer, FakeB
     batcher = FakeBatcher()
     client = connect(redis_server.url)
     metrics = InferenceMetrics(CollectorRegistry())
-    stream_consumer = StreamConsumer(client, LAYOUT, batcher, metrics, settings, "test")  # type: ignore[arg-type]
+    stream_consumer = StreamConsumer(client, LAYOUT, batcher, metrics, settings)  # type: ignore[arg-type]
     yield stream_consumer, batcher
     stream_consumer.stop(5.0)
     client.close()
@@ -215,7 +215,7 @@ def test_overload_is_shared_fairly_by_every_partition_and_camera(
     batcher = DynamicBatcher(detector, max_batch_size=8, decode_workers=1)  # type: ignore[arg-type]
     client = connect(redis_server.url)
     metrics = InferenceMetrics(CollectorRegistry())
-    stream_consumer = StreamConsumer(client, layout, batcher, metrics, settings, "test")
+    stream_consumer = StreamConsumer(client, layout, batcher, metrics, settings)
     stream_consumer.start()
     try:
         ok = {"source": "stream", "outcome": "ok"}
