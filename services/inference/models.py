@@ -53,7 +53,8 @@ from facemask.model import variants as mv
 from facemask.model.detector import Detector, create_detector
 from facemask.model.registry import UPSTREAM, ModelRegistry, ModelVersion, RegistryError
 from facemask.model.runtime import create_runtime
-from facemask.model.runtime.base import Runtime, native_bf16
+from facemask.model.runtime.base import Runtime
+from facemask.model.runtime.tensorflow import process_precision
 from services.inference.batcher import DynamicBatcher, batch_limit
 from services.inference.config import InferenceSettings
 
@@ -109,13 +110,6 @@ class ModelLoadError(RuntimeError):
         self.detail = detail
 
 
-def _tf_precision() -> str:
-    """The TensorFlow precision this process measures (one per process, see auto)."""
-    from facemask.model.runtime.tensorflow import _PROCESS_STATE
-
-    return _PROCESS_STATE.get("precision") or ("bf16" if native_bf16() else "float32")
-
-
 def _version_file(version: ModelVersion, variant: str) -> Path | None:
     try:
         return version.file(variant)
@@ -148,12 +142,12 @@ def choose_version_runtime(
     batches each, in the background: the measurement cache holds the upstream model's
     choice, which a restart needs at once). The runtime's ``selection`` says why."""
     files = {
-        mv.Variant("tensorflow", _tf_precision()): _version_file(version, "tf"),
+        mv.Variant("tensorflow", process_precision()): _version_file(version, "tf"),
         mv.Variant("tflite", "float32"): _version_file(version, "float32"),
         mv.Variant("tflite", "int8"): _version_file(version, "int8"),
     }
     available = {v: path for v, path in files.items() if path is not None}
-    source = files[mv.Variant("tensorflow", _tf_precision())]
+    source = files[mv.Variant("tensorflow", process_precision())]
     deltas = card_ap50_deltas(version.card)
     if not deltas and source:
         deltas = mv.load_ap50_deltas(modelstore.sha256_file(source))
@@ -218,8 +212,13 @@ class ModelLoader:
         options = settings.runtime_options()
         if runtime == "auto":
             chosen = choose_version_runtime(settings, version)
-            detector = Detector(chosen, conf=conf, iou=iou, model_version=version.version)
-            detector.model_sha256 = _sha256_of(chosen)
+            detector = Detector(
+                chosen,
+                conf=conf,
+                iou=iou,
+                model_version=version.version,
+                model_sha256=_sha256_of(chosen),
+            )
             return LoadedModel(detector, version.version)
         asked = options.get("variant") if runtime == "tflite" else None
         wanted = asked if asked in ("float32", "int8") else None  # upstream: the default

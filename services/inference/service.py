@@ -135,6 +135,8 @@ class InferenceService:
             loaded = given
         else:
             loaded = loader.prepare(loader.resolve(settings.model))
+        if not loaded.owned:  # the caller's detector: prepare() did not warm it
+            loader.warm(loaded.detector)
         detector = loaded.detector
         logger.info(
             "model ready",
@@ -219,12 +221,6 @@ class InferenceService:
         if self.settings.streams or self.settings.watches_model:
             client = connect(self.settings.redis_url)
         loaded = self._load_model(client if self.settings.watches_model else None)
-        if not loaded.owned and self.settings.warmup:  # the caller's: warm it here
-            start = time.monotonic()
-            loaded.detector.warmup(
-                warmup_sizes(self.settings.max_batch_size, loaded.detector.runtime)
-            )
-            logger.info("model warmed up", extra={"seconds": round(time.monotonic() - start, 2)})
         self.model, detector = loaded, loaded.detector
         self.detector = detector
         metrics = self.metrics

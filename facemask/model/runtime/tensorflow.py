@@ -50,6 +50,12 @@ _PROCESS_STATE: dict[str, str] = {}
 """``precision``: that of the first TensorFlow runtime of this process (bf16 is process-wide)."""
 
 
+def process_precision() -> str:
+    """The TensorFlow precision of this process: the one its first runtime fixed, else
+    what ``auto`` resolves to (bf16 where the CPU has native bf16, else float32)."""
+    return _PROCESS_STATE.get("precision") or resolve_precision("auto")
+
+
 def _configure_precision(tf: Any, precision: str) -> None:
     """Fix the process's compute precision: ``bf16`` turns on grappler's oneDNN auto mixed
     precision (convolutions and matmuls in bf16 on AMX / AVX512-BF16, float32 in and out).
@@ -140,8 +146,8 @@ class TensorFlowRuntime:
         started = time.perf_counter()
         # Resolve the model first: a missing file fails fast, before the slow TF import.
         self.model_path = Path(model_path) if model_path else modelstore.artifact_path(MODEL_FILE)
-        self.precision = _PROCESS_STATE.get("precision", "") if precision == "auto" else ""
-        self.precision = self.precision or resolve_precision(precision)
+        auto = precision == "auto"
+        self.precision = process_precision() if auto else resolve_precision(precision)
         tf = _import_tensorflow()
         self._tf = tf
         self.intra_op_threads = intra_op_threads or threads or usable_cpus()
