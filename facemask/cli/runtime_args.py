@@ -19,8 +19,8 @@ from facemask.model.runtime.base import PRECISIONS
 
 RUNTIME_SPECIFIC = {"precision": "tensorflow", "variant": "tflite", "interpreters": "tflite"}
 """Option -> the only runtime that takes it."""
-RUNTIME_VARIANT = {"tensorflow": "tf", "tflite": "float32"}
-"""Runtime that can load a given model -> the model variant it loads by default."""
+MODEL_RUNTIMES = ("tensorflow", "tflite")
+"""The runtimes that load a given model's file (auto chooses among the upstream's)."""
 
 
 def positive_int(text: str) -> int:
@@ -104,9 +104,9 @@ def model_options(ref: str, runtime: str, variant: str | None) -> dict[str, Any]
         raise ValueError(str(exc)) from None
     if model.version == UPSTREAM:
         return {}
-    if runtime not in RUNTIME_VARIANT:
+    if runtime not in MODEL_RUNTIMES:
         raise ValueError(
-            f"--model {ref} needs --runtime {' or '.join(RUNTIME_VARIANT)} (the {runtime} "
+            f"--model {ref} needs --runtime {' or '.join(MODEL_RUNTIMES)} (the {runtime} "
             "runtime chooses among the upstream model's files)"
         )
     if runtime == "tflite" and variant == "upstream":
