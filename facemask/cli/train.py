@@ -29,6 +29,7 @@ from typing import Any
 
 from facemask.cli.progress import add_progress_argument, progress, progress_enabled
 from facemask.cli.runtime_args import positive_int
+from facemask.core.anchors import feature_map_sizes_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,16 @@ def _non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value
+
+
+def _input_size(text: str) -> int:
+    """A model input side the network takes (checked here, before any data is loaded)."""
+    side = positive_int(text)
+    try:
+        feature_map_sizes_for(side)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return side
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +99,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--input-size",
-        type=positive_int,
+        type=_input_size,
         default=recipe.input_size,
         help="model input width = height in pixels (default %(default)s, the upstream size)",
     )

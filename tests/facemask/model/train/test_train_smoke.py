@@ -130,3 +130,14 @@ def test_cli_bad_inputs_are_one_clear_error(
     assert main(base) == 1
     err = capsys.readouterr().err
     assert err.startswith("facemask train: error: ") and message in err
+
+
+def test_a_too_small_input_size_is_refused_before_any_data_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(tmp_path / "missing.json"), "--images", str(tmp_path)]
+    args += ["--dev-data", str(tmp_path / "dev.json"), "--dev-images", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--input-size", "100"])
+    assert exit_info.value.code == 2
+    assert "--input-size: input side 100 is too small" in capsys.readouterr().err
