@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from facemask.core.anchors import generate_anchors
 from facemask.model import evaluation
 from facemask.model.detector import Detector
 from facemask.model.native import import_tensorflow
+from facemask.model.quantize import write_atomically
 from facemask.model.train.augment import AugmentConfig
 from facemask.model.train.data import DatasetSpec, LabeledSet
 from facemask.model.train.pipeline import DistillData, LabelledData
@@ -147,9 +147,7 @@ EpochHook = Callable[[EpochResult, bool], None]
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 @dataclass
@@ -296,6 +294,8 @@ class Trainer:
         self, *, on_step: ProgressHook | None = None, on_epoch: EpochHook | None = None
     ) -> list[EpochResult]:
         """Train the remaining epochs; the history of the whole run."""
+        from facemask.model.train.loss import loss_summary
+
         tf = import_tensorflow()
         self.out.mkdir(parents=True, exist_ok=True)
         total_steps = self.recipe.epochs * self.steps_per_epoch
@@ -317,7 +317,7 @@ class Trainer:
                 else:
                     images, loc_t, cls_t = item
                     values = self._step(images, loc_t, cls_t)
-                scalars = {key: float(value) for key, value in values.items()}
+                scalars = loss_summary(values)
                 if not all(math.isfinite(v) for v in scalars.values()):
                     raise TrainError(
                         f"the loss is not finite at epoch {epoch + 1} ({scalars}); lower the "
