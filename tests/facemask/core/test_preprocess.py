@@ -20,6 +20,7 @@ from facemask.core.preprocess import (
     decode_image,
     header_size,
     image_format,
+    jpeg_header,
     jpeg_size,
     png_size,
     preprocess,
@@ -222,6 +223,115 @@ def test_bgr_output() -> None:
     rgb[..., 0] = 255  # pure red
     out = decode_image(_encode(rgb, ".png"), bgr=True)
     np.testing.assert_array_equal(out.rgb[0, 0], [0, 0, 255])
+
+
+def _exif_orientation(orientation: int) -> bytes:
+    """An APP1 EXIF segment whose only tag is the orientation (big-endian TIFF)."""
+    ifd = struct.pack(">HHHIHHI", 1, 0x0112, 3, 1, orientation, 0, 0)
+    payload = b"Exif\x00\x00" + b"MM\x00*" + struct.pack(">I", 8) + ifd
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _with_segment(jpeg: bytes, segment: bytes) -> bytes:
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+_SAMPLING = cv2.IMWRITE_JPEG_SAMPLING_FACTOR
+
+
+@pytest.mark.parametrize(
+    ("size", "params"),
+    [
+        ((640, 480), []),
+        ((1280, 720), []),
+        ((1917, 1083), [cv2.IMWRITE_JPEG_QUALITY, 60]),  # odd sizes: libjpeg rounds up
+        ((333, 777), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+        ((1040, 1040), [_SAMPLING, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]),
+        ((1040, 600), [_SAMPLING, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422]),
+        ((2100, 2100), [cv2.IMWRITE_JPEG_OPTIMIZE, 1]),
+    ],
+)
+@pytest.mark.parametrize("bgr", [False, True])
+def test_jpeg_decode_is_exactly_opencvs(
+    size: tuple[int, int], params: list[int], bgr: bool
+) -> None:
+    """The libjpeg-turbo path gives OpenCV's pixels at every scale, in either order."""
+    width, height = size
+    data = _encode(_noise(height, width, seed=width), params=params)
+    flags = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8,
+    }
+    for reduce in ("full", "auto"):
+        out = decode_image(data, reduce=reduce, bgr=bgr)
+        factor = next(f for f in flags if -(-width // f) == out.rgb.shape[1])
+        assert reduce == "auto" or factor == 1
+        expected = cv2.imdecode(np.frombuffer(data, np.uint8), flags[factor])
+        if not bgr:
+            expected = cv2.cvtColor(expected, cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(out.rgb, expected)
+        assert (out.width, out.height) == size
+
+
+def test_greyscale_jpeg_decodes_to_three_equal_channels() -> None:
+    grey = _noise(90, 120)[..., 0]
+    ok, buf = cv2.imencode(".jpg", grey)
+    assert ok
+    data = buf.tobytes()
+    header = jpeg_header(data)
+    assert header is not None and header.components == 1 and header.turbo_decodable
+    out = decode_image(data, reduce="full")
+    expected = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(out.rgb, expected)
+
+
+def test_plain_jpegs_do_not_go_through_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path is taken (a regression to OpenCV's decoder would cost 15-35 %)."""
+    data = _encode(_noise(480, 640))
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("cv2.imdecode called for a plain JPEG")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+    assert decode_image(data).rgb.shape == (480, 640, 3)
+
+
+def test_exif_orientation_is_applied_as_opencv_does() -> None:
+    """A JPEG with EXIF goes to OpenCV, which turns it by its orientation (6: 90 degrees
+    clockwise); the size it reports is the turned one."""
+    data = _with_segment(_encode(_smooth(40, 100)), _exif_orientation(6))
+    header = jpeg_header(data)
+    assert header is not None and header.exif and not header.turbo_decodable
+    out = decode_image(data, reduce="full")
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert expected.shape[:2] == (100, 40)  # OpenCV did turn it
+    np.testing.assert_array_equal(out.rgb, cv2.cvtColor(expected, cv2.COLOR_BGR2RGB))
+    assert (out.width, out.height) == (40, 100)
+
+
+@pytest.mark.parametrize(
+    ("data", "fields"),
+    [
+        (_jpeg_header(640, 480), (640, 480, 8, 1, False)),
+        (_with_segment(_jpeg_header(64, 32), _exif_orientation(1)), (64, 32, 8, 1, True)),
+        (
+            b"\xff\xd8" + b"\xff\xc0" + struct.pack(">HBHHB", 17, 12, 20, 10, 3) + bytes(9),
+            (10, 20, 12, 3, False),  # 12-bit samples: OpenCV decodes those
+        ),
+        (
+            b"\xff\xd8" + b"\xff\xc0" + struct.pack(">HBHHB", 20, 8, 20, 10, 4) + bytes(12),
+            (10, 20, 8, 4, False),  # CMYK: OpenCV decodes those
+        ),
+    ],
+)
+def test_jpeg_header_fields(data: bytes, fields: tuple[int, int, int, int, bool]) -> None:
+    header = jpeg_header(data)
+    assert header is not None
+    got = (header.width, header.height, header.precision, header.components, header.exif)
+    assert got == fields
+    assert header.turbo_decodable == (fields[2] == 8 and fields[3] in (1, 3) and not fields[4])
 
 
 def test_unknown_reduce_mode() -> None:
