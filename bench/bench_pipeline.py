@@ -6,7 +6,8 @@ One run, same pre-encoded 1280x720 JPEG frames (cut from the sample video) throu
 2. **Per-frame loop**: the upstream reference script's loop on the frames, in this process.
 3. **Pipeline**: Redis, the inference service and the alert service as child processes;
    K simulated cameras (K = 1, 2, 4, ... 64) publish frames at 5 fps each, in ingest's
-   wire format, for ``--seconds``. Per K: sustained frames/s (status ok), p50/p95/p99 from
+   wire format, for ``--seconds``. Per K: sustained frames/s (status ok, the steady
+   completion rate: after the queues fill, before the load stops), p50/p95/p99 from
    capture to the detections entry (the entry id's Redis time) and to the alert decision
    (the alert service's processing-lag gauge, sampled every 0.1 s), mean batch size, frames
    skipped (too old) or lost, CPU (% of one core) and peak RSS of every service.
@@ -51,6 +52,7 @@ from bench.common import (
     measure_matmul_gflops,
     print_table,
     scrape,
+    steady_rate,
     write_results,
 )
 from bench.model_rate import model_only_rate, service_variant
@@ -169,14 +171,15 @@ def run_load(
     start_ms = int(time.time() * 1000)
     stop_at = time.time() + seconds
     published = 0
+    load_start = load_end = 0.0
     stats = {name: ProcStat(pid) for name, pid in pids.items()}
     alert_lags: list[float] = []
     done = threading.Event()
 
     def publisher() -> None:
-        nonlocal published
+        nonlocal published, load_start, load_end
         pub: Any = redis.Redis.from_url(redis_url)
-        t0 = time.time()
+        t0 = load_start = time.time()
         n = 0
         while True:
             tick = t0 + n * period
@@ -198,6 +201,7 @@ def run_load(
                 published += 1
             pipe.execute()
             n += 1
+        load_end = time.time()
         pub.close()
 
     def sampler() -> None:
@@ -245,15 +249,13 @@ def run_load(
     ok = [(at, e) for at, e in entries if e.status == "ok"]
     skipped = len(entries) - len(ok)
     latencies = [at - e.capture_ts for at, e in ok]
-    times = [at for at, _ in ok]
-    span = max(times) - min(times) if len(times) > 10 else seconds
     mean_batch = batch_mean(before, after)
     return RunResult(
         k=k,
         fps_per_camera=fps,
         offered_per_s=k * fps,
         published=published,
-        sustained_per_s=len(ok) / max(span, 1e-6),
+        sustained_per_s=steady_rate([at for at, _ in ok], load_start, load_end),
         ok=len(ok),
         skipped=skipped,
         lost=max(0, published - len(entries)),

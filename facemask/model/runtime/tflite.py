@@ -9,7 +9,9 @@ needed.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -81,15 +83,31 @@ class _Interpreter:
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Invoke once per image of ``batch``; copies of the outputs."""
-        n = len(batch)
+        loc, cls = self.outputs(len(batch))
+        self.run_into(batch, itertools.count(), loc, cls)
+        return loc, cls
+
+    def outputs(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Empty output arrays for ``n`` images."""
         loc = np.empty((n, *self.shapes[self.loc_index][1:]), dtype=np.float32)
         cls = np.empty((n, *self.shapes[self.cls_index][1:]), dtype=np.float32)
-        for i in range(n):
+        return loc, cls
+
+    def run_into(
+        self, batch: np.ndarray, take: Iterator[int], loc: np.ndarray, cls: np.ndarray
+    ) -> None:
+        """Invoke on image ``next(take)`` of ``batch``, writing its outputs into row of
+        ``loc`` and ``cls``, until ``take`` passes the end: interpreters sharing one
+        ``take`` share the batch image by image, so none waits while another still has a
+        long part to run (a thread the OS preempted finishes less; the others take more)."""
+        n = len(batch)
+        for i in take:  # next() on itertools.count is atomic under the GIL
+            if i >= n:
+                return
             self.interpreter.set_tensor(self.input_index, batch[i : i + 1])
             self.interpreter.invoke()
             loc[i] = self.interpreter.get_tensor(self.loc_index)[0]
             cls[i] = self.interpreter.get_tensor(self.cls_index)[0]
-        return loc, cls
 
 
 class TFLiteConfig(RuntimeConfig):
@@ -158,21 +176,23 @@ class TFLiteRuntime:
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw outputs ``loc [B, A, 4]``, ``cls [B, A, 2]`` at the model's input size (read
-        from its input details; A = 5972 at 260x260); one invoke per image,
-        the images split into contiguous parts over the interpreters."""
+        from its input details; A = 5972 at 260x260); one invoke per image, the
+        interpreters taking the images one at a time (:meth:`_Interpreter.run_into`)."""
         if self._closed:
             raise RuntimeError("runtime is closed")
         batch = check_batch(batch, self.input_size)
         members = self._pool_members
         if self._executor is None or len(batch) < 2:
             return members[0].run(batch)
-        parts = np.array_split(batch, min(len(members), len(batch)))
+        loc, cls = members[0].outputs(len(batch))
+        take = itertools.count()
         futures = [
-            self._executor.submit(member.run, part)
-            for member, part in zip(members, parts, strict=False)
+            self._executor.submit(member.run_into, batch, take, loc, cls)
+            for member in members[: len(batch)]
         ]
-        outs = [f.result() for f in futures]
-        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+        for future in futures:
+            future.result()
+        return loc, cls
 
     def close(self) -> None:
         """Drop the interpreters and their threads."""

@@ -124,6 +124,9 @@ def test_interpreters_run_batch_items_in_parallel_identically(samples_dir: Path)
         np.testing.assert_array_equal(loc1, loc3)
         np.testing.assert_array_equal(cls1, cls3)
         assert multi.infer(batch[:0])[0].shape == (0, 5972, 4)
+        loc2, cls2 = multi.infer(batch[:2])  # fewer images than interpreters
+        np.testing.assert_array_equal(loc2, loc1[:2])
+        np.testing.assert_array_equal(cls2, cls1[:2])
     finally:
         single.close()
         multi.close()
