@@ -330,17 +330,20 @@ def stream_run(
 def saturate(
     service: Service, redis_url: str, frames: list[bytes], limit: float, seconds: float
 ) -> LoadResult:
-    """The saturation run: cameras at 5 fps offering ~2x the compute limit, 1.5x more
+    """The saturation run: cameras at 5 fps offering ~2x the compute limit, 15 % more
     while the service keeps up with all of them (a quantised model outruns the float32
-    limit); its rate is the steady completion rate (:func:`bench.common.steady_rate`);
-    under saturation frames past their max age are skipped."""
+    limit). Each run's rate is its steady completion rate
+    (:func:`bench.common.steady_rate`); the sustained rate is the best of them: overload
+    far past saturation only measures the cost of skipping frames past their max age."""
     cameras = max(8, int(limit * 2 / 5))
-    for _attempt in range(5):
+    runs: list[LoadResult] = []
+    for _attempt in range(8):
         result = stream_run(service, redis_url, "dynamic saturation", frames, cameras, 5.0, seconds)
+        runs.append(result)
         if result.skipped or result.frames_per_s < 0.95 * result.offered_per_s:
             break
-        cameras = int(cameras * 1.5)
-    return result
+        cameras = max(cameras + 1, int(cameras * 1.15))
+    return max(runs, key=lambda r: r.frames_per_s)
 
 
 # -- main -------------------------------------------------------------------------------

@@ -287,6 +287,18 @@ def load_ap50_deltas(
     return {key: value - reference for key, value in ap50.items()}
 
 
+def card_ap50_deltas(card: Mapping[str, Any]) -> dict[str, float]:
+    """Variant key -> dev-set AP50 minus TensorFlow float32's, from a stored version's
+    model card ``metrics.variants`` (written by ``facemask train``: every exported file
+    scored on the dev set); empty when the card has no such figures."""
+    try:
+        ap50 = {str(k): float(v) for k, v in card["metrics"]["variants"].items()}
+        reference = ap50[REFERENCE]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+    return {key: value - reference for key, value in ap50.items()}
+
+
 # -- the measurement cache ---------------------------------------------------------------
 
 

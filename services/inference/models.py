@@ -11,7 +11,7 @@ detector on the configured runtime: the ``upstream`` version exactly as before (
 (``tensorflow``: ``model.pb``; ``tflite``: ``model.float32.tflite`` or, with
 ``model_variant=int8``, ``model.int8.tflite``; ``auto``: the fastest of the version's
 variants whose dev-set AP50 is known to be within the tolerance, see
-:func:`choose_version_runtime`).
+:func:`version_files`).
 
 :class:`ModelWatcher` is the service's ``model-watcher`` loop (a
 :class:`~facemask.infra.worker.Worker` under the service's supervisor: restarted when it
@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -52,9 +52,8 @@ from facemask.model import store as modelstore
 from facemask.model import variants as mv
 from facemask.model.detector import Detector, create_detector
 from facemask.model.registry import UPSTREAM, ModelRegistry, ModelVersion, RegistryError
-from facemask.model.runtime import create_runtime
+from facemask.model.runtime.auto import AutoConfig, ModelFiles, select_runtime
 from facemask.model.runtime.base import Runtime
-from facemask.model.runtime.tensorflow import process_precision
 from services.inference.batcher import DynamicBatcher, batch_limit
 from services.inference.config import InferenceSettings
 
@@ -117,76 +116,29 @@ def _version_file(version: ModelVersion, variant: str) -> Path | None:
         return None
 
 
-def card_ap50_deltas(card: Mapping[str, Any]) -> dict[str, float]:
-    """Variant key -> dev-set AP50 minus TensorFlow float32's, from a model card's
-    ``metrics.variants`` (written by ``facemask train``: every exported file scored on the
-    dev set); empty when the card has no such figures."""
-    try:
-        ap50 = {str(k): float(v) for k, v in card["metrics"]["variants"].items()}
-        reference = ap50[mv.REFERENCE]
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return {}
-    return {key: value - reference for key, value in ap50.items()}
-
-
-def choose_version_runtime(
-    settings: InferenceSettings, version: ModelVersion, *, timer: mv.Timer = time.perf_counter
-) -> Runtime:
-    """The ``auto`` runtime's choice for a version of the model store: the fastest of the
-    version's variants (``model.pb`` on TensorFlow, its ``.tflite`` files on TFLite)
-    whose dev-set AP50 delta to float32 is known (the version's own card,
-    :func:`card_ap50_deltas`, else the accuracy card of
-    :func:`facemask.model.variants.load_ap50_deltas`, keyed by the ``model.pb`` sha256)
-    and within the tolerance; without a card entry only TensorFlow float32 is eligible,
-    as for the upstream model. The candidates are measured on every load (a few warm
-    batches each, in the background: the measurement cache holds the upstream model's
-    choice, which a restart needs at once). The runtime's ``selection`` says why."""
-    files = {
-        mv.Variant("tensorflow", process_precision()): _version_file(version, "tf"),
-        mv.Variant("tflite", "float32"): _version_file(version, "float32"),
-        mv.Variant("tflite", "int8"): _version_file(version, "int8"),
+def version_files(version: ModelVersion) -> ModelFiles:
+    """The files of a stored version that the ``auto`` runtime chooses among
+    (:func:`~facemask.model.runtime.auto.select_runtime`): its ``model.pb`` and
+    ``.tflite`` files, with their dev-set AP50 deltas to float32 from the version's own
+    card (:func:`~facemask.model.variants.card_ap50_deltas`), else from the accuracy
+    card keyed by the ``model.pb`` sha256 (the pinned model's figures); its measurements
+    are cached per version."""
+    source = _version_file(version, "tf")
+    tflite = {
+        precision: path
+        for precision in ("float32", "int8")
+        if (path := _version_file(version, precision)) is not None
     }
-    available = {v: path for v, path in files.items() if path is not None}
-    source = files[mv.Variant("tensorflow", process_precision())]
-    deltas = card_ap50_deltas(version.card)
-    if not deltas and source:
+    deltas = mv.card_ap50_deltas(version.card)
+    if not deltas and source is not None:
         deltas = mv.load_ap50_deltas(modelstore.sha256_file(source))
-    candidates = [v for v in available if v.key in deltas]
-    if not candidates:
-        reference = mv.Variant.parse(mv.REFERENCE)
-        candidates, deltas = [reference], {mv.REFERENCE: 0.0}
-        available.setdefault(reference, source)  # type: ignore[arg-type]
-    if available.get(candidates[0]) is None:
-        raise ModelLoadError("load", version.version, "the version has no model.pb")
-
-    def create(variant: mv.Variant) -> Runtime:
-        # the variant's options (precision) with the version's own file
-        options: dict[str, Any] = {"model_path": available[variant], **variant.options()}
-        if variant.runtime == "tflite":
-            options["interpreters"] = settings.interpreters
-        if settings.threads:
-            options["threads"] = settings.threads
-        return create_runtime(variant.runtime, **options)
-
-    runtimes: dict[str, Any] = {}
-    if len(candidates) == 1:
-        measurements = [mv.Measurement(candidates[0], 0.0)]  # nothing to compare
-    else:
-        measurements, runtimes = mv.measure(
-            candidates, create, settings.max_batch_size, timer=timer
-        )
-    if len(measurements) == 1:  # the only one: chosen whatever its rate
-        only = measurements[0]
-        choice = mv.Choice(
-            only.variant, only.images_per_second, deltas[only.variant.key], tuple(measurements), {}
-        )
-    else:
-        choice = mv.choose(measurements, deltas)
-    runtime: Runtime = runtimes.pop(choice.variant.key, None) or create(choice.variant)
-    for other in runtimes.values():
-        other.close()
-    runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
-    return runtime
+    return ModelFiles(
+        source,
+        tflite,
+        deltas,
+        model_id=version.version,
+        cache_file=f"{Path(mv.CACHE_FILE).stem}.{version.version}.json",
+    )
 
 
 class ModelLoader:
@@ -211,7 +163,9 @@ class ModelLoader:
         runtime = settings.effective_runtime
         options = settings.runtime_options()
         if runtime == "auto":
-            chosen = choose_version_runtime(settings, version)
+            config = settings.runtime_config()
+            assert isinstance(config, AutoConfig)
+            chosen = select_runtime(config, version_files(version))
             detector = Detector(
                 chosen,
                 conf=conf,

@@ -33,7 +33,9 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -53,20 +55,68 @@ CHILD_TIMEOUT_S = 300.0
 _RATES_PREFIX = "facemask-variant-rates "
 
 
-def available_variants(*, every_precision: bool = False) -> list[mv.Variant]:
-    """The variants whose model files exist here.
+@dataclass(frozen=True, slots=True)
+class ModelFiles:
+    """The files of one model that ``auto`` chooses among, and what is known of them.
+
+    ``source`` is its ``model.pb`` (the TensorFlow variants; None: none), ``tflite`` its
+    ``.tflite`` files by precision, ``ap50_deltas`` variant key -> dev-set AP50 minus
+    TensorFlow float32's (a variant without one is never chosen), ``model_id`` the id its
+    measurements are cached under, in ``cache_file`` (one file per model: a service that
+    swaps models keeps each one's figures)."""
+
+    source: Path | None
+    tflite: Mapping[str, Path] = field(default_factory=dict)
+    ap50_deltas: Mapping[str, float] = field(default_factory=dict)
+    model_id: str = ""
+    cache_file: str = mv.CACHE_FILE
+
+    def path(self, variant: mv.Variant) -> Path | None:
+        """The file ``variant`` runs."""
+        if variant.runtime == "tensorflow":
+            return self.source
+        return self.tflite.get(variant.precision)
+
+
+def builtin_files(*, strict: bool = False, accuracy: bool = True) -> ModelFiles:
+    """The pinned model (the model store's ``face_mask_detection.pb``) and the TFLite
+    variants ``facemask models build`` made of it here, with the project card's accuracy
+    for the calibration each int8 was built with (``accuracy``; else none). ``strict``:
+    a missing ``model.pb`` raises :class:`~facemask.model.store.ModelStoreError` (it says
+    how to fetch it); else the TensorFlow variants are just not available."""
+    from facemask.model import quantize
+
+    tflite = {
+        precision: quantize.variant_path(precision)
+        for precision in quantize.VARIANTS
+        if quantize.variant_path(precision).is_file()
+    }
+    try:
+        source = modelstore.artifact_path(SOURCE_MODEL)
+    except modelstore.ModelStoreError:
+        if strict:
+            raise
+        return ModelFiles(None, tflite)
+    if not accuracy:
+        return ModelFiles(source, tflite)
+    sha256 = modelstore.sha256_file(source)
+    deltas = mv.load_ap50_deltas(sha256, calibrations=built_calibrations())
+    return ModelFiles(source, tflite, deltas, sha256[:12])
+
+
+def available_variants(
+    files: ModelFiles | None = None, *, every_precision: bool = False
+) -> list[mv.Variant]:
+    """The variants whose model files exist (``files``; default: :func:`builtin_files`).
 
     TensorFlow's precision is process-wide: measured in this process, only one TensorFlow
     variant is available (the precision the process runs, else bf16 where the CPU has
     native bf16, else float32). ``every_precision`` (TensorFlow measured in child
     processes, one per precision, nothing fixed here yet) offers both, so the faster one
     is measured rather than guessed from CPU flags."""
+    files = files or builtin_files(accuracy=False)
     out: list[mv.Variant] = []
-    try:
-        modelstore.artifact_path(SOURCE_MODEL)
-    except modelstore.ModelStoreError:
-        pass
-    else:
+    if files.source is not None:
         from facemask.model.runtime.tensorflow import _PROCESS_STATE
 
         fixed = _PROCESS_STATE.get("precision")
@@ -75,11 +125,7 @@ def available_variants(*, every_precision: bool = False) -> list[mv.Variant]:
         else:
             tf_precision = fixed or ("bf16" if native_bf16() else "float32")
             out.append(mv.Variant("tensorflow", tf_precision))
-    from facemask.model import quantize
-
-    for precision in ("float32", "int8"):
-        if quantize.variant_path(precision).is_file():
-            out.append(mv.Variant("tflite", precision))
+    out += [mv.Variant("tflite", p) for p in ("float32", "int8") if p in files.tflite]
     return out
 
 
@@ -113,10 +159,12 @@ class AutoConfig(RuntimeConfig):
         return select_runtime(self)
 
 
-def _create_variant(config: AutoConfig, variant: mv.Variant) -> Any:
+def _create_variant(config: AutoConfig, variant: mv.Variant, path: Path | None) -> Any:
     from facemask.model.runtime import create_runtime
 
     options: dict[str, Any] = dict(variant.options())
+    if path is not None:  # else the runtime's own file of the variant
+        options["model_path"] = path
     if config.threads:
         options["threads"] = config.threads
     if variant.runtime == "tflite":
@@ -150,10 +198,13 @@ _CHILD_COMMAND = f"import sys; from {__name__} import _child_main; sys.exit(_chi
 define a second copy of the runtime's config class)."""
 
 
-def measure_in_child(config: AutoConfig, variants: Sequence[mv.Variant]) -> list[mv.Measurement]:
-    """Measure ``variants`` in a fresh Python process (same interpreter, environment and CPU
-    affinity), so what they import stays out of this one. An empty list, logged, when the
-    child fails."""
+def measure_in_child(
+    config: AutoConfig, variants: Sequence[mv.Variant], files: ModelFiles | None = None
+) -> list[mv.Measurement]:
+    """Measure ``variants`` (of ``files``; default: the runtimes' own files) in a fresh
+    Python process (same interpreter, environment and CPU affinity), so what they import
+    stays out of this one. An empty list, logged, when the child fails."""
+    paths = [] if files is None else [(v, files.path(v)) for v in variants]
     argv = [
         sys.executable,
         "-c",
@@ -162,6 +213,7 @@ def measure_in_child(config: AutoConfig, variants: Sequence[mv.Variant]) -> list
         str(config.batch_size),
         "--threads",
         str(config.threads or 0),
+        *[arg for v, path in paths if path is not None for arg in ("--model", f"{v.key}={path}")],
         *[v.key for v in variants],
     ]
     try:
@@ -191,6 +243,7 @@ def measure_in_child(config: AutoConfig, variants: Sequence[mv.Variant]) -> list
 def measure_variants(
     config: AutoConfig,
     candidates: Sequence[mv.Variant],
+    files: ModelFiles,
     *,
     timer: mv.Timer,
     isolate_tensorflow: bool,
@@ -200,10 +253,10 @@ def measure_variants(
     here = [v for v in candidates if not (isolate_tensorflow and v.runtime == "tensorflow")]
     away = [v for v in candidates if v not in here]
     measurements, runtimes = mv.measure(
-        here, lambda v: _create_variant(config, v), config.batch_size, timer=timer
+        here, lambda v: _create_variant(config, v, files.path(v)), config.batch_size, timer=timer
     )
     for variant in away:  # a child per TensorFlow precision (process-wide in TensorFlow)
-        measurements += measure_in_child(config, [variant])
+        measurements += measure_in_child(config, [variant], files)
     order = {v.key: i for i, v in enumerate(candidates)}
     measurements.sort(key=lambda m: order.get(m.variant.key, len(order)))
     return measurements, runtimes
@@ -211,20 +264,26 @@ def measure_variants(
 
 def select_runtime(
     config: AutoConfig,
+    files: ModelFiles | None = None,
     *,
     timer: mv.Timer | None = None,
     isolate_tensorflow: bool | None = None,
 ) -> Runtime:
-    """The chosen variant's runtime (its ``selection`` attribute says why).
+    """The runtime of the fastest acceptable variant of ``files`` (default: the pinned
+    model, :func:`builtin_files`; the service passes a stored version's); its
+    ``selection`` attribute says why.
 
     ``isolate_tensorflow`` (default: unless TensorFlow is imported already) measures the
-    TensorFlow variant in a child process, see the module."""
-    source = modelstore.artifact_path(SOURCE_MODEL)
-    sha256 = modelstore.sha256_file(source)
-    deltas = mv.load_ap50_deltas(sha256, calibrations=built_calibrations())
+    TensorFlow variant in a child process, see the module. Raises
+    :class:`~facemask.model.variants.NoVariantError` when no variant is eligible."""
+    files = files or builtin_files(strict=True)
+    deltas = dict(files.ap50_deltas)
     isolate = not tensorflow_imported() if isolate_tensorflow is None else isolate_tensorflow
-    available = available_variants(every_precision=isolate)
-    candidates = [v for v in available if v.key in deltas] or [mv.Variant("tensorflow", "float32")]
+    available = available_variants(files=files, every_precision=isolate)
+    reference = [mv.Variant("tensorflow", "float32")] if files.source is not None else []
+    candidates = [v for v in available if v.key in deltas] or reference
+    if not candidates:
+        raise mv.NoVariantError("no model.pb and no .tflite file of known accuracy to choose from")
     skipped: dict[str, str] = {}
     preferred = arm64_preference(candidates, deltas, config.tolerance)
     if preferred is not None:
@@ -236,11 +295,12 @@ def select_runtime(
         candidates = [preferred]
     key: dict[str, Any] = {
         "cpu": mv.cpu_model_name(),
-        "model_version": sha256[:12],
+        "model_version": files.model_id,
         "batch_size": config.batch_size,
         "threads": config.threads or usable_cpus(),
     }
-    path = mv.cache_path() if config.cache else None
+    directory_file = mv.cache_path() if config.cache else None
+    path = directory_file.with_name(files.cache_file) if directory_file is not None else None
     cached = mv.load_cache(path, **key) if path is not None else None
     if cached is not None:  # a hit only when it has every candidate (a new model: measure)
         usable = {v.key for v in candidates}
@@ -251,7 +311,11 @@ def select_runtime(
         measurements, from_cache = cached, True
     else:
         measurements, runtimes = measure_variants(
-            config, candidates, timer=timer or time.perf_counter, isolate_tensorflow=isolate
+            config,
+            candidates,
+            files,
+            timer=timer or time.perf_counter,
+            isolate_tensorflow=isolate,
         )
         from_cache = False
         if path is not None and measurements:
@@ -261,7 +325,7 @@ def select_runtime(
     choice = mv.choose(measurements, deltas, config.tolerance)
     choice = dataclasses.replace(choice, cached=from_cache, rejected={**skipped, **choice.rejected})
     runtime: Runtime = runtimes.pop(choice.variant.key, None) or _create_variant(
-        config, choice.variant
+        config, choice.variant, files.path(choice.variant)
     )
     for other in runtimes.values():
         other.close()
@@ -271,20 +335,29 @@ def select_runtime(
 
 
 def _child_main(argv: Sequence[str] | None = None) -> int:
-    """The child of :func:`measure_in_child` (``[--batch-size N] [--threads N] KEY...``):
+    """The child of :func:`measure_in_child` (``[--batch-size N] [--threads N]
+    [--model KEY=PATH]... KEY...``):
     measure the variants and print their rates as one JSON line (see measure_in_child)."""
     parser = argparse.ArgumentParser(
         prog="facemask-measure-variants", description=_child_main.__doc__
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="0: the usable CPUs")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=PATH",
+        help="the file of a variant (default: the runtime's own)",
+    )
     parser.add_argument("variants", nargs="+", type=mv.Variant.parse)
     args = parser.parse_args(argv)
+    paths = {key: Path(path) for key, _, path in (m.partition("=") for m in args.model)}
     config = AutoConfig.model_validate(
         {"batch_size": args.batch_size, "threads": args.threads or None}
     )
     measurements, runtimes = mv.measure(
-        args.variants, lambda v: _create_variant(config, v), config.batch_size
+        args.variants, lambda v: _create_variant(config, v, paths.get(v.key)), config.batch_size
     )
     for runtime in runtimes.values():
         runtime.close()

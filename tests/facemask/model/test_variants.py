@@ -14,6 +14,7 @@ import pytest
 
 from facemask.model import variants as mv
 from facemask.model.runtime import auto, parse_runtime_config
+from tests.fixtures.registry import small_card
 
 TF32 = mv.Variant("tensorflow", "float32")
 BF16 = mv.Variant("tensorflow", "bf16")
@@ -288,13 +289,15 @@ def fake_variants(
         clock = FakeClock()
         created: list[str] = []
 
-        def create(config: Any, variant: mv.Variant) -> FakeRuntime:
+        def create(config: Any, variant: mv.Variant, path: Path | None) -> FakeRuntime:
             created.append(variant.key)
             runtime = FakeRuntime(clock, 1 / speeds[variant], name=variant.runtime)
             runtime.precision = variant.precision
             return runtime
 
-        def child(config: Any, variants: list[mv.Variant]) -> list[mv.Measurement]:
+        def child(
+            config: Any, variants: list[mv.Variant], files: Any = None
+        ) -> list[mv.Measurement]:
             # what the child process would report: the rate, no runtime left open here
             created.extend(f"child:{v.key}" for v in variants)
             return [mv.Measurement(v, speeds[v]) for v in variants]
@@ -528,3 +531,109 @@ def test_a_cache_without_a_new_variant_is_a_miss(fake_variants: Any, tmp_path: P
     again = auto.select_runtime(config, timer=clock, isolate_tensorflow=False)  # type: ignore[arg-type]
     assert again.selection.variant == INT8 and not again.selection.cached
     assert created == ["tensorflow-bf16", "tflite-int8"]
+
+
+@pytest.mark.parametrize(
+    ("variants", "expected"),
+    [
+        (
+            {"tensorflow-float32": 0.68, "tflite-float32": 0.68, "tflite-int8": 0.675},
+            {"tensorflow-float32": 0.0, "tflite-float32": 0.0, "tflite-int8": -0.005},
+        ),
+        ({"tflite-int8": 0.5}, {}),  # no float32 reference: no deltas
+        ("not a mapping", {}),
+        ({"tensorflow-float32": "n/a"}, {}),
+        (None, {}),
+    ],
+)
+def test_card_ap50_deltas(variants: Any, expected: dict[str, float]) -> None:
+    card = small_card() if variants is None else small_card(metrics={"variants": variants})
+    got = mv.card_ap50_deltas(card)
+    assert got.keys() == expected.keys()
+    for key, delta in expected.items():
+        assert got[key] == pytest.approx(delta)
+
+
+# -- auto over a given model's files (a stored version) --------------------------------
+
+
+def _given_files(
+    tmp_path: Path, deltas: dict[str, float], *, source: bool = True
+) -> auto.ModelFiles:
+    tflite = {}
+    for precision in ("float32", "int8"):
+        tflite[precision] = tmp_path / f"model.{precision}.tflite"
+        tflite[precision].write_bytes(b"model")
+    pb = tmp_path / "model.pb"
+    pb.write_bytes(b"graph")
+    return auto.ModelFiles(
+        pb if source else None,
+        tflite,
+        deltas,
+        model_id="v1",
+        cache_file="variant-choice.v1.json",
+    )
+
+
+def test_auto_chooses_among_a_given_models_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored version: its own files are measured (TensorFlow in a child, told which
+    file), its own accuracy decides, and its figures are cached in a file of its own."""
+    speeds = {TF32: 110.0, BF16: 220.0, LITE32: 120.0, INT8: 400.0}
+    files = _given_files(tmp_path, {**CARD, "tflite-int8": -0.02})  # int8 lost accuracy
+    clock = FakeClock()
+    loaded: list[tuple[str, Path | None]] = []
+    told: list[tuple[str, Path | None]] = []
+
+    def create(config: Any, variant: mv.Variant, path: Path | None) -> FakeRuntime:
+        loaded.append((variant.key, path))
+        runtime = FakeRuntime(clock, 1 / speeds[variant], name=variant.runtime)
+        runtime.precision = variant.precision
+        return runtime
+
+    def child(config: Any, variants: list[mv.Variant], given: Any = None) -> list[mv.Measurement]:
+        told.extend((v.key, given.path(v)) for v in variants)
+        return [mv.Measurement(v, speeds[v]) for v in variants]
+
+    monkeypatch.setattr(auto, "_create_variant", create)
+    monkeypatch.setattr(auto, "measure_in_child", child)
+    monkeypatch.setattr(auto, "machine", lambda: "x86_64")
+    monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {})
+    monkeypatch.setenv(mv.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    config = auto.AutoConfig(batch_size=4)
+    runtime: Any = auto.select_runtime(config, files, timer=clock, isolate_tensorflow=True)
+    choice = runtime.selection
+    assert choice.variant == BF16 and choice.rejected == {"tflite-int8": "AP50 -0.0200 beyond 0.01"}
+    assert told == [("tensorflow-float32", files.source), ("tensorflow-bf16", files.source)]
+    assert loaded == [
+        ("tflite-float32", files.tflite["float32"]),
+        ("tflite-int8", files.tflite["int8"]),
+        ("tensorflow-bf16", files.source),  # the winner, created here after the children
+    ]
+    assert json.loads((tmp_path / "cache" / "variant-choice.v1.json").read_text())["model"] == "v1"
+    assert not (tmp_path / "cache" / mv.CACHE_FILE).exists()  # the pinned model's is not touched
+
+
+def test_auto_without_a_model_pb_or_known_accuracy_refuses(tmp_path: Path) -> None:
+    files = _given_files(tmp_path, {}, source=False)
+    with pytest.raises(mv.NoVariantError, match=r"no model\.pb"):
+        auto.select_runtime(auto.AutoConfig(batch_size=4, cache=False), files)
+
+
+def test_child_process_is_told_the_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    files = _given_files(tmp_path, CARD)
+    argv: list[str] = []
+
+    def run(args: list[str], **_: Any) -> Any:
+        argv.extend(args)
+        raise OSError("not run")
+
+    monkeypatch.setattr(auto.subprocess, "run", run)
+    assert auto.measure_in_child(auto.AutoConfig(batch_size=2), [BF16, INT8], files) == []
+    assert argv[argv.index("--model") : argv.index("--model") + 4] == [
+        "--model",
+        f"tensorflow-bf16={files.source}",
+        "--model",
+        f"tflite-int8={files.tflite['int8']}",
+    ]

@@ -15,6 +15,7 @@ from facemask.contracts.streams import StreamLayout
 from facemask.dev.localredis import RedisProcess
 from facemask.dev.waiting import wait_until
 from facemask.infra import rollout
+from facemask.model import variants as mv
 from facemask.model.detector import Detector
 from facemask.model.registry import UPSTREAM, ModelRegistry, ModelVersion
 from services.inference.config import InferenceSettings
@@ -22,7 +23,6 @@ from services.inference.models import (
     LoadedModel,
     ModelLoader,
     ModelWatcher,
-    card_ap50_deltas,
     variant_of,
 )
 from services.inference.service import InferenceService
@@ -139,11 +139,16 @@ def test_the_watcher_runs_supervised_a_death_is_restarted(
 
 @pytest.mark.model
 def test_auto_chooses_among_the_versions_own_files(
-    upstream_copy: ModelVersion, model_registry: ModelRegistry, detector: Detector
+    upstream_copy: ModelVersion,
+    model_registry: ModelRegistry,
+    detector: Detector,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # ``detector`` first: the session's TensorFlow precision is fixed (float32) before auto
     # measures TensorFlow in this process, whatever order the tests run in
     pytest.importorskip("ai_edge_litert")
+    monkeypatch.setenv(mv.CACHE_DIR_ENV, str(tmp_path / "variant-cache"))
     settings = InferenceSettings(runtime="auto", max_batch_size=4, warmup=False, threads=1)
     loaded = ModelLoader(settings, model_registry).load(upstream_copy)
     try:
@@ -157,36 +162,29 @@ def test_auto_chooses_among_the_versions_own_files(
         assert {"tflite-float32", "tflite-int8"} <= measured
     finally:
         loaded.detector.close()
-
-
-@pytest.mark.parametrize(
-    ("variants", "expected"),
-    [
-        (
-            {"tensorflow-float32": 0.68, "tflite-float32": 0.68, "tflite-int8": 0.675},
-            {"tensorflow-float32": 0.0, "tflite-float32": 0.0, "tflite-int8": -0.005},
-        ),
-        ({"tflite-int8": 0.5}, {}),  # no float32 reference: no deltas
-        ("not a mapping", {}),
-        ({"tensorflow-float32": "n/a"}, {}),
-        (None, {}),
-    ],
-)
-def test_card_ap50_deltas(variants: Any, expected: dict[str, float]) -> None:
-    card = small_card() if variants is None else small_card(metrics={"variants": variants})
-    got = card_ap50_deltas(card)
-    assert got.keys() == expected.keys()
-    for key, delta in expected.items():
-        assert got[key] == pytest.approx(delta)
+    # measured once per version: a restart (or a swap back) reads the figures
+    cached = ModelLoader(settings, model_registry).load(upstream_copy)
+    try:
+        again: Any = cached.detector.runtime
+        assert again.selection.cached and again.selection.variant == choice.variant
+        assert (
+            tmp_path / "variant-cache" / f"variant-choice.{upstream_copy.version}.json"
+        ).is_file()
+    finally:
+        cached.detector.close()
 
 
 @pytest.mark.model
 def test_auto_takes_the_versions_own_card_over_the_accuracy_card(
-    upstream_model_files: dict[str, Path], tmp_path: Path, detector: Detector
+    upstream_model_files: dict[str, Path],
+    tmp_path: Path,
+    detector: Detector,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A trained version's card scores its own files: an int8 that lost accuracy is never
     chosen, even where the upstream accuracy card (same weights here) would allow it."""
     pytest.importorskip("ai_edge_litert")
+    monkeypatch.setenv(mv.CACHE_DIR_ENV, str(tmp_path / "variant-cache"))
     variants = {"tensorflow-float32": 0.68, "tflite-float32": 0.68, "tflite-int8": 0.60}
     registry = ModelRegistry(tmp_path / "store")
     version = registry.add(upstream_model_files, small_card(metrics={"variants": variants}))
