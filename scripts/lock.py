@@ -61,7 +61,9 @@ class Target:
 
 TARGETS = (
     Target("dev", ("dev",), "scripts/setup.sh and CI (make test): base + every extra + dev tools"),
-    Target("inference", ("inference",), "services/inference/Dockerfile (linux/amd64)"),
+    Target(
+        "inference", ("inference",), "services/inference/Dockerfile (linux/amd64 and linux/arm64)"
+    ),
     Target("alerts", ("alerts",), "services/alerts/Dockerfile"),
     Target("ingest", ("ingest",), "services/ingest/Dockerfile (linux/amd64 and linux/arm64)"),
 )
