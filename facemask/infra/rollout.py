@@ -42,6 +42,7 @@ from facemask.model.registry import (
     ModelVersion,
     RegistryError,
     check_version_id,
+    utc_now,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ return #ARGV / 2
 
 class RolloutError(RuntimeError):
     """A rollout step failed; the message says what and what to do."""
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +145,7 @@ def promote(
     *,
     by: str = "",
     layout: StreamLayout | None = None,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Callable[[], datetime] = utc_now,
 ) -> ActiveModel:
     """Make ``ref`` (a stored version, a unique prefix or ``upstream``) the cluster's
     model: upload its files, then set the active key and publish. Promoting the active
@@ -181,7 +178,7 @@ def rollback(
     *,
     by: str = "",
     layout: StreamLayout | None = None,
-    clock: Callable[[], datetime] = _utc_now,
+    clock: Callable[[], datetime] = utc_now,
 ) -> ActiveModel:
     """Go back to the version the active one replaced (its files uploaded again from the
     local store when Redis lost them); a clear error when there is none."""

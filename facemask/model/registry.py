@@ -100,7 +100,8 @@ def default_root() -> Path:
     return Path(override) if override else modelstore.cache_dir() / "store"
 
 
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC (the default clock of the store and of rollouts)."""
     return datetime.now(UTC)
 
 
@@ -187,7 +188,7 @@ class ModelRegistry:
     """The versions under ``root`` (default :func:`default_root`), plus ``upstream``."""
 
     def __init__(
-        self, root: Path | None = None, *, clock: Callable[[], datetime] = _utc_now
+        self, root: Path | None = None, *, clock: Callable[[], datetime] = utc_now
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self._clock = clock
