@@ -57,15 +57,10 @@ def _load_average() -> float:
 
 
 def _subset(source: Path, out: Path, count: int) -> Path:
+    from facemask.model.evaluation import coco_subset
+
     coco = json.loads((source / "annotations.json").read_text())
-    images = coco["images"][:count]
-    ids = {image["id"] for image in images}
-    coco = {
-        "images": images,
-        "annotations": [a for a in coco["annotations"] if a["image_id"] in ids],
-        "categories": coco["categories"],
-    }
-    out.write_text(json.dumps(coco))
+    out.write_text(json.dumps(coco_subset(coco, count)))
     return out
 
 

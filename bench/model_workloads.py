@@ -108,12 +108,7 @@ def accuracy(detector: Any, tiles: str | None = None, limit: int | None = None) 
         return {}
     coco = evaluation.load_annotations(annotations)
     if limit is not None:
-        keep = {im["id"] for im in coco["images"][:limit]}
-        coco = {
-            **coco,
-            "images": [im for im in coco["images"] if im["id"] in keep],
-            "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
-        }
+        coco = evaluation.coco_subset(coco, limit)
     spec = TileSpec.parse(tiles) if tiles else None
     per_image = evaluation.detect_images(coco, DEV_IMAGES, detector, tiles=spec)
     rounded = evaluation.score(coco, per_image)

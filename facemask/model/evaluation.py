@@ -134,6 +134,18 @@ def load_annotations(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def coco_subset(coco: Mapping[str, Any], count: int) -> dict[str, Any]:
+    """``coco`` with only its first ``count`` images and their annotations (the other keys,
+    categories included, as they are): a smoke run's slice of a set."""
+    images = list(coco["images"])[:count]
+    keep = {image["id"] for image in images}
+    return {
+        **coco,
+        "images": images,
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+    }
+
+
 def ground_truth_images(coco: Mapping[str, Any], images_dir: str | Path) -> list[GroundTruthImage]:
     """The images of ``coco`` resolved under ``images_dir``; error listing missing files."""
     images_dir = Path(images_dir)

@@ -292,3 +292,27 @@ def test_dev_set_unrounded_boxes_score_higher(
     # truncation shrinks every box a little: scoring the float boxes gains ~2.5 AP50 points
     assert unrounded.ap50 == pytest.approx(0.445, abs=0.01)
     assert unrounded.ap50 > rounded.ap50 + 0.01
+
+
+@pytest.mark.parametrize(
+    ("count", "images", "annotations"),
+    [(0, [], []), (1, [7], [70, 71]), (2, [7, 3], [70, 71, 30]), (5, [7, 3, 9], [70, 71, 30])],
+)
+def test_coco_subset_keeps_the_first_images_and_theirs_only(
+    count: int, images: list[int], annotations: list[int]
+) -> None:
+    coco = {
+        "info": {"year": 2026},
+        "images": [{"id": 7}, {"id": 3}, {"id": 9}],
+        "annotations": [
+            {"id": 70, "image_id": 7},
+            {"id": 30, "image_id": 3},
+            {"id": 71, "image_id": 7},
+        ],
+        "categories": [{"id": 1, "name": "mask"}],
+    }
+    out = evaluation.coco_subset(coco, count)
+    assert [im["id"] for im in out["images"]] == images
+    assert sorted(a["id"] for a in out["annotations"]) == sorted(annotations)
+    assert out["categories"] == coco["categories"] and out["info"] == coco["info"]
+    assert len(coco["images"]) == 3  # the set itself is untouched
