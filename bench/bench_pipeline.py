@@ -218,9 +218,11 @@ def run_load(
     before = inference.scrape()
     sampling = threading.Thread(target=sampler, daemon=True)
     sampling.start()
-    thread = threading.Thread(target=publisher)
-    thread.start()
-    thread.join()
+    try:
+        publisher()  # here, not on a thread: its failure fails the run instead of a NaN
+    except BaseException:
+        done.set()
+        raise
     deadline = time.time() + 15
 
     def collect() -> list[tuple[float, DetectionsEntry]]:

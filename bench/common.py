@@ -245,8 +245,8 @@ def steady_rate(
     completed: Sequence[float], load_start: float, load_end: float, warmup: float | None = None
 ) -> float:
     """Items completed per second in the steady part of a load run: those whose completion
-    time (``completed``, wall-clock seconds) falls between ``load_start + warmup`` (the
-    pipeline has filled) and ``load_end`` (the load stopped: what drains after it is not
+    time (``completed``, wall-clock seconds) falls in ``[load_start + warmup, load_end)``
+    (from when the pipeline has filled until the load stopped: what drains after it is not
     counted either), per second of that window. Below saturation it is the offered rate;
     at saturation, the rate the system keeps up, free of the ramp-up that a first-to-last
     count includes (which a short run cannot amortise). NaN for an empty window."""
@@ -256,7 +256,7 @@ def steady_rate(
     begin = load_start + warmup
     if load_end <= begin:
         return float("nan")
-    count = sum(1 for t in completed if begin <= t <= load_end)
+    count = sum(1 for t in completed if begin <= t < load_end)
     return count / (load_end - begin)
 
 

@@ -103,6 +103,9 @@ class JpegHeader:
         return self.precision == 8 and self.components in (1, 3) and not self.exif
 
 
+_TURBO_MIN_SIDE = 8
+"""Smaller JPEGs go to OpenCV: below 8 px a side, TurboJPEG may pick a 3/8 scale where
+1/2 was asked for (same size, other pixels)."""
 _EXIF_ID = b"Exif\x00\x00"
 _APP1 = 0xE1
 
@@ -331,7 +334,7 @@ def _turbo_decode(data: bytes, header: JpegHeader, factor: int, bgr: bool) -> np
     None for what it does not decode exactly like OpenCV (:attr:`JpegHeader.turbo_decodable`)
     or cannot decode cleanly (corrupt, truncated: a libjpeg warning is an error here), so
     that OpenCV decides those as before."""
-    if not header.turbo_decodable:
+    if not header.turbo_decodable or min(header.width, header.height) < _TURBO_MIN_SIDE:
         return None
     try:
         pixels: np.ndarray = simplejpeg.decode_jpeg(

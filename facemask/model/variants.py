@@ -364,21 +364,31 @@ def cache_path() -> Path | None:
     return None
 
 
-def _cache_key(cpu: str, model_version: str, batch_size: int, threads: int) -> dict[str, Any]:
+def _cache_key(
+    cpu: str, model_version: str, batch_size: int, threads: int, interpreters: int
+) -> dict[str, Any]:
     return {
         "schema": CACHE_SCHEMA,
         "cpu": cpu,
         "model": model_version,
         "batch_size": batch_size,
         "threads": threads,
+        "interpreters": interpreters,
     }
 
 
 def load_cache(
-    path: Path, *, cpu: str, model_version: str, batch_size: int, threads: int
+    path: Path,
+    *,
+    cpu: str,
+    model_version: str,
+    batch_size: int,
+    threads: int,
+    interpreters: int = 1,
 ) -> list[Measurement] | None:
-    """The cached measurements for this CPU, model version, batch size and thread count;
-    None on a miss (absent, corrupt, or recorded for another key)."""
+    """The cached measurements for this CPU, model version, batch size, thread count and
+    TFLite interpreter count; None on a miss (absent, corrupt, or recorded for another
+    key)."""
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
@@ -386,7 +396,7 @@ def load_cache(
     except (OSError, ValueError) as exc:
         logger.warning("ignoring unreadable variant cache %s: %s", path, exc)
         return None
-    key = _cache_key(cpu, model_version, batch_size, threads)
+    key = _cache_key(cpu, model_version, batch_size, threads, interpreters)
     if not isinstance(raw, dict) or any(raw.get(k) != v for k, v in key.items()):
         return None
     try:
@@ -405,11 +415,12 @@ def save_cache(
     model_version: str,
     batch_size: int,
     threads: int,
+    interpreters: int = 1,
 ) -> None:
     """Write the measurements atomically (a failure to write is logged, not raised: the
     cache is an optimisation)."""
     data = {
-        **_cache_key(cpu, model_version, batch_size, threads),
+        **_cache_key(cpu, model_version, batch_size, threads, interpreters),
         "measured_at": time.time(),
         "images_per_second": {m.variant.key: m.images_per_second for m in measurements},
     }

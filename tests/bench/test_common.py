@@ -12,10 +12,10 @@ from bench.common import steady_rate
 @pytest.mark.parametrize(
     ("completed", "start", "end", "warmup", "expected"),
     [
-        # 10/s throughout a 10 s run: 2 s of warm-up left out, 8 s window, 81 inside
-        ([i / 10 for i in range(101)], 0.0, 10.0, None, 81 / 8),
+        # 10/s throughout a 10 s run: 2 s of warm-up left out, 8 s window, 80 inside
+        ([i / 10 for i in range(101)], 0.0, 10.0, None, 10.0),
         # a slow ramp-up (1/s for 2 s) then 20/s: only the steady 20/s counts
-        ([0.5, 1.5] + [2 + i / 20 for i in range(161)], 0.0, 10.0, 2.0, 161 / 8),
+        ([0.5, 1.5] + [2 + i / 20 for i in range(161)], 0.0, 10.0, 2.0, 20.0),
         # what drains after the load stopped is not counted
         ([5.0, 6.0, 12.0, 13.0], 4.0, 8.0, 0.0, 2 / 4),
         # a short run: a quarter of it is the warm-up

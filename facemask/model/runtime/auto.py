@@ -293,11 +293,21 @@ def select_runtime(
             if v != preferred
         }
         candidates = [preferred]
+    if not deltas:  # no card: nothing is known to be accurate but the reference itself
+        deltas = {mv.REFERENCE: 0.0}
+    if len(candidates) == 1 and isolate and candidates[0].runtime == "tensorflow":
+        # nothing to compare, and a child process (seconds, ~1 GiB) to spare: the lone
+        # TensorFlow variant is taken unmeasured when its accuracy is within the tolerance
+        choice = _lone_choice(candidates[0], deltas, config.tolerance)
+        runtime: Runtime = _create_variant(config, choice.variant, files.path(choice.variant))
+        runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
+        return runtime
     key: dict[str, Any] = {
         "cpu": mv.cpu_model_name(),
         "model_version": files.model_id,
         "batch_size": config.batch_size,
         "threads": config.threads or usable_cpus(),
+        "interpreters": config.interpreters,
     }
     directory_file = mv.cache_path() if config.cache else None
     path = directory_file.with_name(files.cache_file) if directory_file is not None else None
@@ -320,11 +330,9 @@ def select_runtime(
         from_cache = False
         if path is not None and measurements:
             mv.save_cache(path, measurements, **key)
-    if not deltas:  # no card: nothing is known to be accurate but the reference itself
-        deltas = {mv.REFERENCE: 0.0}
     choice = mv.choose(measurements, deltas, config.tolerance)
     choice = dataclasses.replace(choice, cached=from_cache, rejected={**skipped, **choice.rejected})
-    runtime: Runtime = runtimes.pop(choice.variant.key, None) or _create_variant(
+    runtime = runtimes.pop(choice.variant.key, None) or _create_variant(
         config, choice.variant, files.path(choice.variant)
     )
     for other in runtimes.values():
@@ -332,6 +340,19 @@ def select_runtime(
     runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
     logger.debug("model variant chosen", extra=choice.log_fields())
     return runtime
+
+
+def _lone_choice(variant: mv.Variant, deltas: Mapping[str, float], tolerance: float) -> mv.Choice:
+    """``variant``, the only candidate, chosen without a rate (0: not measured) when its
+    AP50 delta is known and within ``tolerance``; else :class:`~facemask.model.variants.
+    NoVariantError`, as :func:`~facemask.model.variants.choose` would say."""
+    delta = deltas.get(variant.key)
+    if delta is None or abs(delta) > tolerance:
+        why = "accuracy unknown" if delta is None else f"AP50 {delta:+.4f} beyond {tolerance}"
+        raise mv.NoVariantError(
+            f"no model variant within the accuracy tolerance: {variant.key}: {why}"
+        )
+    return mv.Choice(variant, 0.0, delta, (), {})
 
 
 def _child_main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,6 +190,7 @@ class TFLiteRuntime:
             self._executor.submit(member.run_into, batch, take, loc, cls)
             for member in members[: len(batch)]
         ]
+        wait(futures)  # every interpreter idle again before this call returns or raises
         for future in futures:
             future.result()
         return loc, cls

@@ -287,15 +287,32 @@ def test_greyscale_jpeg_decodes_to_three_equal_channels() -> None:
     np.testing.assert_array_equal(out.rgb, expected)
 
 
-def test_plain_jpegs_do_not_go_through_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast path is taken (a regression to OpenCV's decoder would cost 15-35 %)."""
-    data = _encode(_noise(480, 640))
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [((640, 480), (640, 480)), ((1280, 720), (640, 360)), ((1100, 1100), (275, 275)),
+     ((2100, 2100), (263, 263))],
+)  # fmt: skip
+def test_plain_jpegs_do_not_go_through_opencv(
+    monkeypatch: pytest.MonkeyPatch, size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    """The fast path is taken at every scale (a regression to OpenCV's decoder would cost
+    15-35 %)."""
+    data = _encode(_smooth(size[1], size[0]))
 
     def refuse(*_args: object) -> None:
         raise AssertionError("cv2.imdecode called for a plain JPEG")
 
     monkeypatch.setattr(cv2, "imdecode", refuse)
-    assert decode_image(data).rgb.shape == (480, 640, 3)
+    out = decode_image(data)
+    assert (out.rgb.shape[1], out.rgb.shape[0]) == decoded and (out.width, out.height) == size
+
+
+def test_tiny_jpegs_decode_as_opencv_does() -> None:
+    """Below 8 px a side TurboJPEG may choose another scale: OpenCV decodes those."""
+    data = _encode(_noise(3, 3))
+    out = decode_image(data, min_size=(1, 1))
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
+    np.testing.assert_array_equal(out.rgb, cv2.cvtColor(expected, cv2.COLOR_BGR2RGB))
 
 
 def test_exif_orientation_is_applied_as_opencv_does() -> None:

@@ -171,6 +171,7 @@ def test_cache_hit_after_save(tmp_path: Path) -> None:
         {"model_version": "000000000000"},
         {"batch_size": 16},
         {"threads": 4},
+        {"interpreters": 2},
     ],
 )
 def test_cache_of_another_cpu_model_or_setup_is_a_miss(tmp_path: Path, other: dict) -> None:
@@ -637,3 +638,29 @@ def test_child_process_is_told_the_files(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "--model",
         f"tflite-int8={files.tflite['int8']}",
     ]
+
+
+def test_a_lone_tensorflow_candidate_is_taken_unmeasured(fake_variants: Any) -> None:
+    """One candidate, to be measured in a child process: nothing to compare, so no child
+    (seconds and ~1 GiB): taken when its accuracy is within the tolerance."""
+    clock, created = fake_variants({TF32: 110.0})
+    config = parse_runtime_config({"type": "auto", "batch_size": 4, "cache": False})
+    runtime: Any = auto.select_runtime(config, timer=clock, isolate_tensorflow=True)  # type: ignore[arg-type]
+    assert runtime.selection.variant == TF32 and runtime.selection.measurements == ()
+    assert runtime.selection.images_per_second == 0.0
+    assert created == ["tensorflow-float32"]  # created, never measured in a child
+
+
+def test_a_lone_candidate_beyond_the_tolerance_is_refused(
+    fake_variants: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock, created = fake_variants({BF16: 200.0})
+    monkeypatch.setattr(
+        mv,
+        "load_ap50_deltas",
+        lambda sha, path=None, calibrations=None: {**CARD, "tensorflow-bf16": 0.02},
+    )
+    config = parse_runtime_config({"type": "auto", "batch_size": 4, "cache": False})
+    with pytest.raises(mv.NoVariantError, match=r"tensorflow-bf16: AP50 \+0\.0200 beyond"):
+        auto.select_runtime(config, timer=clock, isolate_tensorflow=True)  # type: ignore[arg-type]
+    assert created == []
