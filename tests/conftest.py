@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.paths",
+    "tests.fixtures.images",
     "tests.fixtures.model",
     "tests.fixtures.redis",
     "tests.fixtures.registry",

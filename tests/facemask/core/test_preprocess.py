@@ -472,13 +472,10 @@ _TINY_PROGRESSIVE = _encode(_noise(48, 64), params=[cv2.IMWRITE_JPEG_PROGRESSIVE
         (np.random.default_rng(3).bytes(500), None, "unsupported_format"),
     ],
 )
+@pytest.mark.usefixtures("no_decode")
 def test_header_is_judged_before_any_decode(
-    data: bytes, expect: tuple[int, int] | None, reason: str, monkeypatch: pytest.MonkeyPatch
+    data: bytes, expect: tuple[int, int] | None, reason: str
 ) -> None:
-    def no_decode(*_args: object) -> None:
-        raise AssertionError("cv2.imdecode reached for an image its header rejects")
-
-    monkeypatch.setattr(cv2, "imdecode", no_decode)
     with pytest.raises(ImageDecodeError) as info:
         decode_image(data, expect_size=expect)
     assert info.value.reason == reason
@@ -604,13 +601,8 @@ def test_bmp_and_webp_decode_only_when_asked(data: bytes) -> None:
         webp_header(100_000, 100_000, b"VP8X") + bytes(64),
     ],
 )
-def test_bmp_and_webp_bombs_are_refused_on_the_header(
-    data: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_decode(*_args: object) -> None:
-        raise AssertionError("cv2.imdecode reached for an image its header rejects")
-
-    monkeypatch.setattr(cv2, "imdecode", no_decode)
+@pytest.mark.usefixtures("no_decode")
+def test_bmp_and_webp_bombs_are_refused_on_the_header(data: bytes, tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(data, formats=IMAGE_FORMATS)
     assert info.value.reason == "too_large"

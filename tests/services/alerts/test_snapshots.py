@@ -16,6 +16,7 @@ import redis
 from facemask.contracts.wire import FrameEntry
 from facemask.core.annotate import HIGHLIGHT_RGB
 from facemask.dev.localredis import RedisProcess
+from services.alerts import snapshots
 from services.alerts.snapshots import (
     SNAPSHOT_MAX_SIDE,
     THUMB_WIDTH,
@@ -27,6 +28,7 @@ from services.alerts.snapshots import (
     render_alert,
 )
 from tests.facemask.core.test_preprocess import patch_jpeg_size
+from tests.fixtures.images import refuse_decodes
 from tests.services.alerts.conftest import LAYOUT, faces_of
 
 GREEN = np.array([0, 255, 0])  # BGR
@@ -77,38 +79,36 @@ def test_render_draws_green_masks_and_red_bare_faces() -> None:
         (grey_jpeg(320, 240)[:30], (320, 240), "corrupt_image"),
     ],
 )
+@pytest.mark.usefixtures("no_decode")  # rejected on the header alone
 def test_frames_that_lie_about_their_size_get_no_picture(
-    data: bytes, declared: tuple[int, int], reason: str, monkeypatch: pytest.MonkeyPatch
+    data: bytes, declared: tuple[int, int], reason: str
 ) -> None:
-    monkeypatch.setattr(cv2, "imdecode", _no_decode)  # rejected on the header alone
     rejected: list[str] = []
     dets = faces_of([("no_mask", 0.8, (20, 20, 60, 60))], *declared)
     assert render(frame(data, *declared), dets, on_reject=rejected.append) is None
     assert rejected == [reason]
 
 
-def _no_decode(*_args: object) -> None:
-    raise AssertionError("decoded an image its header rejects")
-
-
 def test_large_frames_are_decoded_reduced(monkeypatch: pytest.MonkeyPatch) -> None:
-    flags: list[int] = []
-    imdecode = cv2.imdecode
+    """The decode itself is reduced (libjpeg's scaled IDCT), not a full decode shrunk."""
+    decoded: list[tuple[int, int]] = []
+    real = snapshots.decode_image
 
-    def spy(buf: np.ndarray, flag: int) -> np.ndarray:
-        flags.append(flag)
-        return imdecode(buf, flag)
+    def spy(data: bytes, **options: Any) -> Any:
+        image = real(data, **options)
+        decoded.append((image.rgb.shape[1], image.rgb.shape[0]))
+        return image
 
-    monkeypatch.setattr(cv2, "imdecode", spy)
+    monkeypatch.setattr(snapshots, "decode_image", spy)
     dets = faces_of([("no_mask", 0.8, (200, 200, 600, 600))], 2560, 1920)
     image = render(frame(grey_jpeg(2560, 1920), 2560, 1920), dets, max_side=320)
     assert image is not None and image.shape == (240, 320, 3)
-    assert flags == [cv2.IMREAD_REDUCED_COLOR_8]
+    assert decoded == [(320, 240)]  # 1/8
     # Alert snapshots are capped too (SNAPSHOT_MAX_SIDE), decoded at 1/2 here.
-    flags.clear()
+    decoded.clear()
     image = render(frame(grey_jpeg(3840, 2160), 3840, 2160), dets)
     assert image is not None and max(image.shape) == SNAPSHOT_MAX_SIDE
-    assert flags == [cv2.IMREAD_REDUCED_COLOR_2]
+    assert decoded == [(1920, 1080)]
 
 
 def test_save_and_retention(tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ def test_latest_frame_rejects_a_lying_frame_and_keeps_the_last_picture(
     clock = FakeClock()
     latest = LatestFrames(redis_client, min_interval=0.1, on_reject=rejected.append, clock=clock)
     assert latest.get("lobby", _entry(good), key)[0] == good  # type: ignore[index]
-    monkeypatch.setattr(cv2, "imdecode", _no_decode)
+    refuse_decodes(monkeypatch)  # from here on, judged on the header alone
     for sid in (bomb, big, bomb):
         clock.now += 1
         assert latest.get("lobby", _entry(sid, 640, 480), key)[0] == good  # type: ignore[index]
