@@ -251,19 +251,19 @@ def stream_run(
     period = 1.0 / fps
     stop_at = time.time() + seconds
     published = 0
-    load_start = load_end = 0.0
 
     sizes = [jpeg_size(blob) or (0, 0) for blob in frames]
 
-    def publisher() -> None:
+    def publisher() -> tuple[float, float]:
         # Every frame due by now goes in one pipeline, waking up at most every
         # LOAD_TICK_S: the load generator (in production: the cameras' own nodes) shares
         # the CPU with the service under test, so it spends one round trip per wake-up,
         # not per frame, and does not preempt the model hundreds of times a second (each
-        # frame still carries its own capture time: when it was sent).
-        nonlocal published, load_start, load_end
+        # frame still carries its own capture time: when it was sent). Returns when the
+        # load started and stopped.
+        nonlocal published
         pub = redis.Redis.from_url(redis_url)
-        start = load_start = time.time()
+        start = time.time()
         slot = 0  # frame n of camera c is slot n * cameras + c, due at start + slot * step
         step = period / cameras
         last = int((stop_at - start) / step)
@@ -285,11 +285,11 @@ def stream_run(
             pipe.execute()
             published += due - slot
             slot = due
-        load_end = time.time()
         pub.close()
+        return start, time.time()
 
     before = service.scrape()
-    publisher()  # here, not on a thread: its failure fails the run instead of reading NaN
+    load_start, load_end = publisher()  # here, not on a thread: its failure fails the run
     # let the service finish what is queued (bounded by the frame age limit)
     deadline = time.time() + 10
     seen = 0

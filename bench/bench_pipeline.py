@@ -171,15 +171,15 @@ def run_load(
     start_ms = int(time.time() * 1000)
     stop_at = time.time() + seconds
     published = 0
-    load_start = load_end = 0.0
     stats = {name: ProcStat(pid) for name, pid in pids.items()}
     alert_lags: list[float] = []
     done = threading.Event()
 
-    def publisher() -> None:
-        nonlocal published, load_start, load_end
+    def publisher() -> tuple[float, float]:
+        """Publish the load; returns when it started and stopped."""
+        nonlocal published
         pub: Any = redis.Redis.from_url(redis_url)
-        t0 = load_start = time.time()
+        t0 = time.time()
         n = 0
         while True:
             tick = t0 + n * period
@@ -201,8 +201,8 @@ def run_load(
                 published += 1
             pipe.execute()
             n += 1
-        load_end = time.time()
         pub.close()
+        return t0, time.time()
 
     def sampler() -> None:
         while not done.wait(0.1):
@@ -219,7 +219,7 @@ def run_load(
     sampling = threading.Thread(target=sampler, daemon=True)
     sampling.start()
     try:
-        publisher()  # here, not on a thread: its failure fails the run instead of a NaN
+        load_start, load_end = publisher()  # here, not on a thread: its failure fails the run
     except BaseException:
         done.set()
         raise

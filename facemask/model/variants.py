@@ -125,6 +125,27 @@ class NoVariantError(RuntimeError):
     """No measured variant is within the accuracy tolerance."""
 
 
+def accuracy_rejection(
+    variant: Variant, ap50_deltas: Mapping[str, float], tolerance: float = DEFAULT_TOLERANCE
+) -> str | None:
+    """Why ``variant`` may not be chosen for its accuracy (no recorded AP50 delta vs
+    float32, or one beyond ``tolerance`` in absolute value); None when it may."""
+    delta = ap50_deltas.get(variant.key)
+    if delta is None:
+        return "accuracy unknown"
+    if abs(delta) > tolerance:
+        return f"AP50 {delta:+.4f} beyond {tolerance}"
+    return None
+
+
+def no_variant(rejected: Mapping[str, str]) -> NoVariantError:
+    """The error for no eligible variant, naming why each was rejected."""
+    return NoVariantError(
+        "no model variant within the accuracy tolerance: "
+        + (", ".join(f"{k}: {why}" for k, why in rejected.items()) or "none measured")
+    )
+
+
 def choose(
     measurements: Iterable[Measurement],
     ap50_deltas: Mapping[str, float],
@@ -139,20 +160,15 @@ def choose(
     rejected: dict[str, str] = {}
     eligible: list[Measurement] = []
     for m in measured:
-        delta = ap50_deltas.get(m.variant.key)
-        if delta is None:
-            rejected[m.variant.key] = "accuracy unknown"
-        elif abs(delta) > tolerance:
-            rejected[m.variant.key] = f"AP50 {delta:+.4f} beyond {tolerance}"
-        elif not m.images_per_second > 0:
-            rejected[m.variant.key] = "not measured"
-        else:
+        why = accuracy_rejection(m.variant, ap50_deltas, tolerance)
+        if why is None and not m.images_per_second > 0:
+            why = "not measured"
+        if why is None:
             eligible.append(m)
+        else:
+            rejected[m.variant.key] = why
     if not eligible:
-        raise NoVariantError(
-            "no model variant within the accuracy tolerance: "
-            + (", ".join(f"{k}: {why}" for k, why in rejected.items()) or "none measured")
-        )
+        raise no_variant(rejected)
     best = max(eligible, key=lambda m: (m.images_per_second, -order.get(m.variant.key, 99)))
     return Choice(
         variant=best.variant,

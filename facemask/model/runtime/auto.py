@@ -78,10 +78,10 @@ class ModelFiles:
         return self.tflite.get(variant.precision)
 
 
-def builtin_files(*, strict: bool = False, accuracy: bool = True) -> ModelFiles:
+def builtin_files(*, strict: bool = False) -> ModelFiles:
     """The pinned model (the model store's ``face_mask_detection.pb``) and the TFLite
     variants ``facemask models build`` made of it here, with the project card's accuracy
-    for the calibration each int8 was built with (``accuracy``; else none). ``strict``:
+    for the calibration each int8 was built with. ``strict``:
     a missing ``model.pb`` raises :class:`~facemask.model.store.ModelStoreError` (it says
     how to fetch it); else the TensorFlow variants are just not available."""
     from facemask.model import quantize
@@ -97,24 +97,19 @@ def builtin_files(*, strict: bool = False, accuracy: bool = True) -> ModelFiles:
         if strict:
             raise
         return ModelFiles(None, tflite)
-    if not accuracy:
-        return ModelFiles(source, tflite)
     sha256 = modelstore.sha256_file(source)
     deltas = mv.load_ap50_deltas(sha256, calibrations=built_calibrations())
     return ModelFiles(source, tflite, deltas, sha256[:12])
 
 
-def available_variants(
-    files: ModelFiles | None = None, *, every_precision: bool = False
-) -> list[mv.Variant]:
-    """The variants whose model files exist (``files``; default: :func:`builtin_files`).
+def available_variants(files: ModelFiles, *, every_precision: bool = False) -> list[mv.Variant]:
+    """The variants whose model files exist in ``files``.
 
     TensorFlow's precision is process-wide: measured in this process, only one TensorFlow
     variant is available (the precision the process runs, else bf16 where the CPU has
     native bf16, else float32). ``every_precision`` (TensorFlow measured in child
     processes, one per precision, nothing fixed here yet) offers both, so the faster one
     is measured rather than guessed from CPU flags."""
-    files = files or builtin_files(accuracy=False)
     out: list[mv.Variant] = []
     if files.source is not None:
         from facemask.model.runtime.tensorflow import _PROCESS_STATE
@@ -295,13 +290,38 @@ def select_runtime(
         candidates = [preferred]
     if not deltas:  # no card: nothing is known to be accurate but the reference itself
         deltas = {mv.REFERENCE: 0.0}
+    runtimes: dict[str, Any] = {}
     if len(candidates) == 1 and isolate and candidates[0].runtime == "tensorflow":
         # nothing to compare, and a child process (seconds, ~1 GiB) to spare: the lone
         # TensorFlow variant is taken unmeasured when its accuracy is within the tolerance
         choice = _lone_choice(candidates[0], deltas, config.tolerance)
-        runtime: Runtime = _create_variant(config, choice.variant, files.path(choice.variant))
-        runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
-        return runtime
+    else:
+        choice, runtimes = _measured_choice(
+            config, candidates, files, deltas, timer=timer, isolate_tensorflow=isolate
+        )
+        choice = dataclasses.replace(choice, rejected={**skipped, **choice.rejected})
+    runtime: Runtime = runtimes.pop(choice.variant.key, None) or _create_variant(
+        config, choice.variant, files.path(choice.variant)
+    )
+    for other in runtimes.values():
+        other.close()
+    runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
+    logger.debug("model variant chosen", extra=choice.log_fields())
+    return runtime
+
+
+def _measured_choice(
+    config: AutoConfig,
+    candidates: Sequence[mv.Variant],
+    files: ModelFiles,
+    deltas: Mapping[str, float],
+    *,
+    timer: mv.Timer | None,
+    isolate_tensorflow: bool,
+) -> tuple[mv.Choice, dict[str, Any]]:
+    """The choice among ``candidates`` on their rates, from the cache of this CPU, model
+    and setup when it has every candidate, else measured (and cached); with the runtimes
+    measured here, still open, by variant key."""
     key: dict[str, Any] = {
         "cpu": mv.cpu_model_name(),
         "model_version": files.model_id,
@@ -312,47 +332,31 @@ def select_runtime(
     directory_file = mv.cache_path() if config.cache else None
     path = directory_file.with_name(files.cache_file) if directory_file is not None else None
     cached = mv.load_cache(path, **key) if path is not None else None
-    if cached is not None:  # a hit only when it has every candidate (a new model: measure)
-        usable = {v.key for v in candidates}
-        hit = usable <= {m.variant.key for m in cached}
-        cached = [m for m in cached if m.variant.key in usable] if hit else None
-    runtimes: dict[str, Any] = {}
-    if cached is not None:
-        measurements, from_cache = cached, True
-    else:
-        measurements, runtimes = measure_variants(
-            config,
-            candidates,
-            files,
-            timer=timer or time.perf_counter,
-            isolate_tensorflow=isolate,
-        )
-        from_cache = False
-        if path is not None and measurements:
-            mv.save_cache(path, measurements, **key)
-    choice = mv.choose(measurements, deltas, config.tolerance)
-    choice = dataclasses.replace(choice, cached=from_cache, rejected={**skipped, **choice.rejected})
-    runtime = runtimes.pop(choice.variant.key, None) or _create_variant(
-        config, choice.variant, files.path(choice.variant)
+    usable = {v.key for v in candidates}
+    if cached is not None and usable <= {m.variant.key for m in cached}:
+        measured = [m for m in cached if m.variant.key in usable]
+        return dataclasses.replace(mv.choose(measured, deltas, config.tolerance), cached=True), {}
+    # no cache, or not every candidate in it (a new model): measure
+    measurements, runtimes = measure_variants(
+        config,
+        candidates,
+        files,
+        timer=timer or time.perf_counter,
+        isolate_tensorflow=isolate_tensorflow,
     )
-    for other in runtimes.values():
-        other.close()
-    runtime.selection = choice  # type: ignore[attr-defined]  # read by the service
-    logger.debug("model variant chosen", extra=choice.log_fields())
-    return runtime
+    if path is not None and measurements:
+        mv.save_cache(path, measurements, **key)
+    return mv.choose(measurements, deltas, config.tolerance), runtimes
 
 
 def _lone_choice(variant: mv.Variant, deltas: Mapping[str, float], tolerance: float) -> mv.Choice:
     """``variant``, the only candidate, chosen without a rate (0: not measured) when its
-    AP50 delta is known and within ``tolerance``; else :class:`~facemask.model.variants.
-    NoVariantError`, as :func:`~facemask.model.variants.choose` would say."""
-    delta = deltas.get(variant.key)
-    if delta is None or abs(delta) > tolerance:
-        why = "accuracy unknown" if delta is None else f"AP50 {delta:+.4f} beyond {tolerance}"
-        raise mv.NoVariantError(
-            f"no model variant within the accuracy tolerance: {variant.key}: {why}"
-        )
-    return mv.Choice(variant, 0.0, delta, (), {})
+    AP50 delta is known and within ``tolerance``; else the
+    :class:`~facemask.model.variants.NoVariantError` of :func:`~facemask.model.variants.choose`."""
+    why = mv.accuracy_rejection(variant, deltas, tolerance)
+    if why is not None:
+        raise mv.no_variant({variant.key: why})
+    return mv.Choice(variant, 0.0, deltas[variant.key], (), {})
 
 
 def _child_main(argv: Sequence[str] | None = None) -> int:

@@ -351,20 +351,31 @@ def test_available_variants_follow_the_model_files(
     monkeypatch.setenv("FACEMASK_MODEL_DIR", str(tmp_path))
     monkeypatch.setattr(auto, "native_bf16", lambda: True)
     monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {})
-    assert auto.available_variants() == []
+    assert auto.available_variants(auto.builtin_files()) == []
     (tmp_path / "face_mask_detection.pb").write_bytes(b"graph")
-    assert auto.available_variants() == [BF16]  # one TensorFlow precision per process
+    assert auto.available_variants(auto.builtin_files()) == [
+        BF16
+    ]  # one TensorFlow precision per process
     (tmp_path / "face_mask_detection.int8.tflite").write_bytes(b"model")
-    assert auto.available_variants() == [BF16, INT8]
+    assert auto.available_variants(auto.builtin_files()) == [BF16, INT8]
     monkeypatch.setattr(auto, "native_bf16", lambda: False)
     (tmp_path / "face_mask_detection.float32.tflite").write_bytes(b"model")
-    assert auto.available_variants() == [TF32, LITE32, INT8]
+    assert auto.available_variants(auto.builtin_files()) == [TF32, LITE32, INT8]
     # measured in child processes (one per precision): both, whatever the CPU flags say
-    assert auto.available_variants(every_precision=True) == [TF32, BF16, LITE32, INT8]
+    assert auto.available_variants(auto.builtin_files(), every_precision=True) == [
+        TF32,
+        BF16,
+        LITE32,
+        INT8,
+    ]
     # a process whose TensorFlow already runs in bf16 measures bf16 (only)
     monkeypatch.setattr("facemask.model.runtime.tensorflow._PROCESS_STATE", {"precision": "bf16"})
-    assert auto.available_variants()[0] == BF16
-    assert auto.available_variants(every_precision=True) == [BF16, LITE32, INT8]
+    assert auto.available_variants(auto.builtin_files())[0] == BF16
+    assert auto.available_variants(auto.builtin_files(), every_precision=True) == [
+        BF16,
+        LITE32,
+        INT8,
+    ]
 
 
 # -- where the cache lives (read-only images) ------------------------------------------
